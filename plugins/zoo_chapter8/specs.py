@@ -1,0 +1,61 @@
+"""Specs and hyperparameters of the chapter-8 architectures (no torch import)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from zoo import ArchitectureSpec, HParams
+
+SOURCE = "Deep Learning with PyTorch (Stevens, Antiga, Viehmann), chapter 8"
+_BUILDERS = "zoo_chapter8.models"
+
+
+class NetHParams(HParams):
+    n_hidden: int = Field(32, ge=1, le=4096, description="Width of the hidden linear layer.")
+
+
+class WidthHParams(NetHParams):
+    n_chans1: int = Field(32, ge=2, le=1024,
+                          description="Channels of the first convolution; the second has half.")
+
+
+class DropoutHParams(WidthHParams):
+    dropout: float = Field(0.4, ge=0.0, lt=1.0,
+                           description="Probability of Dropout2d after each convolution block.")
+
+
+class ResDeepHParams(NetHParams):
+    n_chans1: int = Field(32, ge=1, le=1024, description="Channels of every residual block.")
+    n_blocks: int = Field(10, ge=1, le=200, description="Number of residual blocks.")
+    shared_block: bool = Field(
+        False,
+        description="Reproduce the book's code exactly: one ResBlock instance repeated "
+        "n_blocks times, so that all blocks share one set of weights.",
+    )
+
+
+def _spec(name: str, summary: str, tags: tuple[str, ...], hparams: type[HParams],
+          min_input_size: int) -> ArchitectureSpec:
+    return ArchitectureSpec(
+        name=name, summary=summary, tags=("chapter8", "cifar", *tags),
+        builder=f"{_BUILDERS}:{name.lower()}", hparams=hparams,
+        min_input_size=min_input_size, source=SOURCE,
+    )
+
+
+ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
+    _spec("Net", "Two tanh convolutions with max-pooling, then two linear layers.",
+          ("tanh",), NetHParams, 4),
+    _spec("NetWidth", "Net with a configurable, wider first convolution (32 channels).",
+          ("tanh", "width"), WidthHParams, 4),
+    _spec("NetDropout", "NetWidth with Dropout2d after each convolution block.",
+          ("tanh", "width", "dropout", "regularization"), DropoutHParams, 4),
+    _spec("NetBatchNorm", "NetWidth with batch normalization after each convolution.",
+          ("tanh", "width", "batchnorm", "regularization"), WidthHParams, 4),
+    _spec("NetDepth", "Three ReLU convolutions with max-pooling, then two linear layers.",
+          ("relu", "depth"), WidthHParams, 8),
+    _spec("NetRes", "NetDepth with a skip connection around the third convolution.",
+          ("relu", "depth", "residual"), WidthHParams, 8),
+    _spec("NetResDeep", "A convolution, then a stack of Kaiming-initialized residual blocks.",
+          ("relu", "depth", "residual", "batchnorm"), ResDeepHParams, 4),
+)

@@ -1,0 +1,80 @@
+"""The ``zoo`` command line.
+
+Each command group lives in its own module exposing ``register(subparsers)``;
+handlers take ``(args, registry)`` and return an exit code. Command modules
+must not import torch at module level: ``zoo list`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from zoo import __version__
+from zoo.cli import catalog
+from zoo.errors import ZooError
+from zoo.registry import Registry
+
+ENV_TRACEBACK = "ZOO_TRACEBACK"
+COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zoo",
+        description="A plugin-based PyTorch model zoo: list, train, export and serve CNNs.",
+    )
+    parser.add_argument("--version", action="version", version=f"zoo {__version__}")
+    parser.add_argument(
+        "-p", dest="plugin_options", action="append", default=[], metavar="no:NAME",
+        help="block the plugin NAME (repeatable), as pytest's -p no:NAME",
+    )
+    parser.add_argument("--traceback", action="store_true",
+                        help=f"show the Python traceback of errors (or set {ENV_TRACEBACK}=1)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    import importlib
+
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command group not shipped in this build
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def _blocked(options: Sequence[str]) -> list[str]:
+    blocked = []
+    for option in options:
+        if not option.startswith("no:") or len(option) <= 3:
+            raise ZooError(f"-p takes 'no:NAME' to block a plugin, got {option!r}")
+        blocked.append(option[3:])
+    return blocked
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``zoo`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    show_traceback = args.traceback or bool(os.environ.get(ENV_TRACEBACK))
+    try:
+        registry = Registry(blocked=_blocked(args.plugin_options))
+        code: int = args.handler(args, registry)
+        return code
+    except ZooError as exc:
+        if show_traceback:
+            raise
+        print(f"zoo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("zoo: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+__all__ = ["build_parser", "catalog", "main"]

@@ -1,0 +1,47 @@
+"""Errors a user can cause. Each carries one sentence naming the bad value and what is accepted."""
+
+from __future__ import annotations
+
+
+class ZooError(Exception):
+    """Base class of every error the zoo raises for bad input; the CLI prints it without traceback."""
+
+
+class UnknownArchitectureError(ZooError, LookupError):
+    """No installed plugin provides an architecture of that name."""
+
+
+class UnknownDatasetError(ZooError, LookupError):
+    """No installed plugin provides a dataset of that name."""
+
+
+class HyperparameterError(ZooError, ValueError):
+    """A hyperparameter override is unknown, out of range or of the wrong type."""
+
+
+class InputShapeError(ZooError, ValueError):
+    """An input shape the architecture cannot take."""
+
+
+class PluginError(ZooError):
+    """A plugin failed to load, returned something invalid, or clashes with another plugin."""
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins register the same architecture or dataset name."""
+
+
+class DataError(ZooError):
+    """A dataset that cannot be read: missing, empty, corrupt or inconsistent."""
+
+
+class TrainingError(ZooError):
+    """Training cannot start or cannot go on (bad device, non-finite loss, unwritable output)."""
+
+
+class ExportError(ZooError):
+    """An export or a verification that failed, or a bundle that cannot be trusted."""
+
+
+class BundleError(ExportError):
+    """A bundle directory that is missing, tampered with, or of an unknown format."""

@@ -1,0 +1,173 @@
+"""Architecture specifications: what a plugin declares, validated by pydantic.
+
+Nothing here imports torch: listing and showing architectures stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from zoo.errors import HyperparameterError, InputShapeError, PluginError
+
+NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
+IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+#: Keys every architecture accepts besides its own hyperparameters.
+SHAPE_KEYS = ("in_channels", "height", "width", "num_classes")
+
+
+class InputShape(BaseModel):
+    """The shape of one input image: channels, height, width."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    channels: int = Field(3, ge=1, le=64, description="Image channels (3 for RGB).")
+    height: int = Field(32, ge=1, le=4096, description="Image height in pixels.")
+    width: int = Field(32, ge=1, le=4096, description="Image width in pixels.")
+
+    def as_tuple(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+
+class HParams(BaseModel):
+    """Base class of every architecture's hyperparameters: frozen, and unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Provenance(BaseModel):
+    """Where a registered spec comes from: filled in by the registry, never by the plugin."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plugin: str = Field(description="The plugin's name (its entry-point name).")
+    distribution: str | None = Field(None, description="The installed distribution providing it.")
+    version: str | None = Field(None, description="That distribution's version.")
+
+    def describe(self) -> str:
+        if self.distribution is None:
+            return f"plugin {self.plugin!r}"
+        return f"{self.distribution} {self.version} (plugin {self.plugin!r})"
+
+
+def import_object(reference: str) -> Any:
+    """Import ``"package.module:attr.sub"`` and return the object it names."""
+    module_name, _, attr_path = reference.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr_path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class ArchitectureSpec(BaseModel):
+    """An architecture, as a plugin declares it.
+
+    ``builder`` is a ``"module:function"`` string, imported only when a model is
+    created, so that listing and showing never import torch.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=64, description="Unique name.")
+    summary: str = Field(min_length=1, max_length=200, pattern=r"^[^\n]*$",
+                         description="One line saying what it is.")
+    tags: tuple[str, ...] = Field((), description="Free labels to filter with (`zoo list --tag`).")
+    builder: str = Field(pattern=IMPORT_PATTERN,
+                         description="`module:function` building the torch module.")
+    hparams: type[HParams] = Field(description="The hyperparameters' pydantic model.")
+    input_shape: InputShape = Field(InputShape(), description="Default input shape.")
+    num_classes: int = Field(2, ge=2, le=100_000, description="Default number of classes.")
+    min_input_size: int = Field(1, ge=1, description="Smallest height and width it accepts.")
+    source: str = Field(min_length=1, description="Where the architecture comes from.")
+    provenance: Provenance | None = Field(None, description="Set by the registry.")
+
+    def load_builder(self) -> Callable[..., Any]:
+        """Import and return the builder function."""
+        try:
+            builder = import_object(self.builder)
+        except (ImportError, AttributeError) as exc:
+            where = self.provenance.describe() if self.provenance else "its plugin"
+            raise PluginError(
+                f"cannot import builder {self.builder!r} of architecture {self.name!r} "
+                f"from {where}: {exc}"
+            ) from exc
+        if not callable(builder):
+            raise PluginError(f"builder {self.builder!r} of {self.name!r} is not callable")
+        return builder  # type: ignore[no-any-return]
+
+    def config_model(self) -> type[HParams]:
+        """The pydantic model of everything ``create_model`` accepts for this architecture."""
+        return _config_model(self)
+
+    def hparams_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the accepted overrides: shape keys and hyperparameters."""
+        return self.config_model().model_json_schema()
+
+
+@functools.cache
+def _config_model(spec: ArchitectureSpec) -> type[HParams]:
+    shape = spec.input_shape
+    fields: dict[str, Any] = {
+        "in_channels": (int, Field(shape.channels, ge=1, le=64, description="Input channels.")),
+        "height": (int, Field(shape.height, ge=1, le=4096, description="Input height.")),
+        "width": (int, Field(shape.width, ge=1, le=4096, description="Input width.")),
+        "num_classes": (int, Field(spec.num_classes, ge=2, le=100_000,
+                                   description="Number of output classes.")),
+    }
+    model: type[HParams] = create_model(  # type: ignore[call-overload]
+        f"{spec.name}Config", __base__=spec.hparams, **fields
+    )
+    return model
+
+
+class ModelConfig(BaseModel):
+    """A fully resolved architecture: name, hyperparameters, input shape and classes.
+
+    This is what runs, checkpoints and bundles record, and what rebuilds a model.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    architecture: str
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    input_shape: InputShape = InputShape()
+    num_classes: int = Field(2, ge=2)
+
+
+def resolve_config(spec: ArchitectureSpec, overrides: Mapping[str, Any]) -> ModelConfig:
+    """Validate ``overrides`` against ``spec``; raise one clear sentence on bad input."""
+    try:
+        values = spec.config_model().model_validate(dict(overrides))
+    except ValidationError as exc:
+        raise HyperparameterError(format_validation_error(spec, exc)) from None
+    dumped = values.model_dump()
+    shape = InputShape(channels=dumped.pop("in_channels"), height=dumped.pop("height"),
+                       width=dumped.pop("width"))
+    num_classes = dumped.pop("num_classes")
+    if min(shape.height, shape.width) < spec.min_input_size:
+        raise InputShapeError(
+            f"{spec.name} cannot take {shape.height}x{shape.width} inputs: height and width "
+            f"must be at least {spec.min_input_size} pixels"
+        )
+    return ModelConfig(architecture=spec.name, hparams=dumped, input_shape=shape,
+                       num_classes=num_classes)
+
+
+def format_validation_error(spec: ArchitectureSpec, exc: ValidationError) -> str:
+    """Turn pydantic's report into one sentence naming each bad value and what is accepted."""
+    accepted = ", ".join(spec.config_model().model_fields)
+    parts = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(input)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{spec.name} has no hyperparameter {field!r}; accepted: {accepted}")
+        else:
+            msg = err["msg"][0].lower() + err["msg"][1:]
+            parts.append(f"invalid value {err.get('input')!r} for {spec.name} "
+                         f"hyperparameter {field!r}: {msg}")
+    return "; ".join(parts)
