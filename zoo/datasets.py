@@ -8,14 +8,17 @@ on its device and take batches by index. Nothing here imports torch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoo.errors import PluginError, ZooError
 from zoo.spec import IMPORT_PATTERN, NAME_PATTERN, Provenance, import_object
+
+if TYPE_CHECKING:  # numpy stays out of the import path of `zoo list`
+    import numpy as np
 
 
 class DatasetOptions(BaseModel):
@@ -41,10 +44,9 @@ class DatasetRequest(BaseModel):
     cache_dir: Path | None = Field(None, description="Where decoded uint8 caches are kept.")
 
 
-class Split(BaseModel):
+@dataclass(frozen=True)
+class Split:
     """Images as uint8 ``(N, C, H, W)`` and int64 labels ``(N,)``."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     images: np.ndarray
     labels: np.ndarray
@@ -53,18 +55,21 @@ class Split(BaseModel):
         return int(self.labels.shape[0])
 
 
-class LoadedDataset(BaseModel):
-    """A dataset ready to train on: both splits, class names, and where it came from."""
+@dataclass(frozen=True)
+class LoadedDataset:
+    """A dataset ready to train on: both splits, class names, and where it came from.
 
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    ``content_key`` hashes the source's content; ``split_description`` says how
+    train and validation were separated; ``skipped`` lists unreadable files.
+    """
 
     name: str
     train: Split
     val: Split
     classes: tuple[str, ...]
-    content_key: str = Field(description="Hash identifying the source's content.")
-    split_description: str = Field(description="How train and validation were separated.")
-    skipped: tuple[str, ...] = Field((), description="Unreadable files that were skipped.")
+    content_key: str
+    split_description: str
+    skipped: tuple[str, ...] = field(default=())
 
 
 class DatasetSpec(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class ZooError(Exception):
-    """Base class of every error the zoo raises for bad input; the CLI prints it without traceback."""
+    """Base of every error the zoo raises for bad input; the CLI prints it without traceback."""
 
 
 class UnknownArchitectureError(ZooError, LookupError):

@@ -18,13 +18,12 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Any, Literal
 
 import pluggy
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from zoo import hookspecs
 from zoo.datasets import DatasetSpec
 from zoo.errors import (
     DuplicateNameError,
-    PluginError,
     UnknownArchitectureError,
     UnknownDatasetError,
 )
@@ -144,11 +143,10 @@ class Registry:
                                                   version=version, status="blocked")
             return plugin_name
         if plugin_name in self._infos and self._infos[plugin_name].status == "loaded":
-            other = self._infos[plugin_name]
-            raise DuplicateNameError(
-                f"plugin name {plugin_name!r} is used by both {other.provenance.describe()} "
-                f"and {Provenance(plugin=plugin_name, distribution=distribution, version=version).describe()}"
-            )
+            other = self._infos[plugin_name].provenance
+            this = Provenance(plugin=plugin_name, distribution=distribution, version=version)
+            raise DuplicateNameError(f"plugin name {plugin_name!r} is used by both "
+                                     f"{other.describe()} and {this.describe()}")
         try:
             self._pm.register(plugin, name=plugin_name)
         except Exception as exc:  # pluggy validates hook signatures here
@@ -223,8 +221,8 @@ class Registry:
                     first = merged[spec.name].provenance
                     self._conflicts.append(
                         f"{kind} {spec.name!r} is registered by both {first.describe()} and "
-                        f"{spec.provenance.describe()}; uninstall one or block it with "
-                        f"-p no:{spec.provenance.plugin}"
+                        f"{spec.provenance.describe()}; uninstall one, or block one with "
+                        f"-p no:{first.plugin} or -p no:{spec.provenance.plugin}"
                     )
                     continue
                 merged[spec.name] = spec
@@ -324,6 +322,3 @@ def reset_default_registry() -> None:
     """Forget the default registry, so that the next use rescans entry points."""
     default_registry.cache_clear()
 
-
-def _raise_plugin_error(info: PluginInfo) -> PluginError:
-    return PluginError(f"plugin {info.name!r} from {info.provenance.describe()}: {info.error}")

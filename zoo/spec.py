@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -119,10 +119,8 @@ def _config_model(spec: ArchitectureSpec) -> type[HParams]:
         "num_classes": (int, Field(spec.num_classes, ge=2, le=100_000,
                                    description="Number of output classes.")),
     }
-    model: type[HParams] = create_model(  # type: ignore[call-overload]
-        f"{spec.name}Config", __base__=spec.hparams, **fields
-    )
-    return model
+    model = create_model(f"{spec.name}Config", __base__=spec.hparams, **fields)
+    return cast(type[HParams], model)
 
 
 class ModelConfig(BaseModel):

@@ -35,7 +35,8 @@ class Net(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(16, 8, kernel_size=3, padding=1)
-        features = _flat_features(InputShape(channels=in_channels, height=height, width=width), 8, 2)
+        shape = InputShape(channels=in_channels, height=height, width=width)
+        features = _flat_features(shape, 8, 2)
         self.fc1 = nn.Linear(features, n_hidden)
         self.fc2 = nn.Linear(n_hidden, num_classes)
 
@@ -228,4 +229,6 @@ def netres(hparams: WidthHParams, *, input_shape: InputShape, num_classes: int) 
 
 def netresdeep(hparams: ResDeepHParams, *, input_shape: InputShape,
                num_classes: int) -> NetResDeep:
-    return NetResDeep(**_shape_kwargs(input_shape, num_classes), **hparams.model_dump())
+    return NetResDeep(**_shape_kwargs(input_shape, num_classes), n_chans1=hparams.n_chans1,
+                      n_blocks=hparams.n_blocks, n_hidden=hparams.n_hidden,
+                      shared_block=hparams.shared_block)

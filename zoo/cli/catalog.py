@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
     p.set_defaults(handler=show_command)
 
-    p = subparsers.add_parser("plugins", help="list the plugins, their versions and what they provide")
+    p = subparsers.add_parser("plugins",
+                              help="list the plugins, their versions and what they provide")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=plugins_command)
 
@@ -113,8 +114,8 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
              repr(field.default), _bounds(field), field.description or ""]
             for name, field in model.model_fields.items()]
     print("  hyperparameters (set with key=value):")
-    print("\n".join("    " + line for line in
-                    _table(rows, ["NAME", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"]).splitlines()))
+    table = _table(rows, ["NAME", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"])
+    print("\n".join("    " + line for line in table.splitlines()))
     return 0
 
 

@@ -1,0 +1,123 @@
+"""The seven chapter-8 architectures: sizes, shapes, layouts and initialization."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+
+PARAMS = {
+    "Net": 18_090,
+    "NetWidth": 38_386,
+    "NetDropout": 38_386,
+    "NetBatchNorm": 38_482,
+    "NetDepth": 16_130,
+    "NetRes": 16_130,
+    "NetResDeep": 159_330,
+}
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_all_seven_are_registered() -> None:
+    assert set(PARAMS) <= set(zoo.list_models())
+
+
+@pytest.mark.parametrize(("name", "expected"), sorted(PARAMS.items()))
+def test_parameter_counts_match_the_book(name: str, expected: int) -> None:
+    assert n_params(zoo.create_model(name)) == expected
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("batch", [1, 7])
+def test_output_shape_at_defaults(name: str, batch: int) -> None:
+    model = zoo.create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(batch, 3, 32, 32))
+    assert out.shape == (batch, 2)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_output_shape_at_other_size_channels_and_classes(name: str) -> None:
+    model = zoo.create_model(name, num_classes=5, height=48, width=40, in_channels=1).eval()
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 48, 40))
+    assert out.shape == (3, 5)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_channels_last_forward_equals_contiguous(name: str) -> None:
+    torch.manual_seed(0)
+    model = zoo.create_model(name).eval()
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        got = model.to(memory_format=torch.channels_last)(
+            x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_resblock_initialization_is_kaiming_normal() -> None:
+    torch.manual_seed(0)
+    model = zoo.create_model("NetResDeep")
+    blocks = list(model.resblocks)
+    assert len(blocks) == 10
+    for block in blocks:
+        weight = block.conv.weight
+        fan_in = weight.shape[1] * weight.shape[2] * weight.shape[3]
+        target = math.sqrt(2.0 / fan_in)
+        assert abs(weight.std().item() - target) / target < 0.10
+        assert weight.mean().abs().item() < 0.1 * target
+        assert block.conv.bias is None
+        assert torch.all(block.batch_norm.weight == 0.5)
+        assert torch.all(block.batch_norm.bias == 0)
+
+
+def test_resnetdeep_blocks_are_independent_by_default() -> None:
+    model = zoo.create_model("NetResDeep")
+    weights = [b.conv.weight for b in model.resblocks]
+    assert len({id(w) for w in weights}) == 10
+    assert not torch.equal(weights[0], weights[1])
+    assert n_params(model) == 159_330
+
+
+def test_shared_block_option_reproduces_the_book() -> None:
+    model = zoo.create_model("NetResDeep", shared_block=True)
+    blocks = list(model.resblocks)
+    assert all(b is blocks[0] for b in blocks)
+    assert n_params(model) == 75_810
+    # A training step keeps them one block: gradients of all ten uses accumulate into it.
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    opt.step()
+    assert all(b.conv.weight is blocks[0].conv.weight for b in blocks)
+
+
+def test_n_blocks_and_width_hyperparameters_take_effect() -> None:
+    model = zoo.create_model("NetResDeep", n_blocks=3, n_chans1=8)
+    assert len(model.resblocks) == 3
+    assert model.resblocks[0].conv.weight.shape == (8, 8, 3, 3)
+    assert zoo.create_model("NetWidth", n_chans1=64).conv2.out_channels == 32
+
+
+def test_dropout_hyperparameter_and_eval_mode() -> None:
+    model = zoo.create_model("NetDropout", dropout=0.25)
+    assert model.conv1_dropout.p == 0.25
+    x = torch.randn(4, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x))
+
+
+def test_smallest_accepted_input_size_runs() -> None:
+    for name in PARAMS:
+        size = zoo.get_spec(name).min_input_size
+        model = zoo.create_model(name, height=size, width=size).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, size, size)).shape == (2, 2)

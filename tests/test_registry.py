@@ -1,0 +1,177 @@
+"""The plugin host: discovery through entry points, validation, provenance and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import MakeDist, tiny_plugin
+
+import zoo
+from zoo.errors import (
+    DuplicateNameError,
+    HyperparameterError,
+    InputShapeError,
+    UnknownArchitectureError,
+)
+from zoo.registry import Registry
+
+BOOK = ["Net", "NetBatchNorm", "NetDepth", "NetDropout", "NetRes", "NetResDeep", "NetWidth"]
+
+
+def test_builtins_come_from_the_entry_point_group_with_provenance() -> None:
+    reg = Registry()
+    assert reg.list_models() == BOOK
+    spec = reg.get_spec("NetRes")
+    assert spec.provenance is not None
+    assert (spec.provenance.plugin, spec.provenance.distribution) == ("chapter8", "zoo")
+    assert spec.provenance.version == zoo.__version__
+    assert spec.source.startswith("Deep Learning with PyTorch")
+    assert spec.input_shape.as_tuple() == (3, 32, 32)
+    assert spec.num_classes == 2
+
+
+def test_list_models_wildcards_and_tags() -> None:
+    assert zoo.list_models("NetRes*") == ["NetRes", "NetResDeep"]
+    assert zoo.list_models(["net", "*drop*"]) == ["Net", "NetDropout"]
+    assert zoo.list_models(tags=["residual"]) == ["NetRes", "NetResDeep"]
+    assert zoo.list_models(tags=["residual", "batchnorm"]) == ["NetResDeep"]
+    assert zoo.list_models("Foo*") == []
+
+
+def test_hparams_schema_has_defaults_bounds_and_descriptions() -> None:
+    schema = zoo.hparams_schema("NetResDeep")
+    props = schema["properties"]
+    assert props["n_blocks"]["default"] == 10
+    assert props["n_blocks"]["minimum"] == 1
+    assert "description" in props["shared_block"]
+    assert props["num_classes"]["default"] == 2
+    assert schema["additionalProperties"] is False
+
+
+def test_resolve_records_everything_needed_to_rebuild() -> None:
+    cfg = zoo.resolve("NetWidth", n_chans1=16, num_classes=4, height=24)
+    assert cfg.architecture == "NetWidth"
+    assert cfg.hparams == {"n_hidden": 32, "n_chans1": 16}
+    assert cfg.input_shape.as_tuple() == (3, 24, 32)
+    assert cfg.num_classes == 4
+    # Strings (from the CLI's --set) are converted by the spec's model.
+    assert zoo.resolve("NetWidth", n_chans1="8").hparams["n_chans1"] == 8
+
+
+def test_unknown_architecture_suggests_the_closest_names() -> None:
+    with pytest.raises(UnknownArchitectureError, match=r"'NetResDep'.*did you mean 'NetResDeep'"):
+        zoo.get_spec("NetResDep")
+    with pytest.raises(UnknownArchitectureError, match="did you mean 'Net'"):
+        zoo.create_model("net")
+
+
+def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
+    with pytest.raises(HyperparameterError) as info:
+        zoo.create_model("Net", n_chans1=8)
+    assert str(info.value) == ("Net has no hyperparameter 'n_chans1'; accepted: n_hidden, "
+                               "in_channels, height, width, num_classes")
+
+
+def test_out_of_range_and_wrong_type_name_the_field_and_bound() -> None:
+    with pytest.raises(HyperparameterError, match=r"'n_blocks'.*greater than or equal to 1"):
+        zoo.create_model("NetResDeep", n_blocks=0)
+    with pytest.raises(HyperparameterError, match=r"'dropout'.*less than 1"):
+        zoo.create_model("NetDropout", dropout=1.5)
+    with pytest.raises(HyperparameterError, match=r"'abc' for NetWidth hyperparameter 'n_chans1'"):
+        zoo.create_model("NetWidth", n_chans1="abc")
+    with pytest.raises(HyperparameterError, match="'num_classes'"):
+        zoo.create_model("Net", num_classes=1)
+
+
+def test_input_size_the_architecture_cannot_take() -> None:
+    with pytest.raises(InputShapeError, match=r"NetDepth cannot take 6x6 inputs.*at least 8"):
+        zoo.create_model("NetDepth", height=6, width=6)
+
+
+def test_third_party_plugin_is_found_through_distribution_metadata(make_dist: MakeDist) -> None:
+    make_dist("tiny-nets", "tiny_nets", tiny_plugin("TinyNet", "tiny_nets"), version="2.3")
+    reg = Registry()
+    assert "TinyNet" in reg.list_models()
+    spec = reg.get_spec("TinyNet")
+    assert spec.provenance is not None
+    assert spec.provenance.distribution == "tiny-nets"
+    assert spec.provenance.version == "2.3"
+    model = reg.create_model("TinyNet", n_filters=6, num_classes=3)
+    assert model[0].out_channels == 6
+    info = {p.name: p for p in reg.plugins()}["tiny_nets"]
+    assert info.architectures == ("TinyNet",)
+
+
+def test_plugin_that_fails_to_import_is_reported_and_others_work(make_dist: MakeDist) -> None:
+    make_dist("broken-nets", "broken_nets", "raise RuntimeError('boom at import')\n")
+    reg = Registry()
+    assert reg.list_models("Net") == ["Net"]
+    [failed] = reg.failed_plugins()
+    assert failed.distribution == "broken-nets"
+    assert failed.error is not None
+    assert "RuntimeError: boom at import" in failed.error
+
+
+def test_plugin_returning_an_invalid_spec_is_reported(make_dist: MakeDist) -> None:
+    code = tiny_plugin("Bad Name!", "bad_nets")
+    make_dist("bad-nets", "bad_nets", code)
+    reg = Registry()
+    [failed] = reg.failed_plugins()
+    assert failed.distribution == "bad-nets"
+    assert failed.error is not None
+    assert "invalid spec" in failed.error and "name" in failed.error
+    assert "NetRes" in reg.list_models()
+
+
+def test_reserved_hyperparameter_names_are_refused(make_dist: MakeDist) -> None:
+    code = tiny_plugin("Clash", "clash_nets").replace("n_filters: int", "num_classes: int")
+    make_dist("clash-nets", "clash_nets", code)
+    [failed] = Registry().failed_plugins()
+    assert failed.error is not None and "reserved" in failed.error
+
+
+def test_duplicate_names_name_both_distributions(make_dist: MakeDist) -> None:
+    make_dist("evil-zoo", "evil_zoo", tiny_plugin("Net", "evil_zoo"), version="6.6")
+    reg = Registry()
+    with pytest.raises(DuplicateNameError) as info:
+        reg.get_spec("Net")
+    message = str(info.value)
+    assert "zoo 0.1.0" in message and "evil-zoo 6.6" in message
+    assert "-p no:" in message
+    # Blocking one of the two resolves the clash, and the survivor is the built-in.
+    survivor = Registry(blocked=["evil_zoo"]).get_spec("Net")
+    assert survivor.provenance is not None and survivor.provenance.distribution == "zoo"
+
+
+def test_autoload_can_be_disabled_and_plugins_named(make_dist: MakeDist) -> None:
+    make_dist("tiny-nets", "tiny_nets2", tiny_plugin("TinyNet2", "tiny_nets2"))
+    off = Registry(environ={"ZOO_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert "TinyNet2" not in off.list_models()
+    assert "Net" in off.list_models()  # the zoo's own plugins still load
+    named = Registry(environ={"ZOO_DISABLE_PLUGIN_AUTOLOAD": "1", "ZOO_PLUGINS": "tiny_nets2"})
+    assert "TinyNet2" in named.list_models()
+
+
+def test_blocking_by_environment_variable() -> None:
+    reg = Registry(environ={"ZOO_BLOCK_PLUGINS": "chapter8"})
+    assert reg.list_models() == []
+    status = {p.name: p.status for p in reg.plugins()}
+    assert status["chapter8"] == "blocked"
+
+
+def test_plugin_registered_directly_for_embedders() -> None:
+    import types
+
+    module = types.ModuleType("inline_plugin")
+    exec(tiny_plugin("Inline", "inline_plugin"), module.__dict__)
+    import sys
+
+    sys.modules["inline_plugin"] = module
+    try:
+        reg = Registry(entry_points=False)
+        reg.register(module, name="inline")
+        assert reg.list_models() == ["Inline"]
+        assert json.dumps(reg.hparams_schema("Inline"))
+    finally:
+        del sys.modules["inline_plugin"]
