@@ -1,0 +1,137 @@
+"""Optional int8: static QDQ quantization with onnxruntime, calibrated on training images.
+
+    python bench/bench_quantize.py [--archs Net NetDepth] [--epochs 4] [--size 3000]
+
+For each architecture: train on the offline ``synthetic`` dataset, export the
+run, quantize the bundle's graph (``quantize_static``, QDQ format, per-channel
+int8 weights and int8 activations, calibrated on ``--calibration`` training
+images), then compare float32 and int8 on the run's whole validation split
+(accuracy, agreement) and in speed (batch 1 and 256). The verdict "keep" needs
+an accuracy drop of at most 1 point and a faster int8 graph at both batch sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+import zoo
+from zoo.datasets import DatasetRequest
+from zoo.deploy import ort_session
+from zoo.exporter import export
+from zoo.imaging import normalize
+from zoo.manifest import INPUT_NAME, ONNX_FILE
+
+
+class Reader(CalibrationDataReader):  # type: ignore[misc]
+    def __init__(self, images: np.ndarray, batch: int = 32) -> None:
+        self.batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        x = next(self.batches, None)
+        return None if x is None else {INPUT_NAME: x}
+
+
+def latency_ms(session: Any, x: np.ndarray, runs: int) -> float:
+    for _ in range(max(3, runs // 10)):
+        session.run(None, {INPUT_NAME: x})
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def predict(session: Any, x: np.ndarray) -> np.ndarray:
+    logits = np.concatenate([session.run(None, {INPUT_NAME: x[i:i + 256]})[0]
+                             for i in range(0, len(x), 256)])
+    return np.asarray(logits.argmax(1))
+
+
+def bench(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    options = {"num_classes": args.classes, "size": args.size}
+    run = zoo.train(name, dataset="synthetic", dataset_options=options, epochs=args.epochs,
+                    out=root / f"{name}-run", progress="none", seed=0)
+    bundle = export(run.run_dir, out=root / f"{name}-bundle").path
+    summary = run.summary
+    shape = summary.model.input_shape
+    data = zoo.default_registry().get_dataset("synthetic").load(
+        DatasetRequest(val_split=summary.train_config["val_split"], seed=summary.seed,
+                       image_size=(shape.height, shape.width), channels=shape.channels),
+        **options)
+    assert data.content_key == summary.data.content_key, "not the run's data"
+    norm = summary.normalization
+    calib = normalize(data.train.images[: args.calibration], norm.mean, norm.std)
+    val = normalize(data.val.images, norm.mean, norm.std)
+    labels = data.val.labels
+
+    pre = root / f"{name}-pre.onnx"
+    int8 = root / f"{name}-int8.onnx"
+    quant_pre_process(str(bundle / ONNX_FILE), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(int8), Reader(calib), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    per_channel=True)
+    fp = ort_session(bundle / ONNX_FILE, threads=args.threads)
+    q = ort_session(int8, threads=args.threads)
+    p_fp, p_q = predict(fp, val), predict(q, val)
+    row: dict[str, Any] = {
+        "architecture": name,
+        "acc_fp32": float((p_fp == labels).mean()), "acc_int8": float((p_q == labels).mean()),
+        "agreement": float((p_fp == p_q).mean()), "val_images": len(labels),
+    }
+    for batch, runs in ((1, 300), (256, 10)):
+        x = val[:batch] if len(val) >= batch else np.resize(val, (batch, *val.shape[1:]))
+        row[f"fp32_ms_b{batch}"] = latency_ms(fp, x, runs)
+        row[f"int8_ms_b{batch}"] = latency_ms(q, x, runs)
+    row["drop_points"] = 100 * (row["acc_fp32"] - row["acc_int8"])
+    faster = row["int8_ms_b1"] < row["fp32_ms_b1"] and row["int8_ms_b256"] < row["fp32_ms_b256"]
+    row["verdict"] = "keep" if row["drop_points"] <= 1.0 and faster else "drop"
+    row["size_kib"] = (bundle / ONNX_FILE).stat().st_size / 1024
+    row["int8_size_kib"] = int8.stat().st_size / 1024
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--archs", nargs="*", default=None)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--size", type=int, default=3000, help="synthetic images (train + val)")
+    parser.add_argument("--classes", type=int, default=4)
+    parser.add_argument("--calibration", type=int, default=512, help="training images")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    names = args.archs or zoo.list_models(tags=["chapter8"])
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            rows.append(bench(name, Path(tmp), args))
+            print(f"  {name} done", file=sys.stderr)
+    print("| architecture | val acc fp32 | val acc int8 | drop (points) | agreement | "
+          "fp32 ms b1 | int8 ms b1 | fp32 ms b256 | int8 ms b256 | onnx KiB fp32/int8 | verdict |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['architecture']} | {r['acc_fp32']:.3f} | {r['acc_int8']:.3f} | "
+              f"{r['drop_points']:.1f} | {r['agreement']:.3f} | {r['fp32_ms_b1']:.3f} | "
+              f"{r['int8_ms_b1']:.3f} | {r['fp32_ms_b256']:.2f} | {r['int8_ms_b256']:.2f} | "
+              f"{r['size_kib']:.0f}/{r['int8_size_kib']:.0f} | {r['verdict']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

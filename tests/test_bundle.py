@@ -1,0 +1,213 @@
+"""zoo.load / zoo verify: SHA-256 checks, manifest validation, safe unpickling, missing plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import MakeDist, tiny_plugin
+from export_helpers import make_run
+
+import zoo
+from zoo.bundle import load_bundle
+from zoo.cli import main
+from zoo.errors import BundleError
+from zoo.exporter import export, verify_bundle
+from zoo.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_entry, read_manifest
+from zoo.pretrained import pretrained_bundles, resolve_bundle
+from zoo.registry import Registry
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bundles")
+    make_run(root / "run", "NetResDeep", n_blocks=2)
+    return export(root / "run", out=root / "NetResDeep-synthetic").path
+
+
+@pytest.fixture
+def bundle(bundle_dir: Path, tmp_path: Path) -> Path:
+    """A private copy that a test may tamper with."""
+    return Path(shutil.copytree(bundle_dir, tmp_path / "bundle"))
+
+
+def _rewrite_manifest(bundle: Path, **changes: object) -> None:
+    raw = json.loads((bundle / MANIFEST_FILE).read_text())
+    raw.update(changes)
+    (bundle / MANIFEST_FILE).write_text(json.dumps(raw))
+
+
+def _rehash(bundle: Path, name: str) -> None:
+    raw = json.loads((bundle / MANIFEST_FILE).read_text())
+    raw["files"][name] = file_entry(bundle / name).model_dump()
+    (bundle / MANIFEST_FILE).write_text(json.dumps(raw))
+
+
+def test_load_rebuilds_the_exported_model(bundle: Path) -> None:
+    loaded = load_bundle(bundle)
+    assert not loaded.model.training
+    assert loaded.manifest.architecture == "NetResDeep" and loaded.path == bundle
+    model = zoo.load(bundle)
+    assert isinstance(model, torch.nn.Module) and len(model.resblocks) == 2  # type: ignore[arg-type]
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), loaded.model(x))
+
+
+def test_load_matches_the_run_checkpoint(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", "NetDropout")
+    path = export(tmp_path / "run", out=tmp_path / "b").path
+    state = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
+    loaded = zoo.load(path).state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, ONNX_FILE])
+def test_a_tampered_file_is_an_error_naming_it(bundle: Path, name: str) -> None:
+    data = bytearray((bundle / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bundle / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{name} does not match its SHA-256"):
+        zoo.load(bundle)
+    with pytest.raises(BundleError, match=f"{name} does not match its SHA-256"):
+        verify_bundle(bundle)
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, ONNX_FILE])
+def test_a_missing_file_is_an_error_naming_it(bundle: Path, name: str) -> None:
+    (bundle / name).unlink()
+    with pytest.raises(BundleError, match=f"is missing {name}"):
+        zoo.load(bundle)
+
+
+def test_a_weights_file_that_runs_code_when_unpickled_is_refused(bundle: Path,
+                                                                 tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"conv1.weight": Exploit()}, bundle / WEIGHTS_FILE)
+    _rehash(bundle, WEIGHTS_FILE)  # an attacker who can write files can rewrite the sums too
+    with pytest.raises(BundleError, match=r"refusing .*model\.pt.*weights_only=True"):
+        zoo.load(bundle)
+    with pytest.raises(BundleError, match="refusing"):
+        verify_bundle(bundle)
+    assert main(["verify", str(bundle)]) == 1
+    assert not marker.exists()
+
+
+def test_a_weights_file_of_the_wrong_shapes_is_an_error(bundle: Path) -> None:
+    torch.save({"conv1.weight": torch.zeros(1)}, bundle / WEIGHTS_FILE)
+    _rehash(bundle, WEIGHTS_FILE)
+    with pytest.raises(BundleError, match="does not fit NetResDeep"):
+        zoo.load(bundle)
+
+
+def test_unknown_format_version_is_a_clear_error(bundle: Path) -> None:
+    _rewrite_manifest(bundle, format_version=2)
+    with pytest.raises(BundleError, match="format_version 2, which this zoo cannot read; "
+                                          "accepted: 1"):
+        zoo.load(bundle)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"classes": 7}, "does not validate as a bundle manifest: classes"),
+    ({"files": {}}, "does not list model.pt"),
+    ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
+])
+def test_a_manifest_that_does_not_validate_is_a_clear_error(bundle: Path, change: dict[str, object],
+                                                            message: str) -> None:
+    _rewrite_manifest(bundle, **change)
+    with pytest.raises(BundleError, match=message):
+        zoo.load(bundle)
+
+
+def test_missing_or_unreadable_bundles(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match="does not exist"):
+        zoo.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match=r"has no manifest\.json"):
+        zoo.load(tmp_path / "empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="is not valid JSON"):
+        read_manifest(tmp_path / "bad")
+
+
+def test_a_bundle_whose_plugin_is_not_installed_names_the_plugin(
+        make_dist: MakeDist, tmp_path: Path) -> None:
+    make_dist("zoo-tiny", "tiny_nets", tiny_plugin("TinyNet", "tiny_nets"), version="2.3",
+              entry_points={"tiny": "tiny_nets"})
+    with_plugin = Registry()
+    path = export("TinyNet", out=tmp_path / "b", registry=with_plugin).path
+    manifest = read_manifest(path)
+    assert manifest.provenance is not None
+    assert (manifest.provenance.distribution, manifest.provenance.version) == ("zoo-tiny", "2.3")
+    assert zoo.load(path, registry=with_plugin) is not None
+    without = Registry(blocked=["tiny"])
+    with pytest.raises(BundleError, match="needs architecture 'TinyNet' from zoo-tiny 2.3 "
+                                          r"\(plugin 'tiny'\), which is not installed"):
+        zoo.load(path, registry=without)
+
+
+def test_verify_reruns_the_checks(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report = zoo.verify(bundle)
+    assert report.passed and [c.batch_size for c in report.checks] == [1, 7]
+    assert report.atol == 1e-4 and report.rtol == 1e-3
+    strict = verify_bundle(bundle, atol=0.5, rtol=0.0)
+    assert strict.atol == 0.5
+    assert main(["verify", str(bundle)]) == 0
+    out = capsys.readouterr().out
+    assert "SHA-256 sums, manifest and weights (weights_only): ok" in out
+    assert "verification PASSED" in out
+    (bundle / ONNX_FILE).write_bytes(b"garbage")
+    assert main(["verify", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("zoo: error: ") and "model.onnx does not match its SHA-256" in err
+
+
+def test_verify_fails_on_a_graph_that_computes_something_else(bundle: Path,
+                                                              tmp_path: Path) -> None:
+    other = export("NetResDeep", overrides={"n_blocks": 2, "num_classes": 3}, seed=99,
+                   out=tmp_path / "other").path
+    shutil.copy(other / ONNX_FILE, bundle / ONNX_FILE)
+    _rehash(bundle, ONNX_FILE)
+    report = verify_bundle(bundle)
+    assert not report.passed and all(not c.passed for c in report.checks)
+    assert main(["verify", str(bundle)]) == 1
+
+
+def test_resolve_bundle_by_path_bundle_name_and_architecture(
+        bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = tmp_path / "exports"
+    shutil.copytree(bundle_dir, exports / "NetResDeep-synthetic")
+    export("NetResDeep", overrides={"n_blocks": 1}, out=exports / "NetResDeep")
+    export("Net", out=exports / "Net")
+    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
+    shipped = pretrained_bundles()
+    # the trained bundle wins over the untrained one of the same architecture
+    assert shipped == {"Net": exports / "Net", "NetResDeep": exports / "NetResDeep-synthetic"}
+    assert resolve_bundle("NetResDeep") == exports / "NetResDeep-synthetic"
+    assert resolve_bundle("NetResDeep-synthetic") == exports / "NetResDeep-synthetic"
+    assert resolve_bundle(str(bundle_dir)) == bundle_dir
+    assert zoo.load("Net").fc2.out_features == 2
+    with pytest.raises(BundleError, match=r"no bundle 'NetWidth'.*shipped: Net, NetResDeep, "
+                                          r"NetResDeep-synthetic"):
+        resolve_bundle("NetWidth")
+    with pytest.raises(BundleError, match="bundle 'some/where' does not exist"):
+        resolve_bundle("some/where")
+
+
+def test_default_exports_dir_is_the_repository_exports_folder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.pretrained import exports_dir
+
+    monkeypatch.delenv("ZOO_EXPORTS", raising=False)
+    assert exports_dir() == Path(zoo.__file__).resolve().parent.parent / "exports"
