@@ -33,3 +33,55 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the library and the built-in plugins."""
     session.install("-e", ".[dev]")
     session.run("mypy")
+
+
+def _architectures(session: nox.Session, *, tag: str = "chapter8") -> list[str]:
+    import json
+
+    out = session.run("zoo", "list", "--tag", tag, "--json", silent=True, external=False)
+    return [record["name"] for record in json.loads(str(out))]
+
+
+@nox.session(python=PYTHON)
+def export(session: nox.Session) -> None:
+    """Export every built-in architecture to an ONNX bundle and verify it (into .nox/exports)."""
+    session.install("-e", ".[dev]")
+    out = session.create_tmp() + "/exports"
+    for name in _architectures(session):
+        bundle = f"{out}/{name}"
+        session.run("zoo", "export", name, "--out", bundle, "--force")
+        session.run("zoo", "verify", bundle)
+
+
+@nox.session(python=PYTHON)
+def zoo(session: nox.Session) -> None:
+    """Re-train, export and verify the shipped CIFAR-2 bundles, then regenerate the README table.
+
+    nox -s zoo -- --data-dir DIR [--dataset imagefolder|cifar2] [--epochs N] [--only NAME ...]
+
+    DIR is an ImageFolder directory holding airplane/ and bird/ (held-out split
+    --val-split, default 0.1, seed 0) or a CIFAR-10 copy (--dataset cifar2).
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="nox -s zoo --")
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--dataset", default="imagefolder", choices=["imagefolder", "cifar2"])
+    parser.add_argument("--val-split", default="0.1")
+    parser.add_argument("--seed", default="0")
+    parser.add_argument("--epochs", default=None)
+    parser.add_argument("--only", nargs="*", default=None)
+    args = parser.parse_args(session.posargs)
+    session.install("-e", ".[dev]")
+    names = args.only or _architectures(session)
+    for name in names:
+        run_dir = f"runs/zoo/{name}"
+        train = ["zoo", "train", name, "--dataset", args.dataset, "--data-dir", args.data_dir,
+                 "--seed", args.seed, "--out", run_dir, "--force"]
+        if args.dataset == "imagefolder":
+            train += ["--val-split", args.val_split]
+        if args.epochs:
+            train += ["--epochs", args.epochs]
+        session.run(*train)
+        session.run("zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force")
+    session.run("python", "-m", "zoo.modeltable", "--write", "README.md")

@@ -30,7 +30,7 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
 
 def decode_image(path: Path | str, channels: int = 3,
                  size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode ``path`` into a uint8 ``(channels, height, width)`` array, resized to ``size`` (h, w)."""
+    """Decode ``path`` into uint8 ``(channels, height, width)``, resized to ``size`` (h, w)."""
     try:
         with Image.open(path) as img:
             img.load()
@@ -40,10 +40,7 @@ def decode_image(path: Path | str, channels: int = 3,
     if size is not None and (converted.height, converted.width) != tuple(size):
         converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     array = np.asarray(converted, dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[None, :, :]
-    else:
-        array = array.transpose(2, 0, 1)
+    array = array[None, :, :] if array.ndim == 2 else array.transpose(2, 0, 1)
     return np.ascontiguousarray(array)
 
 
@@ -52,4 +49,5 @@ def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...
     x = images.astype(np.float32) / 255.0
     m = np.asarray(mean, dtype=np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, dtype=np.float32).reshape(1, -1, 1, 1)
-    return (x - m) / s  # type: ignore[no-any-return]
+    normalized: np.ndarray = (x - m) / s
+    return normalized

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
+from zoo.errors import ZooError
+from zoo.manifest import read_manifest
+from zoo.pretrained import pretrained_bundles
 from zoo.registry import Registry
 from zoo.spec import ArchitectureSpec
 
@@ -39,8 +43,8 @@ def warn_failed_plugins(registry: Registry) -> None:
               f"{info.error} (see 'zoo plugins')", file=sys.stderr)
 
 
-def spec_record(spec: ArchitectureSpec) -> dict[str, Any]:
-    """A JSON-ready description of a spec."""
+def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[str, Any]:
+    """A JSON-ready description of a spec (``pretrained``: its shipped bundle, if any)."""
     prov = spec.provenance
     return {
         "name": spec.name,
@@ -55,6 +59,7 @@ def spec_record(spec: ArchitectureSpec) -> dict[str, Any]:
         "plugin": prov.plugin if prov else None,
         "distribution": prov.distribution if prov else None,
         "version": prov.version if prov else None,
+        "pretrained": pretrained,
     }
 
 
@@ -69,15 +74,16 @@ def list_command(args: argparse.Namespace, registry: Registry) -> int:
     names = registry.list_models(args.patterns or "*", tags=args.tag)
     warn_failed_plugins(registry)
     specs = [registry.get_spec(n) for n in names]
+    shipped = {arch: path.name for arch, path in pretrained_bundles().items()}
     if args.json:
-        print(json.dumps([spec_record(s) for s in specs], indent=2))
+        print(json.dumps([spec_record(s, shipped.get(s.name)) for s in specs], indent=2))
         return 0
     if not specs:
         print("no architecture matches", file=sys.stderr)
         return 1
-    rows = [[s.name, s.summary, ",".join(s.tags),
-             s.provenance.plugin if s.provenance else "-"] for s in specs]
-    print(_table(rows, ["NAME", "SUMMARY", "TAGS", "PLUGIN"]))
+    rows = [[s.name, s.summary, ",".join(s.tags), s.provenance.plugin if s.provenance else "-",
+             shipped.get(s.name, "-")] for s in specs]
+    print(_table(rows, ["NAME", "SUMMARY", "TAGS", "PLUGIN", "PRETRAINED"]))
     return 0
 
 
@@ -91,13 +97,28 @@ def _bounds(field: Any) -> str:
     return " ".join(parts) or "-"
 
 
+def _pretrained_line(bundle: Path | None) -> str:
+    if bundle is None:
+        return "none shipped"
+    try:
+        manifest = read_manifest(bundle)
+    except ZooError as exc:
+        return f"{bundle} (unreadable: {exc})"
+    training = manifest.training
+    if training is None or training.best is None:
+        return f"{bundle.name} (untrained)"
+    return (f"{bundle.name} (val accuracy {training.best.val_acc:.3f} on {training.dataset}, "
+            f"classes {', '.join(manifest.classes)}; zoo predict {manifest.architecture} IMAGE)")
+
+
 def show_command(args: argparse.Namespace, registry: Registry) -> int:
     spec = registry.get_spec(args.name)
     if args.schema:
         print(json.dumps(spec.hparams_schema(), indent=2))
         return 0
+    bundle = pretrained_bundles().get(spec.name)
     if args.json:
-        print(json.dumps(spec_record(spec), indent=2))
+        print(json.dumps(spec_record(spec, bundle.name if bundle else None), indent=2))
         return 0
     prov = spec.provenance
     shape = spec.input_shape
@@ -109,6 +130,7 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     print(f"  input:        {shape.channels}x{shape.height}x{shape.width} "
           f"(at least {spec.min_input_size}x{spec.min_input_size})")
     print(f"  classes:      {spec.num_classes}")
+    print(f"  pretrained:   {_pretrained_line(bundle)}")
     model = spec.config_model()
     rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
              repr(field.default), _bounds(field), field.description or ""]

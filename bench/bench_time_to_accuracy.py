@@ -1,0 +1,84 @@
+"""Time to accuracy: the default recipe on CIFAR-2 (ImageFolder) with a held-out split, per arch.
+
+Trains each chapter-8 architecture with ``TrainConfig()`` defaults (``--epochs``
+overrides) on ``--data-dir`` with a seeded, stratified ``--val-split``, and
+prints the training seconds (train steps plus per-epoch validation, without
+data loading or file writing), the best and final validation accuracy, and the
+book's numbers to beat. The CPU may be shared with other jobs: seconds are noisy.
+
+    python bench/bench_time_to_accuracy.py --data-dir ../shared/data/cifar2/train [--arch Net]
+    python bench/bench_time_to_accuracy.py --book --arch Net   # the book's recipe, 100 epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import zoo
+from zoo.config import TrainConfig
+
+BOOK_VAL_ACC = {"Net": 0.89, "NetWidth": 0.90, "NetDropout": 0.88, "NetBatchNorm": 0.89,
+                "NetDepth": 0.90, "NetRes": 0.90, "NetResDeep": 0.86}
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar2" / "train"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--val-split", type=float, default=0.1)
+    parser.add_argument("--arch", action="append", help="architectures (default: all seven)")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--book", action="store_true", help="the book's recipe instead")
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp dir)")
+    args = parser.parse_args()
+    if not args.data_dir.is_dir():
+        raise SystemExit(f"no data at {args.data_dir}: pass --data-dir (CIFAR-2 ImageFolder)")
+    fields: dict[str, Any] = {"dataset": "imagefolder", "data_dir": args.data_dir,
+                              "val_split": args.val_split, "seed": args.seed,
+                              "device": args.device, "progress": "none"}
+    if args.epochs:
+        fields["epochs"] = args.epochs
+    base = TrainConfig.book(**fields) if args.book else TrainConfig(**fields)
+    print(f"recipe: {'book' if args.book else 'default'} ({base.optimizer} lr {base.lr} "
+          f"batch {base.batch_size}, {base.epochs} epochs, schedule {base.schedule}, "
+          f"flip {base.flip}, crop padding {base.crop_padding}, label smoothing "
+          f"{base.label_smoothing}, grad clip {base.grad_clip}); data {args.data_dir}, "
+          f"val split {args.val_split}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = args.out or Path(tmp)
+        for arch in args.arch or list(BOOK_VAL_ACC):
+            result = zoo.train(arch, base, out=root / f"{arch}-tta")
+            best = result.summary.best
+            assert best is not None
+            final = result.metrics[-1]
+            elapsed, reached = 0.0, None
+            for m in result.metrics:  # seconds until the book's accuracy is first reached
+                elapsed += m.seconds
+                if reached is None and m.val_acc >= BOOK_VAL_ACC[arch]:
+                    reached = elapsed
+            rows.append((arch, result.summary.train_seconds, best.val_acc, reached,
+                         final.val_acc))
+            print(f"  {arch}: {result.summary.train_seconds:.1f}s, best val acc "
+                  f"{best.val_acc:.3f} (epoch {best.epoch}), final {final.val_acc:.3f}",
+                  flush=True)
+    print()
+    print(f"{'architecture':<14}{'train s':>9}{'s to book acc':>15}{'best val':>10}"
+          f"{'final val':>11}{'book val':>10}  final beats book")
+    for arch, seconds, best_acc, reached, final_acc in rows:
+        book = BOOK_VAL_ACC[arch]
+        to_book = f"{reached:.1f}" if reached is not None else "-"
+        print(f"{arch:<14}{seconds:>9.1f}{to_book:>15}{best_acc:>10.3f}{final_acc:>11.3f}"
+              f"{book:>10.2f}  {'yes' if final_acc >= book else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""A decoded-image cache on disk: uint8 arrays in ``.npz`` files, written atomically.
+
+The cache directory is ``request.cache_dir``, else ``$ZOO_CACHE_DIR``, else
+``~/.cache/zoo``. Entries are named by a key that hashes what the images were
+decoded from (file paths, sizes and modification times, plus the decode
+size and channels), so a changed, added or removed file invalidates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+
+from zoo.fsutil import atomic_path
+
+ENV_CACHE_DIR = "ZOO_CACHE_DIR"
+
+
+def cache_root(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env)
+    return Path.home() / ".cache" / "zoo"
+
+
+def hash_parts(parts: Iterable[str]) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def file_fingerprint(path: Path) -> str:
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+Arrays = dict[str, np.ndarray]
+
+
+def cached(root: Path, key: str, build: Callable[[], Arrays], *, enabled: bool = True) -> Arrays:
+    """Return the arrays stored under ``key``, building and storing them on a miss.
+
+    An unreadable or unwritable cache is never an error: the arrays are rebuilt
+    (and, if the directory cannot be written, simply not stored).
+    """
+    if not enabled:
+        return build()
+    path = root / f"{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {name: npz[name] for name in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile):
+            pass  # corrupt entry: rebuild it below
+    arrays = build()
+    try:
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+    except OSError:
+        pass
+    return arrays

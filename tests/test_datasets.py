@@ -1,0 +1,216 @@
+"""The built-in dataset plugin: synthetic, imagefolder, cifar2/cifar10 (all offline)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zoo import DatasetRequest, Registry
+from zoo.errors import DataError, UnknownDatasetError, ZooError
+
+
+@pytest.fixture(scope="module")
+def registry() -> Registry:
+    return Registry()
+
+
+def _req(tmp_path: Path, **kw: object) -> DatasetRequest:
+    kw.setdefault("cache_dir", tmp_path / "cache")
+    return DatasetRequest.model_validate(kw)
+
+
+def test_registered_and_torch_free() -> None:
+    code = ("import sys, zoo; r = zoo.Registry(); print(r.list_datasets()); "
+            "assert 'torch' not in sys.modules")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert out.strip() == "['cifar10', 'cifar2', 'imagefolder', 'synthetic']"
+
+
+def test_unknown_dataset_suggests(registry: Registry) -> None:
+    with pytest.raises(UnknownDatasetError, match="did you mean 'cifar2'"):
+        registry.get_dataset("cifar3")
+
+
+# -- synthetic ------------------------------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_and_balanced(registry: Registry, tmp_path: Path) -> None:
+    spec = registry.get_dataset("synthetic")
+    a = spec.load(_req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
+                  num_classes=3)
+    b = spec.load(_req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
+                  num_classes=3)
+    c = spec.load(_req(tmp_path, seed=4, image_size=(16, 20), val_split=0.25), size=120,
+                  num_classes=3)
+    assert a.train.images.shape == (90, 3, 16, 20) and a.train.images.dtype == np.uint8
+    assert a.val.images.shape == (30, 3, 16, 20)
+    assert np.array_equal(a.train.images, b.train.images)
+    assert np.array_equal(a.val.labels, b.val.labels)
+    assert a.content_key == b.content_key != c.content_key
+    assert not np.array_equal(a.train.images, c.train.images)
+    assert a.classes == ("cross", "circle", "square")
+    assert np.bincount(a.val.labels).tolist() == [10, 10, 10]  # stratified
+    grey = spec.load(_req(tmp_path, channels=1), size=20, num_classes=2)
+    assert grey.train.images.shape[1] == 1
+
+
+def test_synthetic_bad_options(registry: Registry, tmp_path: Path) -> None:
+    spec = registry.get_dataset("synthetic")
+    with pytest.raises(ZooError, match="num_classes"):
+        spec.load(_req(tmp_path), num_classes=9)
+    with pytest.raises(ZooError, match="accepted options"):
+        spec.load(_req(tmp_path), colour="red")
+
+
+# -- imagefolder ----------------------------------------------------------------------------
+
+
+def _image(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (24, 20),
+           mode: str = "RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGB", size, colour)
+    if mode != "RGB":
+        img = img.convert(mode)
+    img.save(path)
+
+
+def _folder(root: Path, per_class: int = 5) -> Path:
+    for i in range(per_class):
+        _image(root / "cat" / f"{i}.png", (200, 10 * i, 0))
+        _image(root / "dog" / f"{i}.jpg", (0, 10 * i, 200), size=(40, 30))
+    _image(root / "dog" / "grey.png", (90, 90, 90), mode="L")
+    _image(root / "cat" / "alpha.png", (0, 0, 0), mode="RGBA")
+    (root / "cat" / "notes.txt").write_text("not an image, ignored by suffix")
+    return root
+
+
+def test_imagefolder_decodes_and_splits(registry: Registry, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    spec = registry.get_dataset("imagefolder")
+    ds = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
+    assert ds.classes == ("cat", "dog")
+    assert len(ds.train) + len(ds.val) == 12
+    assert ds.train.images.shape[1:] == (3, 8, 8)
+    assert sorted(np.bincount(ds.val.labels).tolist()) == [1, 1]
+    again = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
+    assert np.array_equal(ds.train.images, again.train.images)
+    other = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=2))
+    assert not np.array_equal(ds.val.images, other.val.images)
+
+
+def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo_datasets.imagefolder as imf
+
+    root = _folder(tmp_path / "data")
+    spec = registry.get_dataset("imagefolder")
+    req = _req(tmp_path, data_dir=root, image_size=(8, 8))
+    first = spec.load(req)
+    assert list((tmp_path / "cache" / "imagefolder").glob("*.npz"))
+
+    def boom(*a: object, **k: object) -> None:
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(imf, "decode_image", boom)
+    cached = spec.load(req)
+    assert np.array_equal(first.train.images, cached.train.images)
+    monkeypatch.undo()
+    _image(root / "cat" / "0.png", (255, 255, 255), size=(30, 30))
+    os.utime(root / "cat" / "0.png", ns=(1, 1))
+    changed = spec.load(req)
+    assert changed.content_key != first.content_key
+
+
+def test_imagefolder_corrupt_file_skipped_or_strict(registry: Registry, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    root = _folder(tmp_path / "data")
+    bad = root / "dog" / "broken.jpg"
+    bad.write_bytes(b"definitely not a jpeg")
+    spec = registry.get_dataset("imagefolder")
+    ds = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8)))
+    assert len(ds.skipped) == 1 and str(bad) in ds.skipped[0]
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    with pytest.raises(DataError, match=r"broken\.jpg"):
+        spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), strict=True))
+
+
+def test_imagefolder_bad_directories(registry: Registry, tmp_path: Path) -> None:
+    spec = registry.get_dataset("imagefolder")
+    with pytest.raises(DataError, match="does not exist"):
+        spec.load(_req(tmp_path, data_dir=tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no images"):
+        spec.load(_req(tmp_path, data_dir=tmp_path / "empty"))
+    _image(tmp_path / "one" / "a" / "x.png", (1, 2, 3))
+    _image(tmp_path / "one" / "a" / "y.png", (1, 2, 3))
+    with pytest.raises(DataError, match="at least 2"):
+        spec.load(_req(tmp_path, data_dir=tmp_path / "one"))
+    with pytest.raises(ZooError, match="needs --data-dir"):
+        spec.load(_req(tmp_path))
+
+
+def test_imagefolder_val_dir(registry: Registry, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "train")
+    val = tmp_path / "val"
+    _image(val / "dog" / "v.png", (0, 0, 255))
+    spec = registry.get_dataset("imagefolder")
+    ds = spec.load(_req(tmp_path, data_dir=root, val_dir=val, image_size=(8, 8)))
+    assert len(ds.train) == 12 and ds.val.labels.tolist() == [1]
+    _image(tmp_path / "val2" / "horse" / "h.png", (0, 0, 0))
+    with pytest.raises(DataError, match="horse"):
+        spec.load(_req(tmp_path, data_dir=root, val_dir=tmp_path / "val2"))
+
+
+# -- cifar ----------------------------------------------------------------------------------
+
+
+def _fake_cifar(root: Path, per_batch: int = 20) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        labels = (np.arange(per_batch) % 10).tolist()
+        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
+        with (folder / name).open("wb") as fh:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, fh)
+    with (folder / "batches.meta").open("wb") as fh:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, fh)
+    return root
+
+
+def test_cifar_reads_a_local_copy(registry: Registry, tmp_path: Path) -> None:
+    root = _fake_cifar(tmp_path / "c")
+    c10 = registry.get_dataset("cifar10").load(_req(tmp_path, data_dir=root, download=False))
+    assert c10.train.images.shape == (100, 3, 32, 32) and len(c10.val) == 20
+    assert len(c10.classes) == 10 and "official" in c10.split_description
+    c2 = registry.get_dataset("cifar2").load(_req(tmp_path, data_dir=root, download=False,
+                                                  image_size=(16, 16)))
+    assert c2.classes == ("airplane", "bird")
+    assert set(c2.train.labels.tolist()) == {0, 1} and len(c2.train) == 20
+    assert c2.train.images.shape[2:] == (16, 16)
+
+
+def test_cifar_offline_without_copy_is_a_clear_error(registry: Registry, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"imagefolder.*synthetic"):
+        registry.get_dataset("cifar2").load(_req(tmp_path, data_dir=tmp_path / "empty",
+                                                 download=False))
+    from torchvision.datasets import CIFAR10
+
+    def offline(self: object) -> None:
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(CIFAR10, "download", offline)
+    with pytest.raises(DataError, match="download failed: network is unreachable"):
+        registry.get_dataset("cifar10").load(_req(tmp_path, data_dir=tmp_path / "empty"))

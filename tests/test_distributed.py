@@ -1,0 +1,129 @@
+"""DDP on CPU with 2 gloo processes: equivalence with one process, one set of files, failures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import zoo_testnets
+
+from zoo import Registry
+from zoo.trainer import train
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="torch.distributed is not available")
+
+# 320 images, 0.2 held out: 256 training images, 4 global batches of 64 per epoch
+COMMON: dict[str, Any] = {
+    "dataset_options": {"size": 320, "num_classes": 2},
+    "val_split": 0.2,
+    "model": {"height": 16, "width": 16},
+    "flip": False,
+    "crop_padding": 0,
+    "schedule": "none",
+    "progress": "none",
+    "num_threads": 1,
+    "dist_timeout_s": 30,
+}
+RUN_FILES = {"config.json", "run.json", "metrics.jsonl", "metrics.csv", "val_samples.npy",
+             "checkpoints"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, world: int, port: int, arch: str, fields: dict[str, Any],
+            cache: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      ZOO_CACHE_DIR=cache)
+    registry = Registry()
+    registry.register(zoo_testnets, name="testnets")
+    train(arch, registry=registry, **fields)
+
+
+def _spawn(arch: str, fields: dict[str, Any], cache: Path, world: int = 2,
+           timeout: float = 60.0) -> None:
+    """Run ``train`` in ``world`` gloo processes; fail (never hang) after ``timeout`` seconds."""
+    ctx = mp.start_processes(_worker, args=(world, _free_port(), arch, fields, str(cache)),
+                             nprocs=world, join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    try:
+        while not ctx.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed run did not finish in {timeout}s")
+    finally:
+        for proc in ctx.processes:
+            if proc.is_alive():
+                proc.kill()
+
+
+def _params(run: Path) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = torch.load(run / "checkpoints" / "last.pt",
+                                                  weights_only=True)["model"]
+    return weights
+
+
+def test_two_ranks_match_one_process_and_resume(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+    single = train("Net", epochs=2, batch_size=64, out=tmp_path / "single", **COMMON)
+    # one process, batch 64, for one epoch; then resumed as 2 ranks x batch 32 (the same
+    # global batch) for the second epoch: resume under DDP, then DDP training proper
+    train("Net", epochs=1, batch_size=64, out=tmp_path / "ddp", **COMMON)
+    _spawn("Net", {"epochs": 2, "batch_size": 32, "resume": tmp_path / "ddp"}, cache)
+    a, b = _params(tmp_path / "single"), _params(tmp_path / "ddp")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-5, msg=name)
+    # one set of files, written by rank 0 only (a fresh DDP run: test_torchrun_command_line)
+    names = {p.name for p in (tmp_path / "ddp").iterdir()}
+    assert names >= RUN_FILES and not [n for n in names if n.startswith(".")]
+    assert {p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()} <= {"last.pt",
+                                                                              "best.pt"}
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    # metrics are all-reduced over the ranks: the same global numbers as one process
+    from zoo.run import EpochMetrics
+
+    ddp_last = EpochMetrics.model_validate_json(lines[-1])
+    assert ddp_last.val_acc == single.metrics[-1].val_acc
+    assert abs(ddp_last.train_loss - single.metrics[-1].train_loss) < 1e-4
+
+
+def test_a_failing_rank_ends_the_job(tmp_path: Path) -> None:
+    fields = {**COMMON, "epochs": 2, "batch_size": 32, "out": tmp_path / "run",
+              "model": {**COMMON["model"], "fail_rank": 1, "after": 2}}
+    start = time.monotonic()
+    with pytest.raises((mp.ProcessRaisedException, mp.ProcessExitedException)) as info:
+        _spawn("Faulty", fields, tmp_path / "cache", timeout=60)
+    # the failing rank's error, or rank 0's when its collective broke first: never a hang
+    message = str(info.value)
+    assert ("injected failure in rank 1" in message or "gloo" in message.lower()
+            or "connection" in message.lower()), message
+    assert time.monotonic() - start < 60
+
+
+def test_torchrun_command_line(tmp_path: Path) -> None:
+    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "zoo", "train", "Net", "--option", "size=200", "--set", "height=16",
+           "--set", "width=16", "--epochs", "1", "--batch-size", "32", "--num-threads", "1",
+           "--progress", "log", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(str(tmp_path / "run")) == 1  # only rank 0 reports
+    assert {p.name for p in (tmp_path / "run").iterdir()} >= RUN_FILES
+    assert "x2 ranks" in proc.stderr

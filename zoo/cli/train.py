@@ -1,0 +1,144 @@
+"""``zoo train``: train an architecture with the shared trainer (the handler imports torch)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from zoo.errors import ZooError
+from zoo.registry import Registry
+
+# flag name -> TrainConfig field, for the options with a plain value
+_VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_size",
+                "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing",
+                "crop_padding", "grad_clip", "seed", "device", "amp", "out", "resume", "cache_dir",
+                "num_threads", "progress", "eval_batch_size")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = subparsers.add_parser(
+        "train", help="train an architecture on a dataset",
+        description="Train NAME with the shared trainer. Options come from --config FILE "
+                    "(JSON or TOML), then flags; --set sets model hyperparameters. Run under "
+                    "torchrun --nproc_per_node=N -m zoo train ... for DDP.")
+    p.add_argument("name", metavar="NAME", nargs="?",
+                   help="architecture (optional with --resume)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="model hyperparameter or shape key, e.g. n_chans1=16 (repeatable)")
+    p.add_argument("--option", dest="dataset_opts", action="append", default=[],
+                   metavar="KEY=VALUE", help="dataset option, e.g. size=500 (repeatable)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TrainConfig as JSON or TOML")
+    p.add_argument("--dataset", metavar="D", help="dataset name (default: synthetic)")
+    p.add_argument("--data-dir", type=Path, metavar="DIR")
+    p.add_argument("--val-dir", type=Path, metavar="DIR")
+    p.add_argument("--val-split", type=float, metavar="F")
+    p.add_argument("--epochs", type=int, metavar="N")
+    p.add_argument("--batch-size", type=int, metavar="N", help="per process")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", choices=["none", "cosine", "onecycle"])
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="random horizontal flips")
+    p.add_argument("--crop-padding", type=int, metavar="P", help="random crop padding (0: off)")
+    p.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm")
+    p.add_argument("--book", action="store_true",
+                   help="the book's recipe: SGD lr 1e-2, batch 64, no momentum/augmentation, "
+                        "100 epochs (flags still override)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--num-threads", type=int, metavar="N")
+    p.add_argument("--eval-batch-size", type=int, metavar="N")
+    p.add_argument("--strict", action="store_true", default=None,
+                   help="fail on an unreadable image instead of skipping it")
+    p.add_argument("--no-download", dest="download", action="store_false", default=None)
+    p.add_argument("--cache-dir", type=Path, metavar="DIR")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="run directory (default runs/NAME-DATASET-TIME)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run")
+    p.add_argument("--progress", choices=["auto", "bar", "log", "none"])
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(handler=train_command)
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values: JSON where it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        lowered = text.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+        return text
+
+
+def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ZooError(f"{flag} takes KEY=VALUE, got {pair!r}")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields the command line sets (file first, then flags)."""
+    from zoo.config import TrainConfig, load_config_file
+
+    fields: dict[str, Any] = {}
+    if args.book:
+        fields.update(TrainConfig.book().model_dump(exclude_defaults=True))
+    if args.config is not None:
+        fields.update(load_config_file(args.config))
+    for name in _VALUE_FLAGS:
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    for name in ("nesterov", "flip", "channels_last", "strict", "download"):
+        value = getattr(args, name)
+        if value is not None:
+            fields[name] = value
+    if args.sets:
+        fields["model"] = {**dict(fields.get("model") or {}), **parse_pairs(args.sets, "--set")}
+    if args.dataset_opts:
+        fields["dataset_options"] = {**dict(fields.get("dataset_options") or {}),
+                                     **parse_pairs(args.dataset_opts, "--option")}
+    return fields
+
+
+def train_command(args: argparse.Namespace, registry: Registry) -> int:
+    from zoo.cli.catalog import warn_failed_plugins
+
+    fields = config_fields(args)
+    name = args.name
+    if name is None:
+        if args.resume is None:
+            raise ZooError("zoo train needs an architecture NAME (see 'zoo list'), "
+                           "or --resume RUN_DIR")
+        from zoo.run import read_summary
+
+        name = read_summary(args.resume).model.architecture
+    warn_failed_plugins(registry)
+    from zoo.trainer import train
+
+    result = train(name, registry=registry, **fields)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
+        return 0
+    summary = result.summary
+    if args.json:
+        print(summary.model_dump_json(indent=2))
+    else:
+        best = summary.best
+        best_text = (f"best val acc {best.val_acc:.4f} (epoch {best.epoch})" if best else "")
+        print(f"{result.run_dir}: {summary.epochs_completed} epoch(s), {best_text}, "
+              f"{summary.train_seconds:.1f}s")
+    return 0

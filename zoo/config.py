@@ -1,0 +1,110 @@
+"""``TrainConfig``: everything a training run is configured by (pydantic, no torch import).
+
+Filled from a JSON or TOML file (:func:`load_config_file`), CLI flags and
+``--set key=value`` model overrides. The defaults are the zoo's fast recipe;
+:meth:`TrainConfig.book` gives the book's recipe (plain SGD, lr 1e-2, batch 64).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from zoo.errors import ZooError
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+
+
+class TrainConfig(BaseModel):
+    """A training run's configuration; unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # what to train on
+    model: dict[str, Any] = Field(default_factory=dict,
+                                  description="Architecture overrides (hyperparameters, "
+                                              "in_channels, height, width, num_classes).")
+    dataset: str = Field("synthetic", description="A registered dataset name.")
+    dataset_options: dict[str, Any] = Field(default_factory=dict,
+                                            description="The dataset's own options.")
+    data_dir: Path | None = Field(None, description="Data directory (or download location).")
+    val_dir: Path | None = Field(None, description="Separate validation directory.")
+    val_split: float = Field(0.1, ge=0.0, lt=1.0,
+                             description="Held-out fraction without val_dir.")
+    strict: bool = Field(False, description="Fail on unreadable images instead of skipping.")
+    download: bool = Field(True, description="Allow downloading datasets.")
+    cache_dir: Path | None = Field(None, description="Decoded-image cache directory.")
+    # recipe
+    epochs: int = Field(12, ge=1, le=100_000)
+    batch_size: int = Field(128, ge=1, le=65_536, description="Per process (rank) batch size.")
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
+    nesterov: bool = Field(True, description="Nesterov momentum (SGD, momentum > 0).")
+    weight_decay: float = Field(5e-4, ge=0.0)
+    schedule: Literal["none", "cosine", "onecycle"] = "onecycle"
+    warmup_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="One-cycle warm-up share.")
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    grad_clip: float | None = Field(2.0, ge=0.0,
+                                     description="Clip the gradient norm (0 or None: off).")
+    flip: bool = Field(True, description="Random horizontal flips.")
+    crop_padding: int = Field(0, ge=0, le=64,
+                              description="Random crop after zero padding (0: off).")
+    seed: int = Field(0, ge=0, description="Seed of the split, init, batches and augmentation.")
+    # execution
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")
+    eval_batch_size: int = Field(1024, ge=1)
+    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU.")
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm under DDP on CUDA.")
+    dist_timeout_s: float = Field(300.0, gt=0, description="DDP collective timeout.")
+    progress: Literal["auto", "bar", "log", "none"] = "auto"
+    out: Path | None = Field(None, description="Run directory (default runs/ARCH-DATA-TIME).")
+    resume: Path | None = Field(None, description="Run directory to resume.")
+
+    @classmethod
+    def book(cls, **fields: Any) -> TrainConfig:
+        """The book's recipe: SGD lr 1e-2, batch 64; no momentum, decay, schedule, augmentation."""
+        base: dict[str, Any] = dict(optimizer="sgd", lr=1e-2, batch_size=64, momentum=0.0,
+                                    nesterov=False, weight_decay=0.0, schedule="none",
+                                    label_smoothing=0.0, flip=False, crop_padding=0, epochs=100,
+                                    grad_clip=None)
+        base.update(fields)
+        return cls(**base)
+
+
+def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Validate ``data`` into a TrainConfig, one clear sentence on bad input."""
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "(input)"
+        if err["type"] == "extra_forbidden":
+            raise ZooError(f"{where}: unknown training option {field!r}; accepted: "
+                           f"{', '.join(TrainConfig.model_fields)}") from None
+        raise ZooError(f"{where}: invalid value {err.get('input')!r} for {field!r}: "
+                       f"{err['msg']}") from None
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Read a JSON (``.json``) or TOML (any other suffix) config file into a dict."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ZooError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
+        raise ZooError(f"config file {str(path)!r} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ZooError(f"config file {str(path)!r} must hold a table of options")
+    return data
