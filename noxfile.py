@@ -63,6 +63,7 @@ def zoo(session: nox.Session) -> None:
     --val-split, default 0.1, seed 0) or a CIFAR-10 copy (--dataset cifar2).
     """
     import argparse
+    import shutil
 
     parser = argparse.ArgumentParser(prog="nox -s zoo --")
     parser.add_argument("--data-dir", required=True)
@@ -76,8 +77,9 @@ def zoo(session: nox.Session) -> None:
     names = args.only or _architectures(session)
     for name in names:
         run_dir = f"runs/zoo/{name}"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, not a resume
         train = ["zoo", "train", name, "--dataset", args.dataset, "--data-dir", args.data_dir,
-                 "--seed", args.seed, "--out", run_dir, "--force"]
+                 "--seed", args.seed, "--out", run_dir, "--progress", "log"]
         if args.dataset == "imagefolder":
             train += ["--val-split", args.val_split]
         if args.epochs:

@@ -121,3 +121,36 @@ def test_smallest_accepted_input_size_runs() -> None:
         model = zoo.create_model(name, height=size, width=size).eval()
         with torch.no_grad():
             assert model(torch.randn(2, 3, size, size)).shape == (2, 2)
+
+
+class BookNet(nn.Module):
+    """Net exactly as the book's code writes it: activation, then pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(16, 8, kernel_size=3, padding=1)
+        self.fc1 = nn.Linear(8 * 8 * 8, 32)
+        self.fc2 = nn.Linear(32, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.max_pool2d(torch.tanh(self.conv1(x)), 2)
+        out = torch.nn.functional.max_pool2d(torch.tanh(self.conv2(out)), 2)
+        out = out.view(-1, 8 * 8 * 8)
+        out = torch.tanh(self.fc1(out))
+        return self.fc2(out)  # type: ignore[no-any-return]
+
+
+def test_pooling_before_the_activation_computes_the_books_net() -> None:
+    torch.manual_seed(0)
+    ours = zoo.create_model("Net")
+    book = BookNet()
+    book.load_state_dict(ours.state_dict())
+    x = torch.randn(16, 3, 32, 32)
+    out_ours, out_book = ours(x), book(x)
+    assert torch.equal(out_ours, out_book)  # max of tanh == tanh of max, bit for bit
+    out_ours.sum().backward()
+    out_book.sum().backward()
+    for (name, p), q in zip(ours.named_parameters(), book.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
