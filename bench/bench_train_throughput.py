@@ -26,7 +26,8 @@ from torch.utils.data import DataLoader
 import zoo
 from zoo.config import TrainConfig
 from zoo.datasets import DatasetRequest, LoadedDataset
-from zoo.trainer import compute_normalization, select_device
+from zoo.pipeline import compute_normalization
+from zoo.trainer import select_device
 
 ARCHS = ["Net", "NetWidth", "NetDropout", "NetBatchNorm", "NetDepth", "NetRes", "NetResDeep"]
 

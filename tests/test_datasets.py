@@ -142,6 +142,17 @@ def test_imagefolder_corrupt_file_skipped_or_strict(registry: Registry, tmp_path
         spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), strict=True))
 
 
+
+def test_imagefolder_quiet_request_prints_nothing(registry: Registry, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # what the trainer asks on every distributed rank but 0: only rank 0 warns
+    root = _folder(tmp_path / "data")
+    (root / "dog" / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    ds = registry.get_dataset("imagefolder").load(
+        _req(tmp_path, data_dir=root, image_size=(8, 8), quiet=True))
+    assert len(ds.skipped) == 1
+    assert capsys.readouterr().err == ""
+
 def test_imagefolder_bad_directories(registry: Registry, tmp_path: Path) -> None:
     spec = registry.get_dataset("imagefolder")
     with pytest.raises(DataError, match="does not exist"):

@@ -15,9 +15,11 @@ import zoo
 from zoo import Registry
 from zoo.cli import main
 from zoo.config import TrainConfig
+from zoo.distributed import Dist
 from zoo.errors import DataError, TrainingError
+from zoo.pipeline import augment, rank_batches, shard_indices
 from zoo.run import read_summary
-from zoo.trainer import Dist, augment, rank_batches, shard_indices, train
+from zoo.trainer import train
 
 # tiny and fast: 16x16 images, a few hundred samples
 FAST: dict[str, Any] = {
@@ -218,8 +220,8 @@ def test_book_recipe_is_a_config() -> None:
 
 
 def test_device_data_uint8_and_float_paths_agree() -> None:
+    from zoo.pipeline import DeviceData
     from zoo.run import Normalization
-    from zoo.trainer import DeviceData
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 3, 6, 6), dtype=np.uint8)

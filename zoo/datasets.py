@@ -42,6 +42,8 @@ class DatasetRequest(BaseModel):
     strict: bool = Field(False, description="Fail on an unreadable file instead of skipping it.")
     download: bool = Field(True, description="Allow downloading when the data is not local.")
     cache_dir: Path | None = Field(None, description="Where decoded uint8 caches are kept.")
+    quiet: bool = Field(False, description="Print no warnings (set on all but one of the "
+                                           "processes of a distributed run).")
 
 
 @dataclass(frozen=True)

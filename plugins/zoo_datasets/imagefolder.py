@@ -124,7 +124,7 @@ def load(request: DatasetRequest, options: ImageFolderOptions) -> LoadedDataset:
         train, val = take(images, labels, train_idx), take(images, labels, val_idx)
         description = (f"seeded stratified split: {request.val_split:g} of each class held out "
                        f"(seed {request.seed})")
-    if skipped:
+    if skipped and not request.quiet:
         print(f"zoo: warning: skipped {len(skipped)} unreadable file(s), e.g. {skipped[0]}",
               file=sys.stderr)
     return LoadedDataset(name="imagefolder", train=train, val=val, classes=tuple(classes),
