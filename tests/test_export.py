@@ -279,7 +279,7 @@ def test_cli_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"opset 42 cannot be produced by the torchscript exporter of torch {torch.__version__}" \
         f"; accepted: {low} to {high}" in capsys.readouterr().err
     assert main(["export", "NetRes", "--out", str(out), "--set", "oops"]) == 1
-    assert "--set takes key=value" in capsys.readouterr().err
+    assert "--set takes KEY=VALUE" in capsys.readouterr().err
     assert main(["verify", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["passed"] is True and len(report["checks"]) == 2

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
-from zoo.errors import ZooError
+from zoo.cli.options import parse_pairs
 from zoo.registry import Registry
 
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
-
-
-def parse_sets(items: list[str]) -> dict[str, Any]:
-    """``["n_hidden=16"]`` → ``{"n_hidden": "16"}``; the spec's pydantic model coerces values."""
-    values: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise ZooError(f"--set takes key=value, got {item!r}")
-        values[key.strip()] = value.strip()
-    return values
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,7 +53,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.manifest import VerificationError
 
     try:
-        result = export(args.source, overrides=parse_sets(args.sets), out=args.out,
+        result = export(args.source, overrides=parse_pairs(args.sets, "--set"), out=args.out,
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
                         seed=args.seed, registry=registry)

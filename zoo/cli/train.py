@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from zoo.cli.options import parse_pairs
 from zoo.errors import ZooError
 from zoo.registry import Registry
 
@@ -67,27 +67,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--progress", choices=["auto", "bar", "log", "none"])
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(handler=train_command)
-
-
-def parse_value(text: str) -> Any:
-    """``--set`` values: JSON where it parses (numbers, true/false, lists), else the string."""
-    try:
-        return json.loads(text)
-    except ValueError:
-        lowered = text.lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        return text
-
-
-def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ZooError(f"{flag} takes KEY=VALUE, got {pair!r}")
-        out[key.strip()] = parse_value(value.strip())
-    return out
 
 
 def config_fields(args: argparse.Namespace) -> dict[str, Any]:
