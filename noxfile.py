@@ -1,4 +1,4 @@
-"""Developer sessions: ``nox -s tests lint typecheck``, plus ``export``, ``bench`` and ``zoo``.
+"""Developer sessions: ``nox -s tests lint typecheck``, plus ``export`` and ``zoo``.
 
 Sessions reuse their virtual environments (``-R`` skips reinstalling): torch is
 large, and the pip on this machine takes it from the local disk.

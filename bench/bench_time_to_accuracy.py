@@ -21,9 +21,8 @@ import torch
 
 import zoo
 from zoo.config import TrainConfig
+from zoo.modeltable import BOOK_VAL_ACC
 
-BOOK_VAL_ACC = {"Net": 0.89, "NetWidth": 0.90, "NetDropout": 0.88, "NetBatchNorm": 0.89,
-                "NetDepth": 0.90, "NetRes": 0.90, "NetResDeep": 0.86}
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar2" / "train"
 
 

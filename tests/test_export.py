@@ -231,7 +231,8 @@ def test_cli_failed_verification_prints_report_and_exits_non_zero(
     ("Net", {"overrides": {"depth": 3}}, HyperparameterError, "no hyperparameter 'depth'"),
     ("missing/run", {}, ExportError, "run directory 'missing/run' does not exist"),
     ("Net", {"exporter": "tflite"}, ExportError, "unknown exporter 'tflite'"),
-    ("Net", {"atol": -1.0}, ExportError, "tolerances must be non-negative"),
+    ("Net", {"atol": -1.0}, ExportError, "tolerances must be finite and non-negative"),
+    ("Net", {"rtol": float("nan")}, ExportError, "tolerances must be finite and non-negative"),
 ])
 def test_bad_input_is_a_clear_error(source: str, kwargs: dict[str, Any], error: type[Exception],
                                     message: str, tmp_path: Path,

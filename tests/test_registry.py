@@ -175,3 +175,36 @@ def test_plugin_registered_directly_for_embedders() -> None:
         assert json.dumps(reg.hparams_schema("Inline"))
     finally:
         del sys.modules["inline_plugin"]
+
+
+def test_build_revalidates_a_recorded_config() -> None:
+    # A config read back from a run or bundle is checked again, e.g. after a plugin update.
+    stale = zoo.resolve("NetResDeep").model_copy(update={"hparams": {"n_blocks": 0}})
+    with pytest.raises(HyperparameterError, match="'n_blocks'"):
+        Registry().build(stale)
+
+
+def test_plugin_failing_in_its_datasets_hook_contributes_nothing(make_dist: MakeDist) -> None:
+    code = tiny_plugin("HalfBroken", "half_broken") + (
+        "\n@zoo.hookimpl\ndef zoo_datasets():\n    raise RuntimeError('no data today')\n")
+    make_dist("half-broken", "half_broken", code)
+    reg = Registry()
+    assert "HalfBroken" not in reg.list_models()
+    [failed] = reg.failed_plugins()
+    assert failed.error is not None and "no data today" in failed.error
+
+
+def test_list_json_with_required_and_factory_defaults(make_dist: MakeDist,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    code = tiny_plugin("Odd", "odd_nets").replace(
+        'n_filters: int = Field(4, ge=1, le=64, description="Channels of the convolution.")',
+        'n_filters: int = Field(ge=1, le=64, description="Required.")\n'
+        '    kernels: list[int] = Field(default_factory=lambda: [3, 5])')
+    make_dist("odd-nets", "odd_nets", code)
+    assert main(["list", "Odd", "--json"]) == 0
+    [record] = json.loads(capsys.readouterr().out)
+    assert record["hparams"] == {"n_filters": None, "kernels": [3, 5]}
+    assert main(["show", "Odd"]) == 0
+    assert "(required)" in capsys.readouterr().out

@@ -238,3 +238,13 @@ def test_device_data_uint8_and_float_paths_agree() -> None:
     assert ya.tolist() == yb.tolist() == [3, 1, 4]
     expected = (images[3, 0, 0, 0] / 255.0 - 0.4) / 0.2
     assert abs(float(xa[0, 0, 0, 0]) - expected) < 1e-5
+
+
+def test_resume_without_a_checkpoint_or_with_a_corrupt_config(tmp_path: Path) -> None:
+    train("Net", epochs=1, out=tmp_path / "run", **FAST)
+    (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
+    with pytest.raises(TrainingError, match=r"has no checkpoints/last.pt"):
+        train("Net", epochs=1, resume=tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text("{not json")
+    with pytest.raises(TrainingError, match=r"config.json is unreadable"):
+        train("Net", epochs=1, resume=tmp_path / "run")

@@ -8,6 +8,7 @@ dict that ``torch.load(..., weights_only=True)`` reads.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,19 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint onto the CPU (tensors and plain data only)."""
-    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    """Read a checkpoint onto the CPU (tensors and plain data only); a clear error if unusable."""
+    if not path.is_file():
+        raise TrainingError(f"cannot resume from {str(path.parent.parent)!r}: it has no "
+                            f"{path.parent.name}/{path.name} (no epoch was completed)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
+            TypeError, OSError) as exc:
+        raise TrainingError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+                            ) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise TrainingError(f"{path} is not a zoo training checkpoint")
     return state
 
 

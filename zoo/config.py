@@ -56,7 +56,7 @@ class TrainConfig(BaseModel):
                               description="Random crop after zero padding (0: off).")
     seed: int = Field(0, ge=0, description="Seed of the split, init, batches and augmentation.")
     # execution
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Device = "auto"
     channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")

@@ -43,6 +43,8 @@ from zoo.errors import ExportError, UnknownArchitectureError
 from zoo.fsutil import atomic_directory
 from zoo.imaging import normalize
 from zoo.manifest import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
     FORMAT_VERSION,
     INPUT_NAME,
     MANIFEST_FILE,
@@ -58,7 +60,7 @@ from zoo.manifest import (
     Versions,
     file_entry,
 )
-from zoo.pretrained import exports_dir, resolve_bundle
+from zoo.pretrained import ENV_EXPORTS
 from zoo.registry import Registry, default_registry
 from zoo.run import (
     BEST_CHECKPOINT,
@@ -75,8 +77,6 @@ from zoo.spec import ModelConfig
 Exporter = Literal["torchscript", "dynamo"]
 EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
 DEFAULT_EXPORTER: Exporter = "torchscript"
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 #: Batch sizes of the random-input checks: 1 and a batch other than the export's example (2).
 RANDOM_BATCHES = (1, 7)
 LATENCY_RUNS = 100
@@ -245,11 +245,25 @@ def _latency_ms(session: ort.InferenceSession, shape: tuple[int, int, int], runs
     return statistics.median(times) * 1000.0
 
 
+def default_destination(name: str) -> Path:
+    """``$ZOO_EXPORTS/NAME`` when set, else ``./exports/NAME`` (relative to the working folder)."""
+    root = os.environ.get(ENV_EXPORTS)
+    return (Path(root) if root else Path.cwd() / "exports") / name
+
+
+def check_tolerances(atol: float, rtol: float) -> None:
+    """Tolerances must be finite and non-negative (NaN would fail every comparison)."""
+    if not (0 <= atol < float("inf") and 0 <= rtol < float("inf")):
+        raise ExportError(f"tolerances must be finite and non-negative, got atol {atol} and "
+                          f"rtol {rtol}")
+
+
 def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
                 samples: np.ndarray | None = None, atol: float = DEFAULT_ATOL,
                 rtol: float = DEFAULT_RTOL, seed: int = 0,
                 latency_runs: int = LATENCY_RUNS) -> VerificationReport:
     """Check ``onnx_path`` against ``model`` (eval mode); ``samples`` are already normalized."""
+    check_tolerances(atol, rtol)
     start = time.perf_counter()
     model.eval()
     try:
@@ -336,11 +350,10 @@ def export(
     graph does not match; in both cases nothing is left at the destination.
     """
     registry = registry or default_registry()
-    if atol < 0 or rtol < 0:
-        raise ExportError(f"tolerances must be non-negative, got atol {atol} and rtol {rtol}")
+    check_tolerances(atol, rtol)
     opset = check_opset(opset, exporter)
     src = _load_source(source, overrides or {}, registry, checkpoint, seed)
-    dest = Path(out) if out is not None else exports_dir() / src.name
+    dest = Path(out) if out is not None else default_destination(src.name)
     _check_destination(dest, force)
     config = src.config
     spec = registry.get_spec(config.architecture)
@@ -402,8 +415,7 @@ def verify_bundle(bundle: str | Path, *, atol: float | None = None, rtol: float 
     ``passed`` says whether the graph matches); a missing, tampered or unreadable
     bundle raises :class:`~zoo.errors.BundleError`.
     """
-    path = resolve_bundle(bundle)
-    loaded = load_bundle(path, registry=registry)
+    loaded = load_bundle(bundle, registry=registry)
     recorded = loaded.manifest.verification
     return verify_onnx(loaded.model, loaded.path / ONNX_FILE, loaded.manifest.model,
                        atol=recorded.atol if atol is None else atol,

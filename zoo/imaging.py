@@ -35,7 +35,8 @@ def decode_image(path: Path | str, channels: int = 3,
         with Image.open(path) as img:
             img.load()
             converted = to_mode(img, channels)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as exc:
         raise ImageDecodeError(f"{path}: not a readable image ({exc})") from None
     if size is not None and (converted.height, converted.width) != tuple(size):
         converted = converted.resize((size[1], size[0]), Image.Resampling.BILINEAR)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoo.errors import BundleError, ExportError
+from zoo.fsutil import atomic_write_text
 from zoo.run import EpochMetrics, Normalization
 from zoo.spec import ModelConfig, Provenance
 
@@ -34,6 +35,10 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
 BUNDLE_FILES = (WEIGHTS_FILE, ONNX_FILE)
+
+#: Default verification tolerances: |onnx - torch| <= atol + rtol * |torch|.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
 
 #: Names of the ONNX graph's input and output.
 INPUT_NAME = "input"
@@ -190,8 +195,7 @@ def manifest_schema() -> dict[str, Any]:
 
 def write_schema(path: Path = SCHEMA_PATH) -> None:
     """Regenerate the published schema file (``python -m zoo.manifest``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(manifest_schema(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(manifest_schema(), indent=2, sort_keys=True) + "\n")
 
 
 def sha256_file(path: Path) -> str:

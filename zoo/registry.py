@@ -204,6 +204,9 @@ class Registry:
         self._conflicts = []
         archs = self._call_each("zoo_architectures", ArchitectureSpec)
         datasets = self._call_each("zoo_datasets", DatasetSpec)
+        # A plugin that failed in either hook contributes nothing.
+        archs = {p: s for p, s in archs.items() if self._infos[p].status == "loaded"}
+        datasets = {p: s for p, s in datasets.items() if self._infos[p].status == "loaded"}
         self._architectures = self._merge("architecture", archs)
         self._datasets = self._merge("dataset", datasets)
         for plugin, specs in archs.items():
@@ -280,6 +283,11 @@ class Registry:
     def build(self, config: ModelConfig) -> torch.nn.Module:
         """Build the torch module a resolved config describes."""
         spec = self.get_spec(config.architecture)
+        # Re-validated: a config read from a run or bundle may predate a plugin update.
+        shape = config.input_shape
+        config = resolve_config(spec, {**config.hparams, "in_channels": shape.channels,
+                                       "height": shape.height, "width": shape.width,
+                                       "num_classes": config.num_classes})
         hparams = spec.hparams.model_validate(config.hparams)
         module: torch.nn.Module = spec.load_builder()(
             hparams, input_shape=config.input_shape, num_classes=config.num_classes

@@ -233,7 +233,14 @@ def _merge_config(config: TrainConfig | None, fields: dict[str, Any]) -> TrainCo
         if not cfg_path.is_file():
             raise TrainingError(f"cannot resume {str(run_dir)!r}: it is not a run directory "
                                 f"(no {CONFIG_FILE})")
-        saved = json.loads(cfg_path.read_text())
+        try:
+            saved = json.loads(cfg_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise TrainingError(f"cannot resume {str(run_dir)!r}: its {CONFIG_FILE} is "
+                                f"unreadable ({exc})") from None
+        if not isinstance(saved, dict):
+            raise TrainingError(f"cannot resume {str(run_dir)!r}: its {CONFIG_FILE} does not "
+                                "hold a training config")
         saved.update({k: data[k] for k in explicit if k in data})
         saved["resume"] = run_dir
         saved["out"] = run_dir
@@ -557,13 +564,13 @@ class _Trainer:
     def _create_run_dir(self, first: RunSummary) -> None:
         """Write config, summary and validation samples into a new run directory, atomically."""
         run_dir = self.run_dir
-        if run_dir.exists():  # an empty directory the user made: keep it, fill it
-            run_dir.rmdir()
         try:
-            with atomic_directory(run_dir) as tmp:
-                atomic_write_text(tmp / CONFIG_FILE, self.config.model_dump_json(indent=2))
-                atomic_write_text(tmp / SUMMARY_FILE, first.model_dump_json(indent=2))
-                with atomic_path(tmp / VAL_SAMPLES) as npy, npy.open("wb") as fh:
+            # The folder appears complete or not at all; an empty one the user made is
+            # swapped for it (a non-empty one was refused before any work).
+            with atomic_directory(run_dir, replace=True) as tmp:
+                (tmp / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
+                (tmp / SUMMARY_FILE).write_text(first.model_dump_json(indent=2))
+                with (tmp / VAL_SAMPLES).open("wb") as fh:
                     np.save(fh, np.ascontiguousarray(self.data.val.images[:VAL_SAMPLE_COUNT]))
                 (tmp / CHECKPOINT_DIR).mkdir()
         except OSError as exc:

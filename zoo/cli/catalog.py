@@ -55,7 +55,7 @@ def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[s
         "min_input_size": spec.min_input_size,
         "source": spec.source,
         "builder": spec.builder,
-        "hparams": {name: field.default for name, field in spec.hparams.model_fields.items()},
+        "hparams": {name: _default(field) for name, field in spec.hparams.model_fields.items()},
         "plugin": prov.plugin if prov else None,
         "distribution": prov.distribution if prov else None,
         "version": prov.version if prov else None,
@@ -76,7 +76,8 @@ def list_command(args: argparse.Namespace, registry: Registry) -> int:
     specs = [registry.get_spec(n) for n in names]
     shipped = {arch: path.name for arch, path in pretrained_bundles().items()}
     if args.json:
-        print(json.dumps([spec_record(s, shipped.get(s.name)) for s in specs], indent=2))
+        print(json.dumps([spec_record(s, shipped.get(s.name)) for s in specs], indent=2,
+                         default=str))
         return 0
     if not specs:
         print("no architecture matches", file=sys.stderr)
@@ -85,6 +86,11 @@ def list_command(args: argparse.Namespace, registry: Registry) -> int:
              shipped.get(s.name, "-")] for s in specs]
     print(_table(rows, ["NAME", "SUMMARY", "TAGS", "PLUGIN", "PRETRAINED"]))
     return 0
+
+
+def _default(field: Any) -> Any:
+    """A field's default (a default_factory called), or None for a required field."""
+    return None if field.is_required() else field.get_default(call_default_factory=True)
 
 
 def _bounds(field: Any) -> str:
@@ -118,7 +124,8 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
         return 0
     bundle = pretrained_bundles().get(spec.name)
     if args.json:
-        print(json.dumps(spec_record(spec, bundle.name if bundle else None), indent=2))
+        print(json.dumps(spec_record(spec, bundle.name if bundle else None), indent=2,
+                         default=str))
         return 0
     prov = spec.provenance
     shape = spec.input_shape
@@ -133,7 +140,8 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     print(f"  pretrained:   {_pretrained_line(bundle)}")
     model = spec.config_model()
     rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
-             repr(field.default), _bounds(field), field.description or ""]
+             "(required)" if field.is_required() else repr(_default(field)), _bounds(field),
+             field.description or ""]
             for name, field in model.model_fields.items()]
     print("  hyperparameters (set with key=value):")
     table = _table(rows, ["NAME", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"])

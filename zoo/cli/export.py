@@ -6,10 +6,8 @@ import argparse
 import sys
 
 from zoo.cli.options import parse_pairs
+from zoo.manifest import DEFAULT_ATOL, DEFAULT_RTOL
 from zoo.registry import Registry
-
-DEFAULT_ATOL = 1e-4
-DEFAULT_RTOL = 1e-3
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter (default torchscript: about 50x faster here)")
+                   help="torch.onnx exporter (default torchscript: 20-30x faster here)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help="which checkpoint of a run to export (default best)")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
