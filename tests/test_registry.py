@@ -208,3 +208,15 @@ def test_list_json_with_required_and_factory_defaults(make_dist: MakeDist,
     assert record["hparams"] == {"n_filters": None, "kernels": [3, 5]}
     assert main(["show", "Odd"]) == 0
     assert "(required)" in capsys.readouterr().out
+
+
+def test_builder_that_cannot_be_imported_names_the_plugin(make_dist: MakeDist) -> None:
+    from zoo.errors import PluginError
+
+    code = tiny_plugin("Ghost", "ghost_nets").replace('builder="ghost_nets:build"',
+                                                      'builder="ghost_nets_missing:build"')
+    make_dist("ghost-nets", "ghost_nets", code, version="0.9")
+    reg = Registry()
+    assert "Ghost" in reg.list_models()  # listing never imports the builder
+    with pytest.raises(PluginError, match=r"builder of architecture 'Ghost'.*ghost-nets 0.9"):
+        reg.create_model("Ghost")

@@ -7,15 +7,14 @@ on its device and take batches by index. Nothing here imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from zoo.errors import PluginError, ZooError
-from zoo.spec import IMPORT_PATTERN, NAME_PATTERN, Provenance, import_object
+from zoo.errors import ZooError
+from zoo.spec import IMPORT_PATTERN, NAME_PATTERN, Provenance, load_callable
 
 if TYPE_CHECKING:  # numpy stays out of the import path of `zoo list`
     import numpy as np
@@ -100,9 +99,6 @@ class DatasetSpec(BaseModel):
                            f"{first['msg']}; accepted options: {accepted}") from None
         if self.needs_data_dir and request.data_dir is None:
             raise ZooError(f"dataset {self.name!r} needs --data-dir DIR")
-        try:
-            loader: Callable[..., LoadedDataset] = import_object(self.loader)
-        except (ImportError, AttributeError) as exc:
-            raise PluginError(f"cannot import loader {self.loader!r} of dataset "
-                              f"{self.name!r}: {exc}") from exc
-        return loader(request, opts)
+        loader = load_callable(self.loader, f"loader of dataset {self.name!r}", self.provenance)
+        loaded: LoadedDataset = loader(request, opts)
+        return loaded

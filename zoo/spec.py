@@ -64,6 +64,18 @@ def import_object(reference: str) -> Any:
     return obj
 
 
+def load_callable(reference: str, what: str, provenance: Provenance | None) -> Callable[..., Any]:
+    """Import a plugin's ``"module:function"`` reference; a :class:`PluginError` naming it."""
+    where = provenance.describe() if provenance else "its plugin"
+    try:
+        obj = import_object(reference)
+    except (ImportError, AttributeError) as exc:
+        raise PluginError(f"cannot import the {what} ({reference!r}) from {where}: {exc}") from exc
+    if not callable(obj):
+        raise PluginError(f"the {what} ({reference!r}) from {where} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
 class ArchitectureSpec(BaseModel):
     """An architecture, as a plugin declares it.
 
@@ -88,17 +100,8 @@ class ArchitectureSpec(BaseModel):
 
     def load_builder(self) -> Callable[..., Any]:
         """Import and return the builder function."""
-        try:
-            builder = import_object(self.builder)
-        except (ImportError, AttributeError) as exc:
-            where = self.provenance.describe() if self.provenance else "its plugin"
-            raise PluginError(
-                f"cannot import builder {self.builder!r} of architecture {self.name!r} "
-                f"from {where}: {exc}"
-            ) from exc
-        if not callable(builder):
-            raise PluginError(f"builder {self.builder!r} of {self.name!r} is not callable")
-        return builder  # type: ignore[no-any-return]
+        return load_callable(self.builder, f"builder of architecture {self.name!r}",
+                             self.provenance)
 
     def config_model(self) -> type[HParams]:
         """The pydantic model of everything ``create_model`` accepts for this architecture."""
