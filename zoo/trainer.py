@@ -314,10 +314,14 @@ class _Position:
     start_epoch: int = 0
     start_step: int = 0  # non-zero when resuming an epoch interrupted mid-way
     metrics: list[EpochMetrics] = field(default_factory=list)
-    best_acc: float = -1.0
     train_seconds: float = 0.0
     partial: dict[str, Any] | None = None  # the interrupted epoch's totals so far
     scaler: dict[str, Any] | None = None
+
+    @property
+    def best_acc(self) -> float:
+        """The best validation accuracy so far (-1 before the first epoch)."""
+        return max((m.val_acc for m in self.metrics), default=-1.0)
 
 
 @dataclass
@@ -463,12 +467,13 @@ class _Trainer:
         cfg = self.config
         data = _load_dataset(self.registry, cfg, self.model_config, quiet=not self.dist.main)
         self.model_config = self._resolve_model(data)
-        self.norm = compute_normalization(data.train.images)
         if self.resuming:
             previous = zoo.run.read_summary(self.run_dir)
             check_same_run(previous, self.run_dir, self.architecture, data.content_key)
             self.norm = previous.normalization
             self.model_config = previous.model
+        else:
+            self.norm = compute_normalization(data.train.images)
         self.data = data
         self.data_info = DataInfo(
             dataset=data.name, source=str(cfg.data_dir) if cfg.data_dir else None,
@@ -528,7 +533,7 @@ class _Trainer:
         pos = _Position(
             start_epoch=int(state["epoch"]), start_step=int(state["step"]),
             metrics=[EpochMetrics.model_validate(m) for m in state["metrics"]],
-            best_acc=float(state["best_val_acc"]), train_seconds=float(state["train_seconds"]),
+            train_seconds=float(state["train_seconds"]),
             partial=state.get("partial"), scaler=state.get("scaler"))
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if isinstance(rngs, list) else rngs, self.device)
@@ -710,9 +715,8 @@ class _Trainer:
     def _write_epoch_outputs(self, m: EpochMetrics) -> None:
         """Record the epoch; rank 0 writes checkpoints, metrics and summary, and reports it."""
         pos = self.pos
-        pos.metrics.append(m)
         improved = m.val_acc > pos.best_acc
-        pos.best_acc = max(pos.best_acc, m.val_acc)
+        pos.metrics.append(m)
         pos.partial = None
         state = self._checkpoint_state(m.epoch, 0, None)  # a collective: every rank takes part
         if self.dist.main:
