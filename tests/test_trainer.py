@@ -248,3 +248,12 @@ def test_resume_without_a_checkpoint_or_with_a_corrupt_config(tmp_path: Path) ->
     (tmp_path / "run" / "config.json").write_text("{not json")
     with pytest.raises(TrainingError, match=r"config.json is unreadable"):
         train("Net", epochs=1, resume=tmp_path / "run")
+
+
+@pytest.mark.parametrize("size", [20, 80, 160])
+def test_one_cycle_schedule_on_a_handful_of_steps(tmp_path: Path, size: int) -> None:
+    # 18, 72 and 144 training images at batch 32: 1, 3 and 5 steps in all
+    result = train("Net", epochs=1, out=tmp_path / "run", schedule="onecycle",
+                   **{**FAST, "dataset_options": {"size": size, "num_classes": 2}})
+    assert result.summary.epochs_completed == 1
+    assert 0 < result.metrics[0].lr <= 0.1

@@ -62,6 +62,11 @@ class TrainConfig(BaseModel):
         "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")
     eval_batch_size: int = Field(1024, ge=1)
     num_threads: int | None = Field(None, ge=1, description="torch threads on CPU.")
+    batch_split: int | None = Field(
+        None, ge=1, le=256,
+        description="CPU: train each batch as this many parts on parallel threads, for "
+                    "models whose samples are independent (None: auto, one per thread with "
+                    "at least 32 samples each; 1: off).")
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm under DDP on CUDA.")
     dist_timeout_s: float = Field(300.0, gt=0, description="DDP collective timeout.")
     progress: Literal["auto", "bar", "log", "none"] = "auto"

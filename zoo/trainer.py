@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.batchsplit import BatchSplitter, auto_parts, split_blocker
 from zoo.checkpoint import (
     CHECKPOINT_FORMAT,
     check_resumable,
@@ -264,7 +265,11 @@ def _load_dataset(registry: Registry, config: TrainConfig, model_config: ModelCo
     return data
 
 
-def _make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _make_optimizer(config: TrainConfig, params: list[nn.Parameter],
+                    device: torch.device) -> torch.optim.Optimizer:
+    # one fused kernel per step on CPU and CUDA (a quarter of foreach's time for small nets)
+    fused = True if device.type in ("cpu", "cuda") else None
+    foreach = None if fused else True
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
     groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay},
@@ -272,18 +277,25 @@ def _make_optimizer(config: TrainConfig, params: list[nn.Parameter]) -> torch.op
     groups = [g for g in groups if g["params"]]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov and config.momentum > 0, foreach=True)
+                               nesterov=config.nesterov and config.momentum > 0,
+                               foreach=foreach, fused=fused)
     if config.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=config.lr, foreach=True)
-    return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
+        return torch.optim.Adam(groups, lr=config.lr, foreach=foreach, fused=fused)
+    return torch.optim.AdamW(groups, lr=config.lr, foreach=foreach, fused=fused)
 
 
 def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
                      total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     if config.schedule == "onecycle":
+        if total_steps < 2:
+            return None  # one step: nothing to schedule
+        # OneCycleLR divides by zero unless the warm-up spans more than one step
+        warmup = config.warmup_fraction
+        if warmup * total_steps <= 1:
+            warmup = 1.5 / total_steps
         return torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=config.lr, total_steps=total_steps,
-            pct_start=config.warmup_fraction, anneal_strategy="cos", cycle_momentum=False,
+            pct_start=warmup, anneal_strategy="cos", cycle_momentum=False,
             div_factor=10.0, final_div_factor=100.0)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -317,6 +329,7 @@ class _Position:
     train_seconds: float = 0.0
     partial: dict[str, Any] | None = None  # the interrupted epoch's totals so far
     scaler: dict[str, Any] | None = None
+    batch_split: int | None = None  # the parts per batch the run was started with
 
     @property
     def best_acc(self) -> float:
@@ -362,6 +375,8 @@ class _Trainer:
     scaler: torch.amp.GradScaler
     aug_gen: torch.Generator
     stop: _StopFlag
+    threads: int  # intra-op threads of this process on CPU
+    splitter: BatchSplitter | None  # CPU: each batch trained as parallel parts
 
     def __init__(self, architecture: str, config: TrainConfig, registry: Registry) -> None:
         self.architecture = architecture
@@ -400,10 +415,11 @@ class _Trainer:
         self._place_data()
         self._build_optimizer()
         self.pos = self._restore() if self.resuming else _Position()
-        self._start()
         self._setup_precision()
-        self.stop = _StopFlag(enabled=not self.dist.enabled)
+        self._setup_split()
         try:
+            self._start()
+            self.stop = _StopFlag(enabled=not self.dist.enabled)
             with self.stop:
                 for epoch in range(self.pos.start_epoch, self.config.epochs):
                     totals = self._train_epoch(epoch)
@@ -415,6 +431,8 @@ class _Trainer:
                             f"zoo train {self.architecture} --resume {self.run_dir}")
                         raise KeyboardInterrupt
         finally:
+            if self.splitter is not None:
+                self.splitter.close()
             self._finish()
         return TrainResult(run_dir=self.run_dir, summary=self._summary(len(self.pos.metrics)),
                            metrics=list(self.pos.metrics))
@@ -428,6 +446,8 @@ class _Trainer:
             # N processes on one machine share its cores instead of oversubscribing them
             threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist_info.local_world)
             torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        self.splitter = None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else (
             self.device.type in ("cpu", "cuda"))
 
@@ -517,7 +537,7 @@ class _Trainer:
     def _build_optimizer(self) -> None:
         """The optimizer and the learning-rate schedule over all the run's steps."""
         cfg = self.config
-        self.optimizer = _make_optimizer(cfg, list(self.core.parameters()))
+        self.optimizer = _make_optimizer(cfg, list(self.core.parameters()), self.device)
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.steps * cfg.epochs)
 
     def _restore(self) -> _Position:
@@ -534,10 +554,39 @@ class _Trainer:
             start_epoch=int(state["epoch"]), start_step=int(state["step"]),
             metrics=[EpochMetrics.model_validate(m) for m in state["metrics"]],
             train_seconds=float(state["train_seconds"]),
-            partial=state.get("partial"), scaler=state.get("scaler"))
+            partial=state.get("partial"), scaler=state.get("scaler"),
+            batch_split=state.get("batch_split"))
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if isinstance(rngs, list) else rngs, self.device)
         return pos
+
+    def _setup_split(self) -> None:
+        """On CPU in one process, train each batch as parallel parts where the model allows.
+
+        ``auto`` keeps the parts a resumed run started with, so that it stays exact.
+        """
+        cfg = self.config
+        wanted = cfg.batch_split
+        if self.device.type != "cpu" or self.dist.enabled:
+            if wanted is not None and wanted > 1:
+                where = "distributed" if self.dist.enabled else f"on {self.device.type}"
+                raise TrainingError(f"batch_split={wanted} applies to CPU training in one "
+                                    f"process, not {where}; leave it unset or set 1")
+            return
+        parts = wanted or self.pos.batch_split or auto_parts(self.threads, cfg.batch_size)
+        if parts > cfg.batch_size:
+            raise TrainingError(f"batch_split={parts} is more than batch_size={cfg.batch_size}; "
+                                "use at most one part per sample")
+        if parts <= 1:
+            return
+        sample, _ = self.train_data.batch(torch.arange(min(2, len(self.train_data))))
+        blocker = split_blocker(self.core, sample)
+        if blocker is not None:
+            if wanted is not None:
+                raise TrainingError(f"batch_split={wanted} cannot be used with "
+                                    f"{self.architecture}: {blocker}; set batch_split=1")
+            return
+        self.splitter = BatchSplitter(parts, max(1, self.threads // parts))
 
     def _start(self) -> None:
         """Create the run directory (a new run) and say what is being trained."""
@@ -549,7 +598,9 @@ class _Trainer:
             self.progress.message(
                 f"zoo: training {self.architecture} on {data.name} ({len(data.train)} train, "
                 f"{len(data.val)} val, {len(data.classes)} classes) on {device}"
-                f"{f' x{dist_info.world} ranks' if dist_info.enabled else ''} -> {self.run_dir}")
+                f"{f' x{dist_info.world} ranks' if dist_info.enabled else ''}"
+                f"{f' (batches in {self.splitter.parts} parallel parts)' if self.splitter else ''}"
+                f" -> {self.run_dir}")
             for skipped in data.skipped[:5]:
                 self.progress.message(f"zoo: skipped {skipped}")
 
@@ -603,33 +654,54 @@ class _Trainer:
             first_step = pos.start_step
         totals.started = time.perf_counter()
         totals.lr = self.optimizer.param_groups[0]["lr"]
+        if self.splitter is not None:  # the calling thread trains one part
+            torch.set_num_threads(self.splitter.threads_per_part)
+        try:
+            self._train_steps(epoch, first_step, perm, totals)
+        finally:
+            if self.splitter is not None:
+                torch.set_num_threads(self.threads)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        totals.seconds = time.perf_counter() - totals.started
+        return totals
+
+    def _train_steps(self, epoch: int, first_step: int, perm: torch.Tensor,
+                     totals: _EpochTotals) -> None:
+        cfg, device = self.config, self.device
         for step in range(first_step, self.steps):
             index = shard_indices(perm, step, cfg.batch_size, self.dist)
             xb, yb = self.train_data.batch(index, flip=cfg.flip, crop_padding=cfg.crop_padding,
                                            generator=self.aug_gen)
-            loss, logits = self._optimizer_step(xb, yb)
+            loss_sum, logits = self._optimizer_step(xb, yb)
             totals.lr = self.optimizer.param_groups[0]["lr"]
             if self.scheduler is not None:
                 self.scheduler.step()
-            n = int(yb.shape[0])
-            totals.loss_sum += loss.detach().double() * n
-            totals.correct += (logits.detach().argmax(1) == yb).sum()
-            totals.seen += n
+            totals.loss_sum += loss_sum
+            totals.correct += (logits.argmax(1) == yb).sum()
+            totals.seen += int(yb.shape[0])
             if step % 50 == 49 and device.type == "cpu" and not torch.isfinite(totals.loss_sum):
                 self._non_finite(epoch, step, totals.lr)
             if self.dist.main:
                 self.progress.step(epoch + 1, cfg.epochs, step + 1, self.steps, totals.started)
             if self.stop.requested and step + 1 < self.steps:
                 self._interrupt_mid_epoch(epoch, step + 1, totals)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        totals.seconds = time.perf_counter() - totals.started
-        return totals
 
     def _optimizer_step(self, xb: torch.Tensor,
                         yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward, backward and update on one batch; the batch's loss and logits."""
+        """Forward, backward and update on one batch; its summed loss (float64) and logits."""
         cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
+        if self.splitter is not None:
+            def summed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+                return F.cross_entropy(logits, labels, reduction="sum",
+                                       label_smoothing=cfg.label_smoothing)
+
+            params = [p for p in self.core.parameters() if p.requires_grad]
+            loss_sum, logits = self.splitter.step(self.model, params, xb, yb, summed)
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            return loss_sum.double(), logits
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             logits = self.model(xb)
@@ -647,7 +719,7 @@ class _Trainer:
             if cfg.grad_clip:
                 nn.utils.clip_grad_norm_(self.core.parameters(), cfg.grad_clip)
             optimizer.step()
-        return loss, logits
+        return loss.detach().double() * int(yb.shape[0]), logits.detach()
 
     def _interrupt_mid_epoch(self, epoch: int, next_step: int,
                              totals: _EpochTotals) -> NoReturn:
@@ -755,6 +827,7 @@ class _Trainer:
             "metrics": [m.model_dump() for m in pos.metrics], "best_val_acc": pos.best_acc,
             "train_seconds": pos.train_seconds, "model_config": self.model_config.model_dump(),
             "normalization": self.norm.model_dump(), "classes": list(self.data.classes),
+            "batch_split": self.splitter.parts if self.splitter is not None else 1,
         }
 
     def _summary(self, epochs_done: int) -> RunSummary:

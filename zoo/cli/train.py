@@ -15,7 +15,7 @@ from zoo.registry import Registry
 _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing",
                 "crop_padding", "grad_clip", "seed", "device", "amp", "out", "resume", "cache_dir",
-                "num_threads", "progress", "eval_batch_size")
+                "num_threads", "batch_split", "progress", "eval_batch_size")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--num-threads", type=int, metavar="N")
+    p.add_argument("--batch-split", type=int, metavar="N",
+                   help="CPU: train each batch as N parts on parallel threads (1: off; "
+                        "default: one per thread where the model allows)")
     p.add_argument("--eval-batch-size", type=int, metavar="N")
     p.add_argument("--strict", action="store_true", default=None,
                    help="fail on an unreadable image instead of skipping it")
