@@ -105,6 +105,14 @@ def test_split_step_gives_the_full_batch_gradient(parts: int) -> None:
     finally:
         splitter.close()
     torch.testing.assert_close(loss_sum / 20, loss.detach())
+    splitter = BatchSplitter(parts, threads_per_part=1)
+    try:  # a last batch with fewer samples than parts
+        one, one_logits = splitter.step(model, params, x[:1], y[:1], summed)
+    finally:
+        splitter.close()
+    torch.testing.assert_close(one, F.cross_entropy(model(x[:1]), y[:1], reduction="sum",
+                                                    label_smoothing=0.1).detach())
+    assert one_logits.shape == (1, 2)
     assert torch.equal(again, loss_sum)  # parts are summed in a fixed order
     torch.testing.assert_close(split_logits, logits.detach())
     for g, e in zip(grads, expected, strict=True):

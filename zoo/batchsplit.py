@@ -94,7 +94,8 @@ class BatchSplitter:
         Returns the batch's summed loss (detached) and its logits (detached).
         """
         n = int(yb.shape[0])
-        bounds = [n * k // self.parts for k in range(self.parts + 1)]
+        parts = min(self.parts, n)  # a last batch may be smaller than the parts
+        bounds = [n * k // parts for k in range(parts + 1)]
         slices = [(xb[a:b], yb[a:b]) for a, b in pairwise(bounds)]
 
         def part(x: torch.Tensor, y: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...],

@@ -60,8 +60,11 @@ class TrainConfig(BaseModel):
     channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")
-    eval_batch_size: int = Field(1024, ge=1)
+    eval_batch_size: int = Field(256, ge=1, description="Validation batch size.")
     num_threads: int | None = Field(None, ge=1, description="torch threads on CPU.")
+    tune_allocator: bool = Field(
+        True, description="CPU on Linux: keep freed memory in the process instead of "
+                          "returning it to the OS every step (avoids page faults).")
     batch_split: int | None = Field(
         None, ge=1, le=256,
         description="CPU: train each batch as this many parts on parallel threads, for "

@@ -58,6 +58,12 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     ``builder(hparams, input_shape=InputShape, num_classes=int)``, returning a
     ``torch.nn.Module`` that maps ``(N, C, H, W)`` float images to
     ``(N, num_classes)`` logits.
+
+    On a multi-core CPU the trainer may train parts of a batch on parallel
+    threads (:mod:`zoo.batchsplit`). It first checks that the module's training
+    forward pass uses no BatchNorm, draws no random numbers, updates no buffers
+    and treats samples independently; state kept in plain Python attributes
+    escapes that check, and such a module is trained with ``batch_split=1``.
     """
 
 

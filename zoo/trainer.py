@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo.allocator import retain_freed_memory
 from zoo.batchsplit import BatchSplitter, auto_parts, split_blocker
 from zoo.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -446,6 +447,8 @@ class _Trainer:
             # N processes on one machine share its cores instead of oversubscribing them
             threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // dist_info.local_world)
             torch.set_num_threads(threads)
+        if self.device.type == "cpu" and cfg.tune_allocator:
+            retain_freed_memory()
         self.threads = torch.get_num_threads()
         self.splitter = None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else (

@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--num-threads", type=int, metavar="N")
+    p.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
+                   help="CPU on Linux: keep freed memory in the process (default: on)")
     p.add_argument("--batch-split", type=int, metavar="N",
                    help="CPU: train each batch as N parts on parallel threads (1: off; "
                         "default: one per thread where the model allows)")
@@ -85,7 +87,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
-    for name in ("nesterov", "flip", "channels_last", "strict", "download"):
+    for name in ("nesterov", "flip", "channels_last", "tune_allocator", "strict", "download"):
         value = getattr(args, name)
         if value is not None:
             fields[name] = value

@@ -1,0 +1,56 @@
+"""The C allocator's settings for training on CPU: keep freed memory instead of unmapping it.
+
+glibc's malloc serves large blocks with fresh pages from ``mmap`` and hands
+freed memory back to the OS when the top of its heap grows past a threshold.
+A small network's training step allocates and frees a few megabytes of
+activations, so with those defaults every step faults in hundreds of fresh,
+zeroed pages: about 800 minor page faults per 32-image part of a Net step on
+this project's machine, over a third of the step's time. Raising the two
+thresholds keeps the pages in the process, as jemalloc or tcmalloc would; the
+process's peak memory is unchanged, but it no longer shrinks after a step.
+
+The setting is process-wide and stays for the life of the process;
+``TrainConfig(tune_allocator=False)`` leaves the allocator alone, and
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set in the environment
+are respected.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+import platform
+import sys
+
+# mallopt() parameters, from glibc's malloc.h
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+#: Blocks up to this size come from the heap (glibc's largest accepted value on 64-bit).
+MMAP_THRESHOLD = 32 * 1024**2
+#: The heap is trimmed only when this much is free at its top.
+TRIM_THRESHOLD = 1024**3
+
+
+@functools.cache
+def retain_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds, once; whether the allocator took them.
+
+    False on other C libraries and platforms, and where the environment already
+    sets either threshold.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    took_mmap: bool = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    took_trim: bool = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+    return took_mmap and took_trim
