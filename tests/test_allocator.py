@@ -28,17 +28,16 @@ PROBE = textwrap.dedent("""
     y = torch.zeros(32, dtype=torch.long)
 
     def faults():
-        # 20 training steps of Net on 32 images
-        for _ in range(3):
+        # 20 training steps of Net on 32 images, after 5 to warm up
+        for _ in range(5):
             F.cross_entropy(model(x), y).backward()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(20):
             F.cross_entropy(model(x), y).backward()
         return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
-    default = faults()
     took = retain_freed_memory()
-    print(json.dumps({"default": default, "took": took, "tuned": faults()}))
+    print(json.dumps({"took": took, "faults": faults()}))
 """)
 
 
@@ -48,8 +47,9 @@ def test_tuned_allocator_stops_the_page_faults_of_each_step() -> None:
                          check=True, env={"PATH": "/usr/bin:/bin"})
     result = json.loads(out.stdout)
     assert result["took"] is True
-    assert result["default"] >= 20 * 200  # hundreds of fresh pages faulted in every step
-    assert result["tuned"] < 20 * 10
+    # untuned, each step faults in 50 to 900 fresh pages here, depending on the heap's
+    # history (bench/bench_train_throughput.py shows what that costs)
+    assert result["faults"] < 20 * 15
 
 
 @glibc
