@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,11 +123,24 @@ def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path:
     monkeypatch.setattr(imf, "decode_image", boom)
     cached = spec.load(req)
     assert np.array_equal(first.train.images, cached.train.images)
+    # a copy elsewhere has the same content: the same key, and no decoding
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    moved = spec.load(_req(tmp_path, data_dir=copy, image_size=(8, 8)))
+    assert moved.content_key == first.content_key
     monkeypatch.undo()
-    _image(root / "cat" / "0.png", (255, 255, 255), size=(30, 30))
-    os.utime(root / "cat" / "0.png", ns=(1, 1))
+    # the same size and modification time, other pixels: still a new key, decoded again
+    bmp = root / "cat" / "3.bmp"
+    _image(bmp, (10, 20, 30))
+    before = spec.load(req)
+    stat = bmp.stat()
+    _image(bmp, (200, 100, 0))
+    os.utime(bmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert bmp.stat().st_size == stat.st_size and bmp.stat().st_mtime_ns == stat.st_mtime_ns
     changed = spec.load(req)
-    assert changed.content_key != first.content_key
+    assert changed.content_key not in (first.content_key, before.content_key)
+    pixels = np.concatenate([changed.train.images, changed.val.images]).reshape(-1, 3, 64)
+    assert any((p[:, 0] == (200, 100, 0)).all() for p in pixels)
 
 
 def test_imagefolder_corrupt_file_skipped_or_strict(registry: Registry, tmp_path: Path,

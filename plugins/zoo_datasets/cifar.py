@@ -18,7 +18,7 @@ import numpy as np
 from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
 from zoo_datasets import CifarOptions
-from zoo_datasets.cache import cache_root, file_fingerprint, hash_parts
+from zoo_datasets.cache import cache_root, file_digests, hash_parts
 from zoo_datasets.common import convert_channels, resize_images
 
 BASE_FOLDER = "cifar-10-batches-py"
@@ -95,7 +95,9 @@ def _load(request: DatasetRequest, name: str, keep: tuple[int, ...]) -> LoadedDa
         images = resize_images(images, request.image_size)
         parts.append(Split(images=np.ascontiguousarray(images), labels=remap[labels]))
     folder = root / BASE_FOLDER
-    key = hash_parts([name, *(file_fingerprint(folder / f) for f in (*TRAIN_FILES, *TEST_FILES)),
+    names = (*TRAIN_FILES, *TEST_FILES)
+    digests = file_digests([folder / f for f in names])
+    key = hash_parts([name, *(f"{f}|{d}" for f, d in zip(names, digests, strict=True)),
                       f"{request.image_size}x{request.channels}"])
     return LoadedDataset(name=name, train=parts[0], val=parts[1],
                          classes=tuple(CLASSES[i] for i in keep), content_key=key,

@@ -3,8 +3,8 @@
 Images are decoded by :func:`zoo.imaging.decode_image` (the decoder deployment
 uses too) at the requested size and channels. Unreadable files are reported
 with their path and skipped, or are an error under ``strict``. The decoded
-uint8 arrays are cached under a key hashing every file's path, size and
-modification time, so a changed file invalidates the cache.
+uint8 arrays are cached under a key hashing every file's content and its path
+within the folder, so a changed file invalidates the cache.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
 from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from zoo_datasets import ImageFolderOptions
-from zoo_datasets.cache import cache_root, cached, file_fingerprint, hash_parts
+from zoo_datasets.cache import cache_root, cached, file_digests, hash_parts
 from zoo_datasets.common import stratified_split, take
 
-CACHE_VERSION = "imagefolder-v1"
+CACHE_VERSION = "imagefolder-v2"
 
 
 def scan(root: Path, what: str = "--data-dir") -> tuple[list[str], list[tuple[Path, int]]]:
@@ -73,8 +73,10 @@ def read_folder(root: Path, request: DatasetRequest, size: tuple[int, int], *, u
                                                   str, int]:
     """Classes, images, labels, unreadable-file messages, content key and file count."""
     classes, files = scan(root, what)
+    digests = file_digests([p for p, _ in files])
     key = hash_parts([CACHE_VERSION, f"{size[0]}x{size[1]}x{request.channels}",
-                      *(f"{file_fingerprint(p)}|{c}" for p, c in files)])
+                      *(f"{p.relative_to(root).as_posix()}|{c}|{d}"
+                        for (p, c), d in zip(files, digests, strict=True))])
     arrays = cached(cache_root(request.cache_dir) / "imagefolder", key,
                     lambda: _decode_all(files, request.channels, size), enabled=use_cache)
     errors = [str(e) for e in arrays["errors"]]
