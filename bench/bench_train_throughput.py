@@ -48,10 +48,16 @@ from zoo.trainer import select_device
 sys.path.insert(0, str(Path(__file__).parent))
 from book_ch8 import BOOK_MODELS
 
-ARCHS = list(BOOK_MODELS)
+#: row name -> (architecture, zoo model overrides). The book's NetResDeep repeats one block
+#: (shared weights); zoo's default gives each block its own, so a second row compares the
+#: book's model exactly.
+ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    **{arch: (arch, {}) for arch in BOOK_MODELS},
+    "NetResDeep-shared": ("NetResDeep", {"shared_block": True}),
+}
 
 
-def book_loop(arch: str, own_code: bool, images_u8: np.ndarray, labels: np.ndarray,
+def book_loop(row: str, own_code: bool, images_u8: np.ndarray, labels: np.ndarray,
               device_name: str, epochs: int, tuned: bool) -> float:
     """images/s of the book's ``training_loop`` (best epoch after a warm-up one).
 
@@ -62,7 +68,8 @@ def book_loop(arch: str, own_code: bool, images_u8: np.ndarray, labels: np.ndarr
         retain_freed_memory()
     device = torch.device(device_name)
     torch.manual_seed(0)
-    model = BOOK_MODELS[arch]() if own_code else zoo.create_model(arch)
+    arch, overrides = ROWS[row]
+    model = BOOK_MODELS[arch]() if own_code else zoo.create_model(arch, **overrides)
     norm = compute_normalization(images_u8)
     mean = torch.tensor(norm.mean).view(3, 1, 1)
     std = torch.tensor(norm.std).view(3, 1, 1)
@@ -88,11 +95,12 @@ def book_loop(arch: str, own_code: bool, images_u8: np.ndarray, labels: np.ndarr
     return best
 
 
-def trainer(arch: str, fields: dict[str, Any], epochs: int) -> tuple[float, str]:
+def trainer(row: str, fields: dict[str, Any], epochs: int) -> tuple[float, str]:
     """images/s of the zoo trainer (best epoch after a warm-up one), and how it split batches."""
     with tempfile.TemporaryDirectory() as tmp:
+        arch, overrides = ROWS[row]
         cfg = TrainConfig.book(epochs=epochs + 1, progress="none", out=Path(tmp) / "run",
-                               **fields)
+                               model=overrides, **fields)
         result = zoo.train(arch, cfg)
         state = torch.load(Path(tmp) / "run" / "checkpoints" / "last.pt", weights_only=True)
     parts = int(state.get("batch_split") or 1)
@@ -101,7 +109,8 @@ def trainer(arch: str, fields: dict[str, Any], epochs: int) -> tuple[float, str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", action="append", help="architectures (default: all seven)")
+    parser.add_argument("--arch", action="append", choices=list(ROWS),
+                        help="rows (default: all seven, then NetResDeep-shared)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after a warm-up")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three, best kept")
@@ -128,7 +137,7 @@ def main() -> None:
     child = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     book_args = (data.train.images, data.train.labels, str(device), args.epochs,
                  args.tuned_book)
-    for arch in args.arch or ARCHS:
+    for arch in args.arch or list(ROWS):
         book = own = ours = 0.0
         parts = "-"
         for _ in range(args.rounds):
@@ -140,11 +149,11 @@ def main() -> None:
         print(f"  {arch}: book's code {book:,.0f} img/s, book's loop on zoo's model "
               f"{own:,.0f} img/s, trainer {ours:,.0f} img/s", flush=True)
     print()
-    print(f"{'architecture':<14}{'book code':>11}{'book loop':>11}{'trainer':>9}"
+    print(f"{'architecture':<18}{'book code':>11}{'book loop':>11}{'trainer':>9}"
           f"{'parts':>7}{'vs code':>9}{'vs loop':>9}")
-    print(f"{'':<14}{'img/s':>11}{'zoo model':>11}{'img/s':>9}")
+    print(f"{'':<18}{'img/s':>11}{'zoo model':>11}{'img/s':>9}")
     for arch, book, own, ours, parts in rows:
-        print(f"{arch:<14}{book:>11,.0f}{own:>11,.0f}{ours:>9,.0f}{parts:>7}"
+        print(f"{arch:<18}{book:>11,.0f}{own:>11,.0f}{ours:>9,.0f}{parts:>7}"
               f"{ours / book:>8.2f}x{ours / own:>8.2f}x")
     child.shutdown()
 
