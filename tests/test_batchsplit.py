@@ -154,6 +154,12 @@ def test_split_errors_name_the_value_and_the_reason(tmp_path: Path,
     result = zoo.train("NetBatchNorm", epochs=1, out=tmp_path / "auto",
                        **{**FAST, "batch_size": 64})
     assert result.summary.epochs_completed == 1
+    state = torch.load(tmp_path / "auto" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["batch_split"] == 1
+    net = zoo.train("Net", epochs=1, out=tmp_path / "net", **{**FAST, "batch_size": 64})
+    assert net.summary.epochs_completed == 1
+    state = torch.load(tmp_path / "net" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["batch_split"] == 2  # auto: two threads, 32 samples each
     code = main(["train", "NetDropout", "--batch-split", "2", "--epochs", "1", "--option",
                  "size=120", "--set", "height=16", "--set", "width=16", "--progress", "none",
                  "--out", str(tmp_path / "cli")])
@@ -161,3 +167,62 @@ def test_split_errors_name_the_value_and_the_reason(tmp_path: Path,
     assert code == 1
     assert "batch_split=2 cannot be used with NetDropout: its forward pass draws random numbers" \
         in err and "Traceback" not in err
+
+
+class Embedded(nn.Module):
+    """A learned (1, C, H, W) position embedding: a 4-D parameter that is not a conv weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(1, 3, 8, 8))
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(torch.relu(self.conv(x + self.pos)), 1))  # type: ignore[no-any-return]
+
+
+def test_split_gradients_keep_each_parameters_layout_for_the_fused_step() -> None:
+    torch.manual_seed(0)
+    whole = Embedded().to(memory_format=torch.channels_last)
+    split = Embedded().to(memory_format=torch.channels_last)
+    split.load_state_dict(whole.state_dict())
+    x = torch.randn(16, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (16,))
+    assert split_blocker(split, x) is None
+    opt_whole = torch.optim.Adam(whole.parameters(), lr=0.1, fused=True)
+    opt_split = torch.optim.Adam(split.parameters(), lr=0.1, fused=True)
+    params = list(split.parameters())
+
+    def summed(out: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, labels, reduction="sum")
+
+    splitter = BatchSplitter(2, threads_per_part=1)
+    try:
+        for _ in range(3):
+            opt_whole.zero_grad()
+            F.cross_entropy(whole(x), y).backward()
+            opt_whole.step()
+            splitter.step(split, params, x, y, summed)
+            assert all(p.grad is not None and p.grad.stride() == p.stride() for p in params)
+            opt_split.step()
+    finally:
+        splitter.close()
+    for a, b in zip(whole.parameters(), split.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+class RunningSum(nn.Module):
+    """Sample k sees the samples before it: invisible when only the first sample is probed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(x, 1).cumsum(0))  # type: ignore[no-any-return]
+
+
+def test_the_probe_checks_every_probed_sample() -> None:
+    assert "depends on the rest of the batch" in str(split_blocker(RunningSum(),
+                                                                   torch.randn(2, 3, 2, 2)))

@@ -11,8 +11,8 @@ process's peak memory is unchanged, but it no longer shrinks after a step.
 
 The setting is process-wide and stays for the life of the process;
 ``TrainConfig(tune_allocator=False)`` leaves the allocator alone, and
-``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` set in the environment
-are respected.
+``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` or malloc tunables in
+``GLIBC_TUNABLES`` set in the environment are respected.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-import platform
 import sys
 
 # mallopt() parameters, from glibc's malloc.h
@@ -33,16 +32,28 @@ MMAP_THRESHOLD = 32 * 1024**2
 TRIM_THRESHOLD = 1024**3
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on GNU libc (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):
+        return False
+
+
 @functools.cache
 def retain_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds, once; whether the allocator took them.
 
     False on other C libraries and platforms, and where the environment already
-    sets either threshold.
+    tunes malloc.
     """
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    if not is_glibc() or sys.maxsize <= 2**32:
         return False
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+    env = os.environ
+    if ("MALLOC_MMAP_THRESHOLD_" in env or "MALLOC_TRIM_THRESHOLD_" in env
+            or "glibc.malloc." in env.get("GLIBC_TUNABLES", "")):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
@@ -51,6 +62,7 @@ def retain_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    took_mmap: bool = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) != 1:
+        return False
     took_trim: bool = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
-    return took_mmap and took_trim
+    return took_trim

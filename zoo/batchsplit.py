@@ -52,14 +52,14 @@ def split_blocker(model: nn.Module, sample: torch.Tensor) -> str | None:
                 return "its forward pass draws random numbers (dropout)"
             if any(not torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True)):
                 return "its forward pass updates buffers"
-            alone = model(sample[:1])
+            alone = torch.cat([model(sample[:1]), model(sample[1:2])])
     finally:
         torch.set_rng_state(rng)
         with torch.no_grad():
             for saved, buf in zip(buffers, model.buffers(), strict=True):
                 buf.copy_(saved)
         model.train(was_training)
-    if not torch.allclose(both[:1], alone, rtol=1e-4, atol=1e-5):
+    if not torch.allclose(both, alone, rtol=1e-4, atol=1e-5):
         return "each sample's output depends on the rest of the batch"
     return None
 
@@ -115,6 +115,10 @@ class BatchSplitter:
                 g = grads[i]
                 if g is not None:
                     total = g if total is None else total + g
+            if total is not None and total.stride() != p.stride():
+                # .grad in the parameter's layout, as backward() leaves it: fused optimizers
+                # give wrong updates otherwise
+                total = torch.empty_like(p).copy_(total)
             p.grad = total
         loss_sum = results[0][1]
         for _, loss, _ in results[1:]:

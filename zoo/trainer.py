@@ -290,7 +290,8 @@ def _make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer,
     if config.schedule == "onecycle":
         if total_steps < 2:
             return None  # one step: nothing to schedule
-        # OneCycleLR divides by zero unless the warm-up spans more than one step
+        # OneCycleLR divides by zero when warm-up x steps is exactly 1, and skips the
+        # warm-up below that: give it 1.5 steps
         warmup = config.warmup_fraction
         if warmup * total_steps <= 1:
             warmup = 1.5 / total_steps
@@ -558,7 +559,7 @@ class _Trainer:
             metrics=[EpochMetrics.model_validate(m) for m in state["metrics"]],
             train_seconds=float(state["train_seconds"]),
             partial=state.get("partial"), scaler=state.get("scaler"),
-            batch_split=state.get("batch_split"))
+            batch_split=int(state.get("batch_split") or 1))  # older runs trained unsplit
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if isinstance(rngs, list) else rngs, self.device)
         return pos
@@ -578,8 +579,9 @@ class _Trainer:
             return
         parts = wanted or self.pos.batch_split or auto_parts(self.threads, cfg.batch_size)
         if parts > cfg.batch_size:
-            raise TrainingError(f"batch_split={parts} is more than batch_size={cfg.batch_size}; "
-                                "use at most one part per sample")
+            source = "" if wanted else " (recorded by the run being resumed)"
+            raise TrainingError(f"batch_split={parts}{source} is more than "
+                                f"batch_size={cfg.batch_size}; use at most one part per sample")
         if parts <= 1:
             return
         sample, _ = self.train_data.batch(torch.arange(min(2, len(self.train_data))))
