@@ -137,17 +137,20 @@ def main() -> None:
     child = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     book_args = (data.train.images, data.train.labels, str(device), args.epochs,
                  args.tuned_book)
-    for arch in args.arch or list(ROWS):
-        book = own = ours = 0.0
-        parts = "-"
-        for _ in range(args.rounds):
-            book = max(book, child.submit(book_loop, arch, True, *book_args).result())
-            own = max(own, child.submit(book_loop, arch, False, *book_args).result())
-            speed, parts = trainer(arch, fields, args.epochs)
-            ours = max(ours, speed)
-        rows.append((arch, book, own, ours, parts))
-        print(f"  {arch}: book's code {book:,.0f} img/s, book's loop on zoo's model "
-              f"{own:,.0f} img/s, trainer {ours:,.0f} img/s", flush=True)
+    try:
+        for arch in args.arch or list(ROWS):
+            book = own = ours = 0.0
+            parts = "-"
+            for _ in range(args.rounds):
+                book = max(book, child.submit(book_loop, arch, True, *book_args).result())
+                own = max(own, child.submit(book_loop, arch, False, *book_args).result())
+                speed, parts = trainer(arch, fields, args.epochs)
+                ours = max(ours, speed)
+            rows.append((arch, book, own, ours, parts))
+            print(f"  {arch}: book's code {book:,.0f} img/s, book's loop on zoo's model "
+                  f"{own:,.0f} img/s, trainer {ours:,.0f} img/s", flush=True)
+    finally:
+        child.shutdown()
     print()
     print(f"{'architecture':<18}{'book code':>11}{'book loop':>11}{'trainer':>9}"
           f"{'parts':>7}{'vs code':>9}{'vs loop':>9}")
@@ -155,7 +158,6 @@ def main() -> None:
     for arch, book, own, ours, parts in rows:
         print(f"{arch:<18}{book:>11,.0f}{own:>11,.0f}{ours:>9,.0f}{parts:>7}"
               f"{ours / book:>8.2f}x{ours / own:>8.2f}x")
-    child.shutdown()
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ def test_imagefolder_decodes_and_splits(registry: Registry, tmp_path: Path) -> N
 
 def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo_datasets.cache as cache_module
     import zoo_datasets.imagefolder as imf
 
     root = _folder(tmp_path / "data")
@@ -121,8 +122,12 @@ def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path:
         raise AssertionError("decoded again despite the cache")
 
     monkeypatch.setattr(imf, "decode_image", boom)
+    digest = cache_module.file_digest
+    monkeypatch.setattr(cache_module, "file_digest", boom)  # unchanged files are not re-read
     cached = spec.load(req)
     assert np.array_equal(first.train.images, cached.train.images)
+    assert cached.content_key == first.content_key
+    monkeypatch.setattr(cache_module, "file_digest", digest)
     # a copy elsewhere has the same content: the same key, and no decoding
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
@@ -141,6 +146,18 @@ def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path:
     assert changed.content_key not in (first.content_key, before.content_key)
     pixels = np.concatenate([changed.train.images, changed.val.images]).reshape(-1, 3, 64)
     assert any((p[:, 0] == (200, 100, 0)).all() for p in pixels)
+
+
+def test_imagefolder_unreadable_file_is_reported_not_a_crash(registry: Registry,
+                                                              tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    (root / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    ds = registry.get_dataset("imagefolder").load(_req(tmp_path, data_dir=root,
+                                                       image_size=(8, 8)))
+    assert len(ds.skipped) == 1 and "gone.png" in ds.skipped[0]
+    digests = list((tmp_path / "cache" / "digests").glob("*.json"))
+    assert len(digests) == 1  # remembered for the next load, the unreadable file excepted
+    assert "gone.png" not in digests[0].read_text()
 
 
 def test_imagefolder_corrupt_file_skipped_or_strict(registry: Registry, tmp_path: Path,

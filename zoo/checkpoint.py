@@ -69,9 +69,10 @@ def check_same_run(previous: RunSummary, run_dir: Path, architecture: str,
         raise TrainingError(f"run {str(run_dir)!r} trained {previous.model.architecture!r}, "
                             f"not {architecture!r}")
     if previous.data.content_key != content_key:
-        raise DataError(f"the data of run {str(run_dir)!r} changed since it started "
-                        f"(content key {previous.data.content_key} != "
-                        f"{content_key}); start a new run instead")
+        raise DataError(f"the data of run {str(run_dir)!r} is not what it started with "
+                        f"(content key {previous.data.content_key}, now {content_key}): "
+                        "its files changed, or the run predates content-hashed keys; "
+                        "start a new run instead")
 
 
 def check_resumable(state: dict[str, Any], run_dir: Path, *, steps: int, epochs: int,

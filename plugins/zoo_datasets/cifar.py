@@ -18,7 +18,7 @@ import numpy as np
 from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
 from zoo_datasets import CifarOptions
-from zoo_datasets.cache import cache_root, file_digests, hash_parts
+from zoo_datasets.cache import cache_root, digest_index, file_digests, hash_parts
 from zoo_datasets.common import convert_channels, resize_images
 
 BASE_FOLDER = "cifar-10-batches-py"
@@ -96,7 +96,7 @@ def _load(request: DatasetRequest, name: str, keep: tuple[int, ...]) -> LoadedDa
         parts.append(Split(images=np.ascontiguousarray(images), labels=remap[labels]))
     folder = root / BASE_FOLDER
     names = (*TRAIN_FILES, *TEST_FILES)
-    digests = file_digests([folder / f for f in names])
+    digests = file_digests([folder / f for f in names], digest_index(request.cache_dir, folder))
     key = hash_parts([name, *(f"{f}|{d}" for f, d in zip(names, digests, strict=True)),
                       f"{request.image_size}x{request.channels}"])
     return LoadedDataset(name=name, train=parts[0], val=parts[1],

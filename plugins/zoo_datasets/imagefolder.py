@@ -20,7 +20,7 @@ from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
 from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from zoo_datasets import ImageFolderOptions
-from zoo_datasets.cache import cache_root, cached, file_digests, hash_parts
+from zoo_datasets.cache import cache_root, cached, digest_index, file_digests, hash_parts
 from zoo_datasets.common import stratified_split, take
 
 CACHE_VERSION = "imagefolder-v2"
@@ -73,7 +73,8 @@ def read_folder(root: Path, request: DatasetRequest, size: tuple[int, int], *, u
                                                   str, int]:
     """Classes, images, labels, unreadable-file messages, content key and file count."""
     classes, files = scan(root, what)
-    digests = file_digests([p for p, _ in files])
+    index = digest_index(request.cache_dir, root) if use_cache else None
+    digests = file_digests([p for p, _ in files], index)
     key = hash_parts([CACHE_VERSION, f"{size[0]}x{size[1]}x{request.channels}",
                       *(f"{p.relative_to(root).as_posix()}|{c}|{d}"
                         for (p, c), d in zip(files, digests, strict=True))])
