@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zoo
+from zoo import Registry
 from zoo.batchsplit import BatchSplitter, auto_parts, split_blocker
 from zoo.cli import main
 from zoo.errors import TrainingError
@@ -226,3 +227,25 @@ class RunningSum(nn.Module):
 def test_the_probe_checks_every_probed_sample() -> None:
     assert "depends on the rest of the batch" in str(split_blocker(RunningSum(),
                                                                    torch.randn(2, 3, 2, 2)))
+
+
+def test_ctrl_c_in_the_middle_of_a_split_epoch_resumes_exactly(tmp_path: Path) -> None:
+    import zoo_testnets
+
+    registry = Registry()
+    registry.register(zoo_testnets, name="testnets")
+    # 7 steps per epoch; the probe makes 3 forward calls, then each step 2 (one per part)
+    cfg = {**FAST, "batch_split": 2, "schedule": "onecycle", "epochs": 3}
+    whole = zoo.train("Faulty", out=tmp_path / "whole", registry=registry, **cfg)
+    zoo_testnets.SIGINT_AT = 20
+    with pytest.raises(KeyboardInterrupt):
+        zoo.train("Faulty", out=tmp_path / "part", registry=registry, **cfg)
+    state = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and 0 < state["step"] < 7 and state["batch_split"] == 2
+    resumed = zoo.train("Faulty", resume=tmp_path / "part", registry=registry)
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "part" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = {"images_per_s", "seconds"}
+    assert [m.model_dump(exclude=strip) for m in resumed.metrics] == \
+        [m.model_dump(exclude=strip) for m in whole.metrics]
