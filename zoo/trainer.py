@@ -386,6 +386,7 @@ class _Trainer:
         self.registry = registry
         self.dist = dist_from_env()
         self.resuming = config.resume is not None
+        self.splitter = None
 
     def run(self) -> TrainResult:
         """Pick the device, join the process group if distributed, and train."""
@@ -451,7 +452,6 @@ class _Trainer:
         if self.device.type == "cpu" and cfg.tune_allocator:
             retain_freed_memory()
         self.threads = torch.get_num_threads()
-        self.splitter = None
         self.channels_last = cfg.channels_last if cfg.channels_last is not None else (
             self.device.type in ("cpu", "cuda"))
 
@@ -696,6 +696,7 @@ class _Trainer:
                         yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and update on one batch; its summed loss (float64) and logits."""
         cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
+        optimizer.zero_grad(set_to_none=True)
         if self.splitter is not None:
             def summed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 return F.cross_entropy(logits, labels, reduction="sum",
@@ -703,28 +704,20 @@ class _Trainer:
 
             params = [p for p in self.core.parameters() if p.requires_grad]
             loss_sum, logits = self.splitter.step(self.model, params, xb, yb, summed)
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            return loss_sum.double(), logits
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            logits = self.model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler.is_enabled():
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(self.core.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
         else:
-            loss.backward()  # type: ignore[no-untyped-call]
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.core.parameters(), cfg.grad_clip)
-            optimizer.step()
-        return loss.detach().double() * int(yb.shape[0]), logits.detach()
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                enabled=self.amp_dtype is not None):
+                logits = self.model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            loss_sum, logits = loss.detach().double() * int(yb.shape[0]), logits.detach()
+        # a disabled scaler (anything but float16 on CUDA) passes straight through
+        if cfg.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.core.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        return loss_sum.double(), logits
 
     def _interrupt_mid_epoch(self, epoch: int, next_step: int,
                              totals: _EpochTotals) -> NoReturn:

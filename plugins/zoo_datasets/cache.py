@@ -66,6 +66,11 @@ def _stat_signature(path: Path) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
 
 
+def io_workers() -> int:
+    """Threads for reading or decoding many small files."""
+    return min(8, (os.cpu_count() or 2) + 2)
+
+
 def digest_index(cache_dir: Path | None, folder: Path) -> Path:
     """Where :func:`file_digests` remembers the digests of the files under ``folder``."""
     return cache_root(cache_dir) / "digests" / f"{hash_parts([str(folder.resolve())])}.json"
@@ -98,7 +103,7 @@ def file_digests(paths: Sequence[Path], index_file: Path | None = None) -> list[
         if len(todo) < 64:
             fresh = [file_digest(paths[i]) for i in todo]
         else:
-            with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2)) as pool:
+            with ThreadPoolExecutor(max_workers=io_workers()) as pool:
                 fresh = list(pool.map(file_digest, [paths[i] for i in todo], chunksize=256))
         for i, d in zip(todo, fresh, strict=True):
             digests[i] = d

@@ -20,7 +20,14 @@ from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
 from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from zoo_datasets import ImageFolderOptions
-from zoo_datasets.cache import cache_root, cached, digest_index, file_digests, hash_parts
+from zoo_datasets.cache import (
+    cache_root,
+    cached,
+    digest_index,
+    file_digests,
+    hash_parts,
+    io_workers,
+)
 from zoo_datasets.common import stratified_split, take
 
 CACHE_VERSION = "imagefolder-v2"
@@ -55,7 +62,7 @@ def _decode_all(files: list[tuple[Path, int]], channels: int,
         except ImageDecodeError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) + 2)) as pool:
+    with ThreadPoolExecutor(max_workers=io_workers()) as pool:
         decoded = list(pool.map(one, files, chunksize=64))
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     images = np.empty((len(good), channels, size[0], size[1]), dtype=np.uint8)
