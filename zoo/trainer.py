@@ -271,11 +271,14 @@ def _make_optimizer(config: TrainConfig, params: list[nn.Parameter],
     # one fused kernel per step on CPU and CUDA (a quarter of foreach's time for small nets)
     fused = True if device.type in ("cpu", "cuda") else None
     foreach = None if fused else True
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay},
-                                    {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+    if config.weight_decay:
+        # no decay on biases and normalization parameters
+        groups: list[dict[str, Any]] = [
+            {"params": [p for p in params if p.ndim > 1], "weight_decay": config.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+    else:  # one group, one kernel launch per step
+        groups = [{"params": params, "weight_decay": 0.0}]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov and config.momentum > 0,
@@ -379,6 +382,7 @@ class _Trainer:
     stop: _StopFlag
     threads: int  # intra-op threads of this process on CPU
     splitter: BatchSplitter | None  # CPU: each batch trained as parallel parts
+    trained_params: list[nn.Parameter]  # what the splitter computes gradients for
 
     def __init__(self, architecture: str, config: TrainConfig, registry: Registry) -> None:
         self.architecture = architecture
@@ -592,6 +596,7 @@ class _Trainer:
                                     f"{self.architecture}: {blocker}; set batch_split=1")
             return
         self.splitter = BatchSplitter(parts, max(1, self.threads // parts))
+        self.trained_params = [p for p in self.core.parameters() if p.requires_grad]
 
     def _start(self) -> None:
         """Create the run directory (a new run) and say what is being trained."""
@@ -696,15 +701,15 @@ class _Trainer:
                         yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, backward and update on one batch; its summed loss (float64) and logits."""
         cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
-        optimizer.zero_grad(set_to_none=True)
-        if self.splitter is not None:
+        if self.splitter is not None:  # it sets every .grad itself
             def summed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
                 return F.cross_entropy(logits, labels, reduction="sum",
                                        label_smoothing=cfg.label_smoothing)
 
-            params = [p for p in self.core.parameters() if p.requires_grad]
-            loss_sum, logits = self.splitter.step(self.model, params, xb, yb, summed)
+            loss_sum, logits = self.splitter.step(self.model, self.trained_params, xb, yb,
+                                                  summed)
         else:
+            optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                 enabled=self.amp_dtype is not None):
                 logits = self.model(xb)

@@ -6,9 +6,11 @@ Generalized over input channels, input size and class count; flattening uses
 Where the book writes ``max_pool2d(act(x))`` with a monotonic activation (tanh,
 ReLU), this code writes ``act(max_pool2d(x))``: the maximum of a monotonic
 function is the function of the maximum, so outputs and gradients are the same,
-and the activation runs on a quarter of the elements (tanh dominates the step
-time on CPU). NetRes keeps the book's order where the skip is added before
-pooling. Two flaws of the
+and the activation runs on a quarter of the elements. In a CPU training step
+the first convolution, its pooling and activation run as one fused kernel, and
+each later pooling with its activation as another (``zoo_chapter8.fused``);
+everywhere else, as the plain PyTorch layers. NetRes
+keeps the book's order where the skip is added before pooling. Two flaws of the
 book's code are fixed: ``NetResDeep`` builds independent blocks (the book's
 ``n_blocks * [ResBlock(...)]`` repeats one instance; ``shared_block=True``
 reproduces it), and evaluation mode is the trainer's business.
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import InputShape
+from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, pool_relu, pool_tanh
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
 
@@ -48,8 +51,8 @@ class Net(nn.Module):
         self.fc2 = nn.Linear(n_hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(F.max_pool2d(self.conv1(x), 2))
-        out = torch.tanh(F.max_pool2d(self.conv2(out), 2))
+        out = conv_pool_tanh(self.conv1, x, self.training)
+        out = pool_tanh(self.conv2(out), self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -70,8 +73,8 @@ class NetWidth(nn.Module):
         self.fc2 = nn.Linear(n_hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(F.max_pool2d(self.conv1(x), 2))
-        out = torch.tanh(F.max_pool2d(self.conv2(out), 2))
+        out = conv_pool_tanh(self.conv1, x, self.training)
+        out = pool_tanh(self.conv2(out), self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -88,9 +91,9 @@ class NetDropout(NetWidth):
         self.conv2_dropout = nn.Dropout2d(p=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.tanh(F.max_pool2d(self.conv1(x), 2))
+        out = conv_pool_tanh(self.conv1, x, self.training)
         out = self.conv1_dropout(out)
-        out = torch.tanh(F.max_pool2d(self.conv2(out), 2))
+        out = pool_tanh(self.conv2(out), self.training)
         out = self.conv2_dropout(out)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
@@ -108,9 +111,9 @@ class NetBatchNorm(NetWidth):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1_batchnorm(self.conv1(x))
-        out = torch.tanh(F.max_pool2d(out, 2))
+        out = pool_tanh(out, self.training)
         out = self.conv2_batchnorm(self.conv2(out))
-        out = torch.tanh(F.max_pool2d(out, 2))
+        out = pool_tanh(out, self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -132,9 +135,9 @@ class NetDepth(nn.Module):
         self.fc2 = nn.Linear(n_hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(F.max_pool2d(self.conv1(x), 2))
-        out = torch.relu(F.max_pool2d(self.conv2(out), 2))
-        out = torch.relu(F.max_pool2d(self.conv3(out), 2))
+        out = conv_pool_relu(self.conv1, x, self.training)
+        out = pool_relu(self.conv2(out), self.training)
+        out = pool_relu(self.conv3(out), self.training)
         out = torch.flatten(out, 1)
         out = torch.relu(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -144,8 +147,8 @@ class NetRes(NetDepth):
     """NetDepth with the third convolution's input added back to its output (a skip)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(F.max_pool2d(self.conv1(x), 2))
-        out = torch.relu(F.max_pool2d(self.conv2(out), 2))
+        out = conv_pool_relu(self.conv1, x, self.training)
+        out = pool_relu(self.conv2(out), self.training)
         out1 = out
         out = F.max_pool2d(torch.relu(self.conv3(out)) + out1, 2)
         out = torch.flatten(out, 1)
@@ -195,7 +198,7 @@ class NetResDeep(nn.Module):
         self.fc2 = nn.Linear(n_hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = torch.relu(F.max_pool2d(self.conv1(x), 2))
+        out = conv_pool_relu(self.conv1, x, self.training)
         out = self.resblocks(out)
         out = F.max_pool2d(out, 2)
         out = torch.flatten(out, 1)

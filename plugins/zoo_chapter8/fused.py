@@ -1,0 +1,277 @@
+"""Max-pooling fused with its activation, for training the chapter-8 networks on CPU.
+
+Every chapter-8 network pools a convolution's output 2×2 and applies tanh or ReLU.
+ATen does that in three passes over the convolution's output (pooling with
+int64 indices, the activation; in the backward pass a zero fill, a scatter and
+the activation's gradient), and its float32 tanh is not vectorized: together
+they took half of Net's training step. ``pool_act.c`` does each direction in
+one vectorized pass, and Net trains about 1.3 times faster
+(``bench/bench_train_throughput.py``).
+
+The kernel is compiled at first use with the system C compiler (``$CC``, else
+``cc``) into ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``),
+named by a hash of its source and flags, and loaded with ctypes. Where it
+cannot be built, or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
+
+It serves training steps only (a module in training mode, gradients on, a
+CPU float32 channels_last input with even height and width and a multiple of 8
+channels). Evaluation, export and tracing run the plain PyTorch layers, so a
+trained model computes exactly what its ONNX graph does. Pooling and the
+gradients' routing are exactly ATen's; the tanh is Eigen's rational
+approximation, within a few ulp of libm.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from zoo.fsutil import atomic_path
+
+ENV_SWITCH = "ZOO_FUSED"
+TANH, RELU = 0, 1
+_SOURCE = Path(__file__).with_name("pool_act.c")
+_PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+
+
+def _compiler() -> list[str] | None:
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    words = shlex.split(cc)
+    if not words or shutil.which(words[0]) is None:
+        return None
+    return words
+
+
+def _arch_flags() -> list[str]:
+    if platform.machine().lower() in ("x86_64", "amd64") and \
+            torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return ["-mavx2", "-mfma"]
+    return []
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("ZOO_CACHE_DIR")
+    return (Path(root) if root else Path.home() / ".cache" / "zoo") / "kernels"
+
+
+class _BuildFailed(Exception):
+    pass
+
+
+def _build(compiler: list[str], dest: Path) -> None:
+    """Compile the kernel to ``dest`` atomically: with OpenMP, else without (Apple's clang)."""
+    base = [*compiler, "-O3", "-shared", "-fPIC", *_arch_flags()]
+    failure = _BuildFailed("no build was tried")
+    for extra in (["-fopenmp"], []):
+        try:
+            with atomic_path(dest) as tmp:
+                done = subprocess.run([*base, *extra, "-o", str(tmp), str(_SOURCE)],
+                                      capture_output=True, text=True, check=False)
+                if done.returncode != 0:
+                    raise _BuildFailed(done.stderr.strip().splitlines()[-1:] or "failed")
+            return
+        except _BuildFailed as exc:
+            failure = exc
+    raise failure
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None, f"switched off by {ENV_SWITCH}=0"
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C compiler found (set $CC)"
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(
+        [*compiler, *_arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"pool_act-{key}.so"
+    try:
+        if path.exists():
+            lib = ctypes.CDLL(str(path))
+        else:
+            try:
+                _build(compiler, path)
+                lib = ctypes.CDLL(str(path))
+            except OSError:  # an unusable cache directory: build for this process only
+                with tempfile.TemporaryDirectory(prefix="zoo-kernels-") as tmp:
+                    _build(compiler, Path(tmp) / path.name)
+                    lib = ctypes.CDLL(str(Path(tmp) / path.name))  # stays mapped once deleted
+                path = Path("(a temporary build)")
+    except (_BuildFailed, OSError) as exc:
+        return None, f"the kernel could not be built or loaded: {exc}"
+    lib.zoo_pool2_act_forward.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
+    lib.zoo_pool2_act_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                                           _I32, _I32]
+    lib.zoo_pool2_act_forward.restype = lib.zoo_pool2_act_backward.restype = None
+    lib.zoo_stem_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64,
+                                     _I32, _I32]
+    lib.zoo_stem_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
+                                      _I64, _I64, _I32, _I32]
+    lib.zoo_stem_forward.restype = lib.zoo_stem_backward.restype = ctypes.c_int32
+    return lib, str(path)
+
+
+@functools.cache
+def _loaded() -> tuple[ctypes.CDLL | None, str]:
+    return _load()
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use; None where it is switched off or cannot be built."""
+    return _loaded()[0]
+
+
+def status() -> str:
+    """Where the kernel was loaded from, or why the layers run as plain PyTorch."""
+    lib, where = _loaded()
+    return f"fused pool+activation kernel: {where}" if lib is not None else \
+        f"fused pool+activation kernel off: {where}"
+
+
+class _PoolAct(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, act: int) -> torch.Tensor:
+        lib = library()
+        assert lib is not None
+        n, c, h, w = x.shape
+        y = torch.empty((n, c, h // 2, w // 2), memory_format=torch.channels_last)
+        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+        lib.zoo_pool2_act_forward(x.data_ptr(), y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
+                                  torch.get_num_threads())
+        ctx.save_for_backward(y, idx)
+        ctx.act, ctx.size = act, (h, w)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        lib = library()
+        assert lib is not None
+        y, idx = ctx.saved_tensors
+        n, c = y.shape[:2]
+        h, w = ctx.size
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        gx = torch.empty((n, c, h, w), memory_format=torch.channels_last)
+        lib.zoo_pool2_act_backward(grad.data_ptr(), y.data_ptr(), idx.data_ptr(), gx.data_ptr(),
+                                   n, h, w, c, ctx.act, torch.get_num_threads())
+        return gx, None
+
+
+def _eager() -> bool:
+    """False while the JIT tracer (the ONNX exporter's), torch.compile or torch.export runs."""
+    return not (torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
+                or torch.onnx.is_in_onnx_export())
+
+
+def _fusable(x: torch.Tensor, training: bool) -> bool:
+    return (training and torch.is_grad_enabled() and x.requires_grad
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.shape[1] % 8 == 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and type(x) is torch.Tensor and _eager() and library() is not None)
+
+
+def pool_tanh(x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``tanh(max_pool2d(x, 2))``, fused in a CPU training step."""
+    if _fusable(x, training):
+        return _PoolAct.apply(x, TANH)  # type: ignore[no-any-return]
+    return torch.tanh(F.max_pool2d(x, 2))
+
+
+def pool_relu(x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``relu(max_pool2d(x, 2))``, fused in a CPU training step."""
+    if _fusable(x, training):
+        return _PoolAct.apply(x, RELU)  # type: ignore[no-any-return]
+    return torch.relu(F.max_pool2d(x, 2))
+
+
+class _Stem(torch.autograd.Function):
+    """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                act: int) -> torch.Tensor:
+        lib = library()
+        assert lib is not None
+        n, cin, h, w = x.shape
+        cout = weight.shape[0]
+        wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh][kw][cin][cout]
+        b = bias.detach().contiguous() if bias is not None else torch.zeros(cout)
+        # NHWC, one zero pixel around: the kernel's loops need no bounds checks
+        xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+        y = torch.empty((n, cout, h // 2, w // 2), memory_format=torch.channels_last)
+        idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8)
+        done = lib.zoo_stem_forward(xp.data_ptr(), wt.data_ptr(), b.data_ptr(), y.data_ptr(),
+                                    idx.data_ptr(), n, h, w, cin, cout, act,
+                                    torch.get_num_threads())
+        assert done == 0, "zoo_stem_forward refused the shapes _stem_fusable accepted"
+        ctx.save_for_backward(xp, y, idx)
+        ctx.act, ctx.has_bias = act, bias is not None
+        ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
+                             else torch.channels_last)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor | None,
+                                                        torch.Tensor | None, None]:
+        lib = library()
+        assert lib is not None
+        xp, y, idx = ctx.saved_tensors
+        n, h, w, cin = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2, xp.shape[3]
+        cout = y.shape[1]
+        grad = grad.contiguous(memory_format=torch.channels_last)
+        chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
+        dwt = torch.zeros((chunks, 3, 3, cin, cout))
+        db = torch.zeros((chunks, cout))
+        done = lib.zoo_stem_backward(xp.data_ptr(), grad.data_ptr(), y.data_ptr(), idx.data_ptr(),
+                                     dwt.data_ptr(), db.data_ptr(), n, h, w, cin, cout, ctx.act,
+                                     chunks)
+        assert done == 0, "zoo_stem_backward refused the shapes _stem_fusable accepted"
+        dw_total, db_total = dwt[0], db[0]
+        for t in range(1, chunks):  # in chunk order: the same sum whichever thread ran which
+            dw_total, db_total = dw_total + dwt[t], db_total + db[t]
+        dweight = dw_total.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
+        return (None, dweight if ctx.needs_input_grad[1] else None,
+                db_total if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
+
+
+def _stem_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
+    weight = conv.weight
+    return (training and torch.is_grad_enabled() and not x.requires_grad
+            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and x.shape[1] <= 8 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and weight.shape[0] % 8 == 0 and weight.shape[0] <= 64
+            and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
+            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros"
+            and not (conv._forward_hooks or conv._forward_pre_hooks
+                     or torch.nn.modules.module._global_forward_hooks
+                     or torch.nn.modules.module._global_forward_pre_hooks)
+            and type(x) is torch.Tensor and _eager() and library() is not None)
+
+
+def conv_pool_tanh(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``tanh(max_pool2d(conv(x), 2))``, fused in a CPU training step where ``conv`` is 3×3."""
+    if _stem_fusable(conv, x, training):
+        return _Stem.apply(x, conv.weight, conv.bias, TANH)  # type: ignore[no-any-return]
+    return pool_tanh(conv(x), training)
+
+
+def conv_pool_relu(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``relu(max_pool2d(conv(x), 2))``, fused in a CPU training step where ``conv`` is 3×3."""
+    if _stem_fusable(conv, x, training):
+        return _Stem.apply(x, conv.weight, conv.bias, RELU)  # type: ignore[no-any-return]
+    return pool_relu(conv(x), training)

@@ -1,0 +1,263 @@
+/* 2x2 max-pooling fused with tanh or ReLU, forward and backward, for channels_last float32.
+ *
+ * Built at first use by zoo_chapter8/fused.py with the system C compiler and loaded with
+ * ctypes; it includes no PyTorch header, so it compiles in well under a second.
+ *
+ * Layout: x is N x H x W x C (NHWC), H and W even, C a multiple of 8; y and idx are
+ * N x H/2 x W/2 x C. idx holds the window position (0..3, row-major) of each maximum: the
+ * first one in scan order, a NaN winning, as ATen's max_pool2d chooses. The backward pass
+ * writes every element of gx (no separate zero fill).
+ *
+ * The vector type is GCC/Clang's generic vector extension: AVX2 code with -mavx2 -mfma,
+ * SSE or NEON pairs without.
+ */
+#include <stdint.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint8_t vb __attribute__((vector_size(8)));
+
+enum { ACT_TANH = 0, ACT_RELU = 1 };
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+static inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+
+/* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation on
+ * [-7.9053, 7.9053], identity below 4e-4; within a few ulp of libm. */
+static inline vf tanh8(vf a) {
+    vf x = select(a < splat(7.90531110763549805f), a, splat(7.90531110763549805f));
+    x = select(x > splat(-7.90531110763549805f), x, splat(-7.90531110763549805f));
+    vf x2 = x * x;
+    vf p = x2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
+    p = x2 * p + splat(-8.60467152213735e-11f);
+    p = x2 * p + splat(5.12229709037114e-08f);
+    p = x2 * p + splat(1.48572235717979e-05f);
+    p = x2 * p + splat(6.37261928875436e-04f);
+    p = x2 * p + splat(4.89352455891786e-03f);
+    p = x * p;
+    vf q = x2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
+    q = x2 * q + splat(2.26843463243900e-03f);
+    q = x2 * q + splat(4.89352518554385e-03f);
+    vf abs_a = (vf)((vi)a & 0x7fffffff);
+    vf r = select(abs_a < splat(0.0004f), a, p / q);
+    return select(a != a, a, r); /* NaN stays NaN */
+}
+
+static inline vf activate(vf m, int act) {
+    if (act == ACT_TANH) return tanh8(m);
+    return select((m > splat(0.0f)) | (m != m), m, splat(0.0f));
+}
+
+void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
+                           int64_t w, int64_t c, int32_t act, int32_t threads) {
+    const int64_t h2 = h / 2, w2 = w / 2, rows = n * h2;
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
+#endif
+    for (int64_t i = 0; i < rows; i++) {
+        const float *row0 = x + ((i / h2) * h + 2 * (i % h2)) * w * c;
+        const float *row1 = row0 + w * c;
+        for (int64_t ow = 0; ow < w2; ow++) {
+            const float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
+            const int64_t out = (i * w2 + ow) * c;
+            for (int64_t ch = 0; ch < c; ch += 8) {
+                vf m = load(top + ch), v;
+                vi k = (vi){0}, t;
+                v = load(top + c + ch);
+                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 1) | (~t & k);
+                v = load(bottom + ch);
+                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 2) | (~t & k);
+                v = load(bottom + c + ch);
+                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 3) | (~t & k);
+                store(y + out + ch, activate(m, act));
+                vb kb = __builtin_convertvector(k, vb);
+                memcpy(idx + out + ch, &kb, sizeof kb);
+            }
+        }
+    }
+}
+
+void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, float *gx,
+                            int64_t n, int64_t h, int64_t w, int64_t c, int32_t act,
+                            int32_t threads) {
+    const int64_t h2 = h / 2, w2 = w / 2, rows = n * h2;
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
+#endif
+    for (int64_t i = 0; i < rows; i++) {
+        float *row0 = gx + ((i / h2) * h + 2 * (i % h2)) * w * c;
+        float *row1 = row0 + w * c;
+        for (int64_t ow = 0; ow < w2; ow++) {
+            float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
+            const int64_t out = (i * w2 + ow) * c;
+            for (int64_t ch = 0; ch < c; ch += 8) {
+                vf yv = load(y + out + ch), gv = load(g + out + ch), z;
+                if (act == ACT_TANH)
+                    z = gv * (splat(1.0f) - yv * yv);             /* as aten::tanh_backward */
+                else
+                    z = select(yv <= splat(0.0f), splat(0.0f), gv); /* as threshold_backward */
+                vb kb;
+                memcpy(&kb, idx + out + ch, sizeof kb);
+                vi k = __builtin_convertvector(kb, vi);
+                const vf zero = splat(0.0f);
+                store(top + ch, select(k == 0, z, zero));
+                store(top + c + ch, select(k == 1, z, zero));
+                store(bottom + ch, select(k == 2, z, zero));
+                store(bottom + c + ch, select(k == 3, z, zero));
+            }
+        }
+    }
+}
+
+/* The stem: act(max_pool2d(conv2d(x, w, b, 3x3, stride 1, padding 1), 2)) in one pass, for a
+ * few input channels. The convolution's output is never stored: each 2x2 window's four
+ * outputs are computed in registers and pooled at once. xp is the input zero-padded by one
+ * pixel on each side, NHWC: n x (h + 2) x (w + 2) x cin. wt is the weight as
+ * [kh][kw][cin][cout]; dwt, the weight gradient in the same layout. The backward pass gives
+ * the weight and bias gradients only (the stem's input is data). Common channel counts are
+ * compiled as constants, so that the loops unroll and the accumulators stay in registers. */
+#define STEM_MAX_CIN 8
+#define STEM_MAX_CV 8
+
+static inline __attribute__((always_inline)) void stem_forward_rows(
+    const float *xp, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t h,
+    int64_t w, int64_t first, int64_t last, int32_t act, const int cin, const int cv) {
+    const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
+    for (int64_t i = first; i < last; i++) {
+        const int64_t b = i / h2, oh = i % h2;
+        const float *top = xp + (b * (h + 2) + 2 * oh) * row;
+        for (int64_t ow = 0; ow < w2; ow++) {
+            const float *p0 = top + 2 * ow * cin;
+            vf acc[4][STEM_MAX_CV];
+            for (int v = 0; v < cv; v++) {
+                const vf bv = load(bias + 8 * v);
+                acc[0][v] = bv; acc[1][v] = bv; acc[2][v] = bv; acc[3][v] = bv;
+            }
+            for (int kh = 0; kh < 3; kh++) {
+                const float *r0 = p0 + kh * row, *r1 = r0 + row;
+                for (int kw = 0; kw < 3; kw++)
+                    for (int ci = 0; ci < cin; ci++) {
+                        const float *wk = wt + ((kh * 3 + kw) * cin + ci) * cout;
+                        const vf s0 = splat(r0[kw * cin + ci]), s1 = splat(r0[(kw + 1) * cin + ci]);
+                        const vf s2 = splat(r1[kw * cin + ci]), s3 = splat(r1[(kw + 1) * cin + ci]);
+                        for (int v = 0; v < cv; v++) {
+                            const vf wv = load(wk + 8 * v);
+                            acc[0][v] += s0 * wv; acc[1][v] += s1 * wv;
+                            acc[2][v] += s2 * wv; acc[3][v] += s3 * wv;
+                        }
+                    }
+            }
+            const int64_t out = (i * w2 + ow) * cout;
+            for (int v = 0; v < cv; v++) {
+                vf m = acc[0][v], c;
+                vi k = (vi){0}, t;
+                c = acc[1][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 1) | (~t & k);
+                c = acc[2][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 2) | (~t & k);
+                c = acc[3][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 3) | (~t & k);
+                store(y + out + 8 * v, activate(m, act));
+                vb kb = __builtin_convertvector(k, vb);
+                memcpy(idx + out + 8 * v, &kb, sizeof kb);
+            }
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void stem_backward_rows(
+    const float *xp, const float *g, const float *y, const uint8_t *idx, float *dwt, float *db,
+    int64_t h, int64_t w, int64_t first, int64_t last, int32_t act, const int cin,
+    const int cv) {
+    const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
+    for (int64_t i = first; i < last; i++) {
+        const int64_t b = i / h2, oh = i % h2;
+        const float *top = xp + (b * (h + 2) + 2 * oh) * row;
+        for (int64_t ow = 0; ow < w2; ow++) {
+            const float *p0 = top + 2 * ow * cin;
+            const int64_t out = (i * w2 + ow) * cout;
+            vf mz[4][STEM_MAX_CV];
+            for (int v = 0; v < cv; v++) {
+                const vf yv = load(y + out + 8 * v), gv = load(g + out + 8 * v);
+                const vf z = act == ACT_TANH ? gv * (splat(1.0f) - yv * yv)
+                                             : select(yv <= splat(0.0f), splat(0.0f), gv);
+                store(db + 8 * v, load(db + 8 * v) + z);
+                vb kb;
+                memcpy(&kb, idx + out + 8 * v, sizeof kb);
+                const vi k = __builtin_convertvector(kb, vi);
+                const vf zero = splat(0.0f);
+                mz[0][v] = select(k == 0, z, zero); mz[1][v] = select(k == 1, z, zero);
+                mz[2][v] = select(k == 2, z, zero); mz[3][v] = select(k == 3, z, zero);
+            }
+            for (int kh = 0; kh < 3; kh++) {
+                const float *r0 = p0 + kh * row, *r1 = r0 + row;
+                for (int kw = 0; kw < 3; kw++)
+                    for (int ci = 0; ci < cin; ci++) {
+                        float *dk = dwt + ((kh * 3 + kw) * cin + ci) * cout;
+                        const vf s0 = splat(r0[kw * cin + ci]), s1 = splat(r0[(kw + 1) * cin + ci]);
+                        const vf s2 = splat(r1[kw * cin + ci]), s3 = splat(r1[(kw + 1) * cin + ci]);
+                        for (int v = 0; v < cv; v++)
+                            store(dk + 8 * v, load(dk + 8 * v) + s0 * mz[0][v] + s1 * mz[1][v]
+                                                  + s2 * mz[2][v] + s3 * mz[3][v]);
+                    }
+            }
+        }
+    }
+}
+
+#define STEM_CASES(CALL)                                                   \
+    if (cin == 3 && cv == 2) CALL(3, 2);                                   \
+    else if (cin == 3 && cv == 4) CALL(3, 4);                              \
+    else if (cin == 3 && cv == 1) CALL(3, 1);                              \
+    else if (cin == 1 && cv == 2) CALL(1, 2);                              \
+    else if (cin == 1 && cv == 4) CALL(1, 4);                              \
+    else CALL(cin, cv)
+
+static int stem_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
+    return cin >= 1 && cin <= STEM_MAX_CIN && cout % 8 == 0 && cout >= 8 &&
+           cout / 8 <= STEM_MAX_CV && h % 2 == 0 && w % 2 == 0;
+}
+
+/* 0 on success, -1 for shapes the kernel does not take (the caller checks them first). */
+int32_t zoo_stem_forward(const float *xp, const float *wt, const float *bias, float *y,
+                         uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                         int64_t cout, int32_t act, int32_t threads) {
+    if (!stem_shapes_ok(h, w, cin_, cout)) return -1;
+    const int64_t rows = n * (h / 2);
+    const int cin = (int)cin_, cv = (int)(cout / 8);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
+#endif
+    for (int64_t i = 0; i < rows; i++) {
+#define STEM_FWD(CIN, CV) stem_forward_rows(xp, wt, bias, y, idx, h, w, i, i + 1, act, CIN, CV)
+        STEM_CASES(STEM_FWD);
+#undef STEM_FWD
+    }
+    return 0;
+}
+
+/* dwt and db must be zero-filled, `chunks` times over: chunk t accumulates rows
+ * [t*rows/chunks, (t+1)*rows/chunks) into dwt + t*9*cin*cout and db + t*cout; the caller adds
+ * the chunks in order, so the result does not depend on which thread ran which chunk. */
+int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const uint8_t *idx,
+                          float *dwt, float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                          int64_t cout, int32_t act, int32_t chunks) {
+    if (!stem_shapes_ok(h, w, cin_, cout) || chunks < 1) return -1;
+    const int64_t rows = n * (h / 2);
+    const int cin = (int)cin_, cv = (int)(cout / 8);
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(chunks) if (chunks > 1)
+#endif
+    for (int32_t t = 0; t < chunks; t++) {
+        float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+        const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
+#define STEM_BWD(CIN, CV) \
+    stem_backward_rows(xp, g, y, idx, dw_t, db_t, h, w, first, last, act, CIN, CV)
+        STEM_CASES(STEM_BWD);
+#undef STEM_BWD
+    }
+    return 0;
+}

@@ -1,0 +1,168 @@
+"""The chapter-8 fused kernels: the outputs and gradients of the PyTorch layers they replace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from zoo_chapter8 import fused
+
+pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+
+CL = torch.channels_last
+ACTS = [(fused.TANH, torch.tanh, fused.pool_tanh, fused.conv_pool_tanh),
+        (fused.RELU, torch.relu, fused.pool_relu, fused.conv_pool_relu)]
+
+
+def _cl(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=CL)
+
+
+def _grads(y: torch.Tensor, inputs: list[torch.Tensor], g: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad(y, inputs, g))
+
+
+@pytest.mark.parametrize(("act", "ref", "pool", "_stem"), ACTS)
+@pytest.mark.parametrize("case", ["random", "ties", "nan"])
+def test_pool_act_matches_aten(act: int, ref: object, pool: object, _stem: object,
+                               case: str) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(3, 16, 8, 10)
+    if case == "ties":  # many equal maxima: the gradient goes to the first, as in ATen
+        x = torch.randint(-2, 3, x.shape).float()
+    if case == "nan":
+        x[0, 3, 1, 1] = x[1, 2, 4, 4] = x[1, 2, 4, 5] = float("nan")
+    a, b = _cl(x).requires_grad_(), _cl(x).requires_grad_()
+    ours = pool(a, True)  # type: ignore[operator]
+    theirs = ref(F.max_pool2d(b, 2))  # type: ignore[operator]
+    assert ours.grad_fn is not None and "PoolAct" in type(ours.grad_fn).__name__
+    g = torch.randn_like(ours)
+    (ga,), (gb,) = _grads(ours, [a], g), _grads(theirs, [b], g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-7, equal_nan=True)
+    torch.testing.assert_close(ga, gb, rtol=0, atol=2e-6, equal_nan=True)
+    assert torch.equal(ga != 0, gb != 0)  # the same element of each window gets the gradient
+    assert ours.is_contiguous(memory_format=CL) and ga.is_contiguous(memory_format=CL)
+
+
+def test_tanh_within_four_ulp_of_libm() -> None:
+    v = torch.cat([torch.linspace(-12, 12, 400_000), torch.logspace(-9, 1, 20_000),
+                   -torch.logspace(-9, 1, 20_000)])
+    v = v[: v.numel() // 8 * 8]
+    # each value alone at the top left of its 2x2 window, the other three far below it
+    x = torch.full((1, 2, 2 * (v.numel() // 8), 8), -1e30)
+    x[0, 0, 0::2, :] = v.view(-1, 8)
+    y = fused.pool_tanh(x.permute(0, 3, 1, 2).requires_grad_(), True)
+    got = y.detach().permute(0, 2, 3, 1).reshape(-1)
+    exact = torch.tanh(v.double()).float()
+    ulp = (got.view(torch.int32).long() - exact.view(torch.int32).long()).abs()
+    assert int(ulp.max()) <= 4
+    assert float(ulp.float().mean()) < 2.0
+
+
+@pytest.mark.parametrize(("act", "ref", "_pool", "stem"), ACTS)
+@pytest.mark.parametrize(("cin", "cout", "bias"), [(3, 16, True), (3, 32, True), (1, 8, True),
+                                                   (3, 24, False), (5, 8, True)])
+def test_stem_matches_conv_pool_act(act: int, ref: object, _pool: object, stem: object,
+                                    cin: int, cout: int, bias: bool) -> None:
+    torch.manual_seed(1)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=bias).to(memory_format=CL)
+    x = _cl(torch.randn(4, cin, 10, 12))
+    params = [p for p in conv.parameters()]
+    ours = stem(conv, x, True)  # type: ignore[operator]
+    assert "Stem" in type(ours.grad_fn).__name__
+    theirs = ref(F.max_pool2d(conv(x), 2))  # type: ignore[operator]
+    g = torch.randn_like(ours)
+    got, want = _grads(ours, params, g), _grads(theirs, params, g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+    for a, b, p in zip(got, want, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        assert a.shape == p.shape
+
+
+def test_stem_on_flat_images_routes_gradients_like_aten() -> None:
+    """Flat regions give equal convolution outputs in a window: ties, broken the same way."""
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1).to(memory_format=CL)
+    x = torch.ones(2, 3, 8, 8)
+    x[:, :, 4:, :] = 2.0
+    x = _cl(x)
+    ours = fused.conv_pool_tanh(conv, x, True)
+    theirs = torch.tanh(F.max_pool2d(conv(x), 2))
+    g = torch.ones_like(ours)
+    got, want = _grads(ours, [conv.weight], g), _grads(theirs, [conv.weight], g)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_plain_layers_outside_a_cpu_training_step() -> None:
+    """Evaluation, no-grad, NCHW, odd sizes, a hooked convolution: exactly the PyTorch layers."""
+    torch.manual_seed(2)
+    conv = torch.nn.Conv2d(3, 16, 3, padding=1).to(memory_format=CL)
+    x = _cl(torch.randn(2, 3, 8, 8))
+    want = torch.tanh(F.max_pool2d(conv(x), 2))
+    assert torch.equal(fused.conv_pool_tanh(conv, x, False), want)  # eval mode
+    with torch.no_grad():
+        assert torch.equal(fused.conv_pool_tanh(conv, x, True), want)
+    nchw = x.contiguous()
+    assert "Stem" not in type(fused.conv_pool_tanh(conv, nchw, True).grad_fn).__name__
+    odd = _cl(torch.randn(2, 3, 7, 8))
+    assert "Stem" not in type(fused.conv_pool_tanh(conv, odd, True).grad_fn).__name__
+    seen: list[torch.Size] = []
+    handle = conv.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
+    try:
+        fused.conv_pool_tanh(conv, x, True)
+    finally:
+        handle.remove()
+    assert seen == [torch.Size([2, 16, 8, 8])]
+    h = _cl(torch.randn(2, 12, 8, 8)).requires_grad_()  # channels not a multiple of 8
+    assert "PoolAct" not in type(fused.pool_tanh(h, True).grad_fn).__name__
+
+
+def test_model_trains_the_same_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoo
+
+    torch.manual_seed(3)
+    model = zoo.create_model("Net").to(memory_format=CL).train()
+    x, y = _cl(torch.randn(8, 3, 32, 32)), torch.randint(0, 2, (8,))
+    params = list(model.parameters())
+    fast = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    monkeypatch.setattr(fused, "library", lambda: None)
+    plain = torch.autograd.grad(F.cross_entropy(model(x), y), params)
+    for a, b in zip(fast, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_kernel_is_built_once_into_the_cache(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    lib, where = fused._load()
+    assert lib is not None, where
+    built = list((tmp_path / "kernels").iterdir())
+    assert [p.suffix for p in built] == [".so"] and Path(where) == built[0]
+    stamp = built[0].stat().st_mtime_ns
+    assert fused._load()[0] is not None
+    assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
+
+
+def test_no_compiler_or_a_failing_one_falls_back(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    lib, why = fused._load()
+    assert lib is None and "no C compiler" in why
+    monkeypatch.setenv("CC", "false")  # exits 1: nothing half-written is left
+    lib, why = fused._load()
+    assert lib is None and "could not be built" in why
+    assert not list((tmp_path / "kernels").iterdir())
+    monkeypatch.setenv("ZOO_FUSED", "0")
+    assert fused._load() == (None, "switched off by ZOO_FUSED=0")
+
+
+def test_unusable_cache_directory_builds_for_the_process(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(blocker))
+    lib, where = fused._load()
+    assert lib is not None and where == "(a temporary build)"
+    assert blocker.read_text() == "not a directory"
