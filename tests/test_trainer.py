@@ -257,3 +257,29 @@ def test_one_cycle_schedule_on_a_handful_of_steps(tmp_path: Path, size: int) -> 
                    **{**FAST, "dataset_options": {"size": size, "num_classes": 2}})
     assert result.summary.epochs_completed == 1
     assert 0 < result.metrics[0].lr <= 0.1
+
+
+def test_resume_of_a_run_with_biases_in_a_group_of_their_own(tmp_path: Path) -> None:
+    """Runs without weight decay now train one parameter group; older ones had two."""
+    cfg = {**FAST, "schedule": "none", "weight_decay": 0.0, "momentum": 0.9}
+    train("Net", epochs=2, out=tmp_path / "whole", **cfg)
+    train("Net", epochs=1, out=tmp_path / "part", **cfg)
+    path = tmp_path / "part" / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    params = list(zoo.create_model("Net", height=16, width=16).parameters())
+    old = state["optimizer"]
+    assert len(old["param_groups"]) == 1
+    ids = old["param_groups"][0]["params"]
+    order = [i for i, p in zip(ids, params, strict=True) if p.ndim > 1] + \
+            [i for i, p in zip(ids, params, strict=True) if p.ndim <= 1]
+    renumber = {i: n for n, i in enumerate(order)}
+    split = len([p for p in params if p.ndim > 1])
+    group = {k: v for k, v in old["param_groups"][0].items() if k != "params"}
+    state["optimizer"] = {
+        "state": {renumber[i]: s for i, s in old["state"].items()},
+        "param_groups": [{**group, "params": list(range(split))},
+                         {**group, "params": list(range(split, len(params)))}]}
+    torch.save(state, path)
+    train("Net", epochs=2, resume=tmp_path / "part")
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)
