@@ -120,6 +120,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.zoo_stem_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
                                       _I64, _I64, _I32, _I32]
     lib.zoo_stem_forward.restype = lib.zoo_stem_backward.restype = ctypes.c_int32
+    lib.zoo_pad1_nhwc.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64]
+    lib.zoo_pad1_nhwc.restype = None
     return lib, str(path)
 
 
@@ -209,7 +211,8 @@ class _Stem(torch.autograd.Function):
         wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh][kw][cin][cout]
         b = bias.detach().contiguous() if bias is not None else torch.zeros(cout)
         # NHWC, one zero pixel around: the kernel's loops need no bounds checks
-        xp = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+        xp = torch.empty((n, h + 2, w + 2, cin))
+        lib.zoo_pad1_nhwc(x.data_ptr(), xp.data_ptr(), n, h, w, cin)
         y = torch.empty((n, cout, h // 2, w // 2), memory_format=torch.channels_last)
         idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8)
         done = lib.zoo_stem_forward(xp.data_ptr(), wt.data_ptr(), b.data_ptr(), y.data_ptr(),

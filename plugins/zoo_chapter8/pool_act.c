@@ -261,3 +261,19 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
     }
     return 0;
 }
+
+/* xp = x (NHWC, n x h x w x c) with one zero pixel around it: n x (h + 2) x (w + 2) x c. */
+void zoo_pad1_nhwc(const float *x, float *xp, int64_t n, int64_t h, int64_t w, int64_t c) {
+    const int64_t row = w * c, prow = (w + 2) * c;
+    for (int64_t b = 0; b < n; b++) {
+        float *dst = xp + b * (h + 2) * prow;
+        memset(dst, 0, sizeof(float) * prow);
+        for (int64_t i = 0; i < h; i++) {
+            float *d = dst + (i + 1) * prow;
+            memset(d, 0, sizeof(float) * c);
+            memcpy(d + c, x + (b * h + i) * row, sizeof(float) * row);
+            memset(d + c + row, 0, sizeof(float) * c);
+        }
+        memset(dst + (h + 1) * prow, 0, sizeof(float) * prow);
+    }
+}
