@@ -283,3 +283,25 @@ def test_resume_of_a_run_with_biases_in_a_group_of_their_own(tmp_path: Path) -> 
     train("Net", epochs=2, resume=tmp_path / "part")
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_architecture_recipe_changes_defaults_only(tmp_path: Path) -> None:
+    """NetResDeep's spec lowers the peak learning rate; whatever a user sets wins."""
+    small = {**FAST, "model": {"height": 16, "width": 16, "n_blocks": 1},
+             "dataset_options": {"size": 80, "num_classes": 2}, "schedule": "none"}
+
+    def lr(run: Path) -> float:
+        return float(json.loads((run / "config.json").read_text())["lr"])
+
+    assert zoo.get_spec("NetResDeep").recipe.lr == 0.05
+    train("NetResDeep", TrainConfig(epochs=1, **small), out=tmp_path / "default")
+    assert lr(tmp_path / "default") == 0.05
+    train("NetResDeep", epochs=1, lr=0.2, out=tmp_path / "set", **small)
+    assert lr(tmp_path / "set") == 0.2
+    train("NetResDeep", TrainConfig.book(epochs=1, **small), out=tmp_path / "book")
+    assert lr(tmp_path / "book") == 0.01
+    train("Net", epochs=1, out=tmp_path / "net", **small | {"model": FAST["model"]})
+    assert lr(tmp_path / "net") == TrainConfig().lr
+    # a resumed run keeps the learning rate it started with
+    train("NetResDeep", epochs=2, resume=tmp_path / "set")
+    assert lr(tmp_path / "set") == 0.2

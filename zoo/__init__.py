@@ -14,7 +14,7 @@ from zoo.datasets import DatasetOptions, DatasetRequest, DatasetSpec, LoadedData
 from zoo.errors import ZooError
 from zoo.hookspecs import hookimpl
 from zoo.registry import PluginInfo, Registry, default_registry
-from zoo.spec import ArchitectureSpec, HParams, InputShape, ModelConfig, Provenance
+from zoo.spec import ArchitectureSpec, HParams, InputShape, ModelConfig, Provenance, Recipe
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +85,7 @@ __all__ = [
     "ModelConfig",
     "PluginInfo",
     "Provenance",
+    "Recipe",
     "Registry",
     "Split",
     "ZooError",

@@ -51,8 +51,10 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     as one): a unique ``name``, a one-line ``summary``, ``tags``, the
     ``builder`` as a ``"module:function"`` string, the ``hparams`` pydantic
     model (subclass of :class:`zoo.HParams`), the default ``input_shape`` and
-    ``num_classes``, the smallest input size it takes (``min_input_size``) and
-    its ``source``.
+    ``num_classes``, the smallest input size it takes (``min_input_size``), its
+    ``source``, and optionally a :class:`zoo.Recipe`: the settings of the default
+    training recipe it needs changed (say a lower peak ``lr``), which apply
+    wherever the user leaves them unset.
 
     The builder is imported only when a model is created, and is called as
     ``builder(hparams, input_shape=InputShape, num_classes=int)``, returning a

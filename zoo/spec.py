@@ -76,6 +76,22 @@ def load_callable(reference: str, what: str, provenance: Provenance | None) -> C
     return obj  # type: ignore[no-any-return]
 
 
+class Recipe(BaseModel):
+    """What an architecture changes in the default training recipe (``TrainConfig``'s defaults).
+
+    The trainer applies these under everything a user sets (a config file, flags,
+    ``TrainConfig`` fields, the book's recipe): they change defaults only.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    lr: float | None = Field(None, gt=0.0, description="Peak learning rate.")
+    epochs: int | None = Field(None, ge=1, description="Training epochs.")
+    batch_size: int | None = Field(None, ge=1, description="Batch size.")
+    weight_decay: float | None = Field(None, ge=0.0, description="Weight decay.")
+    grad_clip: float | None = Field(None, gt=0.0, description="Gradient-norm clipping.")
+
+
 class ArchitectureSpec(BaseModel):
     """An architecture, as a plugin declares it.
 
@@ -96,6 +112,7 @@ class ArchitectureSpec(BaseModel):
     num_classes: int = Field(2, ge=2, le=100_000, description="Default number of classes.")
     min_input_size: int = Field(1, ge=1, description="Smallest height and width it accepts.")
     source: str = Field(min_length=1, description="Where the architecture comes from.")
+    recipe: Recipe = Field(Recipe(), description="Its changes to the default training recipe.")
     provenance: Provenance | None = Field(None, description="Set by the registry.")
 
     def load_builder(self) -> Callable[..., Any]:

@@ -82,7 +82,7 @@ from zoo.run import (
     Normalization,
     RunSummary,
 )
-from zoo.spec import ModelConfig
+from zoo.spec import ModelConfig, Recipe
 
 VAL_SAMPLE_COUNT = 64
 
@@ -221,7 +221,9 @@ class _StopFlag:
 # -- configuration ---------------------------------------------------------------------------
 
 
-def _merge_config(config: TrainConfig | None, fields: dict[str, Any]) -> TrainConfig:
+def _merge_config(config: TrainConfig | None,
+                  fields: dict[str, Any]) -> tuple[TrainConfig, set[str]]:
+    """The run's config, and the fields that were set rather than left at their defaults."""
     data: dict[str, Any] = {}
     explicit: set[str] = set(fields)
     if config is not None:
@@ -247,7 +249,17 @@ def _merge_config(config: TrainConfig | None, fields: dict[str, Any]) -> TrainCo
         saved["resume"] = run_dir
         saved["out"] = run_dir
         data = saved
-    return validate_config(data, "training config")
+        explicit = set(saved)  # a resumed run keeps the recipe it started with
+    return validate_config(data, "training config"), explicit
+
+
+def _with_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
+    """``config`` with the architecture's recipe changes to the fields left at their defaults."""
+    changes = {k: v for k, v in recipe.model_dump(exclude_none=True).items()
+               if k not in explicit}
+    if not changes:
+        return config
+    return validate_config({**config.model_dump(), **changes}, "training config")
 
 
 def _load_dataset(registry: Registry, config: TrainConfig, model_config: ModelConfig, *,
@@ -317,12 +329,15 @@ def train(architecture: str, config: TrainConfig | None = None, *,
     """Train ``architecture`` and return the run's directory, summary and metrics.
 
     ``fields`` override :class:`~zoo.config.TrainConfig` fields, e.g.
-    ``zoo.train("Net", dataset="synthetic", epochs=1, out=tmp_path / "run")``;
+    ``zoo.train("Net", dataset="synthetic", epochs=1, out=tmp_path / "run")``; the
+    architecture's :class:`~zoo.spec.Recipe` changes the fields neither sets;
     ``resume=RUN_DIR`` continues a run (its saved config, updated by the
     fields given here). Bad input raises :class:`~zoo.errors.ZooError`.
     """
-    cfg = _merge_config(config, fields)
-    trainer = _Trainer(architecture, cfg, registry or default_registry())
+    registry = registry or default_registry()
+    cfg, explicit = _merge_config(config, fields)
+    cfg = _with_recipe(cfg, explicit, registry.get_spec(architecture).recipe)
+    trainer = _Trainer(architecture, cfg, registry)
     return trainer.run()
 
 

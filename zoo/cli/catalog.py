@@ -54,6 +54,7 @@ def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[s
         "num_classes": spec.num_classes,
         "min_input_size": spec.min_input_size,
         "source": spec.source,
+        "recipe": spec.recipe.model_dump(exclude_none=True),
         "builder": spec.builder,
         "hparams": {name: _default(field) for name, field in spec.hparams.model_fields.items()},
         "plugin": prov.plugin if prov else None,
@@ -137,6 +138,9 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     print(f"  input:        {shape.channels}x{shape.height}x{shape.width} "
           f"(at least {spec.min_input_size}x{spec.min_input_size})")
     print(f"  classes:      {spec.num_classes}")
+    recipe = spec.recipe.model_dump(exclude_none=True)
+    print(f"  recipe:       "
+          f"{', '.join(f'{k} {v}' for k, v in recipe.items()) or 'the default'}")
     print(f"  pretrained:   {_pretrained_line(bundle)}")
     model = spec.config_model()
     rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
