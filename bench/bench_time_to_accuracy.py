@@ -1,6 +1,7 @@
 """Time to accuracy: the default recipe on CIFAR-2 (ImageFolder) with a held-out split, per arch.
 
-Trains each chapter-8 architecture with ``TrainConfig()`` defaults (``--epochs``
+Trains each chapter-8 architecture with ``TrainConfig()`` defaults and its spec's
+recipe changes (NetResDeep: lr 0.05) (``--epochs``
 overrides) on ``--data-dir`` with a seeded, stratified ``--val-split``, and
 prints the training seconds (train steps plus per-epoch validation, without
 data loading or file writing), the best and final validation accuracy, and the
@@ -66,8 +67,11 @@ def main() -> None:
                     reached = elapsed
             rows.append((arch, result.summary.train_seconds, best.val_acc, reached,
                          final.val_acc))
+            own = zoo.get_spec(arch).recipe.model_dump(exclude_none=True)
+            changes = "" if args.book or not own else \
+                f" (its recipe: {', '.join(f'{k} {v}' for k, v in own.items())})"
             print(f"  {arch}: {result.summary.train_seconds:.1f}s, best val acc "
-                  f"{best.val_acc:.3f} (epoch {best.epoch}), final {final.val_acc:.3f}",
+                  f"{best.val_acc:.3f} (epoch {best.epoch}), final {final.val_acc:.3f}{changes}",
                   flush=True)
     print()
     print(f"{'architecture':<14}{'train s':>9}{'s to book acc':>15}{'best val':>10}"

@@ -9,7 +9,9 @@ same function, cheaper), so that the loop's share of the speed-up shows on its
 own. The trainer runs zoo's model with the same batch size and optimizer
 (``TrainConfig.book()``: no augmentation, no schedule) with its in-memory
 pipeline, channels_last, fused optimizer step and, on CPU, each batch in
-parallel parts on the cores' threads where the model allows it.
+parallel parts on the cores' threads where the model allows it, and the
+chapter-8 models' fused convolution/pooling/activation kernels
+(``zoo_chapter8.fused``; the book's NCHW loop does not use them).
 
 All three train on the same images (a CIFAR-2-sized synthetic set, or
 ``--data-dir`` for an ImageFolder such as CIFAR-2). images/s counts training
