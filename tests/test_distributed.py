@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import zoo_testnets
+from zoo_chapter8 import fused
 
 from zoo import Registry
 from zoo.trainer import train
@@ -56,6 +57,16 @@ def _worker(rank: int, world: int, port: int, arch: str, fields: dict[str, Any],
 def _spawn(arch: str, fields: dict[str, Any], cache: Path, world: int = 2,
            timeout: float = 60.0) -> None:
     """Run ``train`` in ``world`` gloo processes; fail (never hang) after ``timeout`` seconds."""
+    # the chapter-8 kernels built once beforehand, not by every rank inside its first step
+    saved = os.environ.get("ZOO_CACHE_DIR")
+    os.environ["ZOO_CACHE_DIR"] = str(cache)
+    try:
+        fused._load()
+    finally:
+        if saved is None:
+            del os.environ["ZOO_CACHE_DIR"]
+        else:
+            os.environ["ZOO_CACHE_DIR"] = saved
     ctx = mp.start_processes(_worker, args=(world, _free_port(), arch, fields, str(cache)),
                              nprocs=world, join=False, start_method="spawn")
     deadline = time.monotonic() + timeout
