@@ -51,6 +51,36 @@ static inline vf activate(vf m, int act) {
     return select((m > splat(0.0f)) | (m != m), m, splat(0.0f));
 }
 
+/* The gradient through the activation, from its output y: as aten::tanh_backward and
+ * threshold_backward (which passes the gradient of a NaN output). */
+static inline vf activate_grad(vf g, vf y, int act) {
+    if (act == ACT_TANH) return g * (splat(1.0f) - y * y);
+    return select(y <= splat(0.0f), splat(0.0f), g);
+}
+
+/* The maximum of a 2x2 window's four vectors (row-major), and in *k the position of each
+ * lane's maximum: the first in scan order, a NaN winning, as ATen's max_pool2d. */
+static inline vf max4(vf a, vf b, vf c, vf d, vi *k) {
+    vf m = a;
+    vi pos = (vi){0}, t;
+    t = (b > m) | (b != b); m = select(t, b, m); pos = (t & 1) | (~t & pos);
+    t = (c > m) | (c != c); m = select(t, c, m); pos = (t & 2) | (~t & pos);
+    t = (d > m) | (d != d); m = select(t, d, m); pos = (t & 3) | (~t & pos);
+    *k = pos;
+    return m;
+}
+
+static inline void store_idx(uint8_t *p, vi k) {
+    vb kb = __builtin_convertvector(k, vb);
+    memcpy(p, &kb, sizeof kb);
+}
+
+static inline vi load_idx(const uint8_t *p) {
+    vb kb;
+    memcpy(&kb, p, sizeof kb);
+    return __builtin_convertvector(kb, vi);
+}
+
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int32_t act, int32_t threads) {
     const int64_t h2 = h / 2, w2 = w / 2, rows = n * h2;
@@ -65,17 +95,11 @@ void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, in
             const float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
             const int64_t out = (i * w2 + ow) * c;
             for (int64_t ch = 0; ch < c; ch += 8) {
-                vf m = load(top + ch), v;
-                vi k = (vi){0}, t;
-                v = load(top + c + ch);
-                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 1) | (~t & k);
-                v = load(bottom + ch);
-                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 2) | (~t & k);
-                v = load(bottom + c + ch);
-                t = (v > m) | (v != v); m = select(t, v, m); k = (t & 3) | (~t & k);
+                vi k;
+                const vf m = max4(load(top + ch), load(top + c + ch), load(bottom + ch),
+                                  load(bottom + c + ch), &k);
                 store(y + out + ch, activate(m, act));
-                vb kb = __builtin_convertvector(k, vb);
-                memcpy(idx + out + ch, &kb, sizeof kb);
+                store_idx(idx + out + ch, k);
             }
         }
     }
@@ -96,14 +120,8 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
             float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
             const int64_t out = (i * w2 + ow) * c;
             for (int64_t ch = 0; ch < c; ch += 8) {
-                vf yv = load(y + out + ch), gv = load(g + out + ch), z;
-                if (act == ACT_TANH)
-                    z = gv * (splat(1.0f) - yv * yv);             /* as aten::tanh_backward */
-                else
-                    z = select(yv <= splat(0.0f), splat(0.0f), gv); /* as threshold_backward */
-                vb kb;
-                memcpy(&kb, idx + out + ch, sizeof kb);
-                vi k = __builtin_convertvector(kb, vi);
+                const vf z = activate_grad(load(g + out + ch), load(y + out + ch), act);
+                const vi k = load_idx(idx + out + ch);
                 const vf zero = splat(0.0f);
                 store(top + ch, select(k == 0, z, zero));
                 store(top + c + ch, select(k == 1, z, zero));
@@ -154,14 +172,10 @@ static inline __attribute__((always_inline)) void stem_forward_rows(
             }
             const int64_t out = (i * w2 + ow) * cout;
             for (int v = 0; v < cv; v++) {
-                vf m = acc[0][v], c;
-                vi k = (vi){0}, t;
-                c = acc[1][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 1) | (~t & k);
-                c = acc[2][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 2) | (~t & k);
-                c = acc[3][v]; t = (c > m) | (c != c); m = select(t, c, m); k = (t & 3) | (~t & k);
+                vi k;
+                const vf m = max4(acc[0][v], acc[1][v], acc[2][v], acc[3][v], &k);
                 store(y + out + 8 * v, activate(m, act));
-                vb kb = __builtin_convertvector(k, vb);
-                memcpy(idx + out + 8 * v, &kb, sizeof kb);
+                store_idx(idx + out + 8 * v, k);
             }
         }
     }
@@ -180,13 +194,9 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
             const int64_t out = (i * w2 + ow) * cout;
             vf mz[4][STEM_MAX_CV];
             for (int v = 0; v < cv; v++) {
-                const vf yv = load(y + out + 8 * v), gv = load(g + out + 8 * v);
-                const vf z = act == ACT_TANH ? gv * (splat(1.0f) - yv * yv)
-                                             : select(yv <= splat(0.0f), splat(0.0f), gv);
+                const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
                 store(db + 8 * v, load(db + 8 * v) + z);
-                vb kb;
-                memcpy(&kb, idx + out + 8 * v, sizeof kb);
-                const vi k = __builtin_convertvector(kb, vi);
+                const vi k = load_idx(idx + out + 8 * v);
                 const vf zero = splat(0.0f);
                 mz[0][v] = select(k == 0, z, zero); mz[1][v] = select(k == 1, z, zero);
                 mz[2][v] = select(k == 2, z, zero); mz[3][v] = select(k == 3, z, zero);
