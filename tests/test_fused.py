@@ -71,7 +71,7 @@ def test_stem_matches_conv_pool_act(act: int, ref: object, _pool: object, stem: 
     x = _cl(torch.randn(4, cin, 10, 12))
     params = [p for p in conv.parameters()]
     ours = stem(conv, x, True)  # type: ignore[operator]
-    assert "Stem" in type(ours.grad_fn).__name__
+    assert "ConvPool" in type(ours.grad_fn).__name__
     theirs = ref(F.max_pool2d(conv(x), 2))  # type: ignore[operator]
     g = torch.randn_like(ours)
     got, want = _grads(ours, params, g), _grads(theirs, params, g)
@@ -79,6 +79,60 @@ def test_stem_matches_conv_pool_act(act: int, ref: object, _pool: object, stem: 
     for a, b, p in zip(got, want, params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         assert a.shape == p.shape
+
+
+@pytest.mark.parametrize(("act", "ref", "_pool", "layer"), ACTS)
+@pytest.mark.parametrize(("cin", "cout", "bias"), [(16, 8, True), (32, 16, True), (16, 16, False),
+                                                   (8, 24, True), (24, 8, True)])
+@pytest.mark.parametrize("case", ["random", "ties"])
+def test_layer_matches_conv_pool_act(act: int, ref: object, _pool: object, layer: object,
+                                     cin: int, cout: int, bias: bool, case: str) -> None:
+    """A later layer: the input's gradient too, scattered from each window's maximum."""
+    torch.manual_seed(4)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1, bias=bias).to(memory_format=CL)
+    x = torch.randn(3, cin, 8, 10)
+    if case == "ties":  # small integers: exact sums, many tied maxima in each window
+        x = torch.randint(-1, 2, x.shape).float()
+        with torch.no_grad():
+            for param in conv.parameters():
+                param.copy_(torch.randint(-1, 2, param.shape))
+    a, b = _cl(x).requires_grad_(), _cl(x).requires_grad_()
+    params = [p for p in conv.parameters()]
+    ours = layer(conv, a, True)  # type: ignore[operator]
+    assert "ConvPool" in type(ours.grad_fn).__name__
+    theirs = ref(F.max_pool2d(conv(b), 2))  # type: ignore[operator]
+    g = torch.randn_like(ours)
+    got, want = _grads(ours, [a, *params], g), _grads(theirs, [b, *params], g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
+    for mine, aten in zip(got, want, strict=True):
+        torch.testing.assert_close(mine, aten, rtol=1e-5, atol=1e-5)
+        assert mine.shape == aten.shape
+    assert got[0].is_contiguous(memory_format=CL)
+
+
+def test_layer_gradients_on_several_threads() -> None:
+    """Images are split between threads: the input's gradient is bitwise the same on any
+    number; the weight's sums per thread differ only by rounding."""
+    torch.manual_seed(5)
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1).to(memory_format=CL)
+    x = _cl(torch.randn(5, 16, 6, 6)).requires_grad_()
+    frozen = _cl(torch.randn(5, 16, 6, 6))  # an input without a gradient: only the weight's
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out = fused.conv_pool_relu(conv, x, True)
+            g = torch.linspace(-1, 1, out.numel()).view_as(out)
+            grads = _grads(out, [x, conv.weight, conv.bias], g)
+            frozen_out = fused.conv_pool_relu(conv, frozen, True)
+            assert "ConvPool" in type(frozen_out.grad_fn).__name__
+            results.append((*grads, *_grads(frozen_out, [conv.weight], g)))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert torch.equal(other[0], results[0][0])
+        torch.testing.assert_close(other, results[0], rtol=1e-5, atol=1e-6)
 
 
 def test_stem_on_flat_images_routes_gradients_like_aten() -> None:
@@ -104,9 +158,9 @@ def test_plain_layers_outside_a_cpu_training_step() -> None:
     with torch.no_grad():
         assert torch.equal(fused.conv_pool_tanh(conv, x, True), want)
     nchw = x.contiguous()
-    assert "Stem" not in type(fused.conv_pool_tanh(conv, nchw, True).grad_fn).__name__
+    assert "ConvPool" not in type(fused.conv_pool_tanh(conv, nchw, True).grad_fn).__name__
     odd = _cl(torch.randn(2, 3, 7, 8))
-    assert "Stem" not in type(fused.conv_pool_tanh(conv, odd, True).grad_fn).__name__
+    assert "ConvPool" not in type(fused.conv_pool_tanh(conv, odd, True).grad_fn).__name__
     seen: list[torch.Size] = []
     handle = conv.register_forward_hook(lambda _m, _i, out: seen.append(out.shape))
     try:
@@ -118,11 +172,16 @@ def test_plain_layers_outside_a_cpu_training_step() -> None:
     assert "PoolAct" not in type(fused.pool_tanh(h, True).grad_fn).__name__
 
 
-def test_model_trains_the_same_without_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("arch", ["Net", "NetWidth", "NetDropout", "NetBatchNorm", "NetDepth",
+                                  "NetRes", "NetResDeep"])
+def test_model_trains_the_same_without_the_kernel(arch: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     import zoo
 
     torch.manual_seed(3)
-    model = zoo.create_model("Net").to(memory_format=CL).train()
+    model = zoo.create_model(arch).to(memory_format=CL).train()
+    if arch == "NetDropout":  # the same dropout masks both times
+        model.conv1_dropout.p = model.conv2_dropout.p = 0.0
     x, y = _cl(torch.randn(8, 3, 32, 32)), torch.randint(0, 2, (8,))
     params = list(model.parameters())
     fast = torch.autograd.grad(F.cross_entropy(model(x), y), params)

@@ -1,14 +1,16 @@
-"""Max-pooling fused with its activation, for training the chapter-8 networks on CPU.
+"""Convolution, max-pooling and activation fused, for training the chapter-8 networks on CPU.
 
-Every chapter-8 network pools a convolution's output 2×2 and applies tanh or ReLU.
-ATen does that in several passes over the convolution's output (pooling with
-int64 indices, the activation; in the backward pass a zero fill, a scatter and
-the activation's gradient), its float32 tanh is not vectorized, and its
-convolution is slow on 3 input channels: together they took more than half of
-Net's training step. ``pool_act.c`` pools with the activation in one vectorized
-pass each way, and computes the first convolution (the stem) together with its
-pooling, never storing its output: a 32-image Net step on one thread takes
-3.5-3.9 ms instead of 6.4-7.1 ms.
+Every chapter-8 network pools a 3×3 convolution's output 2×2 and applies tanh or
+ReLU. ATen does that in several passes over the convolution's output (pooling
+with int64 indices, the activation; in the backward pass a zero fill, a scatter
+and the activation's gradient, then dense convolutions of a gradient that is
+three quarters zeros), its float32 tanh is not vectorized, and its convolutions
+are slow on these few channels: together that was most of Net's training step.
+``pool_act.c`` computes each convolution together with its pooling and
+activation, never storing the convolution's output, and in the backward pass
+scatters each window's gradient from the one output that won it: a 32-image Net
+step on one thread takes about 3 ms instead of 6.4-7.1 ms. Pooling with its
+activation alone (after a BatchNorm, say) is a kernel of its own.
 
 The kernel is compiled at first use with the system C compiler (``$CC``, else
 ``cc``) into ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``),
@@ -16,10 +18,11 @@ named by a hash of its source and flags, and loaded with ctypes. Where it
 cannot be built, or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
 
 It serves training steps only (a module in training mode, gradients on, a
-CPU float32 channels_last input with even height and width and a multiple of 8
-channels). Evaluation, export and tracing run the plain PyTorch layers, so a
-trained model computes exactly what its ONNX graph does. Pooling and the
-gradients' routing are exactly ATen's; the tanh is Eigen's rational
+CPU float32 channels_last input with even height and width; channel counts in
+``_conv_fusable`` and ``_fusable``). Evaluation, export and tracing run the
+plain PyTorch layers, so a trained model computes exactly what its ONNX graph
+does. Pooling and the gradients' routing are exactly ATen's; the sums run in
+another order (equal to rounding), and the tanh is Eigen's rational
 approximation, within a few ulp of libm.
 """
 
@@ -118,11 +121,14 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.zoo_pool2_act_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
                                            _I32, _I32]
     lib.zoo_pool2_act_forward.restype = lib.zoo_pool2_act_backward.restype = None
-    lib.zoo_stem_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64,
-                                     _I32, _I32]
+    lib.zoo_conv_pool_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
+                                          _I64, _I32, _I32]
     lib.zoo_stem_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
                                       _I64, _I64, _I32, _I32]
-    lib.zoo_stem_forward.restype = lib.zoo_stem_backward.restype = ctypes.c_int32
+    lib.zoo_conv_pool_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64,
+                                           _I64, _I64, _I64, _I64, _I32, _I32]
+    for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward):
+        fn.restype = ctypes.c_int32
     lib.zoo_pad1_nhwc.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64]
     lib.zoo_pad1_nhwc.restype = None
     return lib, str(path)
@@ -206,8 +212,21 @@ def pool_relu(x: torch.Tensor, training: bool) -> torch.Tensor:
     return torch.relu(F.max_pool2d(x, 2))
 
 
-class _Stem(torch.autograd.Function):
-    """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output."""
+def _chunk_sum(chunks: torch.Tensor) -> torch.Tensor:
+    """The sum over the first dimension, in order: the same whichever thread ran which chunk."""
+    total = chunks[0]
+    for t in range(1, chunks.shape[0]):
+        total = total + chunks[t]
+    return total
+
+
+class _ConvPool(torch.autograd.Function):
+    """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output.
+
+    The backward pass gives the input's gradient where it has a multiple of 8
+    channels (a network's later layers); the stem's (a few channels of data)
+    has no input gradient.
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -223,43 +242,61 @@ class _Stem(torch.autograd.Function):
         lib.zoo_pad1_nhwc(x.data_ptr(), xp.data_ptr(), n, h, w, cin)
         y = torch.empty((n, cout, h // 2, w // 2), memory_format=torch.channels_last)
         idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8)
-        done = lib.zoo_stem_forward(xp.data_ptr(), wt.data_ptr(), b.data_ptr(), y.data_ptr(),
-                                    idx.data_ptr(), n, h, w, cin, cout, act,
-                                    torch.get_num_threads())
-        assert done == 0, "zoo_stem_forward refused the shapes _stem_fusable accepted"
-        ctx.save_for_backward(xp, y, idx)
+        done = lib.zoo_conv_pool_forward(xp.data_ptr(), wt.data_ptr(), b.data_ptr(),
+                                         y.data_ptr(), idx.data_ptr(), n, h, w, cin, cout, act,
+                                         torch.get_num_threads())
+        assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
+        ctx.save_for_backward(xp, y, idx, weight)
         ctx.act, ctx.has_bias = act, bias is not None
         ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
                              else torch.channels_last)
         return y
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, torch.Tensor | None,
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                         torch.Tensor | None, None]:
         lib = library()
         assert lib is not None
-        xp, y, idx = ctx.saved_tensors
+        xp, y, idx, weight = ctx.saved_tensors
         n, h, w, cin = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2, xp.shape[3]
         cout = y.shape[1]
         grad = grad.contiguous(memory_format=torch.channels_last)
-        chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
-        dwt = torch.zeros((chunks, 3, 3, cin, cout))
-        db = torch.zeros((chunks, cout))
-        done = lib.zoo_stem_backward(xp.data_ptr(), grad.data_ptr(), y.data_ptr(), idx.data_ptr(),
-                                     dwt.data_ptr(), db.data_ptr(), n, h, w, cin, cout, ctx.act,
-                                     chunks)
-        assert done == 0, "zoo_stem_backward refused the shapes _stem_fusable accepted"
-        dw_total, db_total = dwt[0], db[0]
-        for t in range(1, chunks):  # in chunk order: the same sum whichever thread ran which
-            dw_total, db_total = dw_total + dwt[t], db_total + db[t]
-        dweight = dw_total.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
-        return (None, dweight if ctx.needs_input_grad[1] else None,
-                db_total if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
+        gx = None
+        if cin % 8 == 0:
+            chunks = max(1, min(torch.get_num_threads(), n))
+            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy
+            wr = weight.detach().permute(0, 2, 3, 1).contiguous()
+            if ctx.needs_input_grad[0]:
+                gx = torch.empty((n, cin, h, w), memory_format=torch.channels_last)
+            dw = torch.zeros((chunks, cout, 3, 3, cin))
+            db = torch.zeros((chunks, cout))
+            done = lib.zoo_conv_pool_backward(
+                xp.data_ptr(), grad.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
+                gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
+                n, h, w, cin, cout, ctx.act, chunks)
+            if done == -2:
+                raise MemoryError("zoo_conv_pool_backward could not allocate its scratch image")
+            dweight = _chunk_sum(dw).permute(0, 3, 1, 2)
+        else:
+            chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
+            dw = torch.zeros((chunks, 3, 3, cin, cout))
+            db = torch.zeros((chunks, cout))
+            done = lib.zoo_stem_backward(xp.data_ptr(), grad.data_ptr(), y.data_ptr(),
+                                         idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
+                                         cin, cout, ctx.act, chunks)
+            dweight = _chunk_sum(dw).permute(3, 2, 0, 1)
+        assert done == 0, "the backward kernel refused the shapes _conv_fusable accepted"
+        dweight = dweight.contiguous(memory_format=ctx.weight_format)
+        return (gx, dweight if ctx.needs_input_grad[1] else None,
+                _chunk_sum(db) if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
 
 
-def _stem_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
+def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
+    """A 3×3, stride 1, padding 1 convolution of at most 64 channels to a multiple of 8, in a
+    CPU training step; its input either data of at most 8 channels or a multiple of 8."""
     weight = conv.weight
-    return (not x.requires_grad and x.dim() == 4 and x.shape[1] <= 8
+    cin = x.shape[1] if x.dim() == 4 else 0
+    return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and not x.requires_grad))
             and weight.device.type == "cpu" and weight.dtype == torch.float32
             and weight.shape[0] % 8 == 0 and weight.shape[0] <= 64
             and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
@@ -273,13 +310,13 @@ def _stem_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> boo
 
 def conv_pool_tanh(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
     """``tanh(max_pool2d(conv(x), 2))``, fused in a CPU training step where ``conv`` is 3×3."""
-    if _stem_fusable(conv, x, training):
-        return _Stem.apply(x, conv.weight, conv.bias, TANH)  # type: ignore[no-any-return]
+    if _conv_fusable(conv, x, training):
+        return _ConvPool.apply(x, conv.weight, conv.bias, TANH)  # type: ignore[no-any-return]
     return pool_tanh(conv(x), training)
 
 
 def conv_pool_relu(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
     """``relu(max_pool2d(conv(x), 2))``, fused in a CPU training step where ``conv`` is 3×3."""
-    if _stem_fusable(conv, x, training):
-        return _Stem.apply(x, conv.weight, conv.bias, RELU)  # type: ignore[no-any-return]
+    if _conv_fusable(conv, x, training):
+        return _ConvPool.apply(x, conv.weight, conv.bias, RELU)  # type: ignore[no-any-return]
     return pool_relu(conv(x), training)

@@ -7,9 +7,9 @@ Where the book writes ``max_pool2d(act(x))`` with a monotonic activation (tanh,
 ReLU), this code writes ``act(max_pool2d(x))``: the maximum of a monotonic
 function is the function of the maximum, so outputs and gradients are the same,
 and the activation runs on a quarter of the elements. In a CPU training step
-the first convolution, its pooling and activation run as one fused kernel, and
-each later pooling with its activation as another (``zoo_chapter8.fused``);
-everywhere else, as the plain PyTorch layers. NetRes
+each convolution with its pooling and activation runs as one fused kernel, and
+a pooling with its activation after a BatchNorm as another
+(``zoo_chapter8.fused``); everywhere else, as the plain PyTorch layers. NetRes
 keeps the book's order where the skip is added before pooling. Two flaws of the
 book's code are fixed: ``NetResDeep`` builds independent blocks (the book's
 ``n_blocks * [ResBlock(...)]`` repeats one instance; ``shared_block=True``
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import InputShape
-from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, pool_relu, pool_tanh
+from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, pool_tanh
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
 
@@ -52,7 +52,7 @@ class Net(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_tanh(self.conv1, x, self.training)
-        out = pool_tanh(self.conv2(out), self.training)
+        out = conv_pool_tanh(self.conv2, out, self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -74,7 +74,7 @@ class NetWidth(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_tanh(self.conv1, x, self.training)
-        out = pool_tanh(self.conv2(out), self.training)
+        out = conv_pool_tanh(self.conv2, out, self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -93,7 +93,7 @@ class NetDropout(NetWidth):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_tanh(self.conv1, x, self.training)
         out = self.conv1_dropout(out)
-        out = pool_tanh(self.conv2(out), self.training)
+        out = conv_pool_tanh(self.conv2, out, self.training)
         out = self.conv2_dropout(out)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
@@ -136,8 +136,8 @@ class NetDepth(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_relu(self.conv1, x, self.training)
-        out = pool_relu(self.conv2(out), self.training)
-        out = pool_relu(self.conv3(out), self.training)
+        out = conv_pool_relu(self.conv2, out, self.training)
+        out = conv_pool_relu(self.conv3, out, self.training)
         out = torch.flatten(out, 1)
         out = torch.relu(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
@@ -148,7 +148,7 @@ class NetRes(NetDepth):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_relu(self.conv1, x, self.training)
-        out = pool_relu(self.conv2(out), self.training)
+        out = conv_pool_relu(self.conv2, out, self.training)
         out1 = out
         out = F.max_pool2d(torch.relu(self.conv3(out)) + out1, 2)
         out = torch.flatten(out, 1)

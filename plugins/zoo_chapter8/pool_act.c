@@ -1,4 +1,5 @@
-/* 2x2 max-pooling fused with tanh or ReLU, forward and backward, for channels_last float32.
+/* 2x2 max-pooling fused with tanh or ReLU, alone or after a 3x3 convolution, forward and
+ * backward, for channels_last float32.
  *
  * Built at first use by zoo_chapter8/fused.py with the system C compiler and loaded with
  * ctypes; it includes no PyTorch header, so it compiles in well under a second.
@@ -12,6 +13,7 @@
  * SSE or NEON pairs without.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef float vf __attribute__((vector_size(32)));
@@ -23,13 +25,13 @@ enum { ACT_TANH = 0, ACT_RELU = 1 };
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
-static inline vf select(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+static inline vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
 /* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation on
  * [-7.9053, 7.9053], identity below 4e-4; within a few ulp of libm. */
 static inline vf tanh8(vf a) {
-    vf x = select(a < splat(7.90531110763549805f), a, splat(7.90531110763549805f));
-    x = select(x > splat(-7.90531110763549805f), x, splat(-7.90531110763549805f));
+    vf x = pick(a < splat(7.90531110763549805f), a, splat(7.90531110763549805f));
+    x = pick(x > splat(-7.90531110763549805f), x, splat(-7.90531110763549805f));
     vf x2 = x * x;
     vf p = x2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
     p = x2 * p + splat(-8.60467152213735e-11f);
@@ -42,20 +44,20 @@ static inline vf tanh8(vf a) {
     q = x2 * q + splat(2.26843463243900e-03f);
     q = x2 * q + splat(4.89352518554385e-03f);
     vf abs_a = (vf)((vi)a & 0x7fffffff);
-    vf r = select(abs_a < splat(0.0004f), a, p / q);
-    return select(a != a, a, r); /* NaN stays NaN */
+    vf r = pick(abs_a < splat(0.0004f), a, p / q);
+    return pick(a != a, a, r); /* NaN stays NaN */
 }
 
 static inline vf activate(vf m, int act) {
     if (act == ACT_TANH) return tanh8(m);
-    return select((m > splat(0.0f)) | (m != m), m, splat(0.0f));
+    return pick((m > splat(0.0f)) | (m != m), m, splat(0.0f));
 }
 
 /* The gradient through the activation, from its output y: as aten::tanh_backward and
  * threshold_backward (which passes the gradient of a NaN output). */
 static inline vf activate_grad(vf g, vf y, int act) {
     if (act == ACT_TANH) return g * (splat(1.0f) - y * y);
-    return select(y <= splat(0.0f), splat(0.0f), g);
+    return pick(y <= splat(0.0f), splat(0.0f), g);
 }
 
 /* The maximum of a 2x2 window's four vectors (row-major), and in *k the position of each
@@ -63,9 +65,9 @@ static inline vf activate_grad(vf g, vf y, int act) {
 static inline vf max4(vf a, vf b, vf c, vf d, vi *k) {
     vf m = a;
     vi pos = (vi){0}, t;
-    t = (b > m) | (b != b); m = select(t, b, m); pos = (t & 1) | (~t & pos);
-    t = (c > m) | (c != c); m = select(t, c, m); pos = (t & 2) | (~t & pos);
-    t = (d > m) | (d != d); m = select(t, d, m); pos = (t & 3) | (~t & pos);
+    t = (b > m) | (b != b); m = pick(t, b, m); pos = (t & 1) | (~t & pos);
+    t = (c > m) | (c != c); m = pick(t, c, m); pos = (t & 2) | (~t & pos);
+    t = (d > m) | (d != d); m = pick(t, d, m); pos = (t & 3) | (~t & pos);
     *k = pos;
     return m;
 }
@@ -123,61 +125,80 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
                 const vf z = activate_grad(load(g + out + ch), load(y + out + ch), act);
                 const vi k = load_idx(idx + out + ch);
                 const vf zero = splat(0.0f);
-                store(top + ch, select(k == 0, z, zero));
-                store(top + c + ch, select(k == 1, z, zero));
-                store(bottom + ch, select(k == 2, z, zero));
-                store(bottom + c + ch, select(k == 3, z, zero));
+                store(top + ch, pick(k == 0, z, zero));
+                store(top + c + ch, pick(k == 1, z, zero));
+                store(bottom + ch, pick(k == 2, z, zero));
+                store(bottom + c + ch, pick(k == 3, z, zero));
             }
         }
     }
 }
 
-/* The stem: act(max_pool2d(conv2d(x, w, b, 3x3, stride 1, padding 1), 2)) in one pass, for a
- * few input channels. The convolution's output is never stored: each 2x2 window's four
- * outputs are computed in registers and pooled at once. xp is the input zero-padded by one
- * pixel on each side, NHWC: n x (h + 2) x (w + 2) x cin. wt is the weight as
- * [kh][kw][cin][cout]; dwt, the weight gradient in the same layout. The backward pass gives
- * the weight and bias gradients only (the stem's input is data). Common channel counts are
- * compiled as constants, so that the loops unroll and the accumulators stay in registers. */
+/* A 3x3 convolution (stride 1, padding 1) with its 2x2 max-pool and activation in one pass:
+ * act(max_pool2d(conv2d(x, w, b), 2)). The convolution's output is never stored: each 2x2
+ * window's four outputs are computed in registers and pooled at once. xp is the input
+ * zero-padded by one pixel on each side, NHWC: n x (h + 2) x (w + 2) x cin; wt is the weight
+ * as [kh][kw][cin][cout]. Two backward passes: the stem's (weight and bias gradients only, for
+ * a network's first layer on a few input channels) and the layer's (also the input gradient,
+ * for a multiple of 8 input channels). Common channel counts are compiled as constants, so
+ * that the loops unroll and the accumulators stay in registers. */
+#define CONV_MAX_CIN 64
+#define CONV_MAX_CV 8
 #define STEM_MAX_CIN 8
-#define STEM_MAX_CV 8
 
-static inline __attribute__((always_inline)) void stem_forward_rows(
+/* `win` adjacent pooling windows from p0 (their top left pixel in xp): with one output
+ * vector, two windows give eight independent sums, enough to keep both FMA units busy. */
+static inline __attribute__((always_inline)) void conv_pool_windows(
+    const float *p0, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t row,
+    int32_t act, const int cin, const int cv, const int win) {
+    const int cout = 8 * cv;
+    vf acc[2][4][CONV_MAX_CV];
+    for (int u = 0; u < win; u++)
+        for (int v = 0; v < cv; v++) {
+            const vf bv = load(bias + 8 * v);
+            acc[u][0][v] = bv; acc[u][1][v] = bv; acc[u][2][v] = bv; acc[u][3][v] = bv;
+        }
+    for (int kh = 0; kh < 3; kh++) {
+        const float *r0 = p0 + kh * row, *r1 = r0 + row;
+        for (int kw = 0; kw < 3; kw++)
+            for (int ci = 0; ci < cin; ci++) {
+                const float *wk = wt + ((kh * 3 + kw) * cin + ci) * cout;
+                for (int u = 0; u < win; u++) {
+                    const int at = (2 * u + kw) * cin + ci;
+                    const vf s0 = splat(r0[at]), s1 = splat(r0[at + cin]);
+                    const vf s2 = splat(r1[at]), s3 = splat(r1[at + cin]);
+                    for (int v = 0; v < cv; v++) {
+                        const vf wv = load(wk + 8 * v);
+                        acc[u][0][v] += s0 * wv; acc[u][1][v] += s1 * wv;
+                        acc[u][2][v] += s2 * wv; acc[u][3][v] += s3 * wv;
+                    }
+                }
+            }
+    }
+    for (int u = 0; u < win; u++)
+        for (int v = 0; v < cv; v++) {
+            vi k;
+            const vf m = max4(acc[u][0][v], acc[u][1][v], acc[u][2][v], acc[u][3][v], &k);
+            store(y + u * cout + 8 * v, activate(m, act));
+            store_idx(idx + u * cout + 8 * v, k);
+        }
+}
+
+static inline __attribute__((always_inline)) void conv_pool_rows(
     const float *xp, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t h,
     int64_t w, int64_t first, int64_t last, int32_t act, const int cin, const int cv) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
+    const int win = cv == 1 ? 2 : 1;
     for (int64_t i = first; i < last; i++) {
         const int64_t b = i / h2, oh = i % h2;
         const float *top = xp + (b * (h + 2) + 2 * oh) * row;
-        for (int64_t ow = 0; ow < w2; ow++) {
-            const float *p0 = top + 2 * ow * cin;
-            vf acc[4][STEM_MAX_CV];
-            for (int v = 0; v < cv; v++) {
-                const vf bv = load(bias + 8 * v);
-                acc[0][v] = bv; acc[1][v] = bv; acc[2][v] = bv; acc[3][v] = bv;
-            }
-            for (int kh = 0; kh < 3; kh++) {
-                const float *r0 = p0 + kh * row, *r1 = r0 + row;
-                for (int kw = 0; kw < 3; kw++)
-                    for (int ci = 0; ci < cin; ci++) {
-                        const float *wk = wt + ((kh * 3 + kw) * cin + ci) * cout;
-                        const vf s0 = splat(r0[kw * cin + ci]), s1 = splat(r0[(kw + 1) * cin + ci]);
-                        const vf s2 = splat(r1[kw * cin + ci]), s3 = splat(r1[(kw + 1) * cin + ci]);
-                        for (int v = 0; v < cv; v++) {
-                            const vf wv = load(wk + 8 * v);
-                            acc[0][v] += s0 * wv; acc[1][v] += s1 * wv;
-                            acc[2][v] += s2 * wv; acc[3][v] += s3 * wv;
-                        }
-                    }
-            }
-            const int64_t out = (i * w2 + ow) * cout;
-            for (int v = 0; v < cv; v++) {
-                vi k;
-                const vf m = max4(acc[0][v], acc[1][v], acc[2][v], acc[3][v], &k);
-                store(y + out + 8 * v, activate(m, act));
-                store_idx(idx + out + 8 * v, k);
-            }
-        }
+        int64_t ow = 0;
+        for (; ow + win <= w2; ow += win)
+            conv_pool_windows(top + 2 * ow * cin, wt, bias, y + (i * w2 + ow) * cout,
+                              idx + (i * w2 + ow) * cout, row, act, cin, cv, win);
+        for (; ow < w2; ow++)
+            conv_pool_windows(top + 2 * ow * cin, wt, bias, y + (i * w2 + ow) * cout,
+                              idx + (i * w2 + ow) * cout, row, act, cin, cv, 1);
     }
 }
 
@@ -192,14 +213,14 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
         for (int64_t ow = 0; ow < w2; ow++) {
             const float *p0 = top + 2 * ow * cin;
             const int64_t out = (i * w2 + ow) * cout;
-            vf mz[4][STEM_MAX_CV];
+            vf mz[4][CONV_MAX_CV];
             for (int v = 0; v < cv; v++) {
                 const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
                 store(db + 8 * v, load(db + 8 * v) + z);
                 const vi k = load_idx(idx + out + 8 * v);
                 const vf zero = splat(0.0f);
-                mz[0][v] = select(k == 0, z, zero); mz[1][v] = select(k == 1, z, zero);
-                mz[2][v] = select(k == 2, z, zero); mz[3][v] = select(k == 3, z, zero);
+                mz[0][v] = pick(k == 0, z, zero); mz[1][v] = pick(k == 1, z, zero);
+                mz[2][v] = pick(k == 2, z, zero); mz[3][v] = pick(k == 3, z, zero);
             }
             for (int kh = 0; kh < 3; kh++) {
                 const float *r0 = p0 + kh * row, *r1 = r0 + row;
@@ -217,6 +238,58 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
     }
 }
 
+/* The layer's backward pass over images [first, last): the input gradient of each image into
+ * gx (NHWC, unpadded) through the scratch image dxp ((h + 2) x (w + 2) x cin floats), and the
+ * weight and bias gradients accumulated into dwr and db. Each pooling window passes its
+ * gradient to one convolution output per channel, so the gradients are scattered from there:
+ * a quarter of the dense convolutions' work, vectorized over the input channels. wr and dwr
+ * are laid out [cout][kh][kw][cin], a channels_last weight's memory. An output whose
+ * gradient is zero is skipped (ReLU's often are). */
+static inline __attribute__((always_inline)) void conv_backward_images(
+    const float *xp, const float *g, const float *y, const uint8_t *idx, const float *wr,
+    float *gx, float *dxp, float *dwr, float *db, int64_t h, int64_t w, int64_t first,
+    int64_t last, int32_t act, const int cinv, const int cv) {
+    const int64_t h2 = h / 2, w2 = w / 2, cin = 8 * cinv, cout = 8 * cv, row = (w + 2) * cin;
+    const int64_t padded = (h + 2) * row;
+    for (int64_t b = first; b < last; b++) {
+        const float *xb = xp + b * padded;
+        if (gx != NULL) memset(dxp, 0, sizeof(float) * padded);
+        for (int64_t oh = 0; oh < h2; oh++)
+            for (int64_t ow = 0; ow < w2; ow++) {
+                const int64_t out = ((b * h2 + oh) * w2 + ow) * cout;
+                float zs[8 * CONV_MAX_CV];
+                for (int v = 0; v < cv; v++) {
+                    const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
+                    store(db + 8 * v, load(db + 8 * v) + z);
+                    store(zs + 8 * v, z);
+                }
+                const int64_t window = 2 * oh * row + 2 * ow * cin;
+                for (int co = 0; co < cout; co++) {
+                    if (zs[co] == 0.0f) continue;
+                    const vf z = splat(zs[co]);
+                    const int k = idx[out + co];
+                    const int64_t at = window + (k >> 1) * row + (k & 1) * cin;
+                    const float *wk = wr + co * 9 * cin;
+                    float *dwk = dwr + co * 9 * cin;
+                    for (int kh = 0; kh < 3; kh++)
+                        for (int kw = 0; kw < 3; kw++) {
+                            const int64_t src = at + kh * row + kw * cin;
+                            const int64_t tap = (kh * 3 + kw) * cin;
+                            for (int u = 0; u < cinv; u++) {
+                                const int64_t s = src + 8 * u, t = tap + 8 * u;
+                                store(dwk + t, load(dwk + t) + z * load(xb + s));
+                                if (gx != NULL) store(dxp + s, load(dxp + s) + z * load(wk + t));
+                            }
+                        }
+                }
+            }
+        if (gx != NULL)
+            for (int64_t i = 0; i < h; i++)
+                memcpy(gx + (b * h + i) * w * cin, dxp + (i + 1) * row + cin,
+                       sizeof(float) * w * cin);
+    }
+}
+
 #define STEM_CASES(CALL)                                                   \
     if (cin == 3 && cv == 2) CALL(3, 2);                                   \
     else if (cin == 3 && cv == 4) CALL(3, 4);                              \
@@ -225,16 +298,29 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
     else if (cin == 1 && cv == 4) CALL(1, 4);                              \
     else CALL(cin, cv)
 
-static int stem_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
-    return cin >= 1 && cin <= STEM_MAX_CIN && cout % 8 == 0 && cout >= 8 &&
-           cout / 8 <= STEM_MAX_CV && h % 2 == 0 && w % 2 == 0;
+/* the stem's shapes and the chapter-8 networks' later layers */
+#define FORWARD_CASES(CALL)                                                \
+    if (cin == 16 && cv == 1) CALL(16, 1);                                 \
+    else if (cin == 32 && cv == 2) CALL(32, 2);                            \
+    else if (cin == 16 && cv == 2) CALL(16, 2);                            \
+    else STEM_CASES(CALL)
+
+#define LAYER_CASES(CALL)                                                  \
+    if (cinv == 2 && cv == 1) CALL(2, 1);                                  \
+    else if (cinv == 4 && cv == 2) CALL(4, 2);                             \
+    else if (cinv == 2 && cv == 2) CALL(2, 2);                             \
+    else CALL(cinv, cv)
+
+static int conv_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
+    return cin >= 1 && cin <= CONV_MAX_CIN && cout % 8 == 0 && cout >= 8 &&
+           cout / 8 <= CONV_MAX_CV && h % 2 == 0 && w % 2 == 0;
 }
 
 /* 0 on success, -1 for shapes the kernel does not take (the caller checks them first). */
-int32_t zoo_stem_forward(const float *xp, const float *wt, const float *bias, float *y,
-                         uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t cin_,
-                         int64_t cout, int32_t act, int32_t threads) {
-    if (!stem_shapes_ok(h, w, cin_, cout)) return -1;
+int32_t zoo_conv_pool_forward(const float *xp, const float *wt, const float *bias, float *y,
+                              uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                              int64_t cout, int32_t act, int32_t threads) {
+    if (!conv_shapes_ok(h, w, cin_, cout)) return -1;
     const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
     (void)threads;
@@ -242,9 +328,9 @@ int32_t zoo_stem_forward(const float *xp, const float *wt, const float *bias, fl
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
 #endif
     for (int64_t i = 0; i < rows; i++) {
-#define STEM_FWD(CIN, CV) stem_forward_rows(xp, wt, bias, y, idx, h, w, i, i + 1, act, CIN, CV)
-        STEM_CASES(STEM_FWD);
-#undef STEM_FWD
+#define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, idx, h, w, i, i + 1, act, CIN, CV)
+        FORWARD_CASES(FWD);
+#undef FWD
     }
     return 0;
 }
@@ -255,7 +341,7 @@ int32_t zoo_stem_forward(const float *xp, const float *wt, const float *bias, fl
 int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const uint8_t *idx,
                           float *dwt, float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
                           int64_t cout, int32_t act, int32_t chunks) {
-    if (!stem_shapes_ok(h, w, cin_, cout) || chunks < 1) return -1;
+    if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
     const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
 #ifdef _OPENMP
@@ -270,6 +356,36 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
 #undef STEM_BWD
     }
     return 0;
+}
+
+/* The layer's backward pass (cin a multiple of 8). gx may be NULL (no input gradient). dwr
+ * and db must be zero-filled, `chunks` times over, as for zoo_stem_backward; chunk t takes
+ * images [t*n/chunks, (t+1)*n/chunks). -1 for shapes it does not take, -2 out of memory. */
+int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
+                               const uint8_t *idx, const float *wr, float *gx, float *dwr,
+                               float *db, int64_t n, int64_t h, int64_t w, int64_t cin,
+                               int64_t cout, int32_t act, int32_t chunks) {
+    if (!conv_shapes_ok(h, w, cin, cout) || cin % 8 != 0 || chunks < 1) return -1;
+    const int cinv = (int)(cin / 8), cv = (int)(cout / 8);
+    int32_t failed = 0;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(chunks) if (chunks > 1) reduction(| : failed)
+#endif
+    for (int32_t t = 0; t < chunks; t++) {
+        float *dxp = NULL;
+        if (gx != NULL && (dxp = malloc(sizeof(float) * (h + 2) * (w + 2) * cin)) == NULL) {
+            failed = 1;
+            continue;
+        }
+        float *dw_t = dwr + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+        const int64_t first = n * t / chunks, last = n * (t + 1) / chunks;
+#define LAYER_BWD(CINV, CV) conv_backward_images(xp, g, y, idx, wr, gx, dxp, dw_t, db_t, h, w, \
+                                                 first, last, act, CINV, CV)
+        LAYER_CASES(LAYER_BWD);
+#undef LAYER_BWD
+        free(dxp);
+    }
+    return failed ? -2 : 0;
 }
 
 /* xp = x (NHWC, n x h x w x c) with one zero pixel around it: n x (h + 2) x (w + 2) x c. */
