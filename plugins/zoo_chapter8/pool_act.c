@@ -145,6 +145,7 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
 #define CONV_MAX_CIN 64
 #define CONV_MAX_CV 8
 #define STEM_MAX_CIN 8
+#define CONV_MAX_CINV (CONV_MAX_CIN / 8)
 
 /* `win` adjacent pooling windows from p0 (their top left pixel in xp): with one output
  * vector, two windows give eight independent sums, enough to keep both FMA units busy. */
@@ -243,46 +244,64 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
  * weight and bias gradients accumulated into dwr and db. Each pooling window passes its
  * gradient to one convolution output per channel, so the gradients are scattered from there:
  * a quarter of the dense convolutions' work, vectorized over the input channels. wr and dwr
- * are laid out [cout][kh][kw][cin], a channels_last weight's memory. An output whose
- * gradient is zero is skipped (ReLU's often are). */
+ * are laid out [cout][kh][kw][cin], a channels_last weight's memory. The loops run over
+ * output channels and groups of taps outside, windows inside, so that a group's weights and
+ * weight-gradient sums stay in registers. zs and at (h/2 x w/2 x cout each) are scratch for
+ * each output's gradient and the offset of its winning input pixel. An output whose gradient
+ * is zero is skipped (ReLU's often are). */
 static inline __attribute__((always_inline)) void conv_backward_images(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *wr,
-    float *gx, float *dxp, float *dwr, float *db, int64_t h, int64_t w, int64_t first,
-    int64_t last, int32_t act, const int cinv, const int cv) {
-    const int64_t h2 = h / 2, w2 = w / 2, cin = 8 * cinv, cout = 8 * cv, row = (w + 2) * cin;
-    const int64_t padded = (h + 2) * row;
+    float *gx, float *dxp, float *zs, int32_t *at, float *dwr, float *db, int64_t h,
+    int64_t w, int64_t first, int64_t last, int32_t act, const int cinv, const int cv) {
+    const int64_t h2 = h / 2, w2 = w / 2, windows = h2 * w2;
+    const int64_t cin = 8 * cinv, cout = 8 * cv, row = (w + 2) * cin, padded = (h + 2) * row;
+    const int group = cinv <= 2 ? 3 : 1; /* taps whose weights and sums fit in registers */
     for (int64_t b = first; b < last; b++) {
         const float *xb = xp + b * padded;
+        for (int64_t i = 0; i < windows; i++) {
+            const int64_t out = (b * windows + i) * cout;
+            for (int v = 0; v < cv; v++) {
+                const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
+                store(db + 8 * v, load(db + 8 * v) + z);
+                store(zs + i * cout + 8 * v, z);
+            }
+            const int64_t window = 2 * (i / w2) * row + 2 * (i % w2) * cin;
+            for (int64_t co = 0; co < cout; co++) {
+                const int k = idx[out + co];
+                at[i * cout + co] = (int32_t)(window + (k >> 1) * row + (k & 1) * cin);
+            }
+        }
         if (gx != NULL) memset(dxp, 0, sizeof(float) * padded);
-        for (int64_t oh = 0; oh < h2; oh++)
-            for (int64_t ow = 0; ow < w2; ow++) {
-                const int64_t out = ((b * h2 + oh) * w2 + ow) * cout;
-                float zs[8 * CONV_MAX_CV];
-                for (int v = 0; v < cv; v++) {
-                    const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
-                    store(db + 8 * v, load(db + 8 * v) + z);
-                    store(zs + 8 * v, z);
-                }
-                const int64_t window = 2 * oh * row + 2 * ow * cin;
-                for (int co = 0; co < cout; co++) {
-                    if (zs[co] == 0.0f) continue;
-                    const vf z = splat(zs[co]);
-                    const int k = idx[out + co];
-                    const int64_t at = window + (k >> 1) * row + (k & 1) * cin;
-                    const float *wk = wr + co * 9 * cin;
-                    float *dwk = dwr + co * 9 * cin;
-                    for (int kh = 0; kh < 3; kh++)
-                        for (int kw = 0; kw < 3; kw++) {
-                            const int64_t src = at + kh * row + kw * cin;
-                            const int64_t tap = (kh * 3 + kw) * cin;
+        for (int64_t oh = 0; oh < h2; oh++) /* a row of windows at a time: it stays in L1 */
+            for (int64_t co = 0; co < cout; co++)
+                for (int t0 = 0; t0 < 9; t0 += group) {
+                    vf wk[3][CONV_MAX_CINV], dw[3][CONV_MAX_CINV];
+                    int64_t tap[3];
+                    for (int j = 0; j < group; j++) {
+                        tap[j] = ((t0 + j) / 3) * row + ((t0 + j) % 3) * cin;
+                        for (int u = 0; u < cinv; u++) {
+                            wk[j][u] = load(wr + (co * 9 + t0 + j) * cin + 8 * u);
+                            dw[j][u] = splat(0.0f);
+                        }
+                    }
+                    for (int64_t i = oh * w2; i < (oh + 1) * w2; i++) {
+                        const float zc = zs[i * cout + co];
+                        if (zc == 0.0f) continue;
+                        const vf z = splat(zc);
+                        const int64_t src = at[i * cout + co];
+                        for (int j = 0; j < group; j++)
                             for (int u = 0; u < cinv; u++) {
-                                const int64_t s = src + 8 * u, t = tap + 8 * u;
-                                store(dwk + t, load(dwk + t) + z * load(xb + s));
-                                if (gx != NULL) store(dxp + s, load(dxp + s) + z * load(wk + t));
+                                const int64_t s = src + tap[j] + 8 * u;
+                                dw[j][u] += z * load(xb + s);
+                                if (gx != NULL) store(dxp + s, load(dxp + s) + z * wk[j][u]);
                             }
+                    }
+                    for (int j = 0; j < group; j++)
+                        for (int u = 0; u < cinv; u++) {
+                            float *d = dwr + (co * 9 + t0 + j) * cin + 8 * u;
+                            store(d, load(d) + dw[j][u]);
                         }
                 }
-            }
         if (gx != NULL)
             for (int64_t i = 0; i < h; i++)
                 memcpy(gx + (b * h + i) * w * cin, dxp + (i + 1) * row + cin,
@@ -372,18 +391,23 @@ int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
 #pragma omp parallel for num_threads(chunks) if (chunks > 1) reduction(| : failed)
 #endif
     for (int32_t t = 0; t < chunks; t++) {
-        float *dxp = NULL;
-        if (gx != NULL && (dxp = malloc(sizeof(float) * (h + 2) * (w + 2) * cin)) == NULL) {
+        const int64_t windows = (h / 2) * (w / 2);
+        float *dxp = gx != NULL ? malloc(sizeof(float) * (h + 2) * (w + 2) * cin) : NULL;
+        float *zs = malloc(sizeof(float) * windows * cout);
+        int32_t *at = malloc(sizeof(int32_t) * windows * cout);
+        if ((gx != NULL && dxp == NULL) || zs == NULL || at == NULL) {
             failed = 1;
-            continue;
-        }
-        float *dw_t = dwr + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
-        const int64_t first = n * t / chunks, last = n * (t + 1) / chunks;
-#define LAYER_BWD(CINV, CV) conv_backward_images(xp, g, y, idx, wr, gx, dxp, dw_t, db_t, h, w, \
-                                                 first, last, act, CINV, CV)
-        LAYER_CASES(LAYER_BWD);
+        } else {
+            float *dw_t = dwr + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+            const int64_t first = n * t / chunks, last = n * (t + 1) / chunks;
+#define LAYER_BWD(CINV, CV) conv_backward_images(xp, g, y, idx, wr, gx, dxp, zs, at, dw_t, db_t, \
+                                                 h, w, first, last, act, CINV, CV)
+            LAYER_CASES(LAYER_BWD);
 #undef LAYER_BWD
+        }
         free(dxp);
+        free(zs);
+        free(at);
     }
     return failed ? -2 : 0;
 }
