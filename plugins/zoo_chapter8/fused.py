@@ -121,16 +121,14 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.zoo_pool2_act_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
                                            _I32, _I32]
     lib.zoo_pool2_act_forward.restype = lib.zoo_pool2_act_backward.restype = None
-    lib.zoo_conv_pool_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                                          _I64, _I32, _I32]
+    lib.zoo_conv_pool_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
+                                          _I64, _I64, _I32, _I32]
     lib.zoo_stem_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
                                       _I64, _I64, _I32, _I32]
     lib.zoo_conv_pool_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64,
                                            _I64, _I64, _I64, _I64, _I32, _I32]
     for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward):
         fn.restype = ctypes.c_int32
-    lib.zoo_pad1_nhwc.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _I64]
-    lib.zoo_pad1_nhwc.restype = None
     return lib, str(path)
 
 
@@ -236,14 +234,15 @@ class _ConvPool(torch.autograd.Function):
         n, cin, h, w = x.shape
         cout = weight.shape[0]
         wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh][kw][cin][cout]
-        b = bias.detach().contiguous() if bias is not None else torch.zeros(cout)
-        # NHWC, one zero pixel around: the kernel's loops need no bounds checks
+        b = bias.detach().contiguous() if bias is not None else None
+        # the input in NHWC, one zero pixel around (the kernel pads it): its loops need no
+        # bounds checks, and the backward pass reads it again
         xp = torch.empty((n, h + 2, w + 2, cin))
-        lib.zoo_pad1_nhwc(x.data_ptr(), xp.data_ptr(), n, h, w, cin)
         y = torch.empty((n, cout, h // 2, w // 2), memory_format=torch.channels_last)
         idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8)
-        done = lib.zoo_conv_pool_forward(xp.data_ptr(), wt.data_ptr(), b.data_ptr(),
-                                         y.data_ptr(), idx.data_ptr(), n, h, w, cin, cout, act,
+        done = lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), wt.data_ptr(),
+                                         b.data_ptr() if b is not None else None, y.data_ptr(),
+                                         idx.data_ptr(), n, h, w, cin, cout, act,
                                          torch.get_num_threads())
         assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
         ctx.save_for_backward(xp, y, idx, weight)

@@ -335,21 +335,49 @@ static int conv_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
            cout / 8 <= CONV_MAX_CV && h % 2 == 0 && w % 2 == 0;
 }
 
-/* 0 on success, -1 for shapes the kernel does not take (the caller checks them first). */
-int32_t zoo_conv_pool_forward(const float *xp, const float *wt, const float *bias, float *y,
-                              uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t cin_,
-                              int64_t cout, int32_t act, int32_t threads) {
+/* Image b of x (NHWC, n x h x w x c) with one zero pixel around it, into xp:
+ * n x (h + 2) x (w + 2) x c. */
+static void pad1_image(const float *x, float *xp, int64_t b, int64_t h, int64_t w, int64_t c) {
+    const int64_t row = w * c, prow = (w + 2) * c;
+    float *dst = xp + b * (h + 2) * prow;
+    memset(dst, 0, sizeof(float) * prow);
+    for (int64_t i = 0; i < h; i++) {
+        float *d = dst + (i + 1) * prow;
+        memset(d, 0, sizeof(float) * c);
+        memcpy(d + c, x + (b * h + i) * row, sizeof(float) * row);
+        memset(d + c + row, 0, sizeof(float) * c);
+    }
+    memset(dst + (h + 1) * prow, 0, sizeof(float) * prow);
+}
+
+/* Pads x (NHWC) into xp (kept for the backward pass), then computes y and idx. bias may be
+ * NULL. 0 on success, -1 for shapes the kernel does not take (the caller checks them
+ * first). */
+int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const float *bias,
+                              float *y, uint8_t *idx, int64_t n, int64_t h, int64_t w,
+                              int64_t cin_, int64_t cout, int32_t act, int32_t threads) {
     if (!conv_shapes_ok(h, w, cin_, cout)) return -1;
     const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
+    float zeros[8 * CONV_MAX_CV] = {0};
+    if (bias == NULL) bias = zeros;
     (void)threads;
 #ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
+#pragma omp parallel num_threads(threads) if (threads > 1 && rows >= 2 * threads)
 #endif
-    for (int64_t i = 0; i < rows; i++) {
+    {
+#ifdef _OPENMP
+#pragma omp for
+#endif
+        for (int64_t b = 0; b < n; b++) pad1_image(x, xp, b, h, w, cin);
+#ifdef _OPENMP
+#pragma omp for
+#endif
+        for (int64_t i = 0; i < rows; i++) {
 #define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, idx, h, w, i, i + 1, act, CIN, CV)
-        FORWARD_CASES(FWD);
+            FORWARD_CASES(FWD);
 #undef FWD
+        }
     }
     return 0;
 }
@@ -412,18 +440,3 @@ int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
     return failed ? -2 : 0;
 }
 
-/* xp = x (NHWC, n x h x w x c) with one zero pixel around it: n x (h + 2) x (w + 2) x c. */
-void zoo_pad1_nhwc(const float *x, float *xp, int64_t n, int64_t h, int64_t w, int64_t c) {
-    const int64_t row = w * c, prow = (w + 2) * c;
-    for (int64_t b = 0; b < n; b++) {
-        float *dst = xp + b * (h + 2) * prow;
-        memset(dst, 0, sizeof(float) * prow);
-        for (int64_t i = 0; i < h; i++) {
-            float *d = dst + (i + 1) * prow;
-            memset(d, 0, sizeof(float) * c);
-            memcpy(d + c, x + (b * h + i) * row, sizeof(float) * row);
-            memset(d + c + row, 0, sizeof(float) * c);
-        }
-        memset(dst + (h + 1) * prow, 0, sizeof(float) * prow);
-    }
-}
