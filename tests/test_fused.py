@@ -110,6 +110,73 @@ def test_layer_matches_conv_pool_act(act: int, ref: object, _pool: object, layer
     assert got[0].is_contiguous(memory_format=CL)
 
 
+@pytest.mark.parametrize(("cin", "cout", "size", "weight_cl", "frozen"),
+                         [(64, 64, (4, 6), True, False), (16, 8, (2, 2), False, False),
+                          (32, 16, (6, 2), False, True), (3, 64, (4, 4), False, True)])
+def test_conv_pool_limits_layouts_and_frozen_weights(cin: int, cout: int, size: tuple[int, int],
+                                                     weight_cl: bool, frozen: bool) -> None:
+    """The largest channel counts, one-window rows, a contiguous weight, a frozen weight."""
+    torch.manual_seed(6)
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+    if weight_cl:
+        conv = conv.to(memory_format=CL)
+    conv.weight.requires_grad_(not frozen)
+    x = torch.randn(3, cin, *size)
+    a, b = _cl(x).requires_grad_(cin % 8 == 0), _cl(x).requires_grad_(cin % 8 == 0)
+    ours = fused.conv_pool_relu(conv, a, True)
+    assert "ConvPool" in type(ours.grad_fn).__name__
+    theirs = torch.relu(F.max_pool2d(conv(b), 2))
+    wanted = [t for t in (conv.weight, conv.bias) if t.requires_grad]
+    g = torch.randn_like(ours)
+    inputs = [*([a] if a.requires_grad else []), *wanted]
+    got = _grads(ours, inputs, g)
+    want = _grads(theirs, [*([b] if b.requires_grad else []), *wanted], g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=5e-6)
+    for mine, aten, wrt in zip(got, want, inputs, strict=True):
+        torch.testing.assert_close(mine, aten, rtol=1e-5, atol=2e-5)
+        assert mine.stride() == wrt.stride()  # each gradient in its tensor's own layout
+
+
+def test_conv_pool_refuses_what_the_plain_layers_refuse() -> None:
+    """A channel mismatch raises PyTorch's own error; so does a gradient of a gradient."""
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1).to(memory_format=CL)
+    for channels in (8, 24):
+        with pytest.raises(RuntimeError, match="channels"):
+            fused.conv_pool_tanh(conv, _cl(torch.randn(2, channels, 8, 8)).requires_grad_(), True)
+    x = _cl(torch.randn(2, 16, 8, 8)).requires_grad_()
+    out = fused.conv_pool_tanh(conv, x, True)
+    (gx,) = torch.autograd.grad((out * out).sum(), x, create_graph=False)
+    assert gx.shape == x.shape
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad((out * out).sum(), x, create_graph=True)
+
+
+def test_torch_func_transforms_get_the_plain_layers() -> None:
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1).to(memory_format=CL)
+    x = _cl(torch.randn(2, 16, 8, 8))
+
+    def loss(weight: torch.Tensor) -> torch.Tensor:
+        out = torch.func.functional_call(conv, {"weight": weight, "bias": conv.bias}, (x,))
+        return torch.tanh(F.max_pool2d(out, 2)).square().sum()
+
+    def fused_loss(weight: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(
+            _FusedLayer(conv), {"conv.weight": weight, "conv.bias": conv.bias}, (x,)).sum()
+
+    got = torch.func.grad(fused_loss)(conv.weight.detach())
+    want = torch.func.grad(loss)(conv.weight.detach())
+    torch.testing.assert_close(got, want)
+
+
+class _FusedLayer(torch.nn.Module):
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fused.conv_pool_tanh(self.conv, x, True).square()
+
+
 def test_layer_gradients_on_several_threads() -> None:
     """Images are split between threads: the input's gradient is bitwise the same on any
     number; the weight's sums per thread differ only by rounding."""

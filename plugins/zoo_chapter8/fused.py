@@ -22,7 +22,7 @@ CPU float32 channels_last input with even height and width; channel counts in
 ``_conv_fusable`` and ``_fusable``). Evaluation, export and tracing run the
 plain PyTorch layers, so a trained model computes exactly what its ONNX graph
 does. Pooling and the gradients' routing are exactly ATen's; the sums run in
-another order (equal to rounding), and the tanh is Eigen's rational
+another order (equal to rounding for finite inputs), and the tanh is Eigen's rational
 approximation, within a few ulp of libm.
 """
 
@@ -50,6 +50,19 @@ ENV_SWITCH = "ZOO_FUSED"
 TANH, RELU = 0, 1
 _SOURCE = Path(__file__).with_name("pool_act.c")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+
+
+def _first_derivative_only() -> None:
+    """Refuse a backward pass that builds a graph (``create_graph=True``).
+
+    The kernels have no second derivative. Autograd would skip the missing terms
+    without a word (``once_differentiable`` raises only where its own inputs are
+    asked for), so a gradient penalty would be silently wrong.
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("the chapter-8 fused training kernels have no second derivative "
+                           "(create_graph=True); set ZOO_FUSED=0 to train with the plain "
+                           "PyTorch layers")
 
 
 def _compiler() -> list[str] | None:
@@ -165,6 +178,7 @@ class _PoolAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        _first_derivative_only()
         lib = library()
         assert lib is not None
         y, idx = ctx.saved_tensors
@@ -178,16 +192,18 @@ class _PoolAct(torch.autograd.Function):
 
 
 def _eager() -> bool:
-    """False while the JIT tracer (the ONNX exporter's), torch.compile or torch.export runs."""
+    """False while the JIT tracer (the ONNX exporter's), torch.compile, torch.export or a
+    torch.func transform (grad, vmap...) runs: those get the plain PyTorch layers."""
     return not (torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export())
+                or torch.onnx.is_in_onnx_export()
+                or torch._C._functorch.peek_interpreter_stack() is not None)
 
 
 def _training_input(x: torch.Tensor, training: bool) -> bool:
     """A CPU training step's float32 channels_last NCHW input, even-sized, and a kernel."""
     return (training and torch.is_grad_enabled() and type(x) is torch.Tensor
             and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
-            and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
+            and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
             and x.is_contiguous(memory_format=torch.channels_last)
             and _eager() and library() is not None)
 
@@ -254,6 +270,7 @@ class _ConvPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                         torch.Tensor | None, None]:
+        _first_derivative_only()
         lib = library()
         assert lib is not None
         xp, y, idx, weight = ctx.saved_tensors
@@ -296,6 +313,7 @@ def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> boo
     weight = conv.weight
     cin = x.shape[1] if x.dim() == 4 else 0
     return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and not x.requires_grad))
+            and weight.shape[1] == cin  # else the plain layer raises PyTorch's error
             and weight.device.type == "cpu" and weight.dtype == torch.float32
             and weight.shape[0] % 8 == 0 and weight.shape[0] <= 64
             and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
