@@ -73,6 +73,15 @@ def destroy_process_group() -> None:
         tdist.destroy_process_group()
 
 
+def barrier(dist_info: Dist) -> None:
+    """Wait until every rank gets here."""
+    if not dist_info.enabled:
+        return
+    import torch.distributed as tdist
+
+    tdist.barrier()
+
+
 def broadcast_object(obj: Any, dist_info: Dist) -> Any:
     """Rank 0's ``obj`` on every rank (picklable objects)."""
     if not dist_info.enabled:

@@ -51,6 +51,7 @@ from zoo.datasets import DatasetRequest, LoadedDataset
 from zoo.distributed import (
     all_gather_object,
     all_reduce,
+    barrier,
     broadcast_object,
     destroy_process_group,
     dist_from_env,
@@ -418,7 +419,12 @@ class _Trainer:
             torch.cuda.set_device(device)  # before NCCL, so that collectives use this GPU
         try:
             created_group = init_process_group(self.dist, device, cfg.dist_timeout_s)
-            return self._run(device)
+            result = self._run(device)
+            if created_group:
+                # every rank leaves the group together: none closes its connections while
+                # another may still be completing a collective over them
+                barrier(self.dist)
+            return result
         except BaseException as exc:
             if self.dist.enabled and not isinstance(exc, KeyboardInterrupt):
                 print(f"zoo: rank {self.dist.rank}/{self.dist.world} failed: "
