@@ -22,8 +22,9 @@ CPU float32 channels_last input with even height and width; channel counts in
 ``_conv_fusable`` and ``_fusable``). Evaluation, export and tracing run the
 plain PyTorch layers, so a trained model computes exactly what its ONNX graph
 does. Pooling and the gradients' routing are exactly ATen's; the sums run in
-another order (equal to rounding for finite inputs), and the tanh is Eigen's rational
-approximation, within a few ulp of libm.
+another order (equal to rounding for finite inputs), and the tanh is Eigen's
+rational approximation, within a few ulp of libm. There is no second derivative:
+a backward pass with ``create_graph=True`` raises.
 """
 
 from __future__ import annotations
