@@ -6,7 +6,7 @@ with int64 indices, the activation; in the backward pass a zero fill, a scatter
 and the activation's gradient, then dense convolutions of a gradient that is
 three quarters zeros), its float32 tanh is not vectorized, and its convolutions
 are slow on these few channels: together that was most of Net's training step.
-``pool_act.c`` computes each convolution together with its pooling and
+``fused.c`` computes each convolution together with its pooling and
 activation, never storing the convolution's output, and in the backward pass
 scatters each window's gradient from the one output that won it: a 32-image Net
 step on one thread takes about 3 ms instead of 6.4-7.1 ms. Pooling with its
@@ -49,7 +49,7 @@ from zoo.fsutil import atomic_path
 
 ENV_SWITCH = "ZOO_FUSED"
 TANH, RELU = 0, 1
-_SOURCE = Path(__file__).with_name("pool_act.c")
+_SOURCE = Path(__file__).with_name("fused.c")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 
 
@@ -116,7 +116,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         return None, "no C compiler found (set $CC)"
     key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(
         [*compiler, *_arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"pool_act-{key}.so"
+    path = _cache_dir() / f"fused-{key}.so"
     try:
         if path.exists():
             lib = ctypes.CDLL(str(path))
@@ -159,8 +159,8 @@ def library() -> ctypes.CDLL | None:
 def status() -> str:
     """Where the kernel was loaded from, or why the layers run as plain PyTorch."""
     lib, where = _loaded()
-    return f"fused pool+activation kernel: {where}" if lib is not None else \
-        f"fused pool+activation kernel off: {where}"
+    return f"fused chapter-8 kernels: {where}" if lib is not None else \
+        f"fused chapter-8 kernels off: {where}"
 
 
 class _PoolAct(torch.autograd.Function):

@@ -1,10 +1,11 @@
-/* 2x2 max-pooling fused with tanh or ReLU, alone or after a 3x3 convolution, forward and
- * backward, for channels_last float32.
+/* The chapter-8 networks' fused CPU training kernels, forward and backward, for channels_last
+ * float32: a 3x3 convolution with its 2x2 max-pooling and tanh or ReLU, and the pooling with
+ * its activation alone.
  *
  * Built at first use by zoo_chapter8/fused.py with the system C compiler and loaded with
  * ctypes; it includes no PyTorch header, so it compiles in well under a second.
  *
- * Layout: x is N x H x W x C (NHWC), H and W even, C a multiple of 8; y and idx are
+ * Pooling layout: x is N x H x W x C (NHWC), H and W even, C a multiple of 8; y and idx are
  * N x H/2 x W/2 x C. idx holds the window position (0..3, row-major) of each maximum: the
  * first one in scan order, a NaN winning, as ATen's max_pool2d chooses. The backward pass
  * writes every element of gx (no separate zero fill).
