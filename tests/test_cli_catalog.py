@@ -50,7 +50,7 @@ def test_show_and_schema(capsys: pytest.CaptureFixture[str]) -> None:
 def test_plugins_lists_distribution_version_and_architectures(
         capsys: pytest.CaptureFixture[str], make_dist: MakeDist) -> None:
     make_dist("broken-nets", "broken_nets_cli", "import does_not_exist_anywhere\n", version="0.3")
-    assert main(["plugins"]) == 0
+    assert main(["plugins"]) == 1  # a plugin failed
     out = capsys.readouterr().out
     chapter8 = next(line for line in out.splitlines() if line.startswith("chapter8"))
     assert "zoo" in chapter8 and "0.1.0" in chapter8 and "NetResDeep" in chapter8
@@ -75,10 +75,11 @@ def test_bad_input_is_one_line_without_traceback(
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_duplicate_registration_fails_the_command(
+def test_duplicate_registration_makes_only_that_name_fail(
         capsys: pytest.CaptureFixture[str], make_dist: MakeDist) -> None:
     make_dist("evil-zoo", "evil_zoo_cli", tiny_plugin("NetRes", "evil_zoo_cli"), version="6.6")
-    assert main(["list"]) == 1
+    assert main(["list"]) == 0
+    assert main(["show", "NetRes"]) == 1
     err = capsys.readouterr().err
     assert "architecture 'NetRes' is registered by both" in err
     assert "zoo 0.1.0 (plugin 'chapter8')" in err and "evil-zoo 6.6 (plugin 'evil_zoo_cli')" in err

@@ -7,9 +7,11 @@ on its device and take batches by index. Nothing here imports torch.
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,27 +29,42 @@ class DatasetOptions(BaseModel):
 
 
 class DatasetRequest(BaseModel):
-    """What the trainer asks of a dataset loader."""
+    """What the trainer asks of a dataset loader; each field says what the loader must do."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    data_dir: Path | None = Field(None, description="Where the data lies (or is downloaded to).")
-    val_dir: Path | None = Field(None, description="A separate validation directory, if any.")
+    data_dir: Path | None = Field(None, description="Where the data lies (or is downloaded to); "
+                                                    "None when the user gave no --data-dir.")
+    val_dir: Path | None = Field(None, description="A separate validation directory, if any: "
+                                                   "a loader that supports one takes its "
+                                                   "validation split from it.")
     val_split: float = Field(0.1, ge=0.0, lt=1.0,
-                             description="Fraction held out for validation when no val_dir.")
-    seed: int = Field(0, description="Seed of the held-out split.")
-    image_size: tuple[int, int] | None = Field(None, description="Resize to (height, width).")
-    channels: int = Field(3, ge=1, description="Channels to decode to (1 grey, 3 RGB).")
-    strict: bool = Field(False, description="Fail on an unreadable file instead of skipping it.")
-    download: bool = Field(True, description="Allow downloading when the data is not local.")
-    cache_dir: Path | None = Field(None, description="Where decoded uint8 caches are kept.")
+                             description="Fraction held out for validation when there is no "
+                                         "val_dir and the data has no split of its own.")
+    seed: int = Field(0, description="Seed of anything random in the loader (the held-out "
+                                     "split, generated images): same seed, same dataset.")
+    image_size: tuple[int, int] | None = Field(None, description="(height, width) every image "
+                                                                 "must have (resize to it); "
+                                                                 "None: the data's own size.")
+    channels: int = Field(3, ge=1, description="Channels every image must have (1 grey, 3 RGB).")
+    strict: bool = Field(False, description="Fail on an unreadable file instead of skipping it "
+                                            "(and listing it in LoadedDataset.skipped).")
+    download: bool = Field(True, description="Whether downloading is allowed when the data is "
+                                             "not local.")
+    cache_dir: Path | None = Field(None, description="Where decoded uint8 caches may be kept "
+                                                     "(None: $ZOO_CACHE_DIR or ~/.cache/zoo).")
     quiet: bool = Field(False, description="Print no warnings (set on all but one of the "
                                            "processes of a distributed run).")
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images as uint8 ``(N, C, H, W)`` and int64 labels ``(N,)``."""
+    """One split of a dataset.
+
+    ``images``: a C-contiguous ``numpy.uint8`` array ``(N, C, H, W)`` (channels first),
+    ``C`` and ``(H, W)`` as the request asked. ``labels``: ``numpy.int64`` ``(N,)``, each
+    in ``0 .. len(classes) - 1``.
+    """
 
     images: np.ndarray
     labels: np.ndarray
@@ -60,8 +77,13 @@ class Split:
 class LoadedDataset:
     """A dataset ready to train on: both splits, class names, and where it came from.
 
-    ``content_key`` hashes the source's content; ``split_description`` says how
-    train and validation were separated; ``skipped`` lists unreadable files.
+    ``name``: the dataset's name. ``train``, ``val``: the two splits (:class:`Split`), both
+    non-empty. ``classes``: at least two distinct names, label ``i`` is ``classes[i]``.
+    ``content_key``: a non-empty string that changes whenever the data would (a hash
+    of the files, or of the generator's options and seed); runs record it and
+    ``--resume`` refuses a run whose data changed. ``split_description``: one
+    sentence saying how train and validation were separated. ``skipped``: files
+    that could not be read (reported, not fatal unless ``request.strict``).
     """
 
     name: str
@@ -73,32 +95,68 @@ class LoadedDataset:
     skipped: tuple[str, ...] = field(default=())
 
 
+#: The request fields a user sets on the command line, with their flags: a dataset that
+#: declares ``uses`` is warned about those it is given but does not use.
+USER_OPTIONS = {"data_dir": "--data-dir", "val_dir": "--val-dir", "val_split": "--val-split",
+                "strict": "--strict", "download": "--no-download"}
+
+
 class DatasetSpec(BaseModel):
     """A dataset, as a plugin declares it."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=64)
-    summary: str = Field(min_length=1, max_length=200, pattern=r"^[^\n]*$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=64, description="Unique name.")
+    summary: str = Field(min_length=1, max_length=200, pattern=r"^[^\n]*$",
+                         description="One line saying what it is.")
     loader: str = Field(pattern=IMPORT_PATTERN, description="`module:function` loading it.")
-    options: type[DatasetOptions] = DatasetOptions
+    options: type[DatasetOptions] = Field(DatasetOptions,
+                                          description="Its own options' pydantic model "
+                                                      "(`--option key=value`).")
     needs_data_dir: bool = Field(False, description="Whether --data-dir is required.")
     downloads: bool = Field(False, description="Whether it can download its data.")
     num_classes: int | None = Field(None, description="Fixed class count, if known up front.")
-    provenance: Provenance | None = None
+    uses: tuple[Literal["data_dir", "val_dir", "val_split", "strict", "download"], ...] | None = (
+        Field(None, description="The request options its loader honours; any other one a user "
+                                "sets is warned about as ignored (None: not declared)."))
+    provenance: Provenance | None = Field(None, description="Set by the registry.")
 
-    def load(self, request: DatasetRequest, **options: Any) -> LoadedDataset:
-        """Validate ``options``, import the loader and load the dataset."""
+    def validate_options(self, options: Mapping[str, Any]) -> DatasetOptions:
+        """``options`` validated by the dataset's options model; one sentence if they are bad."""
         try:
-            opts = self.options.model_validate(options)
+            return self.options.model_validate(dict(options))
         except ValidationError as exc:
             first = exc.errors()[0]
             field = ".".join(str(p) for p in first["loc"])
             accepted = ", ".join(self.options.model_fields) or "none"
             raise ZooError(f"invalid option {field!r} for dataset {self.name!r}: "
                            f"{first['msg']}; accepted options: {accepted}") from None
+
+    def unused_options(self, request: DatasetRequest) -> list[str]:
+        """The flags of request options set away from their defaults that the loader ignores."""
+        if self.uses is None:
+            return []
+        defaults = DatasetRequest()
+        return [flag for name, flag in USER_OPTIONS.items()
+                if name not in self.uses and getattr(request, name) != getattr(defaults, name)]
+
+    def load(self, request: DatasetRequest, **options: Any) -> LoadedDataset:
+        """Validate ``options``, import the loader, load the dataset and check the result.
+
+        Whatever the loader raises (but a :class:`ZooError`) and whatever it returns
+        that breaks the contract of :class:`LoadedDataset` is a
+        :class:`~zoo.errors.PluginError` naming the dataset, plugin and distribution.
+        """
+        from zoo.contract import call_plugin, check_dataset
+
+        opts = self.validate_options(options)
         if self.needs_data_dir and request.data_dir is None:
             raise ZooError(f"dataset {self.name!r} needs --data-dir DIR")
+        unused = self.unused_options(request)
+        if unused and not request.quiet:
+            print(f"zoo: warning: dataset {self.name!r} does not use {', '.join(unused)}; "
+                  f"ignored", file=sys.stderr)
         loader = load_callable(self.loader, f"loader of dataset {self.name!r}", self.provenance)
-        loaded: LoadedDataset = loader(request, opts)
-        return loaded
+        loaded = call_plugin(f"the loader {self.loader!r} of dataset {self.name!r}",
+                             self.provenance, loader, request, opts)
+        return check_dataset(loaded, self, request)

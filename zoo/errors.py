@@ -31,6 +31,10 @@ class DuplicateNameError(PluginError):
     """Two plugins register the same architecture or dataset name."""
 
 
+class ContractError(PluginError):
+    """A plugin's builder or loader returned something that breaks the zoo's contract."""
+
+
 class DataError(ZooError):
     """A dataset that cannot be read: missing, empty, corrupt or inconsistent."""
 

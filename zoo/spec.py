@@ -69,8 +69,11 @@ def load_callable(reference: str, what: str, provenance: Provenance | None) -> C
     where = provenance.describe() if provenance else "its plugin"
     try:
         obj = import_object(reference)
-    except (ImportError, AttributeError) as exc:
-        raise PluginError(f"cannot import the {what} ({reference!r}) from {where}: {exc}") from exc
+    except Exception as exc:  # the plugin's module may raise anything while importing
+        kind = "" if isinstance(exc, (ImportError, AttributeError)) else f"{type(exc).__name__}: "
+        first = (str(exc).strip().splitlines() or ["(no message)"])[0]
+        raise PluginError(f"cannot import the {what} ({reference!r}) from {where}: "
+                          f"{kind}{first}") from exc
     if not callable(obj):
         raise PluginError(f"the {what} ({reference!r}) from {where} is not callable")
     return obj  # type: ignore[no-any-return]

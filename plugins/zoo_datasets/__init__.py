@@ -35,6 +35,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
         summary="Coloured shapes at random places on noisy backgrounds (offline, deterministic).",
         loader="zoo_datasets.synthetic:load",
         options=SyntheticOptions,
+        uses=("val_split",),
     ),
     DatasetSpec(
         name="imagefolder",
@@ -42,6 +43,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
         loader="zoo_datasets.imagefolder:load",
         options=ImageFolderOptions,
         needs_data_dir=True,
+        uses=("data_dir", "val_dir", "val_split", "strict"),
     ),
     DatasetSpec(
         name="cifar2",
@@ -49,6 +51,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
         loader="zoo_datasets.cifar:load_cifar2",
         options=CifarOptions,
         downloads=True,
+        uses=("data_dir", "download"),
         num_classes=2,
     ),
     DatasetSpec(
@@ -57,6 +60,7 @@ DATASETS: tuple[DatasetSpec, ...] = (
         loader="zoo_datasets.cifar:load_cifar10",
         options=CifarOptions,
         downloads=True,
+        uses=("data_dir", "download"),
         num_classes=10,
     ),
 )

@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_traceback = args.traceback or bool(os.environ.get(ENV_TRACEBACK))
     try:
         registry = Registry(blocked=_blocked(args.plugin_options))
+        if getattr(args, "report_plugins", True):
+            catalog.warn_failed_plugins(registry, traceback=show_traceback)
         code: int = args.handler(args, registry)
         return code
     except ZooError as exc:

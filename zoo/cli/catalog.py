@@ -34,13 +34,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = subparsers.add_parser("plugins",
                               help="list the plugins, their versions and what they provide")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(handler=plugins_command)
+    p.set_defaults(handler=plugins_command, report_plugins=False)
 
 
-def warn_failed_plugins(registry: Registry) -> None:
-    for info in registry.failed_plugins():
-        print(f"zoo: warning: plugin {info.name!r} from {info.provenance.describe()} failed: "
-              f"{info.error} (see 'zoo plugins')", file=sys.stderr)
+def warn_failed_plugins(registry: Registry, traceback: bool = False) -> None:
+    """Warn on stderr, once per registry, of each plugin failure, problem and warning."""
+    for info, message in registry.unreported():
+        print(f"zoo: warning: {info.provenance.describe()}: {message} (see 'zoo plugins')",
+              file=sys.stderr)
+        exc = registry.plugin_exception(info.name)
+        if traceback and exc is not None and info.status != "blocked":
+            import traceback as tb
+
+            tb.print_exception(exc, file=sys.stderr)
 
 
 def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[str, Any]:
@@ -73,7 +79,6 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def list_command(args: argparse.Namespace, registry: Registry) -> int:
     names = registry.list_models(args.patterns or "*", tags=args.tag)
-    warn_failed_plugins(registry)
     specs = [registry.get_spec(n) for n in names]
     shipped = {arch: path.name for arch, path in pretrained_bundles().items()}
     if args.json:
@@ -154,21 +159,25 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def plugins_command(args: argparse.Namespace, registry: Registry) -> int:
+    """The plugins table (or JSON); exit 1 when any plugin failed, as a whole or in part."""
     infos = registry.plugins()
     if args.json:
         print(json.dumps([i.model_dump() for i in infos], indent=2))
     else:
         rows = []
         for i in infos:
-            if i.status == "loaded":
+            if i.status == "blocked":
+                detail = "blocked"
+            elif i.status == "error":
+                detail = f"ERROR: {i.error}"
+            else:
                 provides = ", ".join([*i.architectures, *(f"dataset:{d}" for d in i.datasets)])
                 detail = provides or "(nothing)"
-            elif i.status == "blocked":
-                detail = "blocked"
-            else:
-                detail = f"ERROR: {i.error}"
             rows.append([i.name, i.distribution or "-", i.version or "-", i.status, detail])
         print(_table(rows, ["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "PROVIDES"]))
-        for conflict in registry.conflicts:
-            print(f"conflict: {conflict}")
-    return 0
+        for i in infos:
+            for problem in i.problems:
+                print(f"problem: {i.name}: {problem}")
+            for warning in i.warnings:
+                print(f"warning: {i.name}: {warning}")
+    return 1 if any(i.failed for i in infos) else 0

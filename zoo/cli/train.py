@@ -100,8 +100,6 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.cli.catalog import warn_failed_plugins
-
     fields = config_fields(args)
     name = args.name
     if name is None:
@@ -111,7 +109,6 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         from zoo.run import read_summary
 
         name = read_summary(args.resume).model.architecture
-    warn_failed_plugins(registry)
     from zoo.trainer import train
 
     result = train(name, registry=registry, **fields)
