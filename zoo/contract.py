@@ -68,7 +68,7 @@ def call_plugin(what: str, provenance: Provenance | None, fn: Callable[..., Any]
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ")"
+    return str(tuple(int(d) for d in shape))
 
 
 def check_model(module: object, spec: ArchitectureSpec, config: ModelConfig) -> None:
@@ -107,14 +107,30 @@ def check_model(module: object, spec: ArchitectureSpec, config: ModelConfig) -> 
                             f"{_shape_text(tuple(out.shape))}")
 
 
-def check_output_shape(seen: tuple[int, ...], batch: int, classes: tuple[str, ...],
-                       architecture: str, onnx_path: Path) -> None:
-    """The ONNX graph's output for ``batch`` images must be ``(batch, len(classes))``."""
-    if tuple(seen) != (batch, len(classes)):
+def check_onnx_output(onnx_path: Path, config: ModelConfig, classes: tuple[str, ...]) -> None:
+    """The ONNX graph must map a probe batch to one logit per class of the manifest.
+
+    Run with onnxruntime on a zero batch of :data:`PROBE_BATCH` images, so that a
+    graph that only agrees with a wrong PyTorch model never becomes a bundle.
+    """
+    import numpy as np
+
+    from zoo.deploy import ort_session
+    from zoo.manifest import INPUT_NAME
+
+    probe = np.zeros((PROBE_BATCH, *config.input_shape.as_tuple()), dtype=np.float32)
+    try:
+        out = ort_session(onnx_path, threads=1).run(None, {INPUT_NAME: probe})
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise ContractError(f"onnxruntime cannot run the ONNX graph of {config.architecture} "
+                            f"on a {_shape_text(probe.shape)} probe: {_first_line(exc)}") from exc
+    wanted = (PROBE_BATCH, len(classes))
+    seen = tuple(np.asarray(out[0]).shape) if out else ()
+    if len(out) != 1 or seen != wanted:
         raise ContractError(
-            f"the ONNX graph of {architecture} ({onnx_path.name}) gives {_shape_text(seen)} for "
-            f"{batch} images; expected {_shape_text((batch, len(classes)))}, one logit per "
-            f"class of the manifest ({', '.join(classes)})")
+            f"the ONNX graph of {config.architecture} maps {_shape_text(probe.shape)} to "
+            f"{len(out)} output(s) of shape {_shape_text(seen)}; expected one of "
+            f"{_shape_text(wanted)}, a logit per class of the manifest ({', '.join(classes)})")
 
 
 def _describe_array(array: object) -> str:
@@ -183,5 +199,5 @@ def check_dataset(loaded: object, spec: DatasetSpec, request: DatasetRequest) ->
     return loaded
 
 
-__all__ = ["PROBE_BATCH", "call_plugin", "check_dataset", "check_model", "check_output_shape",
+__all__ = ["PROBE_BATCH", "call_plugin", "check_dataset", "check_model", "check_onnx_output",
            "origin"]

@@ -38,6 +38,7 @@ import torch
 
 from zoo import __version__
 from zoo.bundle import load_bundle, load_state_dict
+from zoo.contract import check_onnx_output
 from zoo.deploy import default_threads, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
 from zoo.fsutil import atomic_directory
@@ -377,6 +378,7 @@ def export(
         with atomic_directory(dest, replace=force) as tmp:
             torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
             seconds = export_onnx(model, tmp / ONNX_FILE, config, opset=opset, exporter=exporter)
+            check_onnx_output(tmp / ONNX_FILE, config, classes)
             report = verify_onnx(model, tmp / ONNX_FILE, config, samples=samples, atol=atol,
                                  rtol=rtol)
             if not report.passed:
