@@ -45,7 +45,7 @@ def test_output_shape_at_defaults(name: str, batch: int) -> None:
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_output_shape_at_other_size_channels_and_classes(name: str) -> None:
-    model = zoo.create_model(name, num_classes=5, height=48, width=40, in_channels=1).eval()
+    model = zoo.create_model(name, num_classes=5, in_height=48, in_width=40, in_channels=1).eval()
     with torch.no_grad():
         out = model(torch.randn(3, 1, 48, 40))
     assert out.shape == (3, 5)
@@ -118,7 +118,7 @@ def test_dropout_hyperparameter_and_eval_mode() -> None:
 def test_smallest_accepted_input_size_runs() -> None:
     for name in PARAMS:
         size = zoo.get_spec(name).min_input_size
-        model = zoo.create_model(name, height=size, width=size).eval()
+        model = zoo.create_model(name, in_height=size, in_width=size).eval()
         with torch.no_grad():
             assert model(torch.randn(2, 3, size, size)).shape == (2, 2)
 

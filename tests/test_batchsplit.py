@@ -19,7 +19,7 @@ from zoo.run import read_summary
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 2},
-    "model": {"height": 16, "width": 16},
+    "model": {"in_height": 16, "in_width": 16},
     "batch_size": 32,
     "progress": "none",
     "num_threads": 2,
@@ -58,13 +58,13 @@ class Counting(nn.Module):
 
 def test_the_probe_accepts_pure_per_sample_models_and_names_what_blocks_the_others() -> None:
     x = torch.randn(4, 3, 2, 2)
-    assert split_blocker(zoo.create_model("Net", height=8, width=8), torch.randn(2, 3, 8, 8)) \
-        is None
-    assert split_blocker(zoo.create_model("NetRes", height=8, width=8),
+    assert split_blocker(zoo.create_model("Net", in_height=8, in_width=8),
                          torch.randn(2, 3, 8, 8)) is None
-    bn = zoo.create_model("NetBatchNorm", height=8, width=8)
+    assert split_blocker(zoo.create_model("NetRes", in_height=8, in_width=8),
+                         torch.randn(2, 3, 8, 8)) is None
+    bn = zoo.create_model("NetBatchNorm", in_height=8, in_width=8)
     assert "BatchNorm" in str(split_blocker(bn, torch.randn(2, 3, 8, 8)))
-    dropout = zoo.create_model("NetDropout", height=8, width=8)
+    dropout = zoo.create_model("NetDropout", in_height=8, in_width=8)
     sample = torch.randn(2, 3, 8, 8)
     rng = torch.get_rng_state()
     assert "random numbers" in str(split_blocker(dropout, sample))
@@ -87,7 +87,7 @@ def test_auto_parts_one_per_thread_with_at_least_32_samples() -> None:
 @pytest.mark.parametrize("parts", [2, 3])
 def test_split_step_gives_the_full_batch_gradient(parts: int) -> None:
     torch.manual_seed(0)
-    model = zoo.create_model("NetRes", height=16, width=16)
+    model = zoo.create_model("NetRes", in_height=16, in_width=16)
     params = list(model.parameters())
     x, y = torch.randn(20, 3, 16, 16), torch.randint(0, 2, (20,))
     logits = model(x)
@@ -162,7 +162,7 @@ def test_split_errors_name_the_value_and_the_reason(tmp_path: Path,
     state = torch.load(tmp_path / "net" / "checkpoints" / "last.pt", weights_only=True)
     assert state["batch_split"] == 2  # auto: two threads, 32 samples each
     code = main(["train", "NetDropout", "--batch-split", "2", "--epochs", "1", "--option",
-                 "size=120", "--set", "height=16", "--set", "width=16", "--progress", "none",
+                 "size=120", "--set", "in_height=16", "--set", "in_width=16", "--progress", "none",
                  "--out", str(tmp_path / "cli")])
     err = capsys.readouterr().err
     assert code == 1

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
 COMMON: dict[str, Any] = {
     "dataset_options": {"size": 320, "num_classes": 2},
     "val_split": 0.2,
-    "model": {"height": 16, "width": 16},
+    "model": {"in_height": 16, "in_width": 16},
     "flip": False,
     "crop_padding": 0,
     "schedule": "none",
@@ -130,8 +130,8 @@ def test_a_failing_rank_ends_the_job(tmp_path: Path) -> None:
 def test_torchrun_command_line(tmp_path: Path) -> None:
     env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "zoo", "train", "Net", "--option", "size=200", "--set", "height=16",
-           "--set", "width=16", "--epochs", "1", "--batch-size", "32", "--num-threads", "1",
+           "-m", "zoo", "train", "Net", "--option", "size=200", "--set", "in_height=16",
+           "--set", "in_width=16", "--epochs", "1", "--batch-size", "32", "--num-threads", "1",
            "--progress", "log", "--out", str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=90)
     assert proc.returncode == 0, proc.stderr[-12000:]  # the failing rank's own error too

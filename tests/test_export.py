@@ -38,7 +38,7 @@ def non_default_overrides(name: str) -> dict[str, Any]:
     fields = zoo.get_spec(name).hparams.model_fields
     own = {k: v for k, v in NON_DEFAULT.items() if k in fields}
     assert set(own) == set(fields), f"add non-default values for {set(fields) - set(own)}"
-    return {"num_classes": 3, "height": 40, "width": 40, "in_channels": 1, **own}
+    return {"num_classes": 3, "in_height": 40, "in_width": 40, "in_channels": 1, **own}
 
 
 def _check_bundle(path: Path, manifest: Manifest) -> None:
@@ -266,8 +266,8 @@ def test_run_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cli_export_and_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "b"
-    assert main(["export", "NetRes", "--set", "n_chans1=8", "--set", "height=24",
-                 "--set", "width=24", "--out", str(out)]) == 0
+    assert main(["export", "NetRes", "--set", "n_chans1=8", "--set", "in_height=24",
+                 "--set", "in_width=24", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "verification PASSED" in text and f"to {out}" in text
     manifest = Manifest.model_validate_json((out / MANIFEST_FILE).read_text())

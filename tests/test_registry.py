@@ -50,7 +50,7 @@ def test_hparams_schema_has_defaults_bounds_and_descriptions() -> None:
 
 
 def test_resolve_records_everything_needed_to_rebuild() -> None:
-    cfg = zoo.resolve("NetWidth", n_chans1=16, num_classes=4, height=24)
+    cfg = zoo.resolve("NetWidth", n_chans1=16, num_classes=4, in_height=24)
     assert cfg.architecture == "NetWidth"
     assert cfg.hparams == {"n_hidden": 32, "n_chans1": 16}
     assert cfg.input_shape.as_tuple() == (3, 24, 32)
@@ -70,7 +70,7 @@ def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
     with pytest.raises(HyperparameterError) as info:
         zoo.create_model("Net", n_chans1=8)
     assert str(info.value) == ("Net has no hyperparameter 'n_chans1'; accepted: n_hidden, "
-                               "in_channels, height, width, num_classes")
+                               "in_channels, in_height, in_width, num_classes")
 
 
 def test_out_of_range_and_wrong_type_name_the_field_and_bound() -> None:
@@ -86,7 +86,7 @@ def test_out_of_range_and_wrong_type_name_the_field_and_bound() -> None:
 
 def test_input_size_the_architecture_cannot_take() -> None:
     with pytest.raises(InputShapeError, match=r"NetDepth cannot take 6x6 inputs.*at least 8"):
-        zoo.create_model("NetDepth", height=6, width=6)
+        zoo.create_model("NetDepth", in_height=6, in_width=6)
 
 
 def test_third_party_plugin_is_found_through_distribution_metadata(make_dist: MakeDist) -> None:
@@ -223,3 +223,24 @@ def test_builder_that_cannot_be_imported_names_the_plugin(make_dist: MakeDist) -
     assert "Ghost" in reg.list_models()  # listing never imports the builder
     with pytest.raises(PluginError, match=r"builder of architecture 'Ghost'.*ghost-nets 0.9"):
         reg.create_model("Ghost")
+
+
+def test_width_and_height_are_free_hyperparameter_names(make_dist: MakeDist) -> None:
+    code = tiny_plugin("TinyVGG", "vgg_nets").replace(
+        'n_filters: int = Field(4, ge=1, le=64, description="Channels of the convolution.")',
+        'width: int = Field(4, ge=1, le=64, description="Channel width.")\n'
+        '    height: int = Field(1, ge=1, le=4)\n    depth: int = 1\n    channels: int = 2',
+    ).replace("hparams.n_filters", "hparams.width")
+    make_dist("vgg-nets", "vgg_nets", code)
+    reg = Registry()
+    model = reg.create_model("TinyVGG", width=8, in_width=24)
+    assert model[0].out_channels == 8
+    config = reg.resolve("TinyVGG", width=8, in_width=24)
+    assert config.hparams == {"width": 8, "height": 1, "depth": 1, "channels": 2}
+    assert config.input_shape.as_tuple() == (3, 32, 24)
+
+
+def test_the_old_shape_key_names_point_at_the_new_ones() -> None:
+    with pytest.raises(HyperparameterError, match=r"Net has no hyperparameter 'height' \(the "
+                                                  r"input's height is 'in_height'\)"):
+        zoo.create_model("Net", height=28)

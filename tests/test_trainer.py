@@ -24,7 +24,7 @@ from zoo.trainer import train
 # tiny and fast: 16x16 images, a few hundred samples
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 2},
-    "model": {"height": 16, "width": 16},
+    "model": {"in_height": 16, "in_width": 16},
     "batch_size": 32,
     "progress": "none",
     "num_threads": 1,
@@ -74,7 +74,7 @@ def test_train_writes_a_complete_run(tmp_path: Path) -> None:
     samples = np.load(run / "val_samples.npy")
     assert samples.dtype == np.uint8 and samples.shape[1:] == (3, 16, 16)
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
-    model = zoo.create_model("Net", height=16, width=16)
+    model = zoo.create_model("Net", in_height=16, in_width=16)
     model.load_state_dict(state["model"])
     saved = TrainConfig.model_validate_json((run / "config.json").read_text())
     assert saved.epochs == 2 and saved.model == FAST["model"]
@@ -193,7 +193,7 @@ def test_cli_train_config_file_and_set(tmp_path: Path,
     cfg.write_text('epochs = 1\nbatch_size = 32\nprogress = "none"\nnum_threads = 1\n'
                    '[dataset_options]\nsize = 100\nnum_classes = 2\n')
     code = main(["train", "NetWidth", "--config", str(cfg), "--set", "n_chans1=8",
-                 "--set", "height=16", "--set", "width=16", "--out", str(tmp_path / "run"),
+                 "--set", "in_height=16", "--set", "in_width=16", "--out", str(tmp_path / "run"),
                  "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
@@ -266,7 +266,7 @@ def test_resume_of_a_run_with_biases_in_a_group_of_their_own(tmp_path: Path) -> 
     train("Net", epochs=1, out=tmp_path / "part", **cfg)
     path = tmp_path / "part" / "checkpoints" / "last.pt"
     state = torch.load(path, weights_only=False)
-    params = list(zoo.create_model("Net", height=16, width=16).parameters())
+    params = list(zoo.create_model("Net", in_height=16, in_width=16).parameters())
     old = state["optimizer"]
     assert len(old["param_groups"]) == 1
     ids = old["param_groups"][0]["params"]
@@ -287,7 +287,7 @@ def test_resume_of_a_run_with_biases_in_a_group_of_their_own(tmp_path: Path) -> 
 
 def test_the_architecture_recipe_changes_defaults_only(tmp_path: Path) -> None:
     """NetResDeep's spec lowers the peak learning rate; whatever a user sets wins."""
-    small = {**FAST, "model": {"height": 16, "width": 16, "n_blocks": 1},
+    small = {**FAST, "model": {"in_height": 16, "in_width": 16, "n_blocks": 1},
              "dataset_options": {"size": 80, "num_classes": 2}, "schedule": "none"}
 
     def lr(run: Path) -> float:

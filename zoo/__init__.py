@@ -40,7 +40,7 @@ def create_model(name: str, **overrides: Any) -> torch.nn.Module:
     """Build architecture ``name``.
 
     ``overrides`` are its hyperparameters and the shape keys ``in_channels``,
-    ``height``, ``width`` and ``num_classes``; each is validated by the spec's
+    ``in_height``, ``in_width`` and ``num_classes``; each is validated by the spec's
     pydantic model (:class:`zoo.errors.HyperparameterError` on bad input).
     """
     return default_registry().create_model(name, **overrides)

@@ -27,7 +27,7 @@ class TrainConfig(BaseModel):
     # what to train on
     model: dict[str, Any] = Field(default_factory=dict,
                                   description="Architecture overrides (hyperparameters, "
-                                              "in_channels, height, width, num_classes).")
+                                              "in_channels, in_height, in_width, num_classes).")
     dataset: str = Field("synthetic", description="A registered dataset name.")
     dataset_options: dict[str, Any] = Field(default_factory=dict,
                                             description="The dataset's own options.")

@@ -437,7 +437,7 @@ class Registry:
         # Re-validated: a config read from a run or bundle may predate a plugin update.
         shape = config.input_shape
         config = resolve_config(spec, {**config.hparams, "in_channels": shape.channels,
-                                       "height": shape.height, "width": shape.width,
+                                       "in_height": shape.height, "in_width": shape.width,
                                        "num_classes": config.num_classes})
         hparams = spec.hparams.model_validate(config.hparams)
         module = call_plugin(f"the builder {spec.builder!r} of architecture {spec.name!r}",

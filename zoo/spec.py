@@ -17,8 +17,12 @@ from zoo.errors import HyperparameterError, InputShapeError, PluginError
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
 IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
-#: Keys every architecture accepts besides its own hyperparameters.
-SHAPE_KEYS = ("in_channels", "height", "width", "num_classes")
+#: Keys every architecture accepts besides its own hyperparameters: the input's channels,
+#: height and width, and the number of classes. Prefixed, so that ``width``, ``height``,
+#: ``depth`` or ``channels`` stay free for an architecture's own hyperparameters.
+SHAPE_KEYS = ("in_channels", "in_height", "in_width", "num_classes")
+#: The input-size keys before they were prefixed, for a hint when someone uses them.
+OLD_SHAPE_KEYS = {"height": "in_height", "width": "in_width"}
 
 
 class InputShape(BaseModel):
@@ -137,8 +141,8 @@ def _config_model(spec: ArchitectureSpec) -> type[HParams]:
     shape = spec.input_shape
     fields: dict[str, Any] = {
         "in_channels": (int, Field(shape.channels, ge=1, le=64, description="Input channels.")),
-        "height": (int, Field(shape.height, ge=1, le=4096, description="Input height.")),
-        "width": (int, Field(shape.width, ge=1, le=4096, description="Input width.")),
+        "in_height": (int, Field(shape.height, ge=1, le=4096, description="Input height.")),
+        "in_width": (int, Field(shape.width, ge=1, le=4096, description="Input width.")),
         "num_classes": (int, Field(spec.num_classes, ge=2, le=100_000,
                                    description="Number of output classes.")),
     }
@@ -167,8 +171,8 @@ def resolve_config(spec: ArchitectureSpec, overrides: Mapping[str, Any]) -> Mode
     except ValidationError as exc:
         raise HyperparameterError(format_validation_error(spec, exc)) from None
     dumped = values.model_dump()
-    shape = InputShape(channels=dumped.pop("in_channels"), height=dumped.pop("height"),
-                       width=dumped.pop("width"))
+    shape = InputShape(channels=dumped.pop("in_channels"), height=dumped.pop("in_height"),
+                       width=dumped.pop("in_width"))
     num_classes = dumped.pop("num_classes")
     if min(shape.height, shape.width) < spec.min_input_size:
         raise InputShapeError(
@@ -186,7 +190,10 @@ def format_validation_error(spec: ArchitectureSpec, exc: ValidationError) -> str
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "(input)"
         if err["type"] == "extra_forbidden":
-            parts.append(f"{spec.name} has no hyperparameter {field!r}; accepted: {accepted}")
+            hint = (f" (the input's {field} is {OLD_SHAPE_KEYS[field]!r})"
+                    if field in OLD_SHAPE_KEYS else "")
+            parts.append(f"{spec.name} has no hyperparameter {field!r}{hint}; "
+                         f"accepted: {accepted}")
         else:
             msg = err["msg"][0].lower() + err["msg"][1:]
             parts.append(f"invalid value {err.get('input')!r} for {spec.name} "
