@@ -195,3 +195,19 @@ def test_listing_warns_about_a_plugin_importing_torch(make_dist: MakeDist,
     [warning] = proc.stderr.strip().splitlines()
     assert warning.startswith("zoo: warning: heavy-nets 1.0 (plugin 'heavy_nets'): importing "
                               "'heavy_nets' imported torch")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["NetDropout", "--set", "dropout=2"], "invalid value 2 for NetDropout hyperparameter "
+                                           "'dropout'"),
+    (["Net", "--option", "size=1"], "invalid option 'size' for dataset 'synthetic'"),
+    (["Net", "--lr", "-1"], "invalid value -1.0 for 'lr'"),
+])
+def test_train_rejects_bad_values_before_importing_torch(args: list[str], message: str) -> None:
+    code = ("import sys\nfrom zoo.cli import main\nrc = main(['train', *sys.argv[1:]])\n"
+            "print('torch' in sys.modules)\nraise SystemExit(rc)")
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1
+    assert proc.stdout.strip() == "False"
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -109,6 +109,12 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         from zoo.run import read_summary
 
         name = read_summary(args.resume).model.architecture
+    elif args.resume is None:  # bad values fail here, before the trainer imports torch
+        from zoo.config import validate_config
+
+        config = validate_config(fields, "training config")
+        registry.resolve(name, **config.model)
+        registry.get_dataset(config.dataset).validate_options(config.dataset_options)
     from zoo.trainer import train
 
     result = train(name, registry=registry, **fields)
