@@ -1,4 +1,5 @@
-"""``zoo list``, ``zoo show`` and ``zoo plugins``: what is installed (no torch import)."""
+"""``zoo list``, ``zoo show``, ``zoo plugins`` and ``zoo datasets``: what is installed (no torch).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zoo.datasets import USER_OPTIONS, DatasetSpec
 from zoo.errors import ZooError
 from zoo.manifest import read_manifest
 from zoo.pretrained import pretrained_bundles
@@ -35,6 +37,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                               help="list the plugins, their versions and what they provide")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=plugins_command, report_plugins=False)
+
+    p = subparsers.add_parser("datasets", help="list the installed datasets, or show one",
+                              description="List the installed datasets; 'zoo datasets show NAME' "
+                                          "shows one with its options.")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=datasets_command, dataset_name=None, schema=False)
+    sub = p.add_subparsers(dest="datasets_command", metavar="show")
+    s = sub.add_parser("show", help="show one dataset and its options")
+    s.add_argument("dataset_name", metavar="NAME")
+    s.add_argument("--schema", action="store_true", help="print the JSON Schema of its options")
+    s.add_argument("--json", action="store_true", help="print the spec as JSON")
 
 
 def warn_failed_plugins(registry: Registry, traceback: bool = False) -> None:
@@ -181,3 +194,61 @@ def plugins_command(args: argparse.Namespace, registry: Registry) -> int:
             for warning in i.warnings:
                 print(f"warning: {i.name}: {warning}")
     return 1 if any(i.failed for i in infos) else 0
+
+
+def dataset_record(spec: DatasetSpec) -> dict[str, Any]:
+    """A JSON-ready description of a dataset spec."""
+    prov = spec.provenance
+    return {
+        "name": spec.name,
+        "summary": spec.summary,
+        "loader": spec.loader,
+        "needs_data_dir": spec.needs_data_dir,
+        "downloads": spec.downloads,
+        "num_classes": spec.num_classes,
+        "uses": list(spec.uses) if spec.uses is not None else None,
+        "options": {name: _default(field) for name, field in spec.options.model_fields.items()},
+        "plugin": prov.plugin if prov else None,
+        "distribution": prov.distribution if prov else None,
+        "version": prov.version if prov else None,
+    }
+
+
+def datasets_command(args: argparse.Namespace, registry: Registry) -> int:
+    """``zoo datasets``: the table of datasets; ``zoo datasets show NAME``: one of them."""
+    if args.dataset_name is None:
+        specs = [registry.get_dataset(n) for n in registry.list_datasets()]
+        if args.json:
+            print(json.dumps([dataset_record(d) for d in specs], indent=2, default=str))
+            return 0
+        rows = [[d.name, d.summary, d.provenance.plugin if d.provenance else "-"] for d in specs]
+        print(_table(rows, ["NAME", "SUMMARY", "PLUGIN"]))
+        return 0
+    spec = registry.get_dataset(args.dataset_name)
+    if args.schema:
+        print(json.dumps(spec.options.model_json_schema(), indent=2))
+        return 0
+    if args.json:
+        print(json.dumps(dataset_record(spec), indent=2, default=str))
+        return 0
+    prov = spec.provenance
+    uses = ("not declared" if spec.uses is None
+            else ", ".join(USER_OPTIONS[u] for u in spec.uses) or "none")
+    print(f"{spec.name}: {spec.summary}")
+    print(f"  provided by:  {prov.describe() if prov else '-'}")
+    print(f"  loader:       {spec.loader}")
+    print(f"  data dir:     {'required (--data-dir DIR)' if spec.needs_data_dir else 'optional'}")
+    print(f"  downloads:    {'yes (unless --no-download)' if spec.downloads else 'no'}")
+    print(f"  classes:      {spec.num_classes or 'from the data'}")
+    print(f"  uses:         {uses}")
+    rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
+             "(required)" if field.is_required() else repr(_default(field)), _bounds(field),
+             field.description or ""]
+            for name, field in spec.options.model_fields.items()]
+    if not rows:
+        print("  options:      none")
+        return 0
+    print("  options (set with --option key=value):")
+    table = _table(rows, ["NAME", "TYPE", "DEFAULT", "BOUNDS", "DESCRIPTION"])
+    print("\n".join("    " + line for line in table.splitlines()))
+    return 0
