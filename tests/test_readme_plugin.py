@@ -29,18 +29,32 @@ def installed_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("readme")
     files = readme_files()
     assert {"zoo-lenet/pyproject.toml", "zoo-lenet/zoo_lenet/__init__.py",
-            "zoo-lenet/zoo_lenet/model.py"} <= set(files)
+            "zoo-lenet/zoo_lenet/model.py", "zoo-stripes/pyproject.toml",
+            "zoo-stripes/zoo_stripes/__init__.py", "zoo-stripes/zoo_stripes/data.py"} <= set(files)
     for rel, body in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(body)
     site = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(site), str(root / "zoo-lenet")],
+         "--no-index", "--target", str(site), str(root / "zoo-lenet"), str(root / "zoo-stripes")],
         check=True, capture_output=True, text=True, timeout=300,
     )
     assert list(site.glob("zoo_lenet-1.0.0.dist-info/entry_points.txt"))
+    assert list(site.glob("zoo_stripes-1.0.0.dist-info/entry_points.txt"))
     return site
+
+
+def readme_console(command: str) -> str:
+    """The output the README shows for ``$ command`` (up to the next ``$`` line)."""
+    text = README.read_text()
+    start = text.index(f"$ {command}\n") + len(command) + 3
+    lines = []
+    for line in text[start:].splitlines():
+        if line.startswith(("$ ", "```")):
+            break
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,3 +90,28 @@ def test_installed_plugin_builds_through_create_model(installed_example: Path) -
     assert lines[0] == "(2, 7)"
     assert lines[1].startswith("ERROR invalid value 'sigmoid' for LeNet5 hyperparameter "
                                "'activation'")
+
+
+def test_dataset_plugin_output_is_what_the_readme_shows(installed_example: Path) -> None:
+    for command in ("zoo datasets", "zoo datasets show stripes"):
+        proc = run(installed_example, "-m", "zoo", *command.split()[1:])
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == readme_console(command)
+
+
+def test_dataset_plugin_keeps_the_loader_contract(installed_example: Path) -> None:
+    code = (
+        "import zoo\n"
+        "spec = zoo.default_registry().get_dataset('stripes')\n"
+        "req = zoo.DatasetRequest(image_size=(12, 20), channels=3, val_split=0.25, seed=4)\n"
+        "d = spec.load(req, size=40)\n"
+        "print(d.train.images.shape, d.val.images.shape, d.classes, d.train.labels.dtype)\n"
+        "print(spec.load(req, size=40).content_key == d.content_key, (d.train.images[0] ==\n"
+        "      spec.load(req, size=40).train.images[0]).all())\n"
+        "spec.load(zoo.DatasetRequest(data_dir='x'), size=8)\n"
+    )
+    proc = run(installed_example, "-c", code)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "(30, 3, 12, 20) (10, 3, 12, 20) ('horizontal', 'vertical') int64", "True True"]
+    assert proc.stderr == "zoo: warning: dataset 'stripes' does not use --data-dir; ignored\n"

@@ -18,11 +18,25 @@ Rules every hook follows:
 * Hooks are called with keyword arguments only and take none here.
 * Hooks must be cheap and must not import torch: ``zoo list`` and ``zoo show``
   call them. Point at heavy code lazily, with ``"module:attribute"`` strings.
-* What a hook returns is validated; a plugin that raises, fails to import or
-  returns something invalid is reported by ``zoo plugins`` with its
-  distribution, and the other plugins keep working.
-* A name may be registered by one plugin only: two plugins providing the same
-  architecture or dataset name is an error naming both distributions.
+  A plugin whose import or hook imports a heavy module (torch, torchvision,
+  onnx, onnxruntime, matplotlib) is named in a warning.
+* A builder or loader must live in the plugin's own top-level package (the
+  package of the entry point's module): ``"my_nets.models:build"`` for the
+  plugin ``my_nets``, never ``"os:system"`` nor another distribution's code.
+* Failures stay local and are reported by ``zoo plugins`` (which then exits 1)
+  with the plugin's distribution, and warned about once by the other commands:
+  a plugin that fails to import contributes nothing; a hook that raises (a spec
+  that fails to construct raises in the hook) drops what that hook provides; a
+  returned spec that is invalid drops only itself.
+* A name may be registered by one plugin only: a name two plugins provide is
+  unavailable (an error naming both distributions) while every other name
+  works. An entry-point name of the zoo's own plugins (``chapter8``,
+  ``datasets``) is refused for any other distribution.
+* What plugin code raises when it runs (builder, loader) and what it returns
+  that breaks the contract below is a :class:`zoo.errors.PluginError` naming
+  the plugin and its distribution (:mod:`zoo.contract`).
+* :mod:`zoo.testing` checks a plugin against all of this in one call per
+  architecture or dataset (it is also a pytest plugin).
 """
 
 from __future__ import annotations
@@ -59,7 +73,14 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     The builder is imported only when a model is created, and is called as
     ``builder(hparams, input_shape=InputShape, num_classes=int)``, returning a
     ``torch.nn.Module`` that maps ``(N, C, H, W)`` float images to
-    ``(N, num_classes)`` logits.
+    ``(N, num_classes)`` logits. The zoo checks this once per built model on a
+    zero probe batch in eval mode (training flags restored, no random numbers
+    drawn): training, export and :func:`zoo.load` refuse a model that breaks it,
+    and an export is refused unless its ONNX graph gives one logit per class.
+
+    Hyperparameter names must not be the shape keys ``in_channels``,
+    ``in_height``, ``in_width`` and ``num_classes``; every other name
+    (``width``, ``depth``, ``channels``...) is the plugin's.
 
     On a multi-core CPU the trainer may train parts of a batch on parallel
     threads (:mod:`zoo.batchsplit`). It first checks that the module's training
@@ -73,11 +94,43 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
 def zoo_datasets() -> Sequence[DatasetSpec]:
     """Return the datasets this plugin provides.
 
-    Each item is a :class:`zoo.DatasetSpec`: a unique ``name``, a one-line
-    ``summary``, the ``loader`` as a ``"module:function"`` string, its
-    ``options`` pydantic model, and whether it needs a data directory or may
-    download. The loader is imported only when the dataset is used, and is
-    called as ``loader(request: zoo.DatasetRequest, options)``, returning a
-    :class:`zoo.datasets.LoadedDataset` (uint8 images, integer labels, class
-    names and a content key that identifies the source's content).
+    Each item is a :class:`zoo.DatasetSpec`:
+
+    * ``name``: unique across plugins; ``summary``: one line.
+    * ``loader``: ``"module:function"`` in the plugin's own package, imported
+      only when the dataset is used.
+    * ``options``: a :class:`zoo.DatasetOptions` subclass, the dataset's own
+      settings (``--option key=value``, validated before the loader runs).
+    * ``needs_data_dir``: whether ``--data-dir`` is required; ``downloads``:
+      whether it can fetch its data; ``num_classes``: its class count if fixed.
+    * ``uses``: which of the request's user options the loader honours, from
+      ``data_dir``, ``val_dir``, ``val_split``, ``strict``, ``download``; any
+      other one the user sets is warned about as ignored (``None``: undeclared).
+
+    The loader is called as ``loader(request, options)`` with a
+    :class:`zoo.DatasetRequest` and the validated options. Its obligations:
+
+    * ``request.image_size`` ``(height, width)``: every image has exactly that
+      size (resize); ``None`` leaves the data's own size.
+    * ``request.channels``: every image has exactly that many channels (1 grey,
+      3 RGB).
+    * ``request.data_dir`` / ``request.val_dir``: where the data and a separate
+      validation set lie; ``request.val_split``: the fraction to hold out when the
+      data has no split of its own; ``request.seed``: the seed of anything random
+      (same seed, same dataset); ``request.strict``: fail on an unreadable file
+      rather than skip it; ``request.download``: whether fetching is allowed;
+      ``request.cache_dir``: where decoded caches may go; ``request.quiet``:
+      print no warnings.
+    * Raise :class:`zoo.errors.DataError` (a :class:`zoo.ZooError`) for data a
+      user can fix; anything else it raises is reported as the plugin's fault.
+
+    It returns a :class:`zoo.LoadedDataset`: ``name``; ``train`` and ``val``,
+    two non-empty :class:`zoo.Split` s of ``images`` (``numpy.uint8``,
+    ``(N, C, H, W)``) and ``labels`` (``numpy.int64``, ``(N,)``, each in
+    ``0 .. len(classes) - 1``); ``classes``, at least two distinct names;
+    ``content_key``, a non-empty string that changes whenever the data would (a
+    hash of the files, or of the generator's options and seed: runs record it and
+    ``--resume`` refuses changed data); ``split_description``, one sentence on how
+    train and validation were separated; ``skipped``, the files it could not read.
+    The zoo checks all of this and refuses a dataset that breaks it.
     """
