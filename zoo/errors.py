@@ -35,6 +35,10 @@ class ContractError(PluginError):
     """A plugin's builder or loader returned something that breaks the zoo's contract."""
 
 
+class ConformanceError(ZooError, AssertionError):
+    """A plugin's architecture or dataset fails a check of the conformance kit (zoo.testing)."""
+
+
 class DataError(ZooError):
     """A dataset that cannot be read: missing, empty, corrupt or inconsistent."""
 
