@@ -115,3 +115,12 @@ def test_dataset_plugin_keeps_the_loader_contract(installed_example: Path) -> No
     assert proc.stdout.splitlines() == [
         "(30, 3, 12, 20) (10, 3, 12, 20) ('horizontal', 'vertical') int64", "True True"]
     assert proc.stderr == "zoo: warning: dataset 'stripes' does not use --data-dir; ignored\n"
+
+
+@pytest.mark.slow
+def test_the_readme_conformance_tests_pass_on_both_plugins(installed_example: Path) -> None:
+    tests = installed_example.parent / "plugin-tests" / "test_conformance.py"
+    proc = run(installed_example, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               "--rootdir", str(tests.parent), str(tests))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
