@@ -211,3 +211,16 @@ def test_train_rejects_bad_values_before_importing_torch(args: list[str], messag
     assert proc.returncode == 1
     assert proc.stdout.strip() == "False"
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_traceback_flag_shows_a_failed_plugin_s_own_exception(
+        make_dist: MakeDist, capsys: pytest.CaptureFixture[str]) -> None:
+    make_dist("broken-tb", "broken_tb", "def helper():\n    raise ValueError('deep down')\n"
+                                        "helper()\n")
+    assert main(["list", "Net"]) == 0
+    [warning] = capsys.readouterr().err.strip().splitlines()
+    assert warning == ("zoo: warning: broken-tb 1.0 (plugin 'broken_tb'): failed to import "
+                       "'broken_tb': ValueError: deep down (see 'zoo plugins')")
+    assert main(["--traceback", "list", "Net"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "in helper" in err

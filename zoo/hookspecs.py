@@ -37,6 +37,8 @@ Rules every hook follows:
   the plugin and its distribution (:mod:`zoo.contract`).
 * :mod:`zoo.testing` checks a plugin against all of this in one call per
   architecture or dataset (it is also a pytest plugin).
+
+``zoo new-plugin NAME`` writes a ready plugin distribution to start from.
 """
 
 from __future__ import annotations
