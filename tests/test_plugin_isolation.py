@@ -68,12 +68,15 @@ def test_a_duplicate_name_is_unavailable_and_everything_else_works(
     captured = capsys.readouterr()
     assert [r["name"] for r in json.loads(captured.out)] == ["NetRes", "NetResDeep"]
     [warning] = captured.err.strip().splitlines()
-    assert "architecture 'Net' is registered by both zoo 0.1.0" in warning
+    assert warning.startswith("zoo: warning: architecture 'Net' is registered by both zoo 0.1.0")
     assert "evil-zoo 6.6" in warning
     assert main(["show", "Net"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("zoo: error: architecture 'Net' is registered by both")
     assert main(["plugins"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("architecture 'Net' is registered by both") == 1
+    assert "\nconflict: architecture 'Net' is registered by both zoo 0.1.0" in out
 
 
 def test_an_entry_point_named_like_a_builtin_is_refused(make_dist: MakeDist,

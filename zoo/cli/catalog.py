@@ -52,9 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def warn_failed_plugins(registry: Registry, traceback: bool = False) -> None:
     """Warn on stderr, once per registry, of each plugin failure, problem and warning."""
+    conflicts = set(registry.conflicts)  # these name both plugins already
     for info, message in registry.unreported():
-        print(f"zoo: warning: {info.provenance.describe()}: {message} (see 'zoo plugins')",
-              file=sys.stderr)
+        who = "" if message in conflicts else f"{info.provenance.describe()}: "
+        print(f"zoo: warning: {who}{message} (see 'zoo plugins')", file=sys.stderr)
         exc = registry.plugin_exception(info.name)
         if traceback and exc is not None and info.status != "blocked":
             import traceback as tb
@@ -188,9 +189,14 @@ def plugins_command(args: argparse.Namespace, registry: Registry) -> int:
                 detail = provides or "(nothing)"
             rows.append([i.name, i.distribution or "-", i.version or "-", i.status, detail])
         print(_table(rows, ["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "PROVIDES"]))
+        conflicts = registry.conflicts
         for i in infos:
             for problem in i.problems:
-                print(f"problem: {i.name}: {problem}")
+                if problem not in conflicts:
+                    print(f"problem: {i.name}: {problem}")
+        for conflict in conflicts:
+            print(f"conflict: {conflict}")
+        for i in infos:
             for warning in i.warnings:
                 print(f"warning: {i.name}: {warning}")
     return 1 if any(i.failed for i in infos) else 0
