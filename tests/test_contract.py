@@ -190,3 +190,10 @@ def test_builtin_synthetic_warns_about_data_dir(capsys: pytest.CaptureFixture[st
                      size=20)
     assert data.train.images.dtype == np.uint8
     assert "dataset 'synthetic' does not use --data-dir; ignored" in capsys.readouterr().err
+
+
+def test_a_loader_must_give_the_class_count_its_spec_declares(registry: Registry) -> None:
+    spec = registry.get_dataset("faulty").model_copy(update={"num_classes": 3})
+    with pytest.raises(ContractError, match=r"its spec declares 3 classes; the loader gave 2 "
+                                            r"\(a, b\)"):
+        spec.load(DatasetRequest())

@@ -187,6 +187,9 @@ def check_dataset(loaded: object, spec: DatasetSpec, request: DatasetRequest) ->
             or len(set(classes)) < 2 or len(set(classes)) != len(classes)):
         raise ContractError(f"{head}: classes must be a tuple of at least two distinct names; "
                             f"seen {classes!r}")
+    if spec.num_classes is not None and len(classes) != spec.num_classes:
+        raise ContractError(f"{head}: its spec declares {spec.num_classes} classes; the loader "
+                            f"gave {len(classes)} ({', '.join(classes)})")
     if not isinstance(loaded.content_key, str) or not loaded.content_key:
         raise ContractError(f"{head}: content_key must be a non-empty string; seen "
                             f"{loaded.content_key!r}")

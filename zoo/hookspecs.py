@@ -104,7 +104,8 @@ def zoo_datasets() -> Sequence[DatasetSpec]:
     * ``options``: a :class:`zoo.DatasetOptions` subclass, the dataset's own
       settings (``--option key=value``, validated before the loader runs).
     * ``needs_data_dir``: whether ``--data-dir`` is required; ``downloads``:
-      whether it can fetch its data; ``num_classes``: its class count if fixed.
+      whether it can fetch its data; ``num_classes``: its class count if fixed
+      (the loader must then give that many).
     * ``uses``: which of the request's user options the loader honours, from
       ``data_dir``, ``val_dir``, ``val_split``, ``strict``, ``download``; any
       other one the user sets is warned about as ignored (``None``: undeclared).

@@ -27,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("name", metavar="NAME", nargs="?",
                    help="architecture (optional with --resume)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="model hyperparameter or shape key, e.g. n_chans1=16 (repeatable)")
+                   help="model hyperparameter or shape key (in_channels, in_height, in_width, "
+                        "num_classes), e.g. n_chans1=16 (repeatable)")
     p.add_argument("--option", dest="dataset_opts", action="append", default=[],
                    metavar="KEY=VALUE", help="dataset option, e.g. size=500 (repeatable)")
     p.add_argument("--config", type=Path, metavar="FILE", help="TrainConfig as JSON or TOML")
