@@ -134,8 +134,7 @@ def test_a_bad_model_is_refused_by_training_export_and_load(registry: Registry,
     reg2 = Registry(entry_points=False)
     module = types.ModuleType("contract_nets2")
     module.zoo_architectures = zoo.hookimpl(lambda: [broken])  # type: ignore[attr-defined]
-    reg2.register(module, name="contract2")
-    reg2._packages["contract2"] = "contract_nets"
+    reg2.register(module, name="contract2", package="contract_nets")
     with pytest.raises(BundleError, match=r"cannot rebuild 'Tiny'.*breaks the model contract"):
         zoo.load(tmp_path / "tiny", registry=reg2)
 

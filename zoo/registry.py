@@ -198,11 +198,12 @@ class Registry:
         *,
         distribution: str | None = None,
         version: str | None = None,
+        package: str | None = None,
     ) -> str:
         """Register a plugin object (a module or an instance with ``@hookimpl`` methods).
 
-        Its builders and loaders must live in its own top-level package (that of the
-        module, or of the instance's class).
+        Its builders and loaders must live in ``package``, by default its own top-level
+        package (that of the module, or of the instance's class).
         """
         plugin_name = name or getattr(plugin, "__name__", None) or repr(plugin)
         if plugin_name in self._blocked:
@@ -220,7 +221,7 @@ class Registry:
             self._record_error(plugin_name, distribution, version, _one_line(exc), exc)
             return plugin_name
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
-        self._packages[plugin_name] = module.partition(".")[0]
+        self._packages[plugin_name] = package or module.partition(".")[0]
         self._infos[plugin_name] = PluginInfo(name=plugin_name, distribution=distribution,
                                               version=version)
         self._architectures = self._datasets = None
