@@ -47,8 +47,9 @@ class PluginInfo(BaseModel):
     """One plugin as ``zoo plugins`` shows it.
 
     ``status`` is ``loaded``; ``partial`` when some of what it declares was dropped
-    (an invalid spec, a name another plugin also registers: see ``problems``);
-    ``error`` when it failed as a whole (import, hook call); or ``blocked``.
+    (a hook that raised, an invalid spec, a name another plugin also registers: see
+    ``problems``); ``error`` when it failed as a whole (its import, hooks pluggy
+    refuses, an entry-point name already taken: see ``error``); or ``blocked``.
     ``warnings`` say what slows the zoo down (a heavy import while listing).
     """
 
@@ -120,10 +121,11 @@ class Registry:
     ``ZOO_BLOCK_PLUGINS``. Pass ``entry_points=False`` to load nothing but the
     plugins given to :meth:`register`.
 
-    Failures stay local: a plugin that fails to import or whose hook raises
-    contributes nothing, an invalid spec drops only itself, and a name two
-    plugins register is unavailable (:class:`DuplicateNameError`) while every
-    other name works. :meth:`plugins` reports each of them.
+    Failures stay local: a plugin that fails to import contributes nothing, a
+    hook that raises drops what that hook provides, an invalid spec drops only
+    itself, and a name two plugins register is unavailable
+    (:class:`DuplicateNameError`) while every other name works. :meth:`plugins`
+    reports each of them; :meth:`unreported` gives each once, for a warning.
     """
 
     def __init__(
@@ -169,10 +171,8 @@ class Registry:
             if not autoload and dist != CORE_DISTRIBUTION and ep.name not in explicit:
                 continue
             if dist != CORE_DISTRIBUTION and (ep.name in builtin or ep.name in self._infos):
-                owner = self._infos.get(ep.name)
-                taken = owner.provenance.describe() if owner else "the zoo's built-in plugin"
-                if ep.name in builtin:
-                    taken = f"the zoo's built-in plugin {ep.name!r}"
+                taken = (f"the zoo's built-in plugin {ep.name!r}" if ep.name in builtin
+                         else self._infos[ep.name].provenance.describe())
                 self._record_error(f"{ep.name} [{dist}]", dist, version,
                                    f"refused: the entry-point name {ep.name!r} is already taken "
                                    f"by {taken}; rename the entry point", name=ep.name)
