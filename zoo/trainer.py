@@ -47,6 +47,7 @@ from zoo.checkpoint import (
     set_rng_state,
 )
 from zoo.config import TrainConfig, validate_config
+from zoo.curves import write_curves
 from zoo.datasets import DatasetRequest, LoadedDataset
 from zoo.distributed import (
     all_gather_object,
@@ -151,37 +152,6 @@ def write_metrics(run_dir: Path, metrics: list[EpochMetrics]) -> None:
     for m in metrics:
         writer.writerow([getattr(m, n) for n in names])
     atomic_write_text(run_dir / METRICS_CSV, buf.getvalue())
-
-
-def write_curves(run_dir: Path, metrics: list[EpochMetrics], title: str) -> bool:
-    """Loss and accuracy per epoch as a PNG (if matplotlib is installed)."""
-    if not metrics:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    epochs = [m.epoch for m in metrics]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [m.train_loss for m in metrics], "o-", label="train")
-    ax_loss.plot(epochs, [m.val_loss for m in metrics], "o-", label="val")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [m.train_acc for m in metrics], "o-", label="train")
-    ax_acc.plot(epochs, [m.val_acc for m in metrics], "o-", label="val")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(run_dir / CURVES_PNG) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return True
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------------
