@@ -393,13 +393,28 @@ def render_filters(result: InspectionResult, path: Path) -> int:
     return len(tiles)
 
 
-def render_feature_map(fm: FeatureMap, path: Path) -> int:
-    """Draw one block's maps as a grid, each tile min-max scaled; return the number of tiles."""
+def render_feature_map(fm: FeatureMap, path: Path, image: np.ndarray | None = None) -> int:
+    """Draw one block's maps as a grid, each tile min-max scaled, beside the input ``image``
+    (uint8 (C, H, W)) when given; return the number of tiles."""
     tiles = [min_max(m) for m in fm.maps]
     h = fm.maps.shape[1]
     grid = mosaic(tiles, scale=max(1, 48 // max(h, 1)), background=np.nan)
-    fig = new_figure(5.0, 5.3)
-    show_mosaic(fig, grid, fm.title, cmap="viridis")
+    if image is None:
+        fig = new_figure(5.0, 5.3)
+        show_mosaic(fig, grid, fm.title, cmap="viridis")
+    else:
+        fig = new_figure(6.6, 5.3)
+        left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 4]})
+        pixels = image.transpose(1, 2, 0)
+        left.imshow(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, cmap="gray",
+                    interpolation="nearest")
+        left.set_title("input", fontsize=9)
+        left.set_axis_off()
+        right.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0.0, vmax=1.0,
+                     interpolation="nearest")
+        right.set_axis_off()
+        fig.suptitle(fm.title, fontsize=10)
+        fig.tight_layout(pad=0.4, rect=(0.0, 0.0, 1.0, 0.96))
     save_png(fig, path)
     return len(tiles)
 
@@ -446,7 +461,7 @@ def write_inspection(result: InspectionResult, out_dir: Path, *, layer: str | No
         index = result.feature_maps.index(fm) + 1
         path = out_dir / feature_map_file(index, fm)
         pictures.append(Picture(path=str(path), title=fm.title,
-                                tiles=render_feature_map(fm, path)))
+                                tiles=render_feature_map(fm, path, result.image)))
     return InspectionReport(
         source=result.source, architecture=result.architecture, trained=result.trained,
         image=image_name, top=tuple(result.top(top_k)),

@@ -65,7 +65,7 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
         print(report.model_dump_json(indent=2))
         return 0
     trained = "" if result.trained else " (untrained)"
-    print(f"{result.source}{trained} on {args.image}:")
+    print(f"{args.model}{trained} on {args.image}:")
     for score in report.top:
         print(f"  {score.label:<16} {score.probability:.3f}")
     print(f"{report.filters.path}: {report.filters.title}, {report.filters.tiles} tiles")
