@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,14 @@ def test_cli_filters_demo(tmp_path: Path, image_file: Path,
     assert _png_std(tmp_path / "d" / "filters-demo.png") > 0
     assert "average (blur), vertical edge, horizontal edge" in capsys.readouterr().out
     assert main(["filters", "demo", str(tmp_path / "missing.png")]) == 1
+
+
+def test_readme_pictures_are_committed_and_small() -> None:
+    root = Path(__file__).resolve().parents[1]
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", (root / "README.md").read_text())
+    assert {"docs/filters-demo.png", "docs/inspect-filters.png", "docs/inspect-conv1.png",
+            "docs/compare.png"} <= set(pictures)
+    for name in pictures:
+        path = root / name
+        assert path.is_file() and path.stat().st_size < 200 * 1024, name
+        assert _png_std(path) > 0
