@@ -15,7 +15,7 @@ from PIL import Image
 
 import zoo
 from zoo.cli import main
-from zoo.filters import KERNELS, apply_kernel, filter_demo, render_demo
+from zoo.filters import KERNELS, MAX_SIDE, apply_kernel, filter_demo, render_demo
 from zoo.inspection import InspectionError, inspect_model, write_inspection
 from zoo.registry import Registry
 
@@ -174,6 +174,11 @@ def test_cli_filters_demo(tmp_path: Path, image_file: Path,
     assert _png_std(tmp_path / "d" / "filters-demo.png") > 0
     assert "average (blur), vertical edge, horizontal edge" in capsys.readouterr().out
     assert main(["filters", "demo", str(tmp_path / "missing.png")]) == 1
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1200, 300), (200, 10, 10)).save(big)
+    demo = filter_demo(big)
+    assert demo.image.shape == (3, 128, MAX_SIDE)
+    assert demo.outputs["average (blur)"].shape == (128, MAX_SIDE)
 
 
 def test_readme_pictures_are_committed_and_small() -> None:

@@ -27,6 +27,8 @@ KERNELS: dict[str, np.ndarray] = {
     "horizontal edge": np.array([[-1.0, 0.0, 1.0]] * 3, dtype=np.float32).T.copy(),
 }
 DEMO_PNG = "filters-demo.png"
+#: Larger images are shrunk to this longest side first (the chapter's images are 32×32).
+MAX_SIDE = 512
 
 
 def apply_kernel(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
@@ -51,12 +53,20 @@ class FilterDemo:
 
 
 def filter_demo(image: str | os.PathLike[str] | np.ndarray) -> FilterDemo:
-    """Apply every kernel of :data:`KERNELS` to ``image`` (a file or a uint8 (C, H, W) array)."""
+    """Apply every kernel of :data:`KERNELS` to ``image`` (a file or a uint8 (C, H, W) array).
+
+    A file is decoded as RGB, shrunk to :data:`MAX_SIDE` pixels on its longer side.
+    """
     if isinstance(image, np.ndarray):
         pixels = image
     else:
         try:
             pixels = decode_image(os.fspath(image), 3)
+            h, w = pixels.shape[1:]
+            if max(h, w) > MAX_SIDE:
+                scale = MAX_SIDE / max(h, w)
+                size = (max(1, round(h * scale)), max(1, round(w * scale)))
+                pixels = decode_image(os.fspath(image), 3, size)
         except ImageDecodeError as exc:
             raise ZooError(str(exc)) from None
     x = pixels.astype(np.float32) / 255.0
@@ -82,4 +92,5 @@ def render_demo(demo: FilterDemo, path: Path) -> int:
     return panels
 
 
-__all__ = ["DEMO_PNG", "KERNELS", "FilterDemo", "apply_kernel", "filter_demo", "render_demo"]
+__all__ = ["DEMO_PNG", "KERNELS", "MAX_SIDE", "FilterDemo", "apply_kernel", "filter_demo",
+           "render_demo"]
