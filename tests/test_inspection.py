@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,10 @@ from PIL import Image
 
 import zoo
 from zoo.cli import main
+from zoo.errors import BundleError
 from zoo.filters import KERNELS, MAX_SIDE, apply_kernel, filter_demo, render_demo
 from zoo.inspection import InspectionError, inspect_model, write_inspection
+from zoo.pretrained import pretrained_bundles
 from zoo.registry import Registry
 
 
@@ -127,6 +130,20 @@ def test_cli_inspect(tmp_path: Path, image_file: Path, capsys: pytest.CaptureFix
         capsys.readouterr().err)
     assert main(["inspect", "NoSuchNet", str(image_file)]) == 1
     assert "no model 'NoSuchNet'" in capsys.readouterr().err
+
+
+def test_a_tampered_shipped_bundle_is_refused(tmp_path: Path, image_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = tmp_path / "exports"
+    shutil.copytree(pretrained_bundles()["Net"], exports / "Net-cifar2")
+    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
+    assert inspect_model("Net", image_file).trained
+    with (exports / "Net-cifar2" / "model.pt").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="does not match its SHA-256"):
+        inspect_model("Net", image_file)  # not silently the untrained architecture
+    with pytest.raises(InspectionError, match="neither a run directory"):
+        inspect_model(tmp_path, image_file)
 
 
 def test_errors(tmp_path: Path, image_file: Path) -> None:

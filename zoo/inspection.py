@@ -35,6 +35,8 @@ from zoo.deploy import ClassScore
 from zoo.errors import BundleError, UnknownArchitectureError, ZooError
 from zoo.figures import min_max, mosaic, new_figure, save_png, show_mosaic
 from zoo.imaging import ImageDecodeError, decode_image, normalize, to_mode
+from zoo.manifest import MANIFEST_FILE
+from zoo.pretrained import resolve_bundle
 from zoo.registry import Registry, default_registry
 from zoo.run import BEST_CHECKPOINT, SUMMARY_FILE, checkpoint_path, read_summary
 
@@ -139,15 +141,14 @@ def _load(source: str | os.PathLike[str], registry: Registry) -> _Loaded:
         return _Loaded(model, text, summary.model.architecture,
                        summary.model.input_shape.as_tuple(), norm.mean, norm.std,
                        tuple(summary.data.classes), True)
-    if path.exists() and not path.is_dir():
-        raise InspectionError(f"{text!r} is a file; MODEL is a run directory, a bundle directory, "
-                              "a shipped bundle name or an architecture name")
+    if path.exists() and not (path / MANIFEST_FILE).is_file():
+        raise InspectionError(f"{text!r} is neither a run directory (no {SUMMARY_FILE}) nor a "
+                              f"bundle (no {MANIFEST_FILE})")
     try:
-        loaded = load_bundle(text, registry=registry)
-    except BundleError as exc:
-        if path.exists() or "/" in text or os.sep in text:
-            raise InspectionError(f"{text!r} is neither a run directory (no {SUMMARY_FILE}) nor "
-                                  f"a bundle ({exc})") from None
+        bundle = resolve_bundle(text)
+    except BundleError:
+        bundle = None
+    if bundle is None:
         try:
             config = registry.resolve(text)
         except UnknownArchitectureError:
@@ -160,6 +161,7 @@ def _load(source: str | os.PathLike[str], registry: Registry) -> _Loaded:
         classes = tuple(f"class{i}" for i in range(config.num_classes))
         return _Loaded(model, f"{text} (untrained, seed 0)", text,
                        config.input_shape.as_tuple(), None, None, classes, False)
+    loaded = load_bundle(bundle, registry=registry)  # a tampered bundle is an error, no fallback
     m = loaded.manifest
     return _Loaded(loaded.model, str(loaded.path), m.architecture, m.model.input_shape.as_tuple(),
                    m.normalization.mean, m.normalization.std, m.classes,
