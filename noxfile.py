@@ -87,3 +87,4 @@ def zoo(session: nox.Session) -> None:
         session.run(*train)
         session.run("zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force")
     session.run("python", "-m", "zoo.modeltable", "--write", "README.md")
+    session.run("zoo", "compare", *_architectures(session), "--out", "docs/compare.png")

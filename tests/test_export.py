@@ -26,6 +26,7 @@ from zoo.manifest import (
     VerificationError,
     sha256_file,
 )
+from zoo.modelcard import CARD_FILE
 
 ARCHITECTURES = zoo.list_models()
 
@@ -43,7 +44,8 @@ def non_default_overrides(name: str) -> dict[str, Any]:
 
 def _check_bundle(path: Path, manifest: Manifest) -> None:
     files = sorted(p.name for p in path.iterdir())
-    assert files == sorted([MANIFEST_FILE, WEIGHTS_FILE, ONNX_FILE])
+    assert files == sorted([MANIFEST_FILE, *manifest.files])  # the model card is listed too
+    assert {WEIGHTS_FILE, ONNX_FILE, CARD_FILE} <= set(manifest.files)
     on_disk = Manifest.model_validate_json((path / MANIFEST_FILE).read_text())
     assert on_disk == manifest
     for name in (WEIGHTS_FILE, ONNX_FILE):

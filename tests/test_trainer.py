@@ -78,7 +78,6 @@ def test_train_writes_a_complete_run(tmp_path: Path) -> None:
     model.load_state_dict(state["model"])
     saved = TrainConfig.model_validate_json((run / "config.json").read_text())
     assert saved.epochs == 2 and saved.model == FAST["model"]
-    pytest.importorskip("matplotlib")
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -108,6 +107,9 @@ def test_resume_is_bitwise_exact(tmp_path: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(whole) == _metrics(resumed)
     assert len((tmp_path / "part" / "metrics.jsonl").read_text().splitlines()) == 2
+    confusions = (whole.summary.best_confusion, whole.summary.last_confusion)
+    assert (resumed.summary.best_confusion, resumed.summary.last_confusion) == confusions
+    assert None not in confusions
 
 
 def test_ctrl_c_saves_and_resume_is_exact(tmp_path: Path, registry: Registry) -> None:
@@ -123,6 +125,7 @@ def test_ctrl_c_saves_and_resume_is_exact(tmp_path: Path, registry: Registry) ->
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "part")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(whole) == _metrics(resumed)
+    assert resumed.summary.best_confusion == whole.summary.best_confusion is not None
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path,

@@ -61,6 +61,7 @@ from zoo.manifest import (
     Versions,
     file_entry,
 )
+from zoo.modelcard import write_card
 from zoo.pretrained import ENV_EXPORTS
 from zoo.registry import Registry, default_registry
 from zoo.run import (
@@ -123,6 +124,7 @@ class _Source:
     checkpoint: str | None
     samples: np.ndarray | None
     name: str
+    run_dir: Path | None = None
 
 
 def _identity_normalization(channels: int) -> Normalization:
@@ -166,7 +168,7 @@ def _load_source(source: str | Path, overrides: Mapping[str, Any], registry: Reg
             if len(samples) == 0:
                 samples = None
         return _Source(model, summary.model, summary, which, samples,
-                       f"{summary.model.architecture}-{summary.data.dataset}")
+                       f"{summary.model.architecture}-{summary.data.dataset}", path)
     try:
         config = registry.resolve(text, **dict(overrides))
     except UnknownArchitectureError as exc:
@@ -401,6 +403,11 @@ def export(
                 versions=_versions(),
                 created=datetime.now(timezone.utc),
             )
+            # the model card and its pictures, hashed by the manifest like the model files
+            card = write_card(tmp, manifest, dest.name, spec=spec, summary=src.summary,
+                              run_dir=src.run_dir)
+            manifest = manifest.model_copy(update={"files": {
+                **manifest.files, **{name: file_entry(tmp / name) for name in card}}})
             (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
     except FileExistsError:
         raise ExportError(f"{dest} appeared while exporting; pass --force to replace it") from None

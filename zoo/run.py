@@ -33,6 +33,11 @@ VAL_SAMPLES = "val_samples.npy"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+#: Validation confusion matrices are recorded for at most this many classes.
+CONFUSION_MAX_CLASSES = 100
+
+#: ``confusion[true][predicted]``: validation images of class ``true`` predicted ``predicted``.
+Confusion = tuple[tuple[int, ...], ...]
 
 
 class Normalization(BaseModel):
@@ -88,6 +93,10 @@ class RunSummary(BaseModel):
     train_seconds: float = 0.0
     best: EpochMetrics | None = None
     last: EpochMetrics | None = None
+    best_confusion: Confusion | None = Field(
+        None, description="Validation confusion matrix of the best epoch (rows: true class).")
+    last_confusion: Confusion | None = Field(
+        None, description="Validation confusion matrix of the last epoch (rows: true class).")
     zoo_version: str
     torch_version: str
 

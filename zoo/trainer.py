@@ -47,6 +47,7 @@ from zoo.checkpoint import (
     set_rng_state,
 )
 from zoo.config import TrainConfig, validate_config
+from zoo.curves import write_curves
 from zoo.datasets import DatasetRequest, LoadedDataset
 from zoo.distributed import (
     all_gather_object,
@@ -72,12 +73,14 @@ from zoo.run import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     CONFIG_FILE,
+    CONFUSION_MAX_CLASSES,
     CURVES_PNG,
     LAST_CHECKPOINT,
     METRICS_CSV,
     METRICS_JSONL,
     SUMMARY_FILE,
     VAL_SAMPLES,
+    Confusion,
     DataInfo,
     EpochMetrics,
     Normalization,
@@ -151,37 +154,6 @@ def write_metrics(run_dir: Path, metrics: list[EpochMetrics]) -> None:
     for m in metrics:
         writer.writerow([getattr(m, n) for n in names])
     atomic_write_text(run_dir / METRICS_CSV, buf.getvalue())
-
-
-def write_curves(run_dir: Path, metrics: list[EpochMetrics], title: str) -> bool:
-    """Loss and accuracy per epoch as a PNG (if matplotlib is installed)."""
-    if not metrics:
-        return False
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    epochs = [m.epoch for m in metrics]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [m.train_loss for m in metrics], "o-", label="train")
-    ax_loss.plot(epochs, [m.val_loss for m in metrics], "o-", label="val")
-    ax_loss.set_xlabel("epoch")
-    ax_loss.set_ylabel("loss")
-    ax_loss.legend()
-    ax_acc.plot(epochs, [m.train_acc for m in metrics], "o-", label="train")
-    ax_acc.plot(epochs, [m.val_acc for m in metrics], "o-", label="val")
-    ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("accuracy")
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(run_dir / CURVES_PNG) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return True
 
 
 # -- Ctrl-C ----------------------------------------------------------------------------------
@@ -353,6 +325,8 @@ class _Position:
     partial: dict[str, Any] | None = None  # the interrupted epoch's totals so far
     scaler: dict[str, Any] | None = None
     batch_split: int | None = None  # the parts per batch the run was started with
+    best_confusion: Confusion | None = None  # validation confusion matrices
+    last_confusion: Confusion | None = None
 
     @property
     def best_acc(self) -> float:
@@ -400,6 +374,7 @@ class _Trainer:
     stop: _StopFlag
     threads: int  # intra-op threads of this process on CPU
     splitter: BatchSplitter | None  # CPU: each batch trained as parallel parts
+    val_confusion: Confusion | None  # the last validation's confusion matrix
     trained_params: list[nn.Parameter]  # what the splitter computes gradients for
 
     def __init__(self, architecture: str, config: TrainConfig, registry: Registry) -> None:
@@ -591,6 +566,8 @@ class _Trainer:
             train_seconds=float(state["train_seconds"]),
             partial=state.get("partial"), scaler=state.get("scaler"),
             batch_split=int(state.get("batch_split") or 1))  # older runs trained unsplit
+        previous = zoo.run.read_summary(self.run_dir)
+        pos.best_confusion, pos.last_confusion = previous.best_confusion, previous.last_confusion
         rngs = state["rng"]
         set_rng_state(rngs[self.dist.rank] if isinstance(rngs, list) else rngs, self.device)
         return pos
@@ -779,7 +756,10 @@ class _Trainer:
             timing = torch.tensor([train_time], dtype=torch.float64, device=device)
             train_time = float(all_reduce(timing, self.dist, op="max"))
         t_loss, t_correct, t_seen = (float(v) for v in train_totals.cpu())
-        v_loss, v_correct, v_seen = (float(v) for v in val_totals.cpu())
+        v_loss, v_correct, v_seen = (float(v) for v in val_totals[:3].cpu())
+        k = self.model_config.num_classes
+        counts = val_totals[3:].round().long().view(-1, k).tolist() if len(val_totals) > 3 else []
+        self.val_confusion = tuple(tuple(row) for row in counts) or None
         if not math.isfinite(t_loss) or not math.isfinite(v_loss):
             self._non_finite(epoch, self.steps - 1, totals.lr)
         epoch_seconds = time.perf_counter() - totals.started + totals.elapsed_before
@@ -798,6 +778,9 @@ class _Trainer:
         core.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
+        k = self.model_config.num_classes
+        confusion = torch.zeros(k * k if k <= CONFUSION_MAX_CLASSES else 0, dtype=torch.float64,
+                                device=device)
         n = len(data)
         mine = torch.arange(dist_info.rank, n, dist_info.world, device=device)
         with torch.inference_mode():
@@ -808,11 +791,14 @@ class _Trainer:
                                     enabled=self.amp_dtype is not None):
                     logits = core(xb)
                 loss_sum += F.cross_entropy(logits.float(), yb, reduction="sum").double()
-                correct += (logits.argmax(1) == yb).sum().double()
+                predicted = logits.argmax(1)
+                correct += (predicted == yb).sum().double()
+                if confusion.numel():
+                    confusion += torch.bincount(yb * k + predicted, minlength=k * k).double()
         core.train()
-        return torch.stack([loss_sum, correct,
-                            torch.tensor(float(mine.shape[0]), dtype=torch.float64,
-                                         device=device)])
+        return torch.cat([torch.stack([loss_sum, correct,
+                                       torch.tensor(float(mine.shape[0]), dtype=torch.float64,
+                                                    device=device)]), confusion])
 
     def _write_epoch_outputs(self, m: EpochMetrics) -> None:
         """Record the epoch; rank 0 writes checkpoints, metrics and summary, and reports it."""
@@ -820,6 +806,9 @@ class _Trainer:
         improved = m.val_acc > pos.best_acc
         pos.metrics.append(m)
         pos.partial = None
+        pos.last_confusion = self.val_confusion
+        if improved:
+            pos.best_confusion = self.val_confusion
         state = self._checkpoint_state(m.epoch, 0, None)  # a collective: every rank takes part
         if self.dist.main:
             save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, state)
@@ -868,7 +857,8 @@ class _Trainer:
             data=self.data_info, normalization=self.norm, seed=self.config.seed,
             device=str(self.device), epochs_completed=epochs_done,
             train_seconds=self.pos.train_seconds, best=best,
-            last=metrics[-1] if metrics else None, zoo_version=zoo.__version__,
+            last=metrics[-1] if metrics else None, best_confusion=self.pos.best_confusion,
+            last_confusion=self.pos.last_confusion, zoo_version=zoo.__version__,
             torch_version=torch.__version__)
 
     def _non_finite(self, epoch: int, step: int, lr: float) -> NoReturn:

@@ -12,9 +12,14 @@ and is imported when a model is built.
 from __future__ import annotations
 
 from zoo import ArchitectureSpec, hookimpl
-from zoo_chapter8.specs import ARCHITECTURES
+from zoo_chapter8.specs import ARCHITECTURES, book_val_acc
 
 
 @hookimpl
 def zoo_architectures() -> list[ArchitectureSpec]:
     return list(ARCHITECTURES)
+
+
+def zoo_reference_accuracy() -> dict[str, float]:
+    """The book's validation accuracies, which ``zoo compare`` marks (see :mod:`zoo.compare`)."""
+    return book_val_acc()

@@ -1,0 +1,209 @@
+"""``zoo inspect`` and ``zoo filters demo``: the arrays are the model's own, the PNGs are drawn."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import MakeDist, tiny_plugin
+from export_helpers import make_run
+from PIL import Image
+
+import zoo
+from zoo.cli import main
+from zoo.errors import BundleError
+from zoo.filters import KERNELS, MAX_SIDE, apply_kernel, filter_demo, render_demo
+from zoo.inspection import InspectionError, inspect_model, write_inspection
+from zoo.pretrained import pretrained_bundles
+from zoo.registry import Registry
+
+
+def _png_std(path: Path) -> float:
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    return float(np.asarray(Image.open(path).convert("RGB"), dtype=np.float32).std())
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    """A 40x36 RGB picture (resized to the model's 32x32 on the way in)."""
+    yy, xx = np.mgrid[0:40, 0:36]
+    rgb = np.stack([(xx * 7) % 256, (yy * 5) % 256, ((xx + yy) * 3) % 256], axis=-1)
+    path = tmp_path / "picture.png"
+    Image.fromarray(rgb.astype(np.uint8)).save(path)
+    return path
+
+
+def _normalized(run: Path, image: Path) -> torch.Tensor:
+    from zoo.imaging import decode_image, normalize
+    from zoo.run import read_summary
+
+    norm = read_summary(run).normalization
+    pixels = decode_image(image, 3, (32, 32))
+    return torch.from_numpy(normalize(pixels[None], norm.mean, norm.std))
+
+
+def test_net_arrays_are_the_blocks_of_the_book(tmp_path: Path, image_file: Path) -> None:
+    run = tmp_path / "run"
+    make_run(run, "Net")
+    result = inspect_model(run, image_file)
+    assert result.architecture == "Net" and result.trained
+    assert [fm.title for fm in result.feature_maps] == [
+        "conv1 16×32×32 → pool 16×16×16", "conv2 8×16×16 → pool 8×8×8"]
+    from zoo.bundle import load_state_dict
+
+    net = zoo.create_model("Net", num_classes=3).eval()
+    net.load_state_dict(load_state_dict(run / "checkpoints" / "best.pt"))
+    x = _normalized(run, image_file)
+    with torch.no_grad():
+        block1 = torch.tanh(F.max_pool2d(net.conv1(x), 2))
+        block2 = torch.tanh(F.max_pool2d(net.conv2(block1), 2))
+        probs = torch.softmax(net(x).double(), 1)[0]
+    np.testing.assert_allclose(result.feature_maps[0].maps, block1[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(result.feature_maps[1].maps, block2[0].numpy(), atol=1e-6)
+    np.testing.assert_allclose(result.filters, net.conv1.weight.detach().numpy())
+    np.testing.assert_allclose(result.probabilities, probs.numpy(), atol=1e-6)
+    top = result.top(2)
+    assert [s.label for s in top] == [result.classes[i] for i in probs.argsort(descending=True)[:2]]
+    assert top[0].probability >= top[1].probability
+
+    report = write_inspection(result, tmp_path / "out", top_k=2)
+    assert report.filters.tiles == 16
+    assert [p.tiles for p in report.feature_maps] == [16, 8]
+    for picture in (report.filters, *report.feature_maps):
+        assert _png_std(Path(picture.path)) > 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "features-01-conv1.png", "features-02-conv2.png", "filters.png"]
+
+
+def test_skip_connections_and_repeated_blocks_are_followed(image_file: Path) -> None:
+    res = inspect_model(zoo.create_model("NetRes"), image_file, size=(32, 32))
+    assert [fm.title for fm in res.feature_maps][2] == "conv3 16×8×8 → pool 16×4×4"
+    assert [name for name, _ in res.feature_maps[2].steps] == ["relu", "add", "pool"]
+    deep = inspect_model(zoo.create_model("NetResDeep", n_blocks=3, shared_block=True),
+                         image_file, size=(32, 32))
+    assert [fm.layer for fm in deep.feature_maps] == [
+        "conv1", "resblocks.0.conv", "resblocks.0.conv#2", "resblocks.0.conv#3"]
+    assert deep.feature_maps[-1].title == "resblocks.0.conv#3 32×16×16 → pool 32×8×8"
+
+
+def test_a_third_party_net_by_name(make_dist: MakeDist, tmp_path: Path,
+                                   image_file: Path) -> None:
+    make_dist("zoo-tiny", "zoo_tiny_inspect", tiny_plugin("TinyInspect", "zoo_tiny_inspect"))
+    registry = Registry()
+    result = inspect_model("TinyInspect", image_file, registry=registry)
+    assert not result.trained and result.classes == ("class0", "class1")
+    # the global average pooling leaves no map to look at: the block ends before it
+    assert [fm.title for fm in result.feature_maps] == ["0 4×32×32 → relu 4×32×32"]
+    assert float(result.feature_maps[0].maps.min()) >= 0.0  # after the ReLU
+    report = write_inspection(result, tmp_path / "tiny")
+    assert report.filters.tiles == 4 and [p.tiles for p in report.feature_maps] == [4]
+    assert all(_png_std(Path(p.path)) > 0 for p in (report.filters, *report.feature_maps))
+
+
+def test_one_channel_filters_and_arrays(tmp_path: Path) -> None:
+    model = zoo.create_model("Net", in_channels=1, height=20, width=20)
+    image = (np.arange(400).reshape(20, 20) % 251).astype(np.uint8)
+    result = inspect_model(model, image)
+    assert result.image.shape == (1, 20, 20) and result.filters.shape == (16, 1, 3, 3)
+    assert result.feature_maps[1].title == "conv2 8×10×10 → pool 8×5×5"
+    report = write_inspection(result, tmp_path, layer="conv2")
+    assert report.filters.tiles == 16 and [p.tiles for p in report.feature_maps] == [8]
+
+
+def test_cli_inspect(tmp_path: Path, image_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    make_run(run, "NetDepth")
+    out = tmp_path / "pictures"
+    assert main(["inspect", str(run), str(image_file), "--out", str(out), "--layer", "conv3",
+                 "--top-k", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "conv3 16×8×8 → pool 16×4×4" in text and text.count("\n") == 5
+    assert sorted(p.name for p in out.iterdir()) == ["features-03-conv3.png", "filters.png"]
+    assert main(["inspect", str(run), str(image_file), "--out", str(out),
+                 "--layer", "conv9"]) == 1
+    assert "no convolution 'conv9'; its convolutions: conv1, conv2, conv3" in (
+        capsys.readouterr().err)
+    assert main(["inspect", "NoSuchNet", str(image_file)]) == 1
+    assert "no model 'NoSuchNet'" in capsys.readouterr().err
+
+
+def test_a_tampered_shipped_bundle_is_refused(tmp_path: Path, image_file: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = tmp_path / "exports"
+    shutil.copytree(pretrained_bundles()["Net"], exports / "Net-cifar2")
+    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
+    assert inspect_model("Net", image_file).trained
+    with (exports / "Net-cifar2" / "model.pt").open("ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(BundleError, match="does not match its SHA-256"):
+        inspect_model("Net", image_file)  # not silently the untrained architecture
+    with pytest.raises(InspectionError, match="neither a run directory"):
+        inspect_model(tmp_path, image_file)
+
+
+def test_errors(tmp_path: Path, image_file: Path) -> None:
+    with pytest.raises(InspectionError, match="no convolution"):
+        inspect_model(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 2)),
+                      image_file)
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(InspectionError, match="not a readable image"):
+        inspect_model(zoo.create_model("Net"), bad)
+    with pytest.raises(InspectionError, match="Net cannot take a 3×40×36 image: mat1 and mat2"):
+        inspect_model(zoo.create_model("Net"), image_file)
+
+
+# -- the hand-set kernels --------------------------------------------------------------------
+
+
+def test_kernels_compute_what_a_conv2d_computes() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 9, 11), dtype=np.float32)
+    for kernel in KERNELS.values():
+        conv = torch.nn.Conv2d(3, 1, 3, padding=1, bias=False)
+        with torch.no_grad():
+            conv.weight[:] = torch.from_numpy(kernel)
+            expected = conv(torch.from_numpy(x)[None])[0, 0].numpy()
+        np.testing.assert_allclose(apply_kernel(x, kernel), expected, atol=1e-5)
+
+
+def test_filter_demo_finds_the_edges(tmp_path: Path) -> None:
+    step = np.zeros((3, 8, 8), dtype=np.uint8)
+    step[:, :, 4:] = 255  # a vertical edge between columns 3 and 4
+    demo = filter_demo(step)
+    vertical = demo.outputs["vertical edge"][1:-1, 1:-1]  # away from the zero padding
+    horizontal = demo.outputs["horizontal edge"][1:-1, 1:-1]
+    assert np.allclose(vertical[:, [2, 3]], 9.0) and np.allclose(np.delete(vertical, [2, 3], 1), 0)
+    assert np.allclose(horizontal, 0.0)
+    assert np.allclose(demo.outputs["average (blur)"][1:-1, 1:3], 0.0)
+    assert render_demo(demo, tmp_path / "demo.png") == 4
+    assert _png_std(tmp_path / "demo.png") > 0
+
+
+def test_cli_filters_demo(tmp_path: Path, image_file: Path,
+                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["filters", "demo", str(image_file), "--out", str(tmp_path / "d")]) == 0
+    assert _png_std(tmp_path / "d" / "filters-demo.png") > 0
+    assert "average (blur), vertical edge, horizontal edge" in capsys.readouterr().out
+    assert main(["filters", "demo", str(tmp_path / "missing.png")]) == 1
+    big = tmp_path / "big.png"
+    Image.new("RGB", (1200, 300), (200, 10, 10)).save(big)
+    demo = filter_demo(big)
+    assert demo.image.shape == (3, 128, MAX_SIDE)
+    assert demo.outputs["average (blur)"].shape == (128, MAX_SIDE)
+
+
+def test_readme_pictures_are_committed_and_small() -> None:
+    root = Path(__file__).resolve().parents[1]
+    pictures = re.findall(r"!\[[^\]]*\]\((docs/[^)]+\.png)\)", (root / "README.md").read_text())
+    assert {"docs/filters-demo.png", "docs/inspect-filters.png", "docs/inspect-conv1.png",
+            "docs/compare.png"} <= set(pictures)
+    for name in pictures:
+        path = root / name
+        assert path.is_file() and path.stat().st_size < 200 * 1024, name
+        assert _png_std(path) > 0
