@@ -106,7 +106,7 @@ def test_a_third_party_net_by_name(make_dist: MakeDist, tmp_path: Path,
 
 
 def test_one_channel_filters_and_arrays(tmp_path: Path) -> None:
-    model = zoo.create_model("Net", in_channels=1, height=20, width=20)
+    model = zoo.create_model("Net", in_channels=1, in_height=20, in_width=20)
     image = (np.arange(400).reshape(20, 20) % 251).astype(np.uint8)
     result = inspect_model(model, image)
     assert result.image.shape == (1, 20, 20) and result.filters.shape == (16, 1, 3, 3)

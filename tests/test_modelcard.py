@@ -31,7 +31,7 @@ from zoo.run import read_summary
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 3},
-    "model": {"height": 16, "width": 16},
+    "model": {"in_height": 16, "in_width": 16},
     "batch_size": 32,
     "progress": "none",
     "num_threads": 1,
