@@ -77,6 +77,15 @@ def test_short_names_find_the_shipped_bundle_and_predict(capsys: pytest.CaptureF
 def test_zoo_list_marks_the_pretrained_architectures(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["list", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert {r["name"]: r["pretrained"] for r in records} == {a: f"{a}-cifar2" for a in BOOK}
+    assert {r["name"]: r["pretrained"] for r in records} == {a: "cifar2" for a in BOOK}
+    net = next(r for r in records if r["name"] == "Net")
+    [weights] = net["weights"]
+    assert weights["location"] == "zoo_chapter8.weights:Net-cifar2"
+    assert weights["metrics"] == {"val_acc": 0.906}
+    assert cli_main(["list", "NetRes"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] == "cifar2"
     assert cli_main(["show", "NetRes"]) == 0
-    assert "pretrained:   NetRes-cifar2 (val accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("pretrained:   cifar2 (default): val accuracy 0.913 (10% of the training images, "
+            "seed 0)") in out
+    assert "zoo_chapter8.weights:NetRes-cifar2" in out

@@ -206,6 +206,14 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bundle_sha256(bundle_dir: Path) -> str:
+    """A bundle's identity: the SHA-256 hex digest of its manifest.json's bytes.
+
+    The manifest lists every other file's SHA-256, so this one digest pins the bundle.
+    """
+    return hashlib.sha256((Path(bundle_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
+
+
 def file_entry(path: Path) -> FileEntry:
     return FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-from zoo.errors import ZooError
-from zoo.manifest import read_manifest
-from zoo.pretrained import pretrained_bundles
 from zoo.registry import Registry
 from zoo.spec import ArchitectureSpec
 
@@ -44,7 +40,7 @@ def warn_failed_plugins(registry: Registry) -> None:
 
 
 def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[str, Any]:
-    """A JSON-ready description of a spec (``pretrained``: its shipped bundle, if any)."""
+    """A JSON-ready description of a spec (``pretrained``: its default weight set's tag)."""
     prov = spec.provenance
     return {
         "name": spec.name,
@@ -61,6 +57,7 @@ def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[s
         "distribution": prov.distribution if prov else None,
         "version": prov.version if prov else None,
         "pretrained": pretrained,
+        "weights": [w.model_dump(mode="json", exclude_none=True) for w in spec.weights],
     }
 
 
@@ -75,16 +72,15 @@ def list_command(args: argparse.Namespace, registry: Registry) -> int:
     names = registry.list_models(args.patterns or "*", tags=args.tag)
     warn_failed_plugins(registry)
     specs = [registry.get_spec(n) for n in names]
-    shipped = {arch: path.name for arch, path in pretrained_bundles().items()}
     if args.json:
-        print(json.dumps([spec_record(s, shipped.get(s.name)) for s in specs], indent=2,
+        print(json.dumps([spec_record(s, _default_tag(s)) for s in specs], indent=2,
                          default=str))
         return 0
     if not specs:
         print("no architecture matches", file=sys.stderr)
         return 1
     rows = [[s.name, s.summary, ",".join(s.tags), s.provenance.plugin if s.provenance else "-",
-             shipped.get(s.name, "-")] for s in specs]
+             ",".join(w.tag for w in s.weights) or "-"] for s in specs]
     print(_table(rows, ["NAME", "SUMMARY", "TAGS", "PLUGIN", "PRETRAINED"]))
     return 0
 
@@ -104,18 +100,22 @@ def _bounds(field: Any) -> str:
     return " ".join(parts) or "-"
 
 
-def _pretrained_line(bundle: Path | None) -> str:
-    if bundle is None:
-        return "none shipped"
-    try:
-        manifest = read_manifest(bundle)
-    except ZooError as exc:
-        return f"{bundle} (unreadable: {exc})"
-    training = manifest.training
-    if training is None or training.best is None:
-        return f"{bundle.name} (untrained)"
-    return (f"{bundle.name} (val accuracy {training.best.val_acc:.3f} on {training.dataset}, "
-            f"classes {', '.join(manifest.classes)}; zoo predict {manifest.architecture} IMAGE)")
+def _default_tag(spec: ArchitectureSpec) -> str | None:
+    return spec.weights[0].tag if spec.weights else None
+
+
+def _weights_lines(spec: ArchitectureSpec) -> list[str]:
+    """Each declared weight set: its metrics naming their split, its data and where it is."""
+    if not spec.weights:
+        return ["none declared"]
+    lines = []
+    for i, w in enumerate(spec.weights):
+        default = " (default)" if i == 0 else ""
+        lines += [f"{w.tag}{default}: {w.describe_metrics()}",
+                  f"  trained on {w.dataset}, classes {', '.join(w.classes)}; {w.location} "
+                  f"(sha256 {w.sha256[:12]}...)"]
+    lines.append(f"create_model({spec.name!r}, pretrained=True), zoo predict {spec.name} IMAGE")
+    return lines
 
 
 def show_command(args: argparse.Namespace, registry: Registry) -> int:
@@ -123,10 +123,8 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     if args.schema:
         print(json.dumps(spec.hparams_schema(), indent=2))
         return 0
-    bundle = pretrained_bundles().get(spec.name)
     if args.json:
-        print(json.dumps(spec_record(spec, bundle.name if bundle else None), indent=2,
-                         default=str))
+        print(json.dumps(spec_record(spec, _default_tag(spec)), indent=2, default=str))
         return 0
     prov = spec.provenance
     shape = spec.input_shape
@@ -141,7 +139,10 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     recipe = spec.recipe.model_dump(exclude_none=True)
     print(f"  recipe:       "
           f"{', '.join(f'{k} {v}' for k, v in recipe.items()) or 'the default'}")
-    print(f"  pretrained:   {_pretrained_line(bundle)}")
+    weights = _weights_lines(spec)
+    print(f"  pretrained:   {weights[0]}")
+    for line in weights[1:]:
+        print(f"                {line}")
     model = spec.config_model()
     rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
              "(required)" if field.is_required() else repr(_default(field)), _bounds(field),
