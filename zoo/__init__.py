@@ -72,7 +72,7 @@ def __getattr__(name: str) -> Any:
         "load": ("zoo.bundle", "load"),
         "verify": ("zoo.exporter", "verify_bundle"),
         "OnnxClassifier": ("zoo.deploy", "OnnxClassifier"),
-        "evaluate": ("zoo.evaluate", "evaluate"),
+        "evaluate": ("zoo.evaluation", "evaluate"),
     }
     if name in lazy:
         import importlib

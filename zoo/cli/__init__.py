@@ -18,7 +18,8 @@ from zoo.errors import ZooError
 from zoo.registry import Registry
 
 ENV_TRACEBACK = "ZOO_TRACEBACK"
-COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict")
+COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict",
+                   "zoo.cli.evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
