@@ -181,3 +181,23 @@ def test_cli_reports_unreadable_files_and_errors(tmp_path: Path,
     assert "--batch-size must be at least 1" in capsys.readouterr().err
     assert main(["evaluate", "NoSuchNet", str(root)]) == 1
     assert "zoo: error: no bundle 'NoSuchNet'" in capsys.readouterr().err
+
+
+def test_predict_and_evaluate_find_nested_and_linked_class_folders(
+        labelled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    split = tmp_path / "split"
+    split.mkdir()
+    (split / "airplane").symlink_to(labelled / "airplane", target_is_directory=True)
+    (split / "airplane" / "more" / "cycle").symlink_to(split, target_is_directory=True)
+    (split / ".hidden").mkdir()
+    write_class_images(split / ".hidden", 2, 14, sky=True)
+    try:
+        assert main(["predict", "Net", str(split), "--json"]) == 0
+        predicted = json.loads(capsys.readouterr().out)["predictions"]
+        assert len(predicted) == 12  # 9 + 3 nested, each once despite the cycle
+        assert predicted[0]["path"] == str(split / "airplane" / "img000.jpg")
+        assert evaluate("Net", split).per_class[0].images == 12
+        assert main(["predict", "Net", str(labelled), "--json"]) == 0  # class folders
+        assert len(json.loads(capsys.readouterr().out)["predictions"]) == 22
+    finally:
+        (split / "airplane" / "more" / "cycle").unlink()

@@ -29,7 +29,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from zoo.errors import DataError, ZooError
 from zoo.fsutil import atomic_path, atomic_write_text
-from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image, normalize
+from zoo.imagefiles import find_images
+from zoo.imaging import ImageDecodeError, decode_image, normalize
 
 if TYPE_CHECKING:
     from zoo.registry import Registry
@@ -130,10 +131,7 @@ def labelled_files(data_dir: Path, classes: Sequence[str],
                         f"are not classes of {architecture}; its classes: {', '.join(classes)}")
     files: list[tuple[Path, int]] = []
     for folder in folders:
-        found = sorted(p for p in folder.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-        files += [(p, index[folder.name]) for p in found]
+        files += [(p, index[folder.name]) for p in find_images(folder)]
     if not files:
         raise DataError(f"the class folders of {str(data_dir)!r} hold no image files")
     return [p.name for p in folders], files

@@ -1,8 +1,9 @@
 """``zoo predict``: classify image files with a bundle on onnxruntime (never imports torch).
 
 Files given by name are all tried; directories contribute their image files
-(by suffix, recursively, sorted). A file that is not a readable image is
-reported on stderr and skipped; the others are still predicted. Exit status:
+(by suffix, recursively through nested and linked folders such as class
+folders, sorted). A file that is not a readable image is reported on stderr
+and skipped; the others are still predicted. Exit status:
 0 when every input was predicted, 1 when any input could not be read (the
 readable ones are still printed), or on any other error.
 """
@@ -42,15 +43,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def collect_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files to classify, and (path, problem) for inputs that cannot be used."""
-    from zoo.imaging import IMAGE_SUFFIXES
+    from zoo.imagefiles import find_images
 
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = find_images(path)  # recursive: class folders too, through links
             if not found:
                 problems.append((arg, "directory holds no image files"))
             files.extend(found)
