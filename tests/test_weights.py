@@ -376,3 +376,14 @@ def test_weight_set_validation(net_bundle: Path) -> None:
         parse_weights({"Net": [{**ok.model_dump(), "sha256": "xyz"}]}, "Net's weights")
     with pytest.raises(zoo.ZooError, match="tags must be unique, got cifar2 twice"):
         parse_weights({"Net": [ok.model_dump(), ok.model_dump()]})
+
+
+def test_readme_weight_set_example_validates() -> None:
+    readme = (ROOT / "README.md").read_text()
+    [snippet] = [m for m in re.findall(r"```python\n(.*?)```", readme, re.S)
+                 if m.startswith("zoo.WeightSet(")]
+    declared = eval(snippet, {"zoo": zoo})
+    assert isinstance(declared, WeightSet) and declared.is_url
+    assert declared.classes == tuple("0123456789")
+    spec = zoo.get_spec("Net").model_copy(update={"weights": (declared,)})
+    assert zoo.ArchitectureSpec.model_validate(spec.model_dump()).weights == (declared,)

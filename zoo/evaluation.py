@@ -275,7 +275,7 @@ def evaluate(
         backend=used, data_dir=os.fspath(data_dir), classes=loaded.classes, images=total,
         correct=correct, accuracy=correct / total, per_class=tuple(per_class),
         confusion=tuple(tuple(int(v) for v in row) for row in confusion),
-        skipped=tuple(skipped), seconds=time.perf_counter() - start)
+        skipped=tuple(skipped), seconds=round(time.perf_counter() - start, 3))
     if out is not None:
         write_outputs(result, Path(out))
     return result
