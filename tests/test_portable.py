@@ -100,6 +100,7 @@ def test_export_records_the_data_source_without_machine_paths(tmp_path: Path) ->
     assert training is not None
     assert training.source == "train" and training.content_key == "abc123"
     assert training.dataset == "synthetic" and training.split == "seeded 10% hold-out"
+    assert training.val_images == "seeded 10% hold-out"  # the run's words: no val_split known
     assert training.recipe["data_dir"] == "train" and training.recipe["cache_dir"] == "cache"
     assert training.recipe["out"] == "run" and training.recipe["epochs"] == 2
     assert str(tmp_path) not in (tmp_path / "bundle" / MANIFEST_FILE).read_text()

@@ -30,6 +30,8 @@ def test_every_builtin_ships_a_trained_verified_cifar2_bundle() -> None:
         assert manifest.verification.passed
         assert manifest.training is not None and manifest.training.best is not None
         assert manifest.training.content_key and manifest.training.split
+        assert manifest.training.val_images == "10% of the training images, seed 0"
+        assert manifest.training.source == "train"  # no path of the machine that trained it
         assert manifest.training.recipe["epochs"] == manifest.training.epochs_completed
 
 

@@ -101,9 +101,12 @@ def pretrained_bundles(root: Path | None = None) -> dict[str, Path]:
 def accuracy_split(training: TrainingInfo) -> str:
     """The images a bundle's val accuracy was measured on, in words.
 
-    ``"10% of the training images, seed 0"`` for a seeded held-out fraction;
+    The manifest's ``val_images`` where it has them; else, for older bundles,
+    ``"10% of the training images, seed 0"`` for a seeded held-out fraction and
     otherwise the run's own description of its split.
     """
+    if training.val_images:
+        return training.val_images
     recipe = training.recipe
     fraction = recipe.get("val_split")
     if (not recipe.get("val_dir") and isinstance(fraction, (int, float)) and 0 < fraction < 1
