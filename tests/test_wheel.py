@@ -87,6 +87,11 @@ def make_images(root: Path) -> Path:
 
 
 def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) -> None:
+    import setuptools
+
+    major = int(setuptools.__version__.split(".")[0])
+    assert major >= 77, (f"building the zoo needs setuptools >= 77 (SPDX license metadata), "
+                         f"this environment has {setuptools.__version__}: pip install -e '.[dev]'")
     source = tmp_path / "source"
     for rel in source_files():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)
