@@ -157,7 +157,9 @@ def test_cli_prints_text_json_and_writes_the_png(labelled: Path, tmp_path: Path,
     out = tmp_path / "report"
     assert main(["evaluate", "Net", str(labelled), "--json", "--out", str(out),
                  "--backend", "torch"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
+    assert f"zoo: wrote {out / EVALUATION_JSON} and {out / CONFUSION_PNG}" in captured.err
     assert printed["confusion"] == [list(r) for r in result.confusion]
     assert printed["backend"] == "torch" and printed["accuracy"] == result.accuracy
     saved = json.loads((out / EVALUATION_JSON).read_text())

@@ -7,6 +7,8 @@ Exit status: 0 when every image was read, 1 when any file could not be read
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from zoo.errors import ZooError
 from zoo.registry import Registry
@@ -37,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def evaluate_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.evaluation import evaluate, print_skip
+    from zoo.evaluation import CONFUSION_PNG, EVALUATION_JSON, evaluate, print_skip
 
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
@@ -45,4 +47,7 @@ def evaluate_command(args: argparse.Namespace, registry: Registry) -> int:
                       batch_size=args.batch_size, threads=args.threads, out=args.out,
                       registry=registry, on_skip=print_skip)
     print(result.model_dump_json(indent=2) if args.json else result.format())
+    if args.out:
+        out = Path(args.out)
+        print(f"zoo: wrote {out / EVALUATION_JSON} and {out / CONFUSION_PNG}", file=sys.stderr)
     return 1 if result.skipped else 0
