@@ -29,9 +29,11 @@ def _data_note(training: TrainingInfo) -> str:
     """Where the images came from, without any path of the machine that trained on them."""
     source = portable_source(training.source)
     folder = f" `{source}`" if source else ""
+    chosen = ("; the exported checkpoint is the epoch that scored best on them"
+              if training.checkpoint == "best.pt" else "")
     return (f"{training.dataset}{folder} (content key `{training.content_key[:12]}`): "
             f"{training.train_size:,} training images, {training.val_size:,} held out and never "
-            f"trained on ({training.split})")
+            f"trained on ({training.split}){chosen}")
 
 
 def _cells(arch: str, bundle: Path) -> tuple[list[str], TrainingInfo | None]:
