@@ -205,3 +205,14 @@ def test_predict_and_evaluate_find_nested_and_linked_class_folders(
         assert len(json.loads(capsys.readouterr().out)["predictions"]) == 22
     finally:
         (split / "airplane" / "more" / "cycle").unlink()
+
+
+def test_predict_and_evaluate_pick_a_weight_set(labelled: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    image = labelled / "bird" / "img004.jpg"
+    assert main(["predict", "NetRes", str(image), "--weights", "cifar2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["bundle"]).name == "NetRes-cifar2" and out["architecture"] == "NetRes"
+    assert main(["predict", "NetRes", str(image), "--weights", "imagenet"]) == 1
+    assert "NetRes has no weight set 'imagenet'; declared: cifar2" in capsys.readouterr().err
+    assert evaluate("NetRes", labelled, weights="cifar2").bundle == "NetRes-cifar2"

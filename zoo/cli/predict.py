@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="images per onnxruntime call (default 64)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
+    p.add_argument("--weights", metavar="TAG",
+                   help="a declared weight set of the architecture BUNDLE names")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=predict_command)
 
@@ -71,7 +73,10 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
-    classifier = OnnxClassifier(args.bundle, threads=args.threads)
+    from zoo.pretrained import resolve_bundle
+
+    bundle = resolve_bundle(args.bundle, weights=args.weights, registry=registry)
+    classifier = OnnxClassifier(bundle, threads=args.threads)
     files, problems = collect_inputs(args.paths)
     for path_text, problem in problems:
         print(f"zoo: warning: {path_text}: {problem}", file=sys.stderr)
