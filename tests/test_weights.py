@@ -387,3 +387,24 @@ def test_readme_weight_set_example_validates() -> None:
     assert declared.classes == tuple("0123456789")
     spec = zoo.get_spec("Net").model_copy(update={"weights": (declared,)})
     assert zoo.ArchitectureSpec.model_validate(spec.model_dump()).weights == (declared,)
+
+
+def test_download_progress_is_one_line_on_a_terminal() -> None:
+    from zoo.download import DownloadProgress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = DownloadProgress("Net weights 'cifar2'", 300 * 1024, screen)
+    bar.update(150 * 1024)
+    bar.close(300 * 1024)
+    text = screen.getvalue()
+    assert "\n" not in text[:-1]  # redrawn in place, one final line
+    assert text.startswith("\rdownloading Net weights 'cifar2' [" + "#" * 15 + "." * 15 + "]  50% "
+                           "150 KiB of 300 KiB")
+    assert re.search(r"\r\033\[Kdownloaded Net weights 'cifar2': 300 KiB in \d+\.\d s\n$", text)
+    plain = io.StringIO()
+    DownloadProgress("w", None, plain).close(2 * 2**20)
+    assert plain.getvalue().startswith("downloading w\ndownloaded w: 2.0 MiB in ")
