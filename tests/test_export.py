@@ -301,8 +301,9 @@ def test_manifest_files_are_in_the_package_data() -> None:
     import tomllib
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
-    data = pyproject["tool"]["setuptools"]["package-data"]["zoo"]
-    assert "schemas/*.json" in data
+    setuptools = pyproject["tool"]["setuptools"]
+    assert "zoo.schemas" in setuptools["packages"]
+    assert "*.json" in setuptools["package-data"]["zoo.schemas"]
 
 
 def test_untrained_exports_are_reproducible(tmp_path: Path) -> None:

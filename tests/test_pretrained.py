@@ -30,6 +30,8 @@ def test_every_builtin_ships_a_trained_verified_cifar2_bundle() -> None:
         assert manifest.verification.passed
         assert manifest.training is not None and manifest.training.best is not None
         assert manifest.training.content_key and manifest.training.split
+        assert manifest.training.val_images == "10% of the training images, seed 0"
+        assert manifest.training.source == "train"  # no path of the machine that trained it
         assert manifest.training.recipe["epochs"] == manifest.training.epochs_completed
 
 
@@ -77,6 +79,15 @@ def test_short_names_find_the_shipped_bundle_and_predict(capsys: pytest.CaptureF
 def test_zoo_list_marks_the_pretrained_architectures(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["list", "--json"]) == 0
     records = json.loads(capsys.readouterr().out)
-    assert {r["name"]: r["pretrained"] for r in records} == {a: f"{a}-cifar2" for a in BOOK}
+    assert {r["name"]: r["pretrained"] for r in records} == {a: "cifar2" for a in BOOK}
+    net = next(r for r in records if r["name"] == "Net")
+    [weights] = net["weights"]
+    assert weights["location"] == "zoo_chapter8.weights:Net-cifar2"
+    assert weights["metrics"] == {"val_acc": 0.906}
+    assert cli_main(["list", "NetRes"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[-1] == "cifar2"
     assert cli_main(["show", "NetRes"]) == 0
-    assert "pretrained:   NetRes-cifar2 (val accuracy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert ("pretrained:   cifar2 (default): val accuracy 0.913 (10% of the training images, "
+            "seed 0)") in out
+    assert "zoo_chapter8.weights:NetRes-cifar2" in out

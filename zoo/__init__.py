@@ -15,6 +15,7 @@ from zoo.errors import ZooError
 from zoo.hookspecs import hookimpl
 from zoo.registry import PluginInfo, Registry, default_registry
 from zoo.spec import ArchitectureSpec, HParams, InputShape, ModelConfig, Provenance, Recipe
+from zoo.weights import WeightSet
 
 if TYPE_CHECKING:
     import torch
@@ -36,14 +37,20 @@ def get_spec(name: str) -> ArchitectureSpec:
     return default_registry().get_spec(name)
 
 
-def create_model(name: str, **overrides: Any) -> torch.nn.Module:
+def create_model(name: str, *, pretrained: bool = False, weights: str | None = None,
+                 **overrides: Any) -> torch.nn.Module:
     """Build architecture ``name``.
 
     ``overrides`` are its hyperparameters and the shape keys ``in_channels``,
     ``in_height``, ``in_width`` and ``num_classes``; each is validated by the spec's
     pydantic model (:class:`zoo.errors.HyperparameterError` on bad input).
+    ``pretrained=True`` loads the weights of the spec's default weight set,
+    ``weights="cifar2"`` those of the set so tagged, both checked against the
+    SHA-256 the spec pins (downloaded once if the set is a URL). The module is in
+    training mode either way; call ``.eval()`` to predict.
     """
-    return default_registry().create_model(name, **overrides)
+    return default_registry().create_model(name, pretrained=pretrained, weights=weights,
+                                           **overrides)
 
 
 def resolve(name: str, **overrides: Any) -> ModelConfig:
@@ -65,6 +72,7 @@ def __getattr__(name: str) -> Any:
         "load": ("zoo.bundle", "load"),
         "verify": ("zoo.exporter", "verify_bundle"),
         "OnnxClassifier": ("zoo.deploy", "OnnxClassifier"),
+        "evaluate": ("zoo.evaluation", "evaluate"),
     }
     if name in lazy:
         import importlib
@@ -88,6 +96,7 @@ __all__ = [
     "Recipe",
     "Registry",
     "Split",
+    "WeightSet",
     "ZooError",
     "__version__",
     "create_model",

@@ -74,10 +74,11 @@ def build_from_manifest(manifest: Manifest, registry: Registry, where: str) -> t
                           f"{exc}") from None
 
 
-def load_bundle(bundle: str | os.PathLike[str], *,
-                registry: Registry | None = None) -> LoadedBundle:
-    """Check and load ``bundle`` (a directory or a shipped bundle's short name)."""
-    path = resolve_bundle(os.fspath(bundle))
+def load_bundle(bundle: str | os.PathLike[str], *, registry: Registry | None = None,
+                weights: str | None = None) -> LoadedBundle:
+    """Check and load ``bundle`` (a directory, or an architecture or bundle name: see
+    :func:`zoo.pretrained.resolve_bundle`; ``weights`` picks a declared weight set)."""
+    path = resolve_bundle(os.fspath(bundle), weights=weights, registry=registry)
     manifest = open_bundle(path)
     model = build_from_manifest(manifest, registry or default_registry(), str(path))
     state = load_state_dict(path / WEIGHTS_FILE)
@@ -91,9 +92,10 @@ def load_bundle(bundle: str | os.PathLike[str], *,
     return LoadedBundle(model=model, manifest=manifest, path=path)
 
 
-def load(bundle: str | os.PathLike[str], *, registry: Registry | None = None) -> torch.nn.Module:
+def load(bundle: str | os.PathLike[str], *, registry: Registry | None = None,
+         weights: str | None = None) -> torch.nn.Module:
     """The bundle's PyTorch model, in eval mode (``zoo.load``); see :func:`load_bundle`."""
-    return load_bundle(bundle, registry=registry).model
+    return load_bundle(bundle, registry=registry, weights=weights).model
 
 
 __all__ = ["LoadedBundle", "build_from_manifest", "load", "load_bundle", "load_state_dict"]

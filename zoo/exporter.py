@@ -62,7 +62,8 @@ from zoo.manifest import (
     file_entry,
 )
 from zoo.modelcard import write_card
-from zoo.pretrained import ENV_EXPORTS
+from zoo.portable import portable_recipe, portable_source
+from zoo.pretrained import ENV_EXPORTS, accuracy_split
 from zoo.registry import Registry, default_registry
 from zoo.run import (
     BEST_CHECKPOINT,
@@ -308,12 +309,15 @@ def _versions() -> Versions:
 
 def _training(summary: RunSummary, checkpoint: str) -> TrainingInfo:
     data = summary.data
-    return TrainingInfo(
-        dataset=data.dataset, source=data.source, content_key=data.content_key, split=data.split,
-        train_size=data.train_size, val_size=data.val_size, seed=summary.seed,
+    info = TrainingInfo(
+        # no paths of this machine in a bundle: the data directory's last component only
+        dataset=data.dataset, source=portable_source(data.source), content_key=data.content_key,
+        split=data.split, train_size=data.train_size, val_size=data.val_size, seed=summary.seed,
         device=summary.device, epochs_completed=summary.epochs_completed,
-        train_seconds=summary.train_seconds, recipe=summary.train_config, checkpoint=checkpoint,
+        train_seconds=summary.train_seconds, recipe=portable_recipe(summary.train_config),
+        checkpoint=checkpoint,
         best=summary.best, last=summary.last)
+    return info.model_copy(update={"val_images": accuracy_split(info)})
 
 
 def _check_destination(dest: Path, force: bool) -> None:

@@ -119,6 +119,9 @@ class TrainingInfo(BaseModel):
     source: str | None = Field(None, description="Data directory or download location.")
     content_key: str = Field(description="Hash of the data source's content.")
     split: str = Field(description="How train and validation were separated.")
+    val_images: str | None = Field(
+        None, description="The images the val metrics (best, last) were measured on, in words: "
+        "e.g. '10% of the training images, seed 0'.")
     train_size: int
     val_size: int
     seed: int
@@ -127,8 +130,9 @@ class TrainingInfo(BaseModel):
     train_seconds: float
     recipe: dict[str, Any] = Field(description="The run's training configuration.")
     checkpoint: str = Field(description="Which checkpoint was exported (best.pt or last.pt).")
-    best: EpochMetrics | None = Field(None, description="The epoch with the best val accuracy.")
-    last: EpochMetrics | None = Field(None, description="The last epoch.")
+    best: EpochMetrics | None = Field(
+        None, description="The epoch with the best val accuracy (on the val_images).")
+    last: EpochMetrics | None = Field(None, description="The last epoch (val on the val_images).")
 
 
 class ExportInfo(BaseModel):
@@ -204,6 +208,14 @@ def sha256_file(path: Path) -> str:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def bundle_sha256(bundle_dir: Path) -> str:
+    """A bundle's identity: the SHA-256 hex digest of its manifest.json's bytes.
+
+    The manifest lists every other file's SHA-256, so this one digest pins the bundle.
+    """
+    return hashlib.sha256((Path(bundle_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
 
 
 def file_entry(path: Path) -> FileEntry:

@@ -447,8 +447,17 @@ class Registry:
         check_model(module, spec, config)
         return module  # type: ignore[no-any-return]
 
-    def create_model(self, name: str, **overrides: Any) -> torch.nn.Module:
-        """Build architecture ``name``; ``overrides`` are validated by its spec's model."""
+    def create_model(self, name: str, *, pretrained: bool = False, weights: str | None = None,
+                     **overrides: Any) -> torch.nn.Module:
+        """Build architecture ``name``; ``overrides`` are validated by its spec's model.
+
+        ``pretrained=True`` loads its default weight set, ``weights=TAG`` a given one
+        (see :func:`zoo.pretrained.create_pretrained`).
+        """
+        if pretrained or weights is not None:
+            from zoo.pretrained import create_pretrained
+
+            return create_pretrained(self, name, weights=weights, overrides=overrides)
         return self.build(self.resolve(name, **overrides))
 
     def hparams_schema(self, name: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from zoo.errors import HyperparameterError, InputShapeError, PluginError
+from zoo.weights import WeightSets
 
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_.\-]*$"
 IMPORT_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
@@ -120,6 +121,8 @@ class ArchitectureSpec(BaseModel):
     min_input_size: int = Field(1, ge=1, description="Smallest height and width it accepts.")
     source: str = Field(min_length=1, description="Where the architecture comes from.")
     recipe: Recipe = Field(Recipe(), description="Its changes to the default training recipe.")
+    weights: WeightSets = Field((), description="Its pretrained weight sets (zoo.weights), the "
+                                "default first: create_model(name, pretrained=True).")
     provenance: Provenance | None = Field(None, description="Set by the registry.")
 
     def load_builder(self) -> Callable[..., Any]:

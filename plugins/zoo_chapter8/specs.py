@@ -1,13 +1,25 @@
-"""Specs and hyperparameters of the chapter-8 architectures (no torch import)."""
+"""Specs and hyperparameters of the chapter-8 architectures (no torch import).
+
+Their pretrained weights are declared in ``weights.json``, generated from the
+shipped bundles' manifests (``exports/``, installed as ``zoo_chapter8.weights``)::
+
+    python -m zoo.weightsync --write plugins/zoo_chapter8/weights.json \
+        --package zoo_chapter8.weights
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from pydantic import Field
 
 from zoo import ArchitectureSpec, HParams, Recipe
+from zoo.weights import read_weights_file
 
 SOURCE = "Deep Learning with PyTorch (Stevens, Antiga, Viehmann), chapter 8"
 _BUILDERS = "zoo_chapter8.models"
+WEIGHTS_FILE = Path(__file__).with_name("weights.json")
+WEIGHTS = read_weights_file(WEIGHTS_FILE)
 
 
 class NetHParams(HParams):
@@ -40,6 +52,7 @@ def _spec(name: str, summary: str, tags: tuple[str, ...], hparams: type[HParams]
         name=name, summary=summary, tags=("chapter8", "cifar", *tags),
         builder=f"{_BUILDERS}:{name.lower()}", hparams=hparams,
         min_input_size=min_input_size, source=SOURCE, recipe=recipe or Recipe(),
+        weights=WEIGHTS.get(name, ()),
     )
 
 

@@ -6,13 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from zoo.datasets import USER_OPTIONS, DatasetSpec
-from zoo.errors import ZooError
-from zoo.manifest import read_manifest
-from zoo.pretrained import pretrained_bundles
 from zoo.registry import Registry
 from zoo.spec import ArchitectureSpec
 
@@ -64,7 +60,7 @@ def warn_failed_plugins(registry: Registry, traceback: bool = False) -> None:
 
 
 def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[str, Any]:
-    """A JSON-ready description of a spec (``pretrained``: its shipped bundle, if any)."""
+    """A JSON-ready description of a spec (``pretrained``: its default weight set's tag)."""
     prov = spec.provenance
     return {
         "name": spec.name,
@@ -81,6 +77,7 @@ def spec_record(spec: ArchitectureSpec, pretrained: str | None = None) -> dict[s
         "distribution": prov.distribution if prov else None,
         "version": prov.version if prov else None,
         "pretrained": pretrained,
+        "weights": [w.model_dump(mode="json", exclude_none=True) for w in spec.weights],
     }
 
 
@@ -94,16 +91,15 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def list_command(args: argparse.Namespace, registry: Registry) -> int:
     names = registry.list_models(args.patterns or "*", tags=args.tag)
     specs = [registry.get_spec(n) for n in names]
-    shipped = {arch: path.name for arch, path in pretrained_bundles().items()}
     if args.json:
-        print(json.dumps([spec_record(s, shipped.get(s.name)) for s in specs], indent=2,
+        print(json.dumps([spec_record(s, _default_tag(s)) for s in specs], indent=2,
                          default=str))
         return 0
     if not specs:
         print("no architecture matches", file=sys.stderr)
         return 1
     rows = [[s.name, s.summary, ",".join(s.tags), s.provenance.plugin if s.provenance else "-",
-             shipped.get(s.name, "-")] for s in specs]
+             ",".join(w.tag for w in s.weights) or "-"] for s in specs]
     print(_table(rows, ["NAME", "SUMMARY", "TAGS", "PLUGIN", "PRETRAINED"]))
     return 0
 
@@ -123,18 +119,22 @@ def _bounds(field: Any) -> str:
     return " ".join(parts) or "-"
 
 
-def _pretrained_line(bundle: Path | None) -> str:
-    if bundle is None:
-        return "none shipped"
-    try:
-        manifest = read_manifest(bundle)
-    except ZooError as exc:
-        return f"{bundle} (unreadable: {exc})"
-    training = manifest.training
-    if training is None or training.best is None:
-        return f"{bundle.name} (untrained)"
-    return (f"{bundle.name} (val accuracy {training.best.val_acc:.3f} on {training.dataset}, "
-            f"classes {', '.join(manifest.classes)}; zoo predict {manifest.architecture} IMAGE)")
+def _default_tag(spec: ArchitectureSpec) -> str | None:
+    return spec.weights[0].tag if spec.weights else None
+
+
+def _weights_lines(spec: ArchitectureSpec) -> list[str]:
+    """Each declared weight set: its metrics naming their split, its data and where it is."""
+    if not spec.weights:
+        return ["none declared"]
+    lines = []
+    for i, w in enumerate(spec.weights):
+        default = " (default)" if i == 0 else ""
+        lines += [f"{w.tag}{default}: {w.describe_metrics()}",
+                  f"  trained on {w.dataset}, classes {', '.join(w.classes)}; {w.location} "
+                  f"(sha256 {w.sha256[:12]}...)"]
+    lines.append(f"create_model({spec.name!r}, pretrained=True), zoo predict {spec.name} IMAGE")
+    return lines
 
 
 def show_command(args: argparse.Namespace, registry: Registry) -> int:
@@ -142,10 +142,8 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     if args.schema:
         print(json.dumps(spec.hparams_schema(), indent=2))
         return 0
-    bundle = pretrained_bundles().get(spec.name)
     if args.json:
-        print(json.dumps(spec_record(spec, bundle.name if bundle else None), indent=2,
-                         default=str))
+        print(json.dumps(spec_record(spec, _default_tag(spec)), indent=2, default=str))
         return 0
     prov = spec.provenance
     shape = spec.input_shape
@@ -160,7 +158,10 @@ def show_command(args: argparse.Namespace, registry: Registry) -> int:
     recipe = spec.recipe.model_dump(exclude_none=True)
     print(f"  recipe:       "
           f"{', '.join(f'{k} {v}' for k, v in recipe.items()) or 'the default'}")
-    print(f"  pretrained:   {_pretrained_line(bundle)}")
+    weights = _weights_lines(spec)
+    print(f"  pretrained:   {weights[0]}")
+    for line in weights[1:]:
+        print(f"                {line}")
     model = spec.config_model()
     rows = [[name, getattr(field.annotation, "__name__", str(field.annotation)),
              "(required)" if field.is_required() else repr(_default(field)), _bounds(field),

@@ -1,8 +1,9 @@
 """``zoo predict``: classify image files with a bundle on onnxruntime (never imports torch).
 
 Files given by name are all tried; directories contribute their image files
-(by suffix, recursively, sorted). A file that is not a readable image is
-reported on stderr and skipped; the others are still predicted. Exit status:
+(by suffix, recursively through nested and linked folders such as class
+folders, sorted). A file that is not a readable image is reported on stderr
+and skipped; the others are still predicted. Exit status:
 0 when every input was predicted, 1 when any input could not be read (the
 readable ones are still printed), or on any other error.
 """
@@ -36,21 +37,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="images per onnxruntime call (default 64)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
+    p.add_argument("--weights", metavar="TAG",
+                   help="a declared weight set of the architecture BUNDLE names")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=predict_command)
 
 
 def collect_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files to classify, and (path, problem) for inputs that cannot be used."""
-    from zoo.imaging import IMAGE_SUFFIXES
+    from zoo.imagefiles import find_images
 
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
     for arg in paths:
         path = Path(arg)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = find_images(path)  # recursive: class folders too, through links
             if not found:
                 problems.append((arg, "directory holds no image files"))
             files.extend(found)
@@ -71,7 +73,10 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
-    classifier = OnnxClassifier(args.bundle, threads=args.threads)
+    from zoo.pretrained import resolve_bundle
+
+    bundle = resolve_bundle(args.bundle, weights=args.weights, registry=registry)
+    classifier = OnnxClassifier(bundle, threads=args.threads)
     files, problems = collect_inputs(args.paths)
     for path_text, problem in problems:
         print(f"zoo: warning: {path_text}: {problem}", file=sys.stderr)
