@@ -161,7 +161,7 @@ def registry_with(weights: tuple[WeightSet, ...]) -> Registry:
                     for s in chapter8_specs.ARCHITECTURES]
 
     registry = Registry(entry_points=False)
-    registry.register(Plugin(), name="test")
+    registry.register(Plugin(), name="test", package="zoo_chapter8")
     return registry
 
 
