@@ -33,7 +33,8 @@ class LoadedBundle:
     path: Path
 
 
-def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+def strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict without the ``module.`` (DDP) or ``_orig_mod.`` (compile) prefix."""
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
@@ -53,7 +54,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         state = state["model"]  # a trainer checkpoint
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise BundleError(f"{path} does not hold a state_dict (a dict of named tensors)")
-    return _strip_prefix(state)
+    return strip_prefix(state)
 
 
 def build_from_manifest(manifest: Manifest, registry: Registry, where: str) -> torch.nn.Module:
@@ -96,4 +97,5 @@ def load(bundle: str | os.PathLike[str], *, registry: Registry | None = None) ->
     return load_bundle(bundle, registry=registry).model
 
 
-__all__ = ["LoadedBundle", "build_from_manifest", "load", "load_bundle", "load_state_dict"]
+__all__ = ["LoadedBundle", "build_from_manifest", "load", "load_bundle", "load_state_dict",
+           "strip_prefix"]

@@ -37,7 +37,8 @@ import onnxruntime as ort
 import torch
 
 from zoo import __version__
-from zoo.bundle import load_bundle, load_state_dict
+from zoo.bundle import load_bundle, strip_prefix
+from zoo.checkpoint import check_checkpoint_agrees, load_checkpoint
 from zoo.deploy import default_threads, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
 from zoo.fsutil import atomic_directory
@@ -62,6 +63,7 @@ from zoo.manifest import (
 )
 from zoo.pretrained import ENV_EXPORTS
 from zoo.registry import Registry, default_registry
+from zoo.runlock import RunLock
 from zoo.run import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -143,17 +145,21 @@ def _load_source(source: str | Path, overrides: Mapping[str, Any], registry: Reg
         if not (path / SUMMARY_FILE).is_file():
             raise ExportError(f"{str(source)!r} is not a run directory (it has no {SUMMARY_FILE}) "
                               "nor an architecture name")
-        summary = read_summary(path)
         which = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}.get(checkpoint)
         if which is None:
             raise ExportError(f"unknown checkpoint {checkpoint!r}; accepted: best, last")
-        ckpt = checkpoint_path(path, which)
-        model = registry.build(summary.model)
-        try:
-            model.load_state_dict(load_state_dict(ckpt), strict=True)
-        except RuntimeError as exc:
-            raise ExportError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
-                              f"{str(exc).splitlines()[0]}") from None
+        # a shared lock: no trainer may be writing the run while it is read
+        with RunLock(path, command="zoo export", shared=True):
+            summary = read_summary(path)
+            ckpt = checkpoint_path(path, which)
+            state = load_checkpoint(ckpt)  # checks the checkpoint's digest
+            check_checkpoint_agrees(state, summary, ckpt)
+            model = registry.build(summary.model)
+            try:
+                model.load_state_dict(strip_prefix(state["model"]), strict=True)
+            except RuntimeError as exc:
+                raise ExportError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
+                                  f"{str(exc).splitlines()[0]}") from None
         samples = None
         sample_path = path / VAL_SAMPLES
         if sample_path.is_file():
