@@ -63,7 +63,6 @@ from zoo.manifest import (
 )
 from zoo.pretrained import ENV_EXPORTS
 from zoo.registry import Registry, default_registry
-from zoo.runlock import RunLock
 from zoo.run import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -74,6 +73,7 @@ from zoo.run import (
     checkpoint_path,
     read_summary,
 )
+from zoo.runlock import RunLock
 from zoo.spec import ModelConfig
 
 Exporter = Literal["torchscript", "dynamo"]

@@ -72,7 +72,6 @@ from zoo.pipeline import (
 )
 from zoo.progress import Progress
 from zoo.registry import Registry, default_registry
-from zoo.runlock import LOCK_FILE, RunLock
 from zoo.run import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
@@ -88,6 +87,7 @@ from zoo.run import (
     Normalization,
     RunSummary,
 )
+from zoo.runlock import LOCK_FILE, RunLock
 from zoo.spec import ModelConfig, Recipe
 
 VAL_SAMPLE_COUNT = 64
@@ -427,7 +427,7 @@ class _Trainer:
         self.lock: RunLock | None = None
         self.progress_note = ""
         self._made_dir = False
-        self._resumed_state = None
+        self._resumed_state: dict[str, Any] | None = None
 
     def run(self) -> TrainResult:
         """Pick the device, join the process group if distributed, and train."""
@@ -620,7 +620,7 @@ class _Trainer:
         everything before that point is derived from its config and seed.
         """
         cfg = self.config
-        self._resumed_state: dict[str, Any] | None = None
+        self._resumed_state = None
         last = self.ckpt_dir / LAST_CHECKPOINT
         if not last.is_file() and zoo.run.read_summary(self.run_dir).epochs_completed == 0:
             if self.dist.main:
