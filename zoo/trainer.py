@@ -261,12 +261,43 @@ def _merge_config(config: TrainConfig | None,
         if not isinstance(saved, dict):
             raise TrainingError(f"cannot resume {str(run_dir)!r}: its {CONFIG_FILE} does not "
                                 "hold a training config")
-        saved.update({k: data[k] for k in explicit if k in data})
         saved["resume"] = run_dir
         saved["out"] = run_dir
+        _check_resume_changes(run_dir, saved, {k: data[k] for k in explicit
+                                               if k in data and k != "resume"})
+        saved.update({k: data[k] for k in explicit if k in RESUME_SETTABLE and k in data})
         data = saved
         explicit = set(saved)  # a resumed run keeps the recipe it started with
     return validate_config(data, "training config"), explicit
+
+
+#: What a resumed run may change: how it executes, and how long it trains (``epochs``,
+#: within what its schedule allows). Anything else would be recorded but not used
+#: (the optimizer and schedule come from the checkpoint) or would change the split.
+RESUME_SETTABLE = frozenset({"epochs", "device", "progress", "num_threads", "eval_batch_size",
+                             "cache_dir", "tune_allocator", "dist_timeout_s", "download",
+                             "strict", "data_dir", "val_dir"})
+
+
+def _check_resume_changes(run_dir: Path, saved: dict[str, Any],
+                          requested: dict[str, Any]) -> None:
+    """Refuse a resume that asks for a setting it could not truthfully apply."""
+    before = validate_config(saved, f"{run_dir / CONFIG_FILE}")
+    for key, value in requested.items():
+        if key in RESUME_SETTABLE:
+            continue
+        after = validate_config({**saved, key: value}, "training config")
+        if key == "out":
+            if Path(after.out or run_dir).resolve() != run_dir.resolve():
+                raise TrainingError(f"--out {str(value)!r} cannot be combined with --resume: a "
+                                    f"resumed run continues in its own directory {str(run_dir)!r}")
+            continue
+        if getattr(after, key) != getattr(before, key):
+            raise TrainingError(
+                f"cannot resume {str(run_dir)!r} with {key}={getattr(after, key)!r}: the run "
+                f"started with {key}={getattr(before, key)!r}, and a resumed run keeps its "
+                "model, data, split and recipe (it may change only "
+                f"{', '.join(sorted(RESUME_SETTABLE))}); start a new run to change it")
 
 
 def _with_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
@@ -452,7 +483,7 @@ class _Trainer:
         finally:
             if created_group:
                 destroy_process_group()
-            if self.lock is not None:
+            if self.lock is not None and self.lock.held:
                 self._drop_unstarted()
                 self.lock.release()
 
@@ -521,6 +552,8 @@ class _Trainer:
         cfg = self.config
         out = Path(cfg.out) if cfg.out is not None else default_out(self.architecture, cfg.dataset)
         out = Path(broadcast_object(str(out), self.dist))
+        self.run_dir = out
+        self.ckpt_dir = out / CHECKPOINT_DIR
         if self.dist.main:
             if self.resuming:
                 if not (out / SUMMARY_FILE).is_file():
