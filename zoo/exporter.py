@@ -19,6 +19,8 @@ records which one was used (``bench/bench_export.py`` measures both).
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import os
 import platform
@@ -39,7 +41,7 @@ import torch
 from zoo import __version__
 from zoo.bundle import load_bundle, strip_prefix
 from zoo.checkpoint import check_checkpoint_agrees, load_checkpoint
-from zoo.deploy import default_threads, ort_session
+from zoo.deploy import default_threads, load_graph, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
 from zoo.fsutil import atomic_directory
 from zoo.imaging import normalize
@@ -110,10 +112,20 @@ def check_opset(opset: int | None, exporter: Exporter) -> int:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the bundle was written, and its manifest (which holds the verification report)."""
+    """Where the bundle was written, its manifest (with the verification report) and identity.
+
+    ``sha256`` is :func:`zoo.manifest.bundle_sha256` of the bundle: pin it with
+    ``--expect-sha256`` / ``expect_sha256=`` wherever the bundle is used.
+    """
 
     path: Path
     manifest: Manifest
+    sha256: str = ""
+
+
+#: The largest input an export accepts, in pixels per channel (height x width): the
+#: verification runs the model at batch 7 and the graph is built for it.
+MAX_EXPORT_PIXELS = 1024 * 1024
 
 
 @dataclass
@@ -358,10 +370,16 @@ def export(
     registry = registry or default_registry()
     check_tolerances(atol, rtol)
     opset = check_opset(opset, exporter)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ExportError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     src = _load_source(source, overrides or {}, registry, checkpoint, seed)
     dest = Path(out) if out is not None else default_destination(src.name)
     _check_destination(dest, force)
     config = src.config
+    shape = config.input_shape
+    if shape.height * shape.width > MAX_EXPORT_PIXELS:
+        raise ExportError(f"input size {shape.height}x{shape.width} is too large to export; "
+                          f"accepted: at most {MAX_EXPORT_PIXELS} pixels (e.g. 1024x1024)")
     spec = registry.get_spec(config.architecture)
     if src.summary is not None:
         norm = src.summary.normalization
@@ -381,7 +399,9 @@ def export(
     model = src.model.eval()
     try:
         with atomic_directory(dest, replace=force) as tmp:
-            torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
+            weights = io.BytesIO()
+            torch.save(model.state_dict(), weights)  # in memory: a full disk is an OSError
+            (tmp / WEIGHTS_FILE).write_bytes(weights.getbuffer())
             seconds = export_onnx(model, tmp / ONNX_FILE, config, opset=opset, exporter=exporter)
             report = verify_onnx(model, tmp / ONNX_FILE, config, samples=samples, atol=atol,
                                  rtol=rtol)
@@ -405,23 +425,31 @@ def export(
                 versions=_versions(),
                 created=datetime.now(timezone.utc),
             )
-            (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+            manifest_bytes = manifest.to_json().encode("utf-8")
+            (tmp / MANIFEST_FILE).write_bytes(manifest_bytes)
     except FileExistsError:
         raise ExportError(f"{dest} appeared while exporting; pass --force to replace it") from None
     except OSError as exc:
-        raise ExportError(f"cannot write bundle {dest}: {exc}") from None
-    return ExportResult(path=dest, manifest=manifest)
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            exc.strerror or str(exc))
+        kept = "the existing bundle is unchanged" if dest.exists() else "nothing was written"
+        raise ExportError(f"cannot write bundle {dest}: {why}; {kept}") from None
+    return ExportResult(path=dest, manifest=manifest,
+                        sha256=hashlib.sha256(manifest_bytes).hexdigest())
 
 
 def verify_bundle(bundle: str | Path, *, atol: float | None = None, rtol: float | None = None,
-                  registry: Registry | None = None) -> VerificationReport:
+                  registry: Registry | None = None,
+                  expect_sha256: str | None = None) -> VerificationReport:
     """Re-run a bundle's checks (``zoo.verify``): SHA-256 sums, manifest, safe load, numerics.
 
     Tolerances default to those recorded in the manifest. Returns the report (its
     ``passed`` says whether the graph matches); a missing, tampered or unreadable
-    bundle raises :class:`~zoo.errors.BundleError`.
+    bundle, or one whose graph disagrees with its manifest, raises
+    :class:`~zoo.errors.BundleError`.
     """
-    loaded = load_bundle(bundle, registry=registry)
+    loaded = load_bundle(bundle, registry=registry, expect_sha256=expect_sha256)
+    load_graph(loaded.path, loaded.manifest)  # no external data; inputs and outputs agree
     recorded = loaded.manifest.verification
     return verify_onnx(loaded.model, loaded.path / ONNX_FILE, loaded.manifest.model,
                        atol=recorded.atol if atol is None else atol,

@@ -40,7 +40,7 @@ def _architecture(bundle: Path) -> tuple[str, bool] | None:
     try:
         raw = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
         arch = raw["architecture"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if not isinstance(arch, str):
         return None
@@ -64,6 +64,14 @@ def pretrained_bundles(root: Path | None = None) -> dict[str, Path]:
     return {arch: path for arch, (_, path) in sorted(chosen.items(), key=lambda kv: kv[0].lower())}
 
 
+def _names_shipped(text: str, root: Path | None) -> bool:
+    """Whether ``text`` is written as a name (no separator) that a shipped bundle answers to."""
+    if "/" in text or os.sep in text or text in ("", ".", ".."):
+        return False
+    base = exports_dir() if root is None else root
+    return text in pretrained_bundles(base) or (base / text / MANIFEST_FILE).is_file()
+
+
 def resolve_bundle(arg: str | Path, root: Path | None = None) -> Path:
     """A bundle directory from a path, a bundle name in ``exports/`` or an architecture name.
 
@@ -71,10 +79,11 @@ def resolve_bundle(arg: str | Path, root: Path | None = None) -> Path:
     name, giving its shipped bundle (``"Net"``: a trained bundle is preferred, see
     :func:`pretrained_bundles`); a bundle directory name in the exports directory
     (``"Net-cifar2"``). Anything else is a :class:`~zoo.errors.BundleError` listing
-    what is shipped.
+    what is shipped. A bare name that names a shipped bundle means it, even where
+    a folder of that name exists here: write ``./Net`` (or pass a ``Path``) for the folder.
     """
     path = Path(arg)
-    if path.exists():
+    if path.exists() and not (isinstance(arg, str) and _names_shipped(arg, root)):
         return path
     text = str(arg)
     base = exports_dir() if root is None else root
