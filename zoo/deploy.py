@@ -99,7 +99,7 @@ def load_graph(bundle: Path, manifest: Manifest, *,
 
 
 def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path) -> None:
-    """The graph takes one (N, C, H, W) input and gives (N, classes) logits, as the manifest says."""
+    """The graph takes one (N, C, H, W) input, gives (N, classes) logits, as the manifest says."""
     shape = manifest.model.input_shape
     inputs, outputs = session.get_inputs(), session.get_outputs()
     where = f"{bundle / ONNX_FILE}"
