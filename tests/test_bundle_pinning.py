@@ -140,7 +140,8 @@ def test_the_manifest_is_cross_checked_against_the_graph(bundle: Path,
     raw = json.loads((bundle / MANIFEST_FILE).read_text())
     raw["model"]["input_shape"]["height"] = 16
     (bundle / MANIFEST_FILE).write_text(json.dumps(raw))
-    with pytest.raises(BundleError, match=r"takes input shape \[.*3, 32, 32\].*\(batch, 3, 16, 32\)"):
+    with pytest.raises(BundleError,
+                       match=r"takes input shape \[.*3, 32, 32\].*\(batch, 3, 16, 32\)"):
         OnnxClassifier(bundle)
 
 
