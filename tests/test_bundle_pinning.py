@@ -197,3 +197,29 @@ def test_export_bounds_its_input_size_and_seed(tmp_path: Path) -> None:
         export("Net", seed=-1, out=tmp_path / "neg")
     assert export("Net", seed=2**63 - 1, out=tmp_path / "max").path.is_dir()
     assert not (tmp_path / "big").exists() and not (tmp_path / "neg").exists()
+
+
+def test_disk_full_during_export_is_one_line_and_keeps_the_existing_bundle(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import errno
+
+    dest = tmp_path / "bundle"
+    export("Net", out=dest)
+    before = bundle_sha256(dest)
+    real = Path.write_bytes
+
+    def full(self: Path, data: bytes) -> int:  # type: ignore[override]
+        if self.name == "model.pt":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    assert main(["export", "Net", "--out", str(dest), "--force"]) == 1
+    assert main(["export", "Net", "--out", str(tmp_path / "new")]) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].endswith("the disk is full; the existing bundle is unchanged")
+    assert err[1].endswith("the disk is full; nothing was written")
+    assert bundle_sha256(dest) == before and not (tmp_path / "new").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
