@@ -89,6 +89,13 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.pwrite(fd, data, 0)
 
+    def acquire_and_release(self) -> None:
+        """Fail as :meth:`acquire` would if the lock is held; otherwise hold nothing."""
+        try:
+            self.acquire()
+        finally:
+            self.release()
+
     def release(self) -> None:
         if self._fd is not None and fcntl is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -108,16 +115,4 @@ class RunLock:
         self.release()
 
 
-def is_locked(run_dir: Path) -> bool:
-    """Whether some process holds the run directory's lock right now."""
-    lock = RunLock(run_dir, command="probe", shared=True)
-    try:
-        lock.acquire()
-    except RunLockedError:
-        return True
-    finally:
-        lock.release()
-    return False
-
-
-__all__ = ["LOCK_FILE", "RunLock", "RunLockedError", "describe_holder", "is_locked"]
+__all__ = ["LOCK_FILE", "RunLock", "RunLockedError", "describe_holder"]

@@ -561,6 +561,8 @@ class _Trainer:
                                         "(it stopped before its first epoch began: run the same "
                                         "command without --resume)")
             elif out.exists() and (not out.is_dir() or not _reusable(out)):
+                if out.is_dir():  # a trainer at work there is named
+                    RunLock(out, command="zoo train", shared=True).acquire_and_release()
                 raise TrainingError(f"output directory {str(out)!r} already exists and is not "
                                     "empty; choose another --out, or --resume it")
             _probe_writable(out)
