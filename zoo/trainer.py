@@ -271,12 +271,14 @@ def _merge_config(config: TrainConfig | None,
     return validate_config(data, "training config"), explicit
 
 
-#: What a resumed run may change: how it executes, and how long it trains (``epochs``,
-#: within what its schedule allows). Anything else would be recorded but not used
-#: (the optimizer and schedule come from the checkpoint) or would change the split.
+#: What a resumed run may change: how it executes (``batch_size`` is per process: the
+#: global batch must stay the same, see check_resumable), and how long it trains
+#: (``epochs``, within what its schedule allows). Anything else would be recorded but
+#: not used (the optimizer and schedule come from the checkpoint) or would change the
+#: split.
 RESUME_SETTABLE = frozenset({"epochs", "device", "progress", "num_threads", "eval_batch_size",
                              "cache_dir", "tune_allocator", "dist_timeout_s", "download",
-                             "strict", "data_dir", "val_dir"})
+                             "strict", "data_dir", "val_dir", "batch_size"})
 
 
 def _check_resume_changes(run_dir: Path, saved: dict[str, Any],
