@@ -73,3 +73,15 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path: Pat
         (tmp / "f").write_text("x")
     assert not stale_dir.exists() and not stale_old.exists()
     assert clean_stale_temporaries(tmp_path / "run.json") == []
+
+
+def test_replacing_a_link_to_a_folder_replaces_the_link(tmp_path: Path) -> None:
+    with atomic_directory(tmp_path / "real") as tmp:
+        (tmp / "v").write_text("old")
+    (tmp_path / "bundle").symlink_to(tmp_path / "real")
+    with atomic_directory(tmp_path / "bundle", replace=True) as tmp:
+        (tmp / "v").write_text("new")
+    assert not (tmp_path / "bundle").is_symlink()
+    assert (tmp_path / "bundle" / "v").read_text() == "new"
+    assert (tmp_path / "real" / "v").read_text() == "old"  # what it pointed to is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "real"]

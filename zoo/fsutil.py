@@ -155,8 +155,11 @@ def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Pat
         if dest.exists():
             if not replace:
                 raise FileExistsError(f"{dest} already exists")
-            if exchange(tmp, dest):  # tmp now holds the old folder
-                shutil.rmtree(tmp, ignore_errors=True)
+            if exchange(tmp, dest):  # tmp now holds the old folder (or a link to it)
+                if tmp.is_symlink():
+                    tmp.unlink()
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
                 return
             aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".old",
                                           dir=dest.parent))
@@ -166,5 +169,7 @@ def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Pat
         else:
             os.replace(tmp, dest)
     finally:
-        if tmp.exists():
+        if tmp.is_symlink():
+            tmp.unlink()
+        elif tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
