@@ -27,7 +27,7 @@ import torch
 
 from zoo.errors import DataError, TrainingError
 from zoo.fsutil import atomic_path
-from zoo.run import RunSummary
+from zoo.run import BEST_CHECKPOINT, LAST_CHECKPOINT, RunSummary
 
 CHECKPOINT_FORMAT = 2
 DIGEST_KEY = "digest"
@@ -149,8 +149,6 @@ def repair_best(ckpt_dir: Path, last_state: dict[str, Any]) -> str:
     best epoch behind: when the best epoch is last.pt's own, best.pt is copied
     from it. Returns an empty string when nothing needed doing, else one line.
     """
-    from zoo.run import BEST_CHECKPOINT, LAST_CHECKPOINT
-
     wanted = best_epoch(list(last_state.get("metrics") or []))
     if wanted is None:
         return ""
@@ -181,8 +179,6 @@ def check_checkpoint_agrees(state: dict[str, Any], summary: RunSummary, path: Pa
     best.pt must hold the best epoch and last.pt the last completed one; a run
     interrupted while saving, or mid-epoch, disagrees until it is resumed.
     """
-    from zoo.run import BEST_CHECKPOINT
-
     epoch, step = checkpoint_position(state)
     run_dir = path.parent.parent
     if path.name == BEST_CHECKPOINT:

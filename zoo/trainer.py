@@ -573,8 +573,6 @@ class _Trainer:
             # one writer per run directory, for the whole run
             self.lock = RunLock(out, command="zoo train")
             self.lock.acquire()
-        self.run_dir = out
-        self.ckpt_dir = out / CHECKPOINT_DIR
 
     def _drop_unstarted(self) -> None:
         """After a failure before the run began (no run.json), leave no trace of it."""
