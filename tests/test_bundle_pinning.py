@@ -223,3 +223,13 @@ def test_disk_full_during_export_is_one_line_and_keeps_the_existing_bundle(
     assert err[1].endswith("the disk is full; nothing was written")
     assert bundle_sha256(dest) == before and not (tmp_path / "new").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bundle"]
+
+
+def test_a_run_with_an_unusable_normalization_is_not_exported(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", "Net")
+    raw = json.loads((tmp_path / "run" / "run.json").read_text())
+    raw["normalization"]["std"] = [0.25, 0.0, 0.26]
+    (tmp_path / "run" / "run.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="normalization std"):
+        export(tmp_path / "run", out=tmp_path / "bundle")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

@@ -61,6 +61,7 @@ from zoo.manifest import (
     VerificationError,
     VerificationReport,
     Versions,
+    check_consistency,
     file_entry,
 )
 from zoo.pretrained import ENV_EXPORTS
@@ -425,6 +426,7 @@ def export(
                 versions=_versions(),
                 created=datetime.now(timezone.utc),
             )
+            check_consistency(dest, manifest)  # what readers would refuse is never written
             manifest_bytes = manifest.to_json().encode("utf-8")
             (tmp / MANIFEST_FILE).write_bytes(manifest_bytes)
     except FileExistsError:
