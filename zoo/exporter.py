@@ -61,7 +61,7 @@ from zoo.manifest import (
     VerificationError,
     VerificationReport,
     Versions,
-    check_consistency,
+    check_normalization,
     file_entry,
 )
 from zoo.pretrained import ENV_EXPORTS
@@ -394,6 +394,7 @@ def export(
     if len(norm.mean) != config.input_shape.channels:
         raise ExportError(f"the run's normalization has {len(norm.mean)} channels but the model "
                           f"takes {config.input_shape.channels}")
+    check_normalization(norm, config.input_shape.channels, f"run {str(source)!r}")
     samples = None
     if src.samples is not None:
         samples = normalize(src.samples, norm.mean, norm.std)
@@ -426,7 +427,6 @@ def export(
                 versions=_versions(),
                 created=datetime.now(timezone.utc),
             )
-            check_consistency(dest, manifest)  # what readers would refuse is never written
             manifest_bytes = manifest.to_json().encode("utf-8")
             (tmp / MANIFEST_FILE).write_bytes(manifest_bytes)
     except FileExistsError:

@@ -285,8 +285,11 @@ def check_consistency(bundle: Path | str, manifest: Manifest) -> None:
     if manifest.architecture != model.architecture:
         raise BundleError(f"{where} says architecture {manifest.architecture!r} but its model "
                           f"is {model.architecture!r}")
-    norm = manifest.normalization
-    channels = model.input_shape.channels
+    check_normalization(manifest.normalization, model.input_shape.channels, where)
+
+
+def check_normalization(norm: Normalization, channels: int, where: str) -> None:
+    """A normalization of ``channels`` finite means and finite stds above 0, or a BundleError."""
     if len(norm.mean) != channels or len(norm.std) != channels:
         raise BundleError(f"{where} has a normalization of {len(norm.mean)} means and "
                           f"{len(norm.std)} stds for {channels} input channels")
