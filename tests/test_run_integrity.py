@@ -236,11 +236,13 @@ def test_resume_applies_and_records_what_it_may_change(tmp_path: Path) -> None:
     assert not (tmp_path / "elsewhere").exists()
 
 
-def test_seeds_are_bounded_and_the_largest_trains(tmp_path: Path) -> None:
+def test_seeds_and_threads_are_bounded_and_the_largest_seed_trains(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match=r"invalid value .* for 'seed'"):
         train("Net", epochs=1, out=tmp_path / "big", seed=MAX_SEED + 1, **FAST)
     with pytest.raises(ZooError, match=r"invalid value -1 for 'seed'"):
         train("Net", epochs=1, out=tmp_path / "neg", seed=-1, **FAST)
+    with pytest.raises(ZooError, match=r"invalid value 1000000 for 'num_threads'"):
+        train("Net", epochs=1, out=tmp_path / "threads", **{**FAST, "num_threads": 10**6})
     small = {**FAST, "dataset_options": {"size": 40, "num_classes": 2}}
     assert train("Net", epochs=1, out=tmp_path / "max", seed=MAX_SEED,
                  **small).summary.seed == MAX_SEED
