@@ -10,6 +10,7 @@ run code.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from zoo.errors import BundleError, UnknownArchitectureError, ZooError
-from zoo.manifest import WEIGHTS_FILE, Manifest, open_bundle
+from zoo.manifest import WEIGHTS_FILE, Manifest, open_bundle, read_checked
 from zoo.pretrained import resolve_bundle
 from zoo.registry import Registry, default_registry
 
@@ -33,17 +34,22 @@ class LoadedBundle:
     path: Path
 
 
-def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+def strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
+    """A state_dict without the ``module.`` (DDP) or ``_orig_mod.`` (compile) prefix."""
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
-def load_state_dict(path: Path) -> dict[str, Any]:
-    """Read a state_dict with ``weights_only=True``; anything else is a :class:`BundleError`."""
+def load_state_dict(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """Read a state_dict with ``weights_only=True``; anything else is a :class:`BundleError`.
+
+    ``data``: the file's bytes, already read (and checked) by the caller.
+    """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        source: Any = io.BytesIO(data) if data is not None else path
+        state = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             TypeError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -53,7 +59,7 @@ def load_state_dict(path: Path) -> dict[str, Any]:
         state = state["model"]  # a trainer checkpoint
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise BundleError(f"{path} does not hold a state_dict (a dict of named tensors)")
-    return _strip_prefix(state)
+    return strip_prefix(state)
 
 
 def build_from_manifest(manifest: Manifest, registry: Registry, where: str) -> torch.nn.Module:
@@ -75,13 +81,18 @@ def build_from_manifest(manifest: Manifest, registry: Registry, where: str) -> t
 
 
 def load_bundle(bundle: str | os.PathLike[str], *, registry: Registry | None = None,
-                weights: str | None = None) -> LoadedBundle:
+                weights: str | None = None, expect_sha256: str | None = None) -> LoadedBundle:
     """Check and load ``bundle`` (a directory, or an architecture or bundle name: see
-    :func:`zoo.pretrained.resolve_bundle`; ``weights`` picks a declared weight set)."""
-    path = resolve_bundle(os.fspath(bundle), weights=weights, registry=registry)
-    manifest = open_bundle(path)
+    :func:`zoo.pretrained.resolve_bundle`; ``weights`` picks a declared weight set).
+
+    ``expect_sha256`` pins the bundle: one whose ``manifest.json`` has another
+    SHA-256 (:func:`zoo.manifest.bundle_sha256`) is refused.
+    """
+    path = resolve_bundle(bundle if isinstance(bundle, str) else Path(bundle), weights=weights,
+                          registry=registry)
+    manifest = open_bundle(path, expect_sha256=expect_sha256)
     model = build_from_manifest(manifest, registry or default_registry(), str(path))
-    state = load_state_dict(path / WEIGHTS_FILE)
+    state = load_state_dict(path / WEIGHTS_FILE, read_checked(path, manifest, WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -93,9 +104,11 @@ def load_bundle(bundle: str | os.PathLike[str], *, registry: Registry | None = N
 
 
 def load(bundle: str | os.PathLike[str], *, registry: Registry | None = None,
-         weights: str | None = None) -> torch.nn.Module:
+         weights: str | None = None, expect_sha256: str | None = None) -> torch.nn.Module:
     """The bundle's PyTorch model, in eval mode (``zoo.load``); see :func:`load_bundle`."""
-    return load_bundle(bundle, registry=registry, weights=weights).model
+    return load_bundle(bundle, registry=registry, weights=weights,
+                       expect_sha256=expect_sha256).model
 
 
-__all__ = ["LoadedBundle", "build_from_manifest", "load", "load_bundle", "load_state_dict"]
+__all__ = ["LoadedBundle", "build_from_manifest", "load", "load_bundle", "load_state_dict",
+           "strip_prefix"]

@@ -8,6 +8,7 @@ Filled from a JSON or TOML file (:func:`load_config_file`), CLI flags and
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from zoo.errors import ZooError
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
+
+#: The largest seed: the trainer derives its generators' seeds as about seed x 1e6,
+#: which must stay below 2**64 (torch's limit).
+MAX_SEED = 2**44 - 1
+#: The most CPU threads a setting may ask for, per core of this machine.
+MAX_THREADS_PER_CORE = 4
+
+
+def max_threads() -> int:
+    """The most threads a ``--threads``/``num_threads`` setting may ask for on this machine."""
+    return (os.cpu_count() or 1) * MAX_THREADS_PER_CORE
 
 
 class TrainConfig(BaseModel):
@@ -54,14 +66,16 @@ class TrainConfig(BaseModel):
     flip: bool = Field(True, description="Random horizontal flips.")
     crop_padding: int = Field(0, ge=0, le=64,
                               description="Random crop after zero padding (0: off).")
-    seed: int = Field(0, ge=0, description="Seed of the split, init, batches and augmentation.")
+    seed: int = Field(0, ge=0, le=MAX_SEED,
+                      description="Seed of the split, init, batches and augmentation.")
     # execution
     device: Device = "auto"
     channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")
     eval_batch_size: int = Field(256, ge=1, description="Validation batch size.")
-    num_threads: int | None = Field(None, ge=1, description="torch threads on CPU.")
+    num_threads: int | None = Field(
+        None, ge=1, le=max_threads(), description="torch threads on CPU (at most 4 per core).")
     tune_allocator: bool = Field(
         True, description="CPU on Linux: keep freed memory in the process instead of "
                           "returning it to the OS every step (avoids page faults).")
@@ -105,12 +119,15 @@ def load_config_file(path: Path) -> dict[str, Any]:
     """Read a JSON (``.json``) or TOML (any other suffix) config file into a dict."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as exc:
         raise ZooError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ZooError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}: "
+                       f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+    except (ValueError, tomllib.TOMLDecodeError, RecursionError) as exc:
         kind = "JSON" if path.suffix.lower() == ".json" else "TOML"
         raise ZooError(f"config file {str(path)!r} is not valid {kind}: {exc}") from None
     if not isinstance(data, dict):

@@ -26,9 +26,11 @@ import onnxruntime as ort
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from zoo.errors import ZooError
+from zoo.config import max_threads
+from zoo.errors import BundleError, ZooError
 from zoo.imaging import decode_image, normalize, to_mode
-from zoo.manifest import ONNX_FILE, Manifest, open_bundle
+from zoo.manifest import ONNX_FILE, Manifest, open_bundle, read_checked
+from zoo.onnxscan import OnnxScanError, external_data_files
 from zoo.pretrained import resolve_bundle
 
 #: What :meth:`OnnxClassifier.predict` accepts as one image.
@@ -42,16 +44,76 @@ def default_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def ort_session(onnx_path: Path | str, *, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session tuned for latency: all graph optimizations, ``threads``."""
+def check_threads(threads: int | None, what: str = "threads") -> int:
+    """A thread count in 1..4 x cores (None: :func:`default_threads`), else a ZooError."""
+    if threads is None:
+        return default_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) \
+            or not 1 <= threads <= max_threads():
+        raise ZooError(f"{what} must be an integer from 1 to {max_threads()} (4 per core of "
+                       f"this machine), got {threads!r}")
+    return threads
+
+
+def ort_session(onnx_model: Path | str | bytes, *,
+                threads: int | None = None) -> ort.InferenceSession:
+    """A CPU onnxruntime session tuned for latency: all graph optimizations, ``threads``.
+
+    ``onnx_model`` is a path or the graph's bytes (as checked by the caller).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or default_threads()
+    options.intra_op_num_threads = check_threads(threads)
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(onnx_path), sess_options=options,
-                                providers=["CPUExecutionProvider"])
+    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def load_graph(bundle: Path, manifest: Manifest, *,
+               threads: int | None = None) -> ort.InferenceSession:
+    """The bundle's ONNX graph in onnxruntime, from the very bytes checked against the manifest.
+
+    Refuses a graph that keeps tensors in external files (it would read files no
+    digest covers) and one whose input or output disagrees with the manifest.
+    """
+    data = read_checked(bundle, manifest, ONNX_FILE)
+    try:
+        external = external_data_files(data)
+    except OnnxScanError as exc:
+        raise BundleError(f"{bundle / ONNX_FILE} is not an ONNX model: {exc}") from None
+    if external:
+        raise BundleError(f"{bundle / ONNX_FILE} keeps tensors in external file(s) "
+                          f"{', '.join(sorted(set(external)))}, which bundles may not do (the "
+                          "zoo reads only files whose digest it checked); re-export it")
+    try:
+        session = ort_session(data, threads=threads)
+    except ZooError:
+        raise
+    except Exception as exc:  # onnxruntime's own exception types
+        raise BundleError(f"onnxruntime cannot load {bundle / ONNX_FILE}: "
+                          f"{str(exc).strip().splitlines()[0]}") from None
+    check_graph(session, manifest, bundle)
+    return session
+
+
+def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path) -> None:
+    """The graph takes one (N, C, H, W) input, gives (N, classes) logits, as the manifest says."""
+    shape = manifest.model.input_shape
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    where = f"{bundle / ONNX_FILE}"
+    if len(inputs) != 1 or inputs[0].name != manifest.export.input_name:
+        raise BundleError(f"{where} takes inputs {[i.name for i in inputs]}, but the manifest "
+                          f"says one input {manifest.export.input_name!r}")
+    got = list(inputs[0].shape)
+    if len(got) != 4 or got[1:] != [shape.channels, shape.height, shape.width]:
+        raise BundleError(f"{where} takes input shape {got}, but the manifest says (batch, "
+                          f"{shape.channels}, {shape.height}, {shape.width})")
+    out = list(outputs[0].shape) if outputs else []
+    if len(outputs) != 1 or len(out) != 2 or out[1] != len(manifest.classes):
+        raise BundleError(f"{where} gives outputs of shape {out} ({len(outputs)} output(s)), but "
+                          f"the manifest names {len(manifest.classes)} classes")
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -96,13 +158,19 @@ class OnnxClassifier:
 
     ``bundle`` is a bundle directory or a shipped bundle's short name (see
     :func:`zoo.pretrained.resolve_bundle`). Every file's SHA-256 is checked
-    before the graph is loaded (:class:`zoo.errors.BundleError` otherwise).
+    before the graph is loaded, the graph is loaded from the bytes that were
+    checked, and its input and output shapes must match the manifest
+    (:class:`zoo.errors.BundleError` otherwise). ``expect_sha256`` pins the
+    bundle: one whose manifest has another SHA-256 is refused. ``threads``: 1 to
+    4 per core.
     """
 
-    def __init__(self, bundle: str | os.PathLike[str], *, threads: int | None = None) -> None:
+    def __init__(self, bundle: str | os.PathLike[str], *, threads: int | None = None,
+                 expect_sha256: str | None = None) -> None:
+        check_threads(threads)
         self.path = resolve_bundle(Path(bundle) if not isinstance(bundle, str) else bundle)
-        self.manifest: Manifest = open_bundle(self.path)
-        self.session = ort_session(self.path / ONNX_FILE, threads=threads)
+        self.manifest: Manifest = open_bundle(self.path, expect_sha256=expect_sha256)
+        self.session = load_graph(self.path, self.manifest, threads=threads)
         self.input_name = self.manifest.export.input_name
         shape = self.manifest.model.input_shape
         self.channels = shape.channels
@@ -129,6 +197,9 @@ class OnnxClassifier:
             array = image
             if array.dtype != np.uint8:
                 raise ZooError(f"image arrays must be uint8, got dtype {array.dtype}")
+            if array.size == 0:
+                raise ZooError(f"an image array is empty (shape {array.shape}); accepted: at "
+                               "least one pixel")
             if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[2] not in (1, 3, 4):
                 if array.shape == (self.channels, *self.size):
                     return np.ascontiguousarray(array)
@@ -142,6 +213,9 @@ class OnnxClassifier:
         if not isinstance(image, Image.Image):
             raise ZooError(f"cannot classify a {type(image).__name__}; accepted: a path, a PIL "
                            "image or a uint8 numpy array")
+        if image.width == 0 or image.height == 0:
+            raise ZooError(f"an image is empty ({image.width}x{image.height}); accepted: at "
+                           "least one pixel")
         converted = to_mode(image, self.channels)
         if (converted.height, converted.width) != self.size:
             converted = converted.resize((self.size[1], self.size[0]),
@@ -229,4 +303,5 @@ def _as_sequence(images: Any) -> Any:
     return images
 
 
-__all__ = ["ClassScore", "ImageInput", "OnnxClassifier", "Prediction", "ort_session", "softmax"]
+__all__ = ["ClassScore", "ImageInput", "OnnxClassifier", "Prediction", "check_graph",
+           "check_threads", "load_graph", "ort_session", "softmax"]

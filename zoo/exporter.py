@@ -19,6 +19,8 @@ records which one was used (``bench/bench_export.py`` measures both).
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import io
 import os
 import platform
@@ -37,9 +39,10 @@ import onnxruntime as ort
 import torch
 
 from zoo import __version__
-from zoo.bundle import load_bundle, load_state_dict
+from zoo.bundle import load_bundle, strip_prefix
+from zoo.checkpoint import check_checkpoint_agrees, load_checkpoint
 from zoo.contract import check_onnx_output
-from zoo.deploy import default_threads, ort_session
+from zoo.deploy import default_threads, load_graph, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
 from zoo.fsutil import atomic_directory
 from zoo.imaging import normalize
@@ -59,6 +62,7 @@ from zoo.manifest import (
     VerificationError,
     VerificationReport,
     Versions,
+    check_normalization,
     file_entry,
 )
 from zoo.modelcard import write_card
@@ -75,6 +79,7 @@ from zoo.run import (
     checkpoint_path,
     read_summary,
 )
+from zoo.runlock import RunLock
 from zoo.spec import ModelConfig
 
 Exporter = Literal["torchscript", "dynamo"]
@@ -111,10 +116,20 @@ def check_opset(opset: int | None, exporter: Exporter) -> int:
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the bundle was written, and its manifest (which holds the verification report)."""
+    """Where the bundle was written, its manifest (with the verification report) and identity.
+
+    ``sha256`` is :func:`zoo.manifest.bundle_sha256` of the bundle: pin it with
+    ``--expect-sha256`` / ``expect_sha256=`` wherever the bundle is used.
+    """
 
     path: Path
     manifest: Manifest
+    sha256: str = ""
+
+
+#: The largest input an export accepts, in pixels per channel (height x width): the
+#: verification runs the model at batch 7 and the graph is built for it.
+MAX_EXPORT_PIXELS = 1024 * 1024
 
 
 @dataclass
@@ -147,17 +162,21 @@ def _load_source(source: str | Path, overrides: Mapping[str, Any], registry: Reg
         if not (path / SUMMARY_FILE).is_file():
             raise ExportError(f"{str(source)!r} is not a run directory (it has no {SUMMARY_FILE}) "
                               "nor an architecture name")
-        summary = read_summary(path)
         which = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}.get(checkpoint)
         if which is None:
             raise ExportError(f"unknown checkpoint {checkpoint!r}; accepted: best, last")
-        ckpt = checkpoint_path(path, which)
-        model = registry.build(summary.model)
-        try:
-            model.load_state_dict(load_state_dict(ckpt), strict=True)
-        except RuntimeError as exc:
-            raise ExportError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
-                              f"{str(exc).splitlines()[0]}") from None
+        # a shared lock: no trainer may be writing the run while it is read
+        with RunLock(path, command="zoo export", shared=True):
+            summary = read_summary(path)
+            ckpt = checkpoint_path(path, which)
+            state = load_checkpoint(ckpt)  # checks the checkpoint's digest
+            check_checkpoint_agrees(state, summary, ckpt)
+            model = registry.build(summary.model)
+            try:
+                model.load_state_dict(strip_prefix(state["model"]), strict=True)
+            except RuntimeError as exc:
+                raise ExportError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
+                                  f"{str(exc).splitlines()[0]}") from None
         samples = None
         sample_path = path / VAL_SAMPLES
         if sample_path.is_file():
@@ -359,10 +378,16 @@ def export(
     registry = registry or default_registry()
     check_tolerances(atol, rtol)
     opset = check_opset(opset, exporter)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ExportError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     src = _load_source(source, overrides or {}, registry, checkpoint, seed)
     dest = Path(out) if out is not None else default_destination(src.name)
     _check_destination(dest, force)
     config = src.config
+    shape = config.input_shape
+    if shape.height * shape.width > MAX_EXPORT_PIXELS:
+        raise ExportError(f"input size {shape.height}x{shape.width} is too large to export; "
+                          f"accepted: at most {MAX_EXPORT_PIXELS} pixels (e.g. 1024x1024)")
     spec = registry.get_spec(config.architecture)
     if src.summary is not None:
         norm = src.summary.normalization
@@ -376,13 +401,16 @@ def export(
     if len(norm.mean) != config.input_shape.channels:
         raise ExportError(f"the run's normalization has {len(norm.mean)} channels but the model "
                           f"takes {config.input_shape.channels}")
+    check_normalization(norm, config.input_shape.channels, f"run {str(source)!r}")
     samples = None
     if src.samples is not None:
         samples = normalize(src.samples, norm.mean, norm.std)
     model = src.model.eval()
     try:
         with atomic_directory(dest, replace=force) as tmp:
-            torch.save(model.state_dict(), tmp / WEIGHTS_FILE)
+            weights = io.BytesIO()
+            torch.save(model.state_dict(), weights)  # in memory: a full disk is an OSError
+            (tmp / WEIGHTS_FILE).write_bytes(weights.getbuffer())
             seconds = export_onnx(model, tmp / ONNX_FILE, config, opset=opset, exporter=exporter)
             check_onnx_output(tmp / ONNX_FILE, config, classes)
             report = verify_onnx(model, tmp / ONNX_FILE, config, samples=samples, atol=atol,
@@ -412,23 +440,31 @@ def export(
                               run_dir=src.run_dir)
             manifest = manifest.model_copy(update={"files": {
                 **manifest.files, **{name: file_entry(tmp / name) for name in card}}})
-            (tmp / MANIFEST_FILE).write_text(manifest.to_json(), encoding="utf-8")
+            manifest_bytes = manifest.to_json().encode("utf-8")
+            (tmp / MANIFEST_FILE).write_bytes(manifest_bytes)
     except FileExistsError:
         raise ExportError(f"{dest} appeared while exporting; pass --force to replace it") from None
     except OSError as exc:
-        raise ExportError(f"cannot write bundle {dest}: {exc}") from None
-    return ExportResult(path=dest, manifest=manifest)
+        why = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (
+            exc.strerror or str(exc))
+        kept = "the existing bundle is unchanged" if dest.exists() else "nothing was written"
+        raise ExportError(f"cannot write bundle {dest}: {why}; {kept}") from None
+    return ExportResult(path=dest, manifest=manifest,
+                        sha256=hashlib.sha256(manifest_bytes).hexdigest())
 
 
 def verify_bundle(bundle: str | Path, *, atol: float | None = None, rtol: float | None = None,
-                  registry: Registry | None = None) -> VerificationReport:
+                  registry: Registry | None = None,
+                  expect_sha256: str | None = None) -> VerificationReport:
     """Re-run a bundle's checks (``zoo.verify``): SHA-256 sums, manifest, safe load, numerics.
 
     Tolerances default to those recorded in the manifest. Returns the report (its
     ``passed`` says whether the graph matches); a missing, tampered or unreadable
-    bundle raises :class:`~zoo.errors.BundleError`.
+    bundle, or one whose graph disagrees with its manifest, raises
+    :class:`~zoo.errors.BundleError`.
     """
-    loaded = load_bundle(bundle, registry=registry)
+    loaded = load_bundle(bundle, registry=registry, expect_sha256=expect_sha256)
+    load_graph(loaded.path, loaded.manifest)  # no external data; inputs and outputs agree
     recorded = loaded.manifest.verification
     return verify_onnx(loaded.model, loaded.path / ONNX_FILE, loaded.manifest.model,
                        atol=recorded.atol if atol is None else atol,

@@ -1,10 +1,26 @@
-"""Atomic writes: nothing half-written is ever left at a destination path."""
+"""Atomic writes: nothing half-written is ever left at a destination path.
+
+Temporaries are made beside their destination and named
+``.<dest>.zoo-<pid>-<random>.tmp`` (``.old`` for a replaced folder on its way
+out). A process killed mid-write leaves its temporary behind; the next write to
+the same destination removes those whose process is gone.
+
+Replacing a folder (:func:`atomic_directory` with ``replace=True``) swaps the
+new folder and the old one in one ``renameat2(RENAME_EXCHANGE)`` call on Linux
+3.15+ filesystems that support it, so the destination always exists. Elsewhere
+the fallback is two renames (old aside, new in place): a crash between them
+leaves the destination missing, with the old folder kept as ``.<dest>.zoo-*.old``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import os
+import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,12 +44,76 @@ def _umask() -> int:
     return mask
 
 
+def _temp_prefix(dest: Path) -> str:
+    return f".{dest.name}.zoo-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_temporaries(dest: Path | str) -> list[Path]:
+    """Remove the temporaries of writes to ``dest`` whose process has died; return them."""
+    dest = Path(dest)
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.zoo-(\d+)-[^/]*\.(tmp|old)$")
+    removed: list[Path] = []
+    try:
+        entries = list(dest.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or int(match.group(1)) == os.getpid() or _alive(int(match.group(1))):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path | str, b: Path | str) -> bool:
+    """Swap paths ``a`` and ``b`` atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False where the system or filesystem cannot (then nothing changed);
+    other failures raise :class:`OSError`.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc without it (glibc < 2.28, musl < 1.2.?)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path | str) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; rename it over ``dest`` if the block succeeds."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    clean_stale_temporaries(dest)
+    fd, tmp_name = tempfile.mkstemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -61,19 +141,27 @@ def atomic_write_bytes(dest: Path | str, data: bytes) -> None:
 def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``dest``; move it into place only if the block succeeds.
 
-    With ``replace=True`` an existing ``dest`` is swapped out (renamed aside, then
-    removed) only after the new one is complete.
+    With ``replace=True`` an existing ``dest`` is swapped out only after the new one
+    is complete: in one atomic exchange where the system allows (see the module's
+    docstring), the old folder is then removed.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    clean_stale_temporaries(dest)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700, unlike a plain mkdir()
         if dest.exists():
             if not replace:
                 raise FileExistsError(f"{dest} already exists")
-            aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old",
+            if exchange(tmp, dest):  # tmp now holds the old folder (or a link to it)
+                if tmp.is_symlink():
+                    tmp.unlink()
+                else:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                return
+            aside = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".old",
                                           dir=dest.parent))
             os.replace(dest, aside / "old")
             os.replace(tmp, dest)
@@ -81,5 +169,7 @@ def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Pat
         else:
             os.replace(tmp, dest)
     finally:
-        if tmp.exists():
+        if tmp.is_symlink():
+            tmp.unlink()
+        elif tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

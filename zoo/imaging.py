@@ -3,16 +3,25 @@
 One function decodes every image the zoo touches, so that training and
 deployment see the same pixels: grayscale, RGBA and palette images are
 converted, then resized with bilinear filtering to the model's input size.
+
+A small file can decode to a huge image (a PNG of a few kilobytes to gigabytes
+of pixels), so the size in its header is checked before decoding: at most
+``$ZOO_MAX_IMAGE_PIXELS`` pixels (default 4096 x 4096).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+ENV_MAX_PIXELS = "ZOO_MAX_IMAGE_PIXELS"
+#: The default decoded-pixel limit per image: 4096 x 4096.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageDecodeError(ValueError):
@@ -28,11 +37,37 @@ def to_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
+def max_image_pixels() -> int:
+    """The decoded-pixel limit per image: ``$ZOO_MAX_IMAGE_PIXELS``, else 4096 x 4096."""
+    text = os.environ.get(ENV_MAX_PIXELS, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        limit = int(text)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        from zoo.errors import ZooError
+
+        raise ZooError(f"${ENV_MAX_PIXELS} must be a positive number of pixels, got {text!r}")
+    return limit
+
+
 def decode_image(path: Path | str, channels: int = 3,
                  size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode ``path`` into uint8 ``(channels, height, width)``, resized to ``size`` (h, w)."""
+    """Decode ``path`` into uint8 ``(channels, height, width)``, resized to ``size`` (h, w).
+
+    An image larger than :func:`max_image_pixels` is refused from its header,
+    before any pixel is decoded (:class:`ImageDecodeError`).
+    """
+    limit = max_image_pixels()
     try:
         with Image.open(path) as img:
+            width, height = img.size  # from the header: nothing is decoded yet
+            if width * height > limit:
+                raise ImageDecodeError(
+                    f"{path}: {width}x{height} is {width * height} pixels, over the limit of "
+                    f"{limit} per image (set ${ENV_MAX_PIXELS} to allow more)")
             img.load()
             converted = to_mode(img, channels)
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,

@@ -9,13 +9,18 @@ read and check it. A bundle is a directory::
     manifest.json   a :class:`Manifest` (JSON Schema: ``zoo/schemas/manifest.schema.json``)
 
 Every file but the manifest is listed in ``Manifest.files`` with its size and
-SHA-256; :func:`open_bundle` checks them all before anything is loaded.
+SHA-256; :func:`open_bundle` checks them all before anything is loaded. The
+bundle's identity is the SHA-256 of ``manifest.json`` itself
+(:func:`bundle_sha256`): it covers every file through their listed digests, so
+pinning it (``expect_sha256=``, ``--expect-sha256``) pins the whole bundle.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -222,8 +227,21 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
 
 
-def read_manifest(bundle: Path | str) -> Manifest:
-    """Read and validate ``bundle/manifest.json``; files are checked by :func:`open_bundle`."""
+def check_expected_sha256(expect_sha256: str) -> str:
+    """``expect_sha256`` as 64 lowercase hex digits, or a :class:`BundleError`."""
+    text = expect_sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", text):
+        raise BundleError(f"expected SHA-256 {expect_sha256!r} is not 64 hexadecimal digits")
+    return text
+
+
+def read_manifest(bundle: Path | str, *, expect_sha256: str | None = None) -> Manifest:
+    """Read and validate ``bundle/manifest.json``; files are checked by :func:`open_bundle`.
+
+    With ``expect_sha256``, a manifest whose SHA-256 (:func:`bundle_sha256`) differs
+    is refused before it is parsed.
+    """
+    expected = check_expected_sha256(expect_sha256) if expect_sha256 is not None else None
     bundle = Path(bundle)
     if not bundle.exists():
         raise BundleError(f"bundle {str(bundle)!r} does not exist")
@@ -234,9 +252,18 @@ def read_manifest(bundle: Path | str) -> Manifest:
     if not path.is_file():
         raise BundleError(f"{str(bundle)!r} is not a bundle: it has no {MANIFEST_FILE}")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise BundleError(f"bundle {str(bundle)!r} is not the one expected: its manifest's "
+                          f"SHA-256 is {hashlib.sha256(data).hexdigest()}, expected {expected}")
+    try:
+        raw = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{path} is not a bundle manifest: it is nested too deeply") from None
     if not isinstance(raw, dict):
         raise BundleError(f"{path} does not hold a JSON object")
     version = raw.get("format_version")
@@ -246,11 +273,60 @@ def read_manifest(bundle: Path | str) -> Manifest:
                           f"accepted: {accepted} (upgrade zoo to read newer bundles)")
     try:
         return Manifest.model_validate(raw)
+    except RecursionError:
+        raise BundleError(f"{path} is not a bundle manifest: it is nested too deeply") from None
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
             for e in exc.errors()[:5])
         raise BundleError(f"{path} does not validate as a bundle manifest: {problems}") from None
+
+
+def check_consistency(bundle: Path | str, manifest: Manifest) -> None:
+    """Check that the manifest agrees with itself: classes, shape and a usable normalization."""
+    where = f"manifest of {str(bundle)!r}"
+    model = manifest.model
+    if len(manifest.classes) != model.num_classes:
+        raise BundleError(f"{where} names {len(manifest.classes)} classes but its model has "
+                          f"{model.num_classes} outputs")
+    if manifest.architecture != model.architecture:
+        raise BundleError(f"{where} says architecture {manifest.architecture!r} but its model "
+                          f"is {model.architecture!r}")
+    check_normalization(manifest.normalization, model.input_shape.channels, where)
+
+
+def check_normalization(norm: Normalization, channels: int, where: str) -> None:
+    """A normalization of ``channels`` finite means and finite stds above 0, or a BundleError."""
+    if len(norm.mean) != channels or len(norm.std) != channels:
+        raise BundleError(f"{where} has a normalization of {len(norm.mean)} means and "
+                          f"{len(norm.std)} stds for {channels} input channels")
+    if not all(math.isfinite(m) for m in norm.mean):
+        raise BundleError(f"{where} has a non-finite normalization mean {norm.mean}; accepted: "
+                          "finite numbers")
+    if not all(math.isfinite(s) and s > 0 for s in norm.std):
+        raise BundleError(f"{where} has normalization std {norm.std}; accepted: finite numbers "
+                          "greater than 0")
+
+
+def read_checked(bundle: Path | str, manifest: Manifest, name: str) -> bytes:
+    """The bytes of bundle file ``name``, read once and checked against the manifest.
+
+    Readers use these very bytes: what was checked is what is loaded.
+    """
+    entry = manifest.files.get(name)
+    path = Path(bundle) / name
+    if entry is None:
+        raise BundleError(f"manifest of {str(bundle)!r} does not list {name}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"bundle {str(bundle)!r} is missing {name}") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) != entry.size or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise BundleError(f"{path} does not match its SHA-256 in the manifest (size {len(data)}, "
+                          f"expected {entry.size}): the file was modified or corrupted")
+    return data
 
 
 def check_files(bundle: Path | str, manifest: Manifest) -> None:
@@ -272,9 +348,13 @@ def check_files(bundle: Path | str, manifest: Manifest) -> None:
                               f"expected {entry.size}): the file was modified or corrupted")
 
 
-def open_bundle(bundle: Path | str) -> Manifest:
-    """Read the manifest and check every file's SHA-256: the entry point of every reader."""
-    manifest = read_manifest(bundle)
+def open_bundle(bundle: Path | str, *, expect_sha256: str | None = None) -> Manifest:
+    """Read the manifest and check it and every file's SHA-256: the entry point of every reader.
+
+    ``expect_sha256`` pins the bundle: any other manifest (:func:`bundle_sha256`) is refused.
+    """
+    manifest = read_manifest(bundle, expect_sha256=expect_sha256)
+    check_consistency(bundle, manifest)
     check_files(bundle, manifest)
     return manifest
 

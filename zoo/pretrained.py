@@ -74,7 +74,7 @@ def _architecture(bundle: Path) -> tuple[str, bool] | None:
     try:
         raw = json.loads((bundle / MANIFEST_FILE).read_text(encoding="utf-8"))
         arch = raw["architecture"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     if not isinstance(arch, str):
         return None
@@ -258,6 +258,15 @@ def _declared_names(registry: Registry) -> list[str]:
     return names
 
 
+def _names_shipped(text: str, root: Path | None, registry: Registry | None) -> bool:
+    """Whether the bare name ``text`` answers to declared weights or a shipped bundle."""
+    explicit = root is not None or bool(os.environ.get(ENV_EXPORTS))
+    if not explicit and text in _declared_names(_registry(registry)):
+        return True
+    base = exports_dir() if root is None else root
+    return text in pretrained_bundles(base) or (base / text / MANIFEST_FILE).is_file()
+
+
 def resolve_bundle(arg: str | Path, root: Path | None = None, *, weights: str | None = None,
                    registry: Registry | None = None) -> Path:
     """A bundle directory from a path, an architecture name or a bundle name.
@@ -268,12 +277,16 @@ def resolve_bundle(arg: str | Path, root: Path | None = None, *, weights: str | 
     ``root`` is given or ``$ZOO_EXPORTS`` is set and ``weights`` is not; then the
     bundles in that directory (or the source tree's ``exports/``), by architecture
     (a trained bundle preferred, see :func:`pretrained_bundles`) or directory name.
-    Anything else is a :class:`~zoo.errors.BundleError` listing what there is.
+    Anything else is a :class:`~zoo.errors.BundleError` listing what there is. A
+    bare name that answers to a shipped bundle means it, even where a folder of that
+    name exists here: write ``./Net`` (or pass a ``Path``) for the folder.
     """
     path = Path(arg)
     text = str(arg)
-    is_name = "/" not in text and os.sep not in text and text not in ("", ".", "..")
-    if weights is None and path.exists():
+    is_name = (isinstance(arg, str) and "/" not in text and os.sep not in text
+               and text not in ("", ".", ".."))
+    if weights is None and path.exists() and not (
+            is_name and _names_shipped(text, root, registry)):
         return path
     if not is_name:
         if weights is not None:

@@ -8,10 +8,15 @@ A run directory holds::
     metrics.csv        the same as CSV
     curves.png         loss and accuracy per epoch
     val_samples.npy    up to 64 uint8 validation images (N, C, H, W), for export checks
+    run.lock           the advisory lock of the trainer writing it (zoo.runlock)
     checkpoints/last.pt, checkpoints/best.pt
 
 A checkpoint is a dict loadable with ``torch.load(..., weights_only=True)``;
-its ``"model"`` entry is the model's state_dict.
+its ``"model"`` entry is the model's state_dict and its ``"digest"`` the
+SHA-256 of its content (zoo.checkpoint). Each epoch writes last.pt, then best.pt
+(a copy of it when the epoch is the best so far), then the metrics and run.json,
+each atomically: last.pt is the run's truth, and ``--resume`` repairs the others
+from it after a crash between those writes.
 """
 
 from __future__ import annotations

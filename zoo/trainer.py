@@ -13,6 +13,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -41,10 +42,13 @@ from zoo.checkpoint import (
     CHECKPOINT_FORMAT,
     check_resumable,
     check_same_run,
+    copy_checkpoint,
     load_checkpoint,
+    repair_best,
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_failure,
 )
 from zoo.config import TrainConfig, validate_config
 from zoo.curves import write_curves
@@ -59,7 +63,7 @@ from zoo.distributed import (
     init_process_group,
 )
 from zoo.errors import DataError, TrainingError, ZooError
-from zoo.fsutil import atomic_directory, atomic_path, atomic_write_text
+from zoo.fsutil import atomic_path, atomic_write_bytes, atomic_write_text
 from zoo.pipeline import (
     DeviceData,
     compute_normalization,
@@ -86,6 +90,7 @@ from zoo.run import (
     Normalization,
     RunSummary,
 )
+from zoo.runlock import LOCK_FILE, RunLock
 from zoo.spec import ModelConfig, Recipe
 
 VAL_SAMPLE_COUNT = 64
@@ -135,6 +140,16 @@ def _probe_writable(path: Path) -> None:
     except OSError as exc:
         raise TrainingError(f"output directory {str(path)!r} is not writable "
                             f"({exc.strerror or exc}); choose another --out") from None
+
+
+def _reusable(out: Path) -> bool:
+    """Whether a new run may use the existing directory ``out``.
+
+    It may if it is empty, or if it is a run that stopped before its first epoch
+    began (it has a lock file but no ``run.json``): its files are rewritten.
+    """
+    names = {p.name for p in out.iterdir()}
+    return not names or (LOCK_FILE in names and SUMMARY_FILE not in names)
 
 
 def default_out(architecture: str, dataset: str) -> Path:
@@ -218,12 +233,45 @@ def _merge_config(config: TrainConfig | None,
         if not isinstance(saved, dict):
             raise TrainingError(f"cannot resume {str(run_dir)!r}: its {CONFIG_FILE} does not "
                                 "hold a training config")
-        saved.update({k: data[k] for k in explicit if k in data})
         saved["resume"] = run_dir
         saved["out"] = run_dir
+        _check_resume_changes(run_dir, saved, {k: data[k] for k in explicit
+                                               if k in data and k != "resume"})
+        saved.update({k: data[k] for k in explicit if k in RESUME_SETTABLE and k in data})
         data = saved
         explicit = set(saved)  # a resumed run keeps the recipe it started with
     return validate_config(data, "training config"), explicit
+
+
+#: What a resumed run may change: how it executes (``batch_size`` is per process: the
+#: global batch must stay the same, see check_resumable), and how long it trains
+#: (``epochs``, within what its schedule allows). Anything else would be recorded but
+#: not used (the optimizer and schedule come from the checkpoint) or would change the
+#: split.
+RESUME_SETTABLE = frozenset({"epochs", "device", "progress", "num_threads", "eval_batch_size",
+                             "cache_dir", "tune_allocator", "dist_timeout_s", "download",
+                             "strict", "data_dir", "val_dir", "batch_size"})
+
+
+def _check_resume_changes(run_dir: Path, saved: dict[str, Any],
+                          requested: dict[str, Any]) -> None:
+    """Refuse a resume that asks for a setting it could not truthfully apply."""
+    before = validate_config(saved, f"{run_dir / CONFIG_FILE}")
+    for key, value in requested.items():
+        if key in RESUME_SETTABLE:
+            continue
+        after = validate_config({**saved, key: value}, "training config")
+        if key == "out":
+            if Path(after.out or run_dir).resolve() != run_dir.resolve():
+                raise TrainingError(f"--out {str(value)!r} cannot be combined with --resume: a "
+                                    f"resumed run continues in its own directory {str(run_dir)!r}")
+            continue
+        if getattr(after, key) != getattr(before, key):
+            raise TrainingError(
+                f"cannot resume {str(run_dir)!r} with {key}={getattr(after, key)!r}: the run "
+                f"started with {key}={getattr(before, key)!r}, and a resumed run keeps its "
+                "model, data, split and recipe (it may change only "
+                f"{', '.join(sorted(RESUME_SETTABLE))}); start a new run to change it")
 
 
 def _with_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
@@ -384,6 +432,10 @@ class _Trainer:
         self.dist = dist_from_env()
         self.resuming = config.resume is not None
         self.splitter = None
+        self.lock: RunLock | None = None
+        self.progress_note = ""
+        self._made_dir = False
+        self._resumed_state: dict[str, Any] | None = None
 
     def run(self) -> TrainResult:
         """Pick the device, join the process group if distributed, and train."""
@@ -408,6 +460,9 @@ class _Trainer:
         finally:
             if created_group:
                 destroy_process_group()
+            if self.lock is not None and self.lock.held:
+                self._drop_unstarted()
+                self.lock.release()
 
     def _run(self, device: torch.device) -> TrainResult:
         self.device = device
@@ -474,16 +529,38 @@ class _Trainer:
         cfg = self.config
         out = Path(cfg.out) if cfg.out is not None else default_out(self.architecture, cfg.dataset)
         out = Path(broadcast_object(str(out), self.dist))
+        self.run_dir = out
+        self.ckpt_dir = out / CHECKPOINT_DIR
         if self.dist.main:
             if self.resuming:
                 if not (out / SUMMARY_FILE).is_file():
-                    raise TrainingError(f"cannot resume {str(out)!r}: it has no {SUMMARY_FILE}")
-            elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+                    raise TrainingError(f"cannot resume {str(out)!r}: it has no {SUMMARY_FILE} "
+                                        "(it stopped before its first epoch began: run the same "
+                                        "command without --resume)")
+            elif out.exists() and (not out.is_dir() or not _reusable(out)):
+                if out.is_dir():  # a trainer at work there is named
+                    RunLock(out, command="zoo train", shared=True).acquire_and_release()
                 raise TrainingError(f"output directory {str(out)!r} already exists and is not "
                                     "empty; choose another --out, or --resume it")
             _probe_writable(out)
-        self.run_dir = out
-        self.ckpt_dir = out / CHECKPOINT_DIR
+            self._made_dir = not out.exists()
+            out.mkdir(parents=True, exist_ok=True)
+            # one writer per run directory, for the whole run
+            self.lock = RunLock(out, command="zoo train")
+            self.lock.acquire()
+
+    def _drop_unstarted(self) -> None:
+        """After a failure before the run began (no run.json), leave no trace of it."""
+        out = self.run_dir
+        if self.resuming or (out / SUMMARY_FILE).exists():
+            return
+        for name in (CONFIG_FILE, VAL_SAMPLES, LOCK_FILE):
+            (out / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (out / CHECKPOINT_DIR).rmdir()
+        if self._made_dir:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
     def _load_data(self) -> None:
         """Load the dataset, fit the model to it and fix the normalization.
@@ -547,9 +624,21 @@ class _Trainer:
         self.scheduler = _make_scheduler(cfg, self.optimizer, self.steps * cfg.epochs)
 
     def _restore(self) -> _Position:
-        """Load the last checkpoint into model, optimizer, schedule and RNGs."""
+        """Load the last checkpoint into model, optimizer, schedule and RNGs.
+
+        A run stopped before its first checkpoint starts again from the beginning:
+        everything before that point is derived from its config and seed.
+        """
         cfg = self.config
-        state = load_checkpoint(self.ckpt_dir / LAST_CHECKPOINT)
+        self._resumed_state = None
+        last = self.ckpt_dir / LAST_CHECKPOINT
+        if not last.is_file() and zoo.run.read_summary(self.run_dir).epochs_completed == 0:
+            if self.dist.main:
+                self.progress_note = (f"zoo: {str(self.run_dir)!r} stopped before its first "
+                                      "checkpoint; starting it again from the beginning")
+            return _Position()
+        state = load_checkpoint(last)
+        self._resumed_state = state
         check_resumable(state, self.run_dir, steps=self.steps, epochs=cfg.epochs,
                         schedule=cfg.schedule, scheduled=self.scheduler is not None)
         self.core.load_state_dict(state["model"])
@@ -608,6 +697,11 @@ class _Trainer:
         if dist_info.main and not self.resuming:
             self._create_run_dir(self._summary(0))
         self.progress = Progress(cfg.progress, dist_info.main)
+        if dist_info.main and self.resuming:
+            if self.progress_note:
+                self.progress.message(self.progress_note)
+            if self._resumed_state is not None:
+                self._reconcile()
         if dist_info.main:
             self.progress.message(
                 f"zoo: training {self.architecture} on {data.name} ({len(data.train)} train, "
@@ -632,20 +726,21 @@ class _Trainer:
             self.scaler.load_state_dict(self.pos.scaler)
 
     def _create_run_dir(self, first: RunSummary) -> None:
-        """Write config, summary and validation samples into a new run directory, atomically."""
+        """Write config, validation samples and summary into the new (locked) run directory.
+
+        Each file is written atomically and ``run.json`` last: a directory without it
+        is a run that never began, which the same command may reuse.
+        """
         run_dir = self.run_dir
         try:
-            # The folder appears complete or not at all; an empty one the user made is
-            # swapped for it (a non-empty one was refused before any work).
-            with atomic_directory(run_dir, replace=True) as tmp:
-                (tmp / CONFIG_FILE).write_text(self.config.model_dump_json(indent=2))
-                (tmp / SUMMARY_FILE).write_text(first.model_dump_json(indent=2))
-                with (tmp / VAL_SAMPLES).open("wb") as fh:
-                    np.save(fh, np.ascontiguousarray(self.data.val.images[:VAL_SAMPLE_COUNT]))
-                (tmp / CHECKPOINT_DIR).mkdir()
+            atomic_write_text(run_dir / CONFIG_FILE, self.config.model_dump_json(indent=2))
+            buf = io.BytesIO()
+            np.save(buf, np.ascontiguousarray(self.data.val.images[:VAL_SAMPLE_COUNT]))
+            atomic_write_bytes(run_dir / VAL_SAMPLES, buf.getvalue())
+            (run_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+            atomic_write_text(run_dir / SUMMARY_FILE, first.model_dump_json(indent=2))
         except OSError as exc:
-            raise TrainingError(f"cannot create run directory {str(run_dir)!r} "
-                                f"({exc.strerror or exc}); choose another --out") from None
+            raise write_failure(run_dir, exc, "nothing of the run was kept") from None
 
     # the epoch loop ---------------------------------------------------------------------
 
@@ -811,13 +906,34 @@ class _Trainer:
             pos.best_confusion = self.val_confusion
         state = self._checkpoint_state(m.epoch, 0, None)  # a collective: every rank takes part
         if self.dist.main:
-            save_checkpoint(self.ckpt_dir / LAST_CHECKPOINT, state)
+            # last.pt is the run's truth, written first; best.pt (a copy when this epoch is
+            # the best) and run.json follow. A crash between them is repaired on --resume.
+            last = self.ckpt_dir / LAST_CHECKPOINT
+            save_checkpoint(last, state)
             if improved:
-                save_checkpoint(self.ckpt_dir / BEST_CHECKPOINT, state)
-            write_metrics(self.run_dir, pos.metrics)
-            atomic_write_text(self.run_dir / SUMMARY_FILE,
-                              self._summary(m.epoch).model_dump_json(indent=2))
+                copy_checkpoint(last, self.ckpt_dir / BEST_CHECKPOINT)
+            self._write_records(m.epoch)
             self.progress.epoch(m, self.config.epochs)
+
+    def _write_records(self, epochs_done: int) -> None:
+        """metrics.jsonl, metrics.csv and run.json of the epochs done (atomically, each)."""
+        try:
+            write_metrics(self.run_dir, self.pos.metrics)
+            atomic_write_text(self.run_dir / SUMMARY_FILE,
+                              self._summary(epochs_done).model_dump_json(indent=2))
+        except OSError as exc:
+            raise write_failure(self.run_dir / SUMMARY_FILE, exc,
+                                f"the checkpoints of epoch {epochs_done} are written; "
+                                f"--resume {self.run_dir} completes the records") from None
+
+    def _reconcile(self) -> None:
+        """On resume, make best.pt, metrics and run.json agree with last.pt (the truth)."""
+        assert self._resumed_state is not None
+        note = repair_best(self.ckpt_dir, self._resumed_state)
+        if note:
+            print(f"zoo: {note}", file=sys.stderr)
+        if self.pos.metrics:
+            self._write_records(len(self.pos.metrics))
 
     def _finish(self) -> None:
         """Draw the curves of whatever epochs completed (also after a failure)."""

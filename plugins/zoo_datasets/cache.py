@@ -6,6 +6,12 @@ decoded from (each file's content and its path within the dataset, plus the
 decode size and channels), so a changed, added, removed or renamed file
 invalidates it, whatever its modification time, and a copy of the dataset
 elsewhere finds the same entry.
+
+Each entry also stores its own key and the SHA-256 of its arrays
+(:func:`arrays_digest`), checked on every read: a damaged entry, or a valid
+one copied or written under another key, is rebuilt with one line on stderr.
+This catches accidents and misplaced files, not someone who can write the
+cache and recompute the digest.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +128,34 @@ def file_digests(paths: Sequence[Path], index_file: Path | None = None) -> list[
 
 Arrays = dict[str, np.ndarray]
 
+_KEY_FIELD = "__zoo_key__"
+_DIGEST_FIELD = "__zoo_sha256__"
+
+
+def arrays_digest(arrays: Arrays) -> str:
+    """SHA-256 of named arrays: each name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _read_entry(path: Path, key: str) -> Arrays | None:
+    """The entry's arrays if it is readable, holds ``key`` and matches its digest; else None."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            stored = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    meta_key, meta_digest = stored.pop(_KEY_FIELD, None), stored.pop(_DIGEST_FIELD, None)
+    if meta_key is None or meta_digest is None or str(meta_key) != key:
+        return None
+    if arrays_digest(stored) != str(meta_digest):
+        return None
+    return stored
+
 
 def cached(root: Path, key: str, build: Callable[[], Arrays], *, enabled: bool = True) -> Arrays:
     """Return the arrays stored under ``key``, building and storing them on a miss.
@@ -132,15 +167,16 @@ def cached(root: Path, key: str, build: Callable[[], Arrays], *, enabled: bool =
         return build()
     path = root / f"{key}.npz"
     if path.is_file():
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                return {name: npz[name] for name in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile):
-            pass  # corrupt entry: rebuild it below
+        found = _read_entry(path, key)
+        if found is not None:
+            return found
+        print(f"zoo: cache entry {path} is damaged or is not what its name says; rebuilding it",
+              file=sys.stderr)
     arrays = build()
+    stored = {**arrays, _KEY_FIELD: np.array(key), _DIGEST_FIELD: np.array(arrays_digest(arrays))}
     try:
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
-            np.savez(fh, **arrays)  # type: ignore[arg-type]
+            np.savez(fh, **stored)  # type: ignore[arg-type]
     except OSError:
         pass
     return arrays

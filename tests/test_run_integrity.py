@@ -1,0 +1,281 @@
+"""Runs that detect damage and crashes: checkpoint digests, best/last/run.json agreement,
+one writer per run directory, honest resumes, bounded seeds (CPU, offline)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import zoo
+from zoo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from zoo.cli import main
+from zoo.config import MAX_SEED, load_config_file
+from zoo.errors import TrainingError, ZooError
+from zoo.exporter import export
+from zoo.run import read_summary
+from zoo.runlock import RunLock, RunLockedError
+from zoo.trainer import train
+
+FAST: dict[str, Any] = {
+    "dataset_options": {"size": 160, "num_classes": 2},
+    "model": {"in_height": 16, "in_width": 16},
+    "batch_size": 32,
+    "progress": "none",
+    "num_threads": 1,
+    "schedule": "none",
+}
+
+
+class _Killed(BaseException):
+    """Stands for a SIGKILL at a chosen point: nothing after it runs."""
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    weights: dict[str, torch.Tensor] = torch.load(path, weights_only=True)["model"]
+    return weights
+
+
+def _flip_a_weight_byte(path: Path) -> None:
+    """Flip one bit inside conv1.weight's stored bytes (torch's zip reader does not notice)."""
+    raw = bytearray(path.read_bytes())
+    tensor = torch.load(path, weights_only=True)["model"]["conv1.weight"]
+    data = bytes(tensor.untyped_storage())
+    at = raw.find(data[:64])
+    assert at > 0
+    raw[at + 10] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+def test_checkpoints_carry_a_digest_and_a_damaged_one_is_never_loaded(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train("Net", epochs=1, out=run, **FAST)
+    last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
+    assert len(load_checkpoint(last)["digest"]) == 64
+    _flip_a_weight_byte(last)
+    assert torch.load(last, weights_only=True)["model"]["conv1.weight"].shape  # still loads
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged"):
+        train("Net", epochs=2, resume=run)
+    _flip_a_weight_byte(best)
+    with pytest.raises(CheckpointError, match=r"best.pt is damaged"):
+        export(run, out=tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_a_checkpoint_of_an_older_zoo_without_digest_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "old.pt"
+    torch.save({"format": 1, "model": {"w": torch.ones(2)}, "epoch": 1}, path)
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(2))
+    save_checkpoint(path, {"format": 2, "model": {"w": torch.ones(2)}})
+    state = torch.load(path, weights_only=True)
+    del state["digest"]  # a format-2 checkpoint must have one
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(path)
+
+
+def test_a_crash_between_last_and_best_is_detected_then_repaired_on_resume(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = {**FAST, "epochs": 3}
+    whole = train("Net", out=tmp_path / "whole", **cfg)
+    improved_later = [m.epoch for m in whole.metrics[1:]
+                      if m.val_acc > max(x.val_acc for x in whole.metrics[:m.epoch - 1])]
+    assert improved_later, "the test needs an epoch after the first that improves"
+    calls = []
+    real_copy = zoo.trainer.copy_checkpoint
+
+    def copy_then_die(src: Path, dest: Path) -> None:
+        calls.append(dest)
+        if len(calls) == 2:
+            raise _Killed  # last.pt of this epoch is written, best.pt and run.json are not
+        real_copy(src, dest)
+
+    monkeypatch.setattr(zoo.trainer, "copy_checkpoint", copy_then_die)
+    run = tmp_path / "run"
+    with pytest.raises(_Killed):
+        train("Net", out=run, **cfg)
+    monkeypatch.setattr(zoo.trainer, "copy_checkpoint", real_copy)
+    killed_in = improved_later[0]
+    assert read_summary(run).epochs_completed == killed_in - 1
+    with pytest.raises(CheckpointError, match=rf"last.pt holds epoch {killed_in} but .*"
+                                              rf"records last completed epoch {killed_in - 1}"):
+        export(run, checkpoint="last", out=tmp_path / "b1")
+    resumed = train("Net", resume=run)
+    summary = read_summary(run)
+    assert summary.best is not None and summary.best.epoch == whole.summary.best.epoch
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == summary.best.epoch
+    for name in ("best.pt", "last.pt"):
+        a, b = _weights(tmp_path / "whole" / "checkpoints" / name), \
+            _weights(run / "checkpoints" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m.val_acc for m in resumed.metrics] == [m.val_acc for m in whole.metrics]
+    bundle = export(run, out=tmp_path / "bundle").manifest
+    assert bundle.training is not None and bundle.training.best is not None
+    assert bundle.training.best.epoch == best["epoch"]
+
+
+def test_resume_repairs_run_json_of_a_run_killed_after_its_last_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "run"
+    real = zoo.trainer._Trainer._write_records
+    count = []
+
+    def die_on_second(self: Any, epochs_done: int) -> None:
+        count.append(epochs_done)
+        if epochs_done == 2:
+            raise _Killed
+        real(self, epochs_done)
+
+    monkeypatch.setattr(zoo.trainer._Trainer, "_write_records", die_on_second)
+    with pytest.raises(_Killed):
+        train("Net", epochs=2, out=run, **FAST)
+    monkeypatch.setattr(zoo.trainer._Trainer, "_write_records", real)
+    assert read_summary(run).epochs_completed == 1
+    train("Net", epochs=2, resume=run)  # nothing left to train: only the records
+    assert read_summary(run).epochs_completed == 2
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_second_writer_fails_at_once_naming_the_holder(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]
+                                                         ) -> None:
+    run = tmp_path / "run"
+    train("Net", epochs=1, out=run, **FAST)
+    holder = f"zoo train \\(pid {os.getpid()} on host {socket.gethostname()}, started "
+    with RunLock(run, command="zoo train"):
+        with pytest.raises(RunLockedError, match=holder):
+            train("Net", epochs=2, resume=run)
+        with pytest.raises(RunLockedError, match=holder):
+            export(run, out=tmp_path / "bundle")
+        assert main(["export", str(run), "--out", str(tmp_path / "bundle")]) == 1
+        assert "is in use by zoo train" in capsys.readouterr().err
+    assert not (tmp_path / "bundle").exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with RunLock(fresh, command="zoo train"), pytest.raises(RunLockedError, match=holder):
+        train("Net", epochs=1, out=fresh, **FAST)
+    with RunLock(run, command="zoo export", shared=True):  # readers share the lock
+        export(run, out=tmp_path / "bundle")
+
+
+def test_a_run_killed_in_its_first_epoch_resumes_from_the_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = train("Net", epochs=2, out=tmp_path / "whole", **FAST)
+
+    def die(path: Path, state: dict[str, Any]) -> str:
+        raise _Killed
+
+    monkeypatch.setattr(zoo.trainer, "save_checkpoint", die)
+    with pytest.raises(_Killed):
+        train("Net", epochs=2, out=tmp_path / "run", **FAST)
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    resumed = train("Net", epochs=2, resume=tmp_path / "run")
+    assert [m.val_acc for m in resumed.metrics] == [m.val_acc for m in whole.metrics]
+    a = _weights(tmp_path / "whole" / "checkpoints" / "last.pt")
+    b = _weights(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_killed_before_it_began_can_be_started_again(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    def die(self: Any, first: Any) -> None:
+        (self.run_dir / "config.json").write_text("{}")
+        raise _Killed
+
+    monkeypatch.setattr(zoo.trainer._Trainer, "_create_run_dir", die)
+    # as after a SIGKILL: no cleanup runs
+    monkeypatch.setattr(zoo.trainer._Trainer, "_drop_unstarted", lambda self: None)
+    with pytest.raises(_Killed):
+        train("Net", epochs=1, out=tmp_path / "run", **FAST)
+    monkeypatch.undo()
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {"run.lock", "config.json"}
+    with pytest.raises(TrainingError, match="stopped before its first epoch began"):
+        train("Net", epochs=1, resume=tmp_path / "run")
+    assert train("Net", epochs=1, out=tmp_path / "run", **FAST).summary.epochs_completed == 1
+
+
+@pytest.mark.parametrize(("change", "setting"), [
+    ({"lr": 0.5}, "lr"), ({"seed": 3}, "seed"), ({"val_split": 0.3}, "val_split"),
+    ({"model": {"in_height": 16, "in_width": 16, "n_hidden": 8}}, "model"),
+    ({"dataset_options": {"size": 200, "num_classes": 2}}, "dataset_options"),
+    ({"optimizer": "adam"}, "optimizer"), ({"label_smoothing": 0.2}, "label_smoothing"),
+])
+def test_resume_refuses_a_setting_it_could_not_apply(tmp_path: Path, change: dict[str, Any],
+                                                     setting: str) -> None:
+    run = tmp_path / "run"
+    train("Net", epochs=1, out=run, **FAST)
+    before = (run / "config.json").read_text()
+    with pytest.raises(TrainingError, match=rf"cannot resume .* with {setting}=.*started with "
+                                            rf"{setting}="):
+        train("Net", epochs=2, resume=run, **change)
+    assert (run / "config.json").read_text() == before
+    assert read_summary(run).epochs_completed == 1
+
+
+def test_resume_applies_and_records_what_it_may_change(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train("Net", epochs=1, out=run, **FAST)
+    with pytest.raises(TrainingError, match=r"--out .* cannot be combined with --resume"):
+        train("Net", epochs=2, resume=run, out=tmp_path / "elsewhere")
+    result = train("Net", epochs=2, resume=run, out=run, lr=FAST.get("lr", 0.1),
+                   eval_batch_size=17)
+    assert result.summary.epochs_completed == 2
+    assert result.summary.train_config["eval_batch_size"] == 17
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_seeds_and_threads_are_bounded_and_the_largest_seed_trains(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match=r"invalid value .* for 'seed'"):
+        train("Net", epochs=1, out=tmp_path / "big", seed=MAX_SEED + 1, **FAST)
+    with pytest.raises(ZooError, match=r"invalid value -1 for 'seed'"):
+        train("Net", epochs=1, out=tmp_path / "neg", seed=-1, **FAST)
+    with pytest.raises(ZooError, match=r"invalid value 1000000 for 'num_threads'"):
+        train("Net", epochs=1, out=tmp_path / "threads", **{**FAST, "num_threads": 10**6})
+    small = {**FAST, "dataset_options": {"size": 40, "num_classes": 2}}
+    assert train("Net", epochs=1, out=tmp_path / "max", seed=MAX_SEED,
+                 **small).summary.seed == MAX_SEED
+
+
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_bytes(b"lr = 0.1\n# caf\xe9\n")
+    with pytest.raises(ZooError, match=r"recipe.toml' is not UTF-8 text"):
+        load_config_file(path)
+
+
+def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    train("Net", epochs=1, out=run, **FAST)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    real_open = open
+
+    def full_disk(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and ".last.pt." in str(file):
+            def write(data: Any) -> int:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            handle.write = write
+        return handle
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 1
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the disk is full" in err and "last.pt is intact" in err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert train("Net", epochs=2, resume=run).summary.epochs_completed == 2
