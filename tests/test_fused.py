@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -256,39 +254,3 @@ def test_model_trains_the_same_without_the_kernel(arch: str,
     plain = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_kernel_is_built_once_into_the_cache(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
-    lib, where = fused._load()
-    assert lib is not None, where
-    built = list((tmp_path / "kernels").iterdir())
-    assert [p.suffix for p in built] == [".so"] and Path(where) == built[0]
-    stamp = built[0].stat().st_mtime_ns
-    assert fused._load()[0] is not None
-    assert built[0].stat().st_mtime_ns == stamp  # reused, not rebuilt
-
-
-def test_no_compiler_or_a_failing_one_falls_back(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    lib, why = fused._load()
-    assert lib is None and "no C compiler" in why
-    monkeypatch.setenv("CC", "false")  # exits 1: nothing half-written is left
-    lib, why = fused._load()
-    assert lib is None and "could not be built" in why
-    assert not list((tmp_path / "kernels").iterdir())
-    monkeypatch.setenv("ZOO_FUSED", "0")
-    assert fused._load() == (None, "switched off by ZOO_FUSED=0")
-
-
-def test_unusable_cache_directory_builds_for_the_process(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a directory")
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(blocker))
-    lib, where = fused._load()
-    assert lib is not None and where == "(a temporary build)"
-    assert blocker.read_text() == "not a directory"
