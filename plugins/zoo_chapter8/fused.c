@@ -30,7 +30,7 @@ static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 static inline vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
 /* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation, identity
- * below 4e-4; within 5 ulp of the correctly rounded value with FMA (-mfma), 6 without. Past
+ * below 4e-4; within 5 ulp of the correctly rounded value with FMA (-mfma), 7 without. Past
  * 7.8119659 the correctly rounded tanh takes only six values, 1 - 5 ulp up to 1 - 1 ulp, then
  * exactly 1 from 9.0109138 (where the true value rounds to 1), so there it is chosen by
  * comparison, exactly: the approximation's clamp (at 7.9053, where without FMA it rounds to 1)

@@ -244,11 +244,11 @@ def _modes_active() -> bool:
 
 def _training_input(x: torch.Tensor, training: bool) -> bool:
     """A CPU training step's float32 channels_last NCHW input, even-sized, and a kernel."""
-    return (training and torch.is_grad_enabled() and x.dim() == 4
+    return (training and torch.is_grad_enabled() and x.dim() == 4 and _eager()
             and _c_readable(x, tuple(x.shape))
             and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
             and x.is_contiguous(memory_format=torch.channels_last)
-            and _eager() and library() is not None)
+            and library() is not None)
 
 
 def _fusable(x: torch.Tensor, training: bool) -> bool:
