@@ -8,12 +8,13 @@ PyTorch does).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
 from zoo_chapter8 import fused
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
@@ -248,11 +249,24 @@ def test_cpu_autocast_gives_what_the_plain_layers_give(conv: torch.nn.Conv2d,
     assert torch.equal(pooled, torch.tanh(F.max_pool2d(x, 2)))
 
 
+class _SeenOps(TorchDispatchMode):
+    """Records the name of every ATen operator that runs (as a profiler's mode would)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:
+        self.seen.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
 def test_a_dispatch_mode_sees_the_plain_layers(conv: torch.nn.Conv2d, x: torch.Tensor) -> None:
-    with FlopCounterMode(display=False) as counter:
+    with _SeenOps() as mode:
         out = fused.conv_pool_tanh(conv, x, True)
     assert not _kernel_ran(out)
-    assert counter.get_total_flops() == 2 * 2 * 8 * 8 * 8 * 16 * 9  # the convolution's
+    assert {"convolution", "max_pool2d_with_indices", "tanh"} <= set(mode.seen)
 
 
 def test_kernels_refuse_shapes_they_do_not_take() -> None:

@@ -64,6 +64,14 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _plant(library: Path, data: bytes) -> None:
+    """Put ``data`` at ``library`` as a new file (writing a loaded library in place would
+    change the pages this process has mapped)."""
+    other = library.with_name("planted")
+    other.write_bytes(data)
+    os.replace(other, library)
+
+
 def _record(library: Path) -> None:
     """What an attacker who can write the folder could do: a digest matching their file."""
     kernel_cache.digest_path(library).write_text(
@@ -153,7 +161,7 @@ def test_garbage_library_is_rebuilt(tmp_path: Path, capfd: pytest.CaptureFixture
     """Garbage fails the digest check, or (its digest recorded too) fails to load."""
     library = tmp_path / "kernels" / "k.so"
     _load(library)
-    library.write_bytes(b"\x7fELF but not really" * 10)
+    _plant(library, b"\x7fELF but not really" * 10)
     if recorded:
         _record(library)
     capfd.readouterr()
@@ -184,7 +192,7 @@ def test_failed_build_leaves_the_cache_as_it_was(tmp_path: Path) -> None:
         kernel_cache.load(library, failing, what="the test kernels")
     assert list(library.parent.iterdir()) == []
     _load(library)
-    library.write_bytes(b"garbage")  # a rebuild that fails keeps nothing half-written either
+    _plant(library, b"garbage")  # a rebuild that fails keeps nothing half-written either
     with pytest.raises(KernelBuildError):
         kernel_cache.load(library, failing, what="the test kernels")
     assert sorted(p.name for p in library.parent.iterdir()) == ["k.so", "k.so.sha256"]
