@@ -140,6 +140,7 @@ def sanitize(session: nox.Session) -> None:
                 "sys.exit(fused.library() is None or "
                 "b'__asan_report' not in Path(fused.status().split(': ', 1)[1]).read_bytes())",
                 env=env)
-    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_fused.py",
-                "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py", *session.posargs,
-                env=env)
+    # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
+    session.run("python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
+                "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
+                *session.posargs, env=env)

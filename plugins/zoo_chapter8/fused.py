@@ -14,17 +14,25 @@ activation alone (after a BatchNorm, say) is a kernel of its own.
 
 The kernel is compiled at first use with the system C compiler (``$CC``, else
 ``cc``) into ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``),
-named by a hash of its source and flags, and loaded with ctypes. Where it
-cannot be built, or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
+named by a hash of its source and flags, and loaded with ctypes through
+:mod:`zoo_chapter8.kernel_cache`, which loads only a library it built itself.
+Where it cannot be built (reported once on stderr), or with ``ZOO_FUSED=0``, the
+layers run as plain PyTorch.
 
 It serves training steps only (a module in training mode, gradients on, a
 CPU float32 channels_last input with even height and width; channel counts in
-``_conv_fusable`` and ``_fusable``). Evaluation, export and tracing run the
-plain PyTorch layers, so a trained model computes exactly what its ONNX graph
-does. Pooling and the gradients' routing are exactly ATen's; the sums run in
-another order (equal to rounding for finite inputs), and the tanh is Eigen's
-rational approximation, within a few ulp of libm. There is no second derivative:
-a backward pass with ``create_graph=True`` raises.
+``_conv_fusable`` and ``_fusable``). Every tensor handed to C is checked for
+what it is (type, dtype, device, its own shape, layout); the kernels allocate
+float32 on the input's device. Evaluation, export and tracing run the plain
+PyTorch layers, so a trained model computes exactly what its ONNX graph does;
+so does anything the kernels would bypass (a ``Conv2d`` subclass, hooks,
+torch.func transforms, forward-mode AD, autocast, dispatch modes; see
+``_eager`` and ``_conv_fusable``). Pooling and the gradients' routing are
+exactly ATen's; the sums run in another order (equal to rounding for finite
+inputs), and the tanh is Eigen's rational approximation, within 5 ulp of the
+correctly rounded value with FMA, 7 without, and exact (so exactly ±1 where it
+saturates) from 7.81 on. There is no second derivative: a backward pass with
+``create_graph=True`` raises.
 """
 
 from __future__ import annotations
