@@ -214,6 +214,7 @@ def test_hooks_fire(conv: torch.nn.Conv2d, x: torch.Tensor, kind: str) -> None:
     assert kind in seen
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_forward_mode_ad_gets_the_plain_layers(conv: torch.nn.Conv2d, x: torch.Tensor) -> None:
     tangent = torch.randn_like(x)
     results = []
@@ -274,8 +275,10 @@ def test_kernels_refuse_shapes_they_do_not_take() -> None:
     lib = fused.library()
     assert lib is not None
     null = None
-    # 12 output channels (not a multiple of 8), odd height, 65 input channels
-    for h, w, cin, cout in [(8, 8, 16, 12), (7, 8, 16, 8), (8, 8, 65, 8), (8, 8, 0, 8)]:
+    # 12 output channels (not a multiple of 8), odd height, 65 input channels, no input channel,
+    # an image whose padded size overflows the backward pass's int32 offsets, an empty one
+    for h, w, cin, cout in [(8, 8, 16, 12), (7, 8, 16, 8), (8, 8, 65, 8), (8, 8, 0, 8),
+                            (16384, 16384, 8, 8), (0, 8, 16, 8)]:
         assert lib.zoo_conv_pool_forward(null, null, null, null, null, null, 1, h, w, cin, cout,
                                          fused.TANH, 1) == -1
         assert lib.zoo_conv_pool_backward(null, null, null, null, null, null, null, null, 1, h,

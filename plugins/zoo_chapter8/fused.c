@@ -344,9 +344,12 @@ static inline __attribute__((always_inline)) void conv_backward_images(
     else if (cinv == 2 && cv == 2) CALL(2, 2);                             \
     else CALL(cinv, cv)
 
+/* The shapes the kernels take; the backward pass keeps offsets within one padded image in
+ * int32. */
 static int conv_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
     return cin >= 1 && cin <= CONV_MAX_CIN && cout % 8 == 0 && cout >= 8 &&
-           cout / 8 <= CONV_MAX_CV && h % 2 == 0 && w % 2 == 0;
+           cout / 8 <= CONV_MAX_CV && h >= 2 && w >= 2 && h % 2 == 0 && w % 2 == 0 &&
+           h <= INT32_MAX && w <= INT32_MAX && (h + 2) * (w + 2) * cin <= INT32_MAX;
 }
 
 /* Image b of x (NHWC, n x h x w x c) with one zero pixel around it, into xp:
