@@ -13,6 +13,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,19 @@ def test_failed_build_leaves_the_cache_as_it_was(tmp_path: Path) -> None:
         kernel_cache.load(library, failing, what="the test kernels")
     assert sorted(p.name for p in library.parent.iterdir()) == ["k.so", "k.so.sha256"]
     assert library.read_bytes() == b"garbage" and kernel_cache.untrusted(library) is not None
+
+
+def test_a_crashed_builds_temporaries_are_removed_at_the_next_build(tmp_path: Path) -> None:
+    library = tmp_path / "kernels" / "k.so"
+    library.parent.mkdir(mode=0o700)
+    stale = library.parent / ".k.so.abc123.tmp"
+    running = library.parent / ".k.so.def456.tmp"  # another process's build in progress
+    for path in (stale, running):
+        path.write_bytes(b"half a library")
+    old = time.time() - kernel_cache.STALE_AFTER_S - 60
+    os.utime(stale, (old, old))
+    assert _load(library) == 42
+    assert not stale.exists() and running.exists()
 
 
 @pytest.mark.slow

@@ -11,23 +11,27 @@ the bytes it compiled and hashed and no reader ever sees a half-written file.
 The folder is created with mode 0700; one that others can write to is made
 private and its contents are not trusted; one owned by another user, or one
 that cannot be created, is not used (the kernels are built for the process
-alone).
+alone). Temporaries that crashed builds left behind are removed at the next build.
 
 Each rebuild, and the first build, is announced on stderr in one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import glob
 import hashlib
 import os
 import stat
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 DIGEST_SUFFIX = ".sha256"
+STALE_AFTER_S = 3600  # a temporary this old is a crashed build's, not a running one's
 _PRIVATE = 0o700
 _OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
 
@@ -138,9 +142,19 @@ def _write_private(dest: Path, text: str) -> None:
         Path(tmp_name).unlink(missing_ok=True)
 
 
+def _remove_stale(library: Path) -> None:
+    """Remove temporaries that crashed builds of ``library`` left (not a running build's)."""
+    cutoff = time.time() - STALE_AFTER_S
+    for tmp in library.parent.glob(f".{glob.escape(library.name)}*.tmp"):
+        with contextlib.suppress(OSError):
+            if os.lstat(tmp).st_mtime < cutoff:
+                tmp.unlink()
+
+
 def _build_and_load(library: Path, build: Callable[[Path], None],
                     record: bool) -> ctypes.CDLL:
     """Build into a temporary name beside ``library``, load that, then rename it into place."""
+    _remove_stale(library)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{library.name}.", suffix=".tmp",
                                     dir=library.parent)
     os.close(fd)
