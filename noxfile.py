@@ -91,3 +91,60 @@ def zoo(session: nox.Session) -> None:
                 "--package", "zoo_chapter8.weights")
     session.run("python", "-m", "zoo.modeltable", "--write", "README.md")
     session.run("zoo", "compare", *_architectures(session), "--out", "docs/compare.png")
+
+
+@nox.session(python=PYTHON)
+def sanitize(session: nox.Session) -> None:
+    """The chapter-8 kernel tests with the kernels built under AddressSanitizer and UBSan.
+
+    nox -s sanitize [-- PYTEST_ARGS]
+
+    The kernels are compiled with ``-fsanitize=address,undefined`` (any finding
+    aborts the run) into a cache of the session's own; libasan is preloaded into
+    the Python host. Skipped, saying why, where the compiler ($CC, else cc) has no
+    sanitizer runtime.
+    """
+    import os
+    import shlex
+    import subprocess
+
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+             "-fno-omit-frame-pointer", "-g"]
+    try:
+        found = subprocess.run([*cc, "-print-file-name=libasan.so"], capture_output=True,
+                               text=True, check=False).stdout.strip()
+    except OSError as exc:
+        session.skip(f"no C compiler to build the kernels with ({exc})")
+    if not os.path.isabs(found) or not os.path.exists(found):
+        session.skip(f"{shlex.join(cc)} has no AddressSanitizer runtime (libasan.so not found)")
+    # PyTorch throws C++ exceptions: ASan's __cxa_throw interceptor needs libstdc++ loaded
+    # at startup, which the Python executable itself does not link
+    preload = [found]
+    cxx = subprocess.run([*cc, "-print-file-name=libstdc++.so.6"], capture_output=True,
+                         text=True, check=False).stdout.strip()
+    if os.path.isabs(cxx) and os.path.exists(cxx):
+        preload.append(cxx)
+    probe = session.create_tmp() + "/probe"
+    with open(probe + ".c", "w") as f:
+        f.write("int zoo_probe(int x) { return x + 1; }\n")
+    built = subprocess.run([*cc, *flags, "-shared", "-fPIC", "-o", probe + ".so", probe + ".c"],
+                           capture_output=True, text=True, check=False)
+    if built.returncode != 0:
+        session.skip(f"{shlex.join(cc)} cannot build with {' '.join(flags[:1])}: "
+                     f"{built.stderr.strip().splitlines()[-1:]}")
+    session.install("-e", ".[dev]")
+    env = {"CC": shlex.join([*cc, *flags]), "LD_PRELOAD": " ".join(preload),
+           "ZOO_CACHE_DIR": session.create_tmp() + "/sanitize-cache",
+           "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:detect_odr_violation=0",
+           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+    # the kernels in use are the sanitized build (a fallback to plain PyTorch would test nothing)
+    session.run("python", "-c", "import sys; from pathlib import Path; "
+                "from zoo_chapter8 import fused; print(fused.status()); "
+                "sys.exit(fused.library() is None or "
+                "b'__asan_report' not in Path(fused.status().split(': ', 1)[1]).read_bytes())",
+                env=env)
+    # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
+    session.run("python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
+                "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
+                *session.posargs, env=env)

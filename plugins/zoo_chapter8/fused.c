@@ -3,7 +3,8 @@
  * its activation alone.
  *
  * Built at first use by zoo_chapter8/fused.py with the system C compiler and loaded with
- * ctypes; it includes no PyTorch header, so it compiles in well under a second.
+ * ctypes; it includes no PyTorch header (the compiler takes a few seconds: the channel counts
+ * it is specialized for unroll into many loops).
  *
  * Pooling layout: x is N x H x W x C (NHWC), H and W even, C a multiple of 8; y and idx are
  * N x H/2 x W/2 x C. idx holds the window position (0..3, row-major) of each maximum: the
@@ -28,8 +29,13 @@ static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 static inline vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
 
-/* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation on
- * [-7.9053, 7.9053], identity below 4e-4; within a few ulp of libm. */
+/* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation, identity
+ * below 4e-4; within 5 ulp of the correctly rounded value with FMA (-mfma), 7 without. Past
+ * 7.8119659 the correctly rounded tanh takes only six values, 1 - 5 ulp up to 1 - 1 ulp, then
+ * exactly 1 from 9.0109138 (where the true value rounds to 1), so there it is chosen by
+ * comparison, exactly: the approximation's clamp (at 7.9053, where without FMA it rounds to 1)
+ * is never used, and a saturated unit passes no gradient (1 - y*y = 0) exactly where ATen's
+ * does. Each threshold is the smallest float whose correctly rounded tanh is that value. */
 static inline vf tanh8(vf a) {
     vf x = pick(a < splat(7.90531110763549805f), a, splat(7.90531110763549805f));
     x = pick(x > splat(-7.90531110763549805f), x, splat(-7.90531110763549805f));
@@ -44,8 +50,15 @@ static inline vf tanh8(vf a) {
     vf q = x2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
     q = x2 * q + splat(2.26843463243900e-03f);
     q = x2 * q + splat(4.89352518554385e-03f);
-    vf abs_a = (vf)((vi)a & 0x7fffffff);
+    const vf abs_a = (vf)((vi)a & 0x7fffffff);
     vf r = pick(abs_a < splat(0.0004f), a, p / q);
+    vf tail = pick(abs_a >= splat(0x1.fa6324p+2f), splat(0x1.fffff8p-1f), splat(0x1.fffff6p-1f));
+    tail = pick(abs_a >= splat(0x1.0136f6p+3f), splat(0x1.fffffap-1f), tail);
+    tail = pick(abs_a >= splat(0x1.069926p+3f), splat(0x1.fffffcp-1f), tail);
+    tail = pick(abs_a >= splat(0x1.0ec57ep+3f), splat(0x1.fffffep-1f), tail);
+    tail = pick(abs_a >= splat(0x1.205968p+3f), splat(1.0f), tail);
+    tail = (vf)((vi)tail | ((vi)a & (vi)splat(-0.0f))); /* a's sign */
+    r = pick(abs_a >= splat(0x1.f3f74p+2f), tail, r);
     return pick(a != a, a, r); /* NaN stays NaN */
 }
 
@@ -331,9 +344,12 @@ static inline __attribute__((always_inline)) void conv_backward_images(
     else if (cinv == 2 && cv == 2) CALL(2, 2);                             \
     else CALL(cinv, cv)
 
+/* The shapes the kernels take; the backward pass keeps offsets within one padded image in
+ * int32. */
 static int conv_shapes_ok(int64_t h, int64_t w, int64_t cin, int64_t cout) {
     return cin >= 1 && cin <= CONV_MAX_CIN && cout % 8 == 0 && cout >= 8 &&
-           cout / 8 <= CONV_MAX_CV && h % 2 == 0 && w % 2 == 0;
+           cout / 8 <= CONV_MAX_CV && h >= 2 && w >= 2 && h % 2 == 0 && w % 2 == 0 &&
+           h <= INT32_MAX && w <= INT32_MAX && (h + 2) * (w + 2) * cin <= INT32_MAX;
 }
 
 /* Image b of x (NHWC, n x h x w x c) with one zero pixel around it, into xp:

@@ -14,17 +14,25 @@ activation alone (after a BatchNorm, say) is a kernel of its own.
 
 The kernel is compiled at first use with the system C compiler (``$CC``, else
 ``cc``) into ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``),
-named by a hash of its source and flags, and loaded with ctypes. Where it
-cannot be built, or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
+named by a hash of its source and flags, and loaded with ctypes through
+:mod:`zoo_chapter8.kernel_cache`, which loads only a library it built itself.
+Where it cannot be built (reported once on stderr), or with ``ZOO_FUSED=0``, the
+layers run as plain PyTorch.
 
 It serves training steps only (a module in training mode, gradients on, a
 CPU float32 channels_last input with even height and width; channel counts in
-``_conv_fusable`` and ``_fusable``). Evaluation, export and tracing run the
-plain PyTorch layers, so a trained model computes exactly what its ONNX graph
-does. Pooling and the gradients' routing are exactly ATen's; the sums run in
-another order (equal to rounding for finite inputs), and the tanh is Eigen's
-rational approximation, within a few ulp of libm. There is no second derivative:
-a backward pass with ``create_graph=True`` raises.
+``_conv_fusable`` and ``_fusable``). Every tensor handed to C is checked for
+what it is (type, dtype, device, its own shape, layout); the kernels allocate
+float32 on the input's device. Evaluation, export and tracing run the plain
+PyTorch layers, so a trained model computes exactly what its ONNX graph does;
+so does anything the kernels would bypass (a ``Conv2d`` subclass, hooks,
+torch.func transforms, forward-mode AD, autocast, dispatch modes; see
+``_eager`` and ``_conv_fusable``). Pooling and the gradients' routing are
+exactly ATen's; the sums run in another order (equal to rounding for finite
+inputs), and the tanh is Eigen's rational approximation, within 5 ulp of the
+correctly rounded value with FMA, 7 without, and exact (so exactly ±1 where it
+saturates) from 7.81 on. There is no second derivative: a backward pass with
+``create_graph=True`` raises.
 """
 
 from __future__ import annotations
@@ -37,20 +45,25 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
+from torch.utils._device import DeviceContext
 
-from zoo.fsutil import atomic_path
+from zoo_chapter8 import kernel_cache
+from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
 TANH, RELU = 0, 1
 _SOURCE = Path(__file__).with_name("fused.c")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
+_WHAT = "the chapter-8 CPU kernels"
+F32 = torch.float32
 
 
 def _first_derivative_only() -> None:
@@ -86,51 +99,22 @@ def _cache_dir() -> Path:
     return (Path(root) if root else Path.home() / ".cache" / "zoo") / "kernels"
 
 
-class _BuildFailed(Exception):
-    pass
-
-
 def _build(compiler: list[str], dest: Path) -> None:
-    """Compile the kernel to ``dest`` atomically: with OpenMP, else without (Apple's clang)."""
+    """Compile the kernel to ``dest``: with OpenMP, else without (Apple's clang)."""
     base = [*compiler, "-O3", "-shared", "-fPIC", *_arch_flags()]
-    failure = _BuildFailed("no build was tried")
+    failure = KernelBuildError("no build was tried")
     for extra in (["-fopenmp"], []):
-        try:
-            with atomic_path(dest) as tmp:
-                done = subprocess.run([*base, *extra, "-o", str(tmp), str(_SOURCE)],
-                                      capture_output=True, text=True, check=False)
-                if done.returncode != 0:
-                    lines = done.stderr.strip().splitlines()
-                    raise _BuildFailed(lines[-1] if lines else f"exit {done.returncode}")
+        done = subprocess.run([*base, *extra, "-o", str(dest), str(_SOURCE)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode == 0:
             return
-        except _BuildFailed as exc:
-            failure = exc
+        lines = done.stderr.strip().splitlines()
+        failure = KernelBuildError(lines[-1] if lines else f"exit {done.returncode}")
     raise failure
 
 
-def _load() -> tuple[ctypes.CDLL | None, str]:
-    if os.environ.get(ENV_SWITCH, "1") == "0":
-        return None, f"switched off by {ENV_SWITCH}=0"
-    compiler = _compiler()
-    if compiler is None:
-        return None, "no C compiler found (set $CC)"
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(
-        [*compiler, *_arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
-    path = _cache_dir() / f"fused-{key}.so"
-    try:
-        if path.exists():
-            lib = ctypes.CDLL(str(path))
-        else:
-            try:
-                _build(compiler, path)
-                lib = ctypes.CDLL(str(path))
-            except OSError:  # an unusable cache directory: build for this process only
-                with tempfile.TemporaryDirectory(prefix="zoo-kernels-") as tmp:
-                    _build(compiler, Path(tmp) / path.name)
-                    lib = ctypes.CDLL(str(Path(tmp) / path.name))  # stays mapped once deleted
-                path = Path("(a temporary build)")
-    except (_BuildFailed, OSError) as exc:
-        return None, f"the kernel could not be built or loaded: {exc}"
+def _declare(lib: ctypes.CDLL) -> None:
+    """The kernels' C signatures (AttributeError where the library lacks one)."""
     lib.zoo_pool2_act_forward.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
     lib.zoo_pool2_act_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
                                            _I32, _I32]
@@ -143,16 +127,40 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
                                            _I64, _I64, _I64, _I64, _I32, _I32]
     for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward):
         fn.restype = ctypes.c_int32
-    return lib, str(path)
+
+
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """The kernel and where it was loaded from, or None and why not (see kernel_cache)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return None, f"switched off by {ENV_SWITCH}=0"
+    compiler = _compiler()
+    if compiler is None:
+        return None, "no C compiler found (set $CC)"
+    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(
+        [*compiler, *_arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
+    try:
+        lib, where = kernel_cache.load(_cache_dir() / f"fused-{key}.so",
+                                       functools.partial(_build, compiler), what=_WHAT)
+        _declare(lib)
+    except (KernelBuildError, OSError, AttributeError) as exc:
+        return None, f"the kernel could not be built or loaded: {exc}"
+    return lib, where
 
 
 @functools.cache
 def _loaded() -> tuple[ctypes.CDLL | None, str]:
-    return _load()
+    lib, where = _load()
+    if lib is None and os.environ.get(ENV_SWITCH, "1") != "0":
+        print(f"zoo: {_WHAT} are off ({where}); training runs the plain PyTorch layers",
+              file=sys.stderr, flush=True)
+    return lib, where
 
 
 def library() -> ctypes.CDLL | None:
-    """The compiled kernel, built on first use; None where it is switched off or cannot be built."""
+    """The compiled kernel, built on first use; None where it is switched off or cannot be built.
+
+    A kernel that cannot be built or loaded is reported once, in one line on stderr.
+    """
     return _loaded()[0]
 
 
@@ -163,14 +171,27 @@ def status() -> str:
         f"fused chapter-8 kernels off: {where}"
 
 
+def _incoming(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``out`` as the backward kernels read it: float32 channels_last NCHW."""
+    grad = grad.resolve_neg().contiguous(memory_format=torch.channels_last)
+    if not _c_readable(grad, tuple(out.shape)):
+        raise RuntimeError(f"the fused chapter-8 kernels got a gradient they cannot read "
+                           f"({type(grad).__name__}, {grad.dtype}, {grad.device}, shape "
+                           f"{tuple(grad.shape)}; expected float32 on cpu, shape "
+                           f"{tuple(out.shape)}); set ZOO_FUSED=0 to train with the plain "
+                           f"PyTorch layers")
+    return grad
+
+
 class _PoolAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, act: int) -> torch.Tensor:
         lib = library()
         assert lib is not None
         n, c, h, w = x.shape
-        y = torch.empty((n, c, h // 2, w // 2), memory_format=torch.channels_last)
-        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8)
+        y = torch.empty((n, c, h // 2, w // 2), dtype=F32, device=x.device,
+                        memory_format=torch.channels_last)
+        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8, device=x.device)
         lib.zoo_pool2_act_forward(x.data_ptr(), y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
                                   torch.get_num_threads())
         ctx.save_for_backward(y, idx)
@@ -185,28 +206,57 @@ class _PoolAct(torch.autograd.Function):
         y, idx = ctx.saved_tensors
         n, c = y.shape[:2]
         h, w = ctx.size
-        grad = grad.contiguous(memory_format=torch.channels_last)
-        gx = torch.empty((n, c, h, w), memory_format=torch.channels_last)
+        grad = _incoming(grad, y)
+        gx = torch.empty((n, c, h, w), dtype=F32, device=y.device,
+                         memory_format=torch.channels_last)
         lib.zoo_pool2_act_backward(grad.data_ptr(), y.data_ptr(), idx.data_ptr(), gx.data_ptr(),
                                    n, h, w, c, ctx.act, torch.get_num_threads())
         return gx, None
 
 
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+# offsets within one padded image are int32 in the layer's backward kernel
+_MAX_IMAGE = 2**31 - 1
+
+
+def _c_readable(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
+    """A tensor whose memory C may read as float32 of exactly ``shape``: a plain strided CPU
+    tensor (no subclass, functorch wrapper or lazy negation)."""
+    return (type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.device.type == "cpu"
+            and t.dtype == F32 and tuple(t.shape) == shape and not t.is_neg()
+            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
 def _eager() -> bool:
-    """False while the JIT tracer (the ONNX exporter's), torch.compile, torch.export or a
-    torch.func transform (grad, vmap...) runs: those get the plain PyTorch layers."""
+    """False where the kernels would bypass something: the JIT tracer (the ONNX exporter's),
+    torch.compile, torch.export, a torch.func transform (grad, vmap...), forward-mode AD,
+    CPU autocast, a torch function mode (other than torch.set_default_device's) or a
+    dispatch mode. Those get the plain PyTorch layers."""
     return not (torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
                 or torch.onnx.is_in_onnx_export()
-                or torch._C._functorch.peek_interpreter_stack() is not None)
+                or torch._C._functorch.peek_interpreter_stack() is not None
+                or forward_ad._current_level >= 0
+                or torch.is_autocast_enabled("cpu")
+                or _modes_active())
+
+
+def _modes_active() -> bool:
+    """A dispatch mode, or a torch function mode other than torch.set_default_device's."""
+    if torch._C._len_torch_dispatch_stack() > 0:
+        return True
+    if torch._C._len_torch_function_stack() == 0:
+        return False
+    modes = torch.overrides._get_current_function_mode_stack()  # type: ignore[no-untyped-call]
+    return not all(isinstance(mode, DeviceContext) for mode in modes)
 
 
 def _training_input(x: torch.Tensor, training: bool) -> bool:
     """A CPU training step's float32 channels_last NCHW input, even-sized, and a kernel."""
-    return (training and torch.is_grad_enabled() and type(x) is torch.Tensor
-            and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+    return (training and torch.is_grad_enabled() and x.dim() == 4 and _eager()
+            and _c_readable(x, tuple(x.shape))
             and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
             and x.is_contiguous(memory_format=torch.channels_last)
-            and _eager() and library() is not None)
+            and library() is not None)
 
 
 def _fusable(x: torch.Tensor, training: bool) -> bool:
@@ -254,9 +304,10 @@ class _ConvPool(torch.autograd.Function):
         b = bias.detach().contiguous() if bias is not None else None
         # the input in NHWC, one zero pixel around (the kernel pads it): its loops need no
         # bounds checks, and the backward pass reads it again
-        xp = torch.empty((n, h + 2, w + 2, cin))
-        y = torch.empty((n, cout, h // 2, w // 2), memory_format=torch.channels_last)
-        idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8)
+        xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
+        y = torch.empty((n, cout, h // 2, w // 2), dtype=F32, device=x.device,
+                        memory_format=torch.channels_last)
+        idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8, device=x.device)
         done = lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), wt.data_ptr(),
                                          b.data_ptr() if b is not None else None, y.data_ptr(),
                                          idx.data_ptr(), n, h, w, cin, cout, act,
@@ -277,16 +328,17 @@ class _ConvPool(torch.autograd.Function):
         xp, y, idx, weight = ctx.saved_tensors
         n, h, w, cin = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2, xp.shape[3]
         cout = y.shape[1]
-        grad = grad.contiguous(memory_format=torch.channels_last)
+        grad = _incoming(grad, y)
         gx = None
         if cin % 8 == 0:
             chunks = max(1, min(torch.get_num_threads(), n))
             # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy
             wr = weight.detach().permute(0, 2, 3, 1).contiguous()
             if ctx.needs_input_grad[0]:
-                gx = torch.empty((n, cin, h, w), memory_format=torch.channels_last)
-            dw = torch.zeros((chunks, cout, 3, 3, cin))
-            db = torch.zeros((chunks, cout))
+                gx = torch.empty((n, cin, h, w), dtype=F32, device=y.device,
+                                 memory_format=torch.channels_last)
+            dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
+            db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
             done = lib.zoo_conv_pool_backward(
                 xp.data_ptr(), grad.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
                 gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
@@ -296,8 +348,8 @@ class _ConvPool(torch.autograd.Function):
             dweight = _chunk_sum(dw).permute(0, 3, 1, 2)
         else:
             chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
-            dw = torch.zeros((chunks, 3, 3, cin, cout))
-            db = torch.zeros((chunks, cout))
+            dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
+            db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
             done = lib.zoo_stem_backward(xp.data_ptr(), grad.data_ptr(), y.data_ptr(),
                                          idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
                                          cin, cout, ctx.act, chunks)
@@ -308,21 +360,36 @@ class _ConvPool(torch.autograd.Function):
                 _chunk_sum(db) if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
 
 
+def _hooked(conv: torch.nn.Module) -> bool:
+    """Whether calling ``conv`` would run a hook (Module._call_impl's own test)."""
+    hooks = torch.nn.modules.module
+    return bool(conv._backward_hooks or conv._backward_pre_hooks or conv._forward_hooks
+                or conv._forward_pre_hooks or hooks._global_backward_pre_hooks
+                or hooks._global_backward_hooks or hooks._global_forward_hooks
+                or hooks._global_forward_pre_hooks)
+
+
 def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
     """A 3×3, stride 1, padding 1 convolution of at most 64 channels to a multiple of 8, in a
-    CPU training step; its input either data of at most 8 channels or a multiple of 8."""
-    weight = conv.weight
+    CPU training step; its input either data of at most 8 channels or a multiple of 8.
+
+    Only an exact ``nn.Conv2d`` (no subclass, no instance ``forward``, no hooks), and only
+    on what its tensors really are: the weight's own shape (not ``kernel_size``), a bias of
+    ``cout`` float32 values. Anything else runs the plain layer, which computes what
+    PyTorch computes or raises PyTorch's own error.
+    """
+    if type(conv) is not torch.nn.Conv2d or "forward" in vars(conv) or _hooked(conv):
+        return False
+    weight, bias = conv.weight, conv.bias
     cin = x.shape[1] if x.dim() == 4 else 0
+    cout = weight.shape[0] if weight.dim() == 4 else 0
     return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and not x.requires_grad))
-            and weight.shape[1] == cin  # else the plain layer raises PyTorch's error
-            and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and weight.shape[0] % 8 == 0 and weight.shape[0] <= 64
-            and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros"
-            and not (conv._forward_hooks or conv._forward_pre_hooks
-                     or torch.nn.modules.module._global_forward_hooks
-                     or torch.nn.modules.module._global_forward_pre_hooks)
+            and 0 < cout <= 64 and cout % 8 == 0
+            and _c_readable(weight, (cout, cin, 3, 3))
+            and (bias is None or _c_readable(bias, (cout,)))
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros"
+            and (x.shape[2] + 2) * (x.shape[3] + 2) * cin <= _MAX_IMAGE
             and _training_input(x, training))
 
 
