@@ -98,6 +98,8 @@ class Recipe(BaseModel):
     batch_size: int | None = Field(None, ge=1, description="Batch size.")
     weight_decay: float | None = Field(None, ge=0.0, description="Weight decay.")
     grad_clip: float | None = Field(None, gt=0.0, description="Gradient-norm clipping.")
+    crop_padding: int | None = Field(None, ge=0, le=64,
+                                     description="Random-crop padding in pixels (0: no crops).")
 
 
 class ArchitectureSpec(BaseModel):

@@ -56,19 +56,25 @@ def _spec(name: str, summary: str, tags: tuple[str, ...], hparams: type[HParams]
     )
 
 
+#: The CIFAR-2 recipe of the six small nets, chosen on a split of its own (seed 1, 10 %)
+#: and never on the shipped models' split (seed 0): 40 epochs with 2-pixel random crops
+#: gave Net 0.921, NetWidth 0.923, NetDepth 0.927 there, against 0.903-0.917 for 30
+#: epochs with 4-pixel crops (the small nets underfit) and 0.899-0.915 without crops.
+CIFAR_RECIPE = Recipe(epochs=40, crop_padding=2)
+
 ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
     _spec("Net", "Two tanh convolutions with max-pooling, then two linear layers.",
-          ("tanh",), NetHParams, 4),
+          ("tanh",), NetHParams, 4, CIFAR_RECIPE),
     _spec("NetWidth", "Net with a configurable, wider first convolution (32 channels).",
-          ("tanh", "width"), WidthHParams, 4),
+          ("tanh", "width"), WidthHParams, 4, CIFAR_RECIPE),
     _spec("NetDropout", "NetWidth with Dropout2d after each convolution block.",
-          ("tanh", "width", "dropout", "regularization"), DropoutHParams, 4),
+          ("tanh", "width", "dropout", "regularization"), DropoutHParams, 4, CIFAR_RECIPE),
     _spec("NetBatchNorm", "NetWidth with batch normalization after each convolution.",
-          ("tanh", "width", "batchnorm", "regularization"), WidthHParams, 4),
+          ("tanh", "width", "batchnorm", "regularization"), WidthHParams, 4, CIFAR_RECIPE),
     _spec("NetDepth", "Three ReLU convolutions with max-pooling, then two linear layers.",
-          ("relu", "depth"), WidthHParams, 8),
+          ("relu", "depth"), WidthHParams, 8, CIFAR_RECIPE),
     _spec("NetRes", "NetDepth with a skip connection around the third convolution.",
-          ("relu", "depth", "residual"), WidthHParams, 8),
+          ("relu", "depth", "residual"), WidthHParams, 8, CIFAR_RECIPE),
     # at the default peak of 0.1 its ReLUs die in the third epoch (chance accuracy for six
     # epochs on CIFAR-2); 0.05 trains it smoothly to 0.92
     _spec("NetResDeep", "A convolution, then a stack of Kaiming-initialized residual blocks.",
