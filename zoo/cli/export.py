@@ -26,15 +26,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter (default torchscript: 20-30x faster here)")
+                   help="torch.onnx exporter (torchscript is 20-30x faster here)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which checkpoint of a run to export (default best)")
+                   help="which checkpoint of a run to export")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                   help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+                   help="absolute tolerance of ONNX vs PyTorch")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                   help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+                   help="relative tolerance of ONNX vs PyTorch")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights when exporting a name (default 0)")
+                   help="seed of the initial weights when exporting a name")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(handler=export_command)
 

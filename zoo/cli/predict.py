@@ -32,9 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="a bundle directory, or a shipped bundle name (e.g. Net or Net-cifar2)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     p.add_argument("--top-k", type=int, default=1, metavar="K",
-                   help="show the K most probable classes (default 1)")
+                   help="show the K most probable classes")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="images per onnxruntime call (default 64)")
+                   help="images per onnxruntime call")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
     p.add_argument("--weights", metavar="TAG",
