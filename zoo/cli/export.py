@@ -21,8 +21,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter or shape override for an architecture name (repeatable)")
     p.add_argument("--out", metavar="DIR",
-                   help="bundle directory (default: exports/<Arch>-<dataset> for a run, "
-                   "exports/<Arch> for a name)")
+                   help="bundle directory (default: EXPORTS/<Arch>-<dataset> for a run, "
+                   "EXPORTS/<Arch> for a name, where EXPORTS is $ZOO_EXPORTS, else "
+                   "~/.local/share/zoo/exports: where zoo predict NAME looks)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
