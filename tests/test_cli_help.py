@@ -72,14 +72,20 @@ def test_export_help_shows_argparse_defaults(capsys: pytest.CaptureFixture[str])
     assert "default" not in lines["--force"]
 
 
-def test_top_level_help_lists_commands_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+def test_top_level_help_lists_commands_one_line_each_and_examples(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
     with pytest.raises(SystemExit):
         main(["--help"])
     out = capsys.readouterr().out
     assert "\ncommands:\n" in out and "\nexamples:\n" in out
     assert "  zoo train Net --epochs 3" in out
-    for command in ("list", "train", "export", "predict", "evaluate", "completion"):
-        assert f"\n    {command} " in out or f"\n    {command}\n" in out
+    listing = out.split("\n  COMMAND\n")[1].split("\n\n")[0].splitlines()
+    names = [line.split()[0] for line in listing]
+    assert {"list", "train", "export", "predict", "evaluate", "new-plugin", "completion"} <= set(
+        names)
+    assert all(line.startswith("    ") and len(line.split()) > 1 and len(line) <= 80
+               for line in listing)  # a name and its help on one line, no continuation lines
 
 
 def test_print_config_round_trips_through_config(tmp_path: Path,

@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=export_command)
 
     p = subparsers.add_parser(
-        "verify", help="re-check a bundle: SHA-256 sums, manifest, safe load, ONNX vs PyTorch")
+        "verify", help="re-check a bundle: checksums, manifest, ONNX vs PyTorch")
     p.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or a shipped bundle name")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the manifest's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")

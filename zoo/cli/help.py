@@ -34,6 +34,15 @@ class HelpFormatter(argparse.HelpFormatter):
         flush()
         return "\n".join(out)
 
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        if isinstance(action, argparse._SubParsersAction) and action.help is not argparse.SUPPRESS:
+            # argparse measures sub-commands without their extra indent: a long name
+            # (new-plugin) would get a line of its own; keep "name  help" on one line
+            longest = max((len(name) for name in action.choices), default=0)
+            self._action_max_length = max(self._action_max_length,
+                                          longest + self._current_indent + 4)
+
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help
         if text is None or not action.option_strings or "default" in text:

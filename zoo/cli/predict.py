@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify images with a bundle on onnxruntime (no torch needed)",
+        "predict", help="classify images with a bundle on onnxruntime (no torch)",
         description="Classify image files with a bundle's ONNX graph, using the preprocessing "
         "its manifest records. Exit 0 if every input was predicted, 1 if any could not be read.")
     p.add_argument("bundle", metavar="BUNDLE",
