@@ -126,3 +126,29 @@ def test_console_block(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert matches(shown, output), (
             f"README.md:{block.line}: '$ {command}' printed\n{output}\ninstead of\n"
             + "\n".join(shown))
+
+
+def _fenced(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(encoding="utf-8"),
+                      flags=re.DOTALL | re.MULTILINE)
+
+
+def test_the_readme_config_file_is_one_zoo_train_reads(tmp_path: Path) -> None:
+    from zoo.config import load_config_file, validate_config
+
+    [text] = [body for body in _fenced("toml") if "--config" in body.splitlines()[0]]
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    config = validate_config(load_config_file(path))
+    assert config.dataset == "imagefolder" and config.model
+
+
+def test_the_readme_deployment_snippet_runs_from_any_folder(tmp_path: Path) -> None:
+    [code] = [body for body in _fenced("python") if "OnnxClassifier(" in body]
+    done = subprocess.run([sys.executable, "-c", code + "\nimport sys\n"
+                           "assert 'torch' not in sys.modules\n"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 1  # one image: its most probable class
+    assert re.fullmatch(r"sky\.png (airplane|bird) [01]\.\d{3}", lines[0])
