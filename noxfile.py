@@ -1,10 +1,20 @@
 """Developer sessions: ``nox -s tests lint typecheck``, plus ``export`` and ``zoo``.
 
-Sessions reuse their virtual environments (``-R`` skips reinstalling): torch is
-large, and the pip on this machine takes it from the local disk.
+``tests``, ``typecheck``, ``export`` and ``zoo`` share one virtual environment,
+``.nox/dev``: torch is installed once (about 5.5 GB), not once per session. It is
+created on first use and ``pip install -e .[dev]`` runs again only when
+pyproject.toml changes (``--reinstall-dev`` forces it). ``lint`` needs only ruff and
+keeps a small environment of its own.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
 
 import nox
 
@@ -12,13 +22,41 @@ nox.options.sessions = ["tests", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 PYTHON = "3.11"
+#: The environment the torch sessions share.
+DEV_ENV = Path(__file__).resolve().parent / ".nox" / "dev"
+_BIN = DEV_ENV / ("Scripts" if os.name == "nt" else "bin")
 
 
-@nox.session(python=PYTHON)
+def _dev(session: nox.Session) -> None:
+    """Create or update the shared environment and put it first on the session's PATH."""
+    python = _BIN / "python"
+    stamp = DEV_ENV / "installed-pyproject.sha256"
+    digest = hashlib.sha256(Path("pyproject.toml").read_bytes()).hexdigest()
+    if not python.exists():
+        base = shutil.which(f"python{PYTHON}") or sys.executable
+        session.run(base, "-m", "venv", str(DEV_ENV), external=True)
+    forced = "--reinstall-dev" in session.posargs
+    if forced or not stamp.is_file() or stamp.read_text() != digest:
+        session.run(str(python), "-m", "pip", "install", "-e", ".[dev]", external=True)
+        stamp.write_text(digest)
+    session.env["VIRTUAL_ENV"] = str(DEV_ENV)
+    session.env["PATH"] = f"{_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _posargs(session: nox.Session) -> list[str]:
+    return [arg for arg in session.posargs if arg != "--reinstall-dev"]
+
+
+def _dev_run(session: nox.Session, *args: str, **kwargs: Any) -> Any:
+    """Run a command of the shared environment (``zoo``, ``pytest``, ``python``, ...)."""
+    return session.run(str(_BIN / args[0]), *args[1:], external=True, **kwargs)
+
+
+@nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
     """Run the test suite (offline, under five minutes)."""
-    session.install("-e", ".[dev]")
-    session.run("pytest", *session.posargs)
+    _dev(session)
+    _dev_run(session, "pytest", *_posargs(session))
 
 
 @nox.session(python=PYTHON)
@@ -28,32 +66,32 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "zoo", "plugins", "tests", "bench", "noxfile.py")
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the library and the built-in plugins."""
-    session.install("-e", ".[dev]")
-    session.run("mypy")
+    _dev(session)
+    _dev_run(session, "mypy")
 
 
 def _architectures(session: nox.Session, *, tag: str = "chapter8") -> list[str]:
     import json
 
-    out = session.run("zoo", "list", "--tag", tag, "--json", silent=True, external=False)
+    out = _dev_run(session, "zoo", "list", "--tag", tag, "--json", silent=True)
     return [record["name"] for record in json.loads(str(out))]
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
 def export(session: nox.Session) -> None:
     """Export every built-in architecture to an ONNX bundle and verify it (into .nox/exports)."""
-    session.install("-e", ".[dev]")
-    out = session.create_tmp() + "/exports"
+    _dev(session)
+    out = DEV_ENV.parent / "exports"
     for name in _architectures(session):
-        bundle = f"{out}/{name}"
-        session.run("zoo", "export", name, "--out", bundle, "--force")
-        session.run("zoo", "verify", bundle)
+        bundle = str(out / name)
+        _dev_run(session, "zoo", "export", name, "--out", bundle, "--force")
+        _dev_run(session, "zoo", "verify", bundle)
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
 def zoo(session: nox.Session) -> None:
     """Re-train, export and verify the shipped bundles; regenerate their declarations and table.
 
@@ -72,8 +110,8 @@ def zoo(session: nox.Session) -> None:
     parser.add_argument("--seed", default="0")
     parser.add_argument("--epochs", default=None)
     parser.add_argument("--only", nargs="*", default=None)
-    args = parser.parse_args(session.posargs)
-    session.install("-e", ".[dev]")
+    args = parser.parse_args(_posargs(session))
+    _dev(session)
     names = args.only or _architectures(session)
     for name in names:
         run_dir = f"runs/zoo/{name}"
@@ -84,16 +122,16 @@ def zoo(session: nox.Session) -> None:
             train += ["--val-split", args.val_split]
         if args.epochs:
             train += ["--epochs", args.epochs]
-        session.run(*train)
-        session.run("zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force")
+        _dev_run(session, *train)
+        _dev_run(session, "zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force")
     # the specs pin each bundle's manifest digest: declare the new bundles
-    session.run("python", "-m", "zoo.weightsync", "--write", "plugins/zoo_chapter8/weights.json",
-                "--package", "zoo_chapter8.weights")
-    session.run("python", "-m", "zoo.modeltable", "--write", "README.md")
-    session.run("zoo", "compare", *_architectures(session), "--out", "docs/compare.png")
+    _dev_run(session, "python", "-m", "zoo.weightsync", "--write",
+             "plugins/zoo_chapter8/weights.json", "--package", "zoo_chapter8.weights")
+    _dev_run(session, "python", "-m", "zoo.modeltable", "--write", "README.md")
+    _dev_run(session, "zoo", "compare", *_architectures(session), "--out", "docs/compare.png")
 
 
-@nox.session(python=PYTHON)
+@nox.session(venv_backend="none")
 def sanitize(session: nox.Session) -> None:
     """The chapter-8 kernel tests with the kernels built under AddressSanitizer and UBSan.
 
@@ -133,18 +171,18 @@ def sanitize(session: nox.Session) -> None:
     if built.returncode != 0:
         session.skip(f"{shlex.join(cc)} cannot build with {' '.join(flags[:1])}: "
                      f"{built.stderr.strip().splitlines()[-1:]}")
-    session.install("-e", ".[dev]")
+    _dev(session)
     env = {"CC": shlex.join([*cc, *flags]), "LD_PRELOAD": " ".join(preload),
            "ZOO_CACHE_DIR": session.create_tmp() + "/sanitize-cache",
            "ASAN_OPTIONS": "detect_leaks=0:abort_on_error=1:detect_odr_violation=0",
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
     # the kernels in use are the sanitized build (a fallback to plain PyTorch would test nothing)
-    session.run("python", "-c", "import sys; from pathlib import Path; "
+    _dev_run(session, "python", "-c", "import sys; from pathlib import Path; "
                 "from zoo_chapter8 import fused; print(fused.status()); "
                 "sys.exit(fused.library() is None or "
                 "b'__asan_report' not in Path(fused.status().split(': ', 1)[1]).read_bytes())",
                 env=env)
     # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
-    session.run("python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
+    _dev_run(session, "python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
                 "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
-                *session.posargs, env=env)
+                *_posargs(session), env=env)

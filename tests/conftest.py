@@ -21,6 +21,13 @@ def _fresh_default_registry() -> Iterator[None]:
     reset_default_registry()
 
 
+@pytest.fixture(autouse=True)
+def _private_user_data(tmp_path_factory: pytest.TempPathFactory,
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's user data folder (where zoo export writes by default) is its own."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))
+
+
 @pytest.fixture
 def make_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MakeDist]:
     """Install a one-module distribution on sys.path: ``*.dist-info`` with entry points.

@@ -198,7 +198,7 @@ def test_resolve_bundle_by_path_bundle_name_and_architecture(
     assert resolve_bundle("NetResDeep-synthetic") == exports / "NetResDeep-synthetic"
     assert resolve_bundle(str(bundle_dir)) == bundle_dir
     assert zoo.load("Net").fc2.out_features == 2
-    with pytest.raises(BundleError, match=r"no bundle 'NetWidth'.*shipped: Net, NetResDeep, "
+    with pytest.raises(BundleError, match=r"no bundle 'NetWidth'.*known: Net, NetResDeep, "
                                           r"NetResDeep-synthetic"):
         resolve_bundle("NetWidth")
     with pytest.raises(BundleError, match="bundle 'some/where' does not exist"):

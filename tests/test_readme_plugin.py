@@ -134,3 +134,22 @@ def test_the_readme_conformance_tests_pass_on_both_plugins(
     finally:
         for module in [m for m in sys.modules if m.startswith(("zoo_lenet", "zoo_stripes"))]:
             del sys.modules[module]
+
+
+def test_readme_console_blocks_of_the_example_plugins(installed_example: Path) -> None:
+    """The console blocks tests/test_readme_console.py leaves to this module, as shown."""
+    import shlex
+
+    from test_readme_console import BLOCKS, matches
+
+    blocks = [b for b in BLOCKS if b.skip and "test_readme_plugin.py" in b.skip]
+    assert len(blocks) == 2
+    for block in blocks:
+        for command, shown in block.commands:
+            if not shown:
+                continue
+            words = shlex.split(command)
+            assert words[0] == "zoo", command
+            proc = run(installed_example, "-m", "zoo", *words[1:])
+            assert matches(shown, proc.stdout + proc.stderr), (
+                f"README.md:{block.line}: '$ {command}' printed\n{proc.stdout}{proc.stderr}")

@@ -67,7 +67,7 @@ from zoo.manifest import (
 )
 from zoo.modelcard import write_card
 from zoo.portable import portable_recipe, portable_source
-from zoo.pretrained import ENV_EXPORTS, accuracy_split
+from zoo.pretrained import accuracy_split, user_exports_dir
 from zoo.registry import Registry, default_registry
 from zoo.run import (
     BEST_CHECKPOINT,
@@ -269,9 +269,10 @@ def _latency_ms(session: ort.InferenceSession, shape: tuple[int, int, int], runs
 
 
 def default_destination(name: str) -> Path:
-    """``$ZOO_EXPORTS/NAME`` when set, else ``./exports/NAME`` (relative to the working folder)."""
-    root = os.environ.get(ENV_EXPORTS)
-    return (Path(root) if root else Path.cwd() / "exports") / name
+    """``user_exports_dir()/NAME``: ``$ZOO_EXPORTS/NAME`` when set, else the user exports
+    folder (``~/.local/share/zoo/exports/NAME`` on Linux), where ``zoo predict NAME``
+    and ``zoo.load(NAME)`` look (:func:`zoo.pretrained.search_dirs`)."""
+    return user_exports_dir() / name
 
 
 def check_tolerances(atol: float, rtol: float) -> None:

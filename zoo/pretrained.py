@@ -54,6 +54,30 @@ def exports_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "exports"
 
 
+def user_exports_dir() -> Path:
+    """Where ``zoo export`` writes bundles and ``zoo predict NAME`` finds them:
+    ``$ZOO_EXPORTS``, else the user's data folder (``~/.local/share/zoo/exports`` on
+    Linux, ``$XDG_DATA_HOME/zoo/exports`` where that is set; platformdirs elsewhere)."""
+    env = os.environ.get(ENV_EXPORTS)
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return platformdirs.user_data_path("zoo", appauthor=False) / "exports"
+
+
+def search_dirs(root: Path | None = None) -> list[Path]:
+    """The folders :func:`resolve_bundle` looks in for a bundle name, in order: ``root``
+    alone where given, else ``$ZOO_EXPORTS`` alone where set, else the user exports
+    folder (:func:`user_exports_dir`) then the source tree's ``exports/``."""
+    if root is not None:
+        return [root]
+    if os.environ.get(ENV_EXPORTS):
+        return [exports_dir()]
+    dirs = [user_exports_dir(), exports_dir()]
+    return dirs if dirs[0] != dirs[1] else dirs[:1]
+
+
 def weights_cache_dir() -> Path:
     """Where downloaded weights go: ``$ZOO_CACHE_DIR/weights``, else ``~/.cache/zoo/weights``."""
     env = os.environ.get(ENV_CACHE_DIR)
@@ -275,8 +299,10 @@ def resolve_bundle(arg: str | Path, root: Path | None = None, *, weights: str | 
     name, the declared weights (``"Net"``: its default weight set, or the one
     ``weights`` names; ``"Net-cifar2"``: weight set ``cifar2`` of ``Net``) unless
     ``root`` is given or ``$ZOO_EXPORTS`` is set and ``weights`` is not; then the
-    bundles in that directory (or the source tree's ``exports/``), by architecture
-    (a trained bundle preferred, see :func:`pretrained_bundles`) or directory name.
+    bundles in each of :func:`search_dirs` (``root``; else ``$ZOO_EXPORTS``; else the
+    user exports folder, where ``zoo export`` writes, then the source tree's
+    ``exports/``), by directory name or architecture (a trained bundle preferred,
+    see :func:`pretrained_bundles`).
     Anything else is a :class:`~zoo.errors.BundleError` listing what there is. A
     bare name that answers to a shipped bundle means it, even where a folder of that
     name exists here: write ``./Net`` (or pass a ``Path``) for the folder.
@@ -300,17 +326,21 @@ def resolve_bundle(arg: str | Path, root: Path | None = None, *, weights: str | 
         if found is not None:
             return found
         declared = _declared_names(_registry(registry))
-    base = exports_dir() if root is None else root
-    shipped = pretrained_bundles(base)
-    if text in shipped:
-        return shipped[text]
-    named = base / text
-    if (named / MANIFEST_FILE).is_file():
-        return named
-    names = sorted({*declared, *(p.name for p in bundle_dirs(base)), *shipped}, key=str.lower)
-    known = ", ".join(names) if names else f"none in {base}"
-    raise BundleError(f"no bundle {text!r}: it is neither a directory nor a shipped bundle "
-                      f"name (shipped: {known}; set ${ENV_EXPORTS} to look elsewhere)")
+    bases = search_dirs(root)
+    names: set[str] = set(declared)
+    for base in bases:
+        shipped = pretrained_bundles(base)
+        if text in shipped:
+            return shipped[text]
+        named = base / text
+        if (named / MANIFEST_FILE).is_file():
+            return named
+        names |= {*(p.name for p in bundle_dirs(base)), *shipped}
+    where = " and ".join(str(b) for b in bases)
+    known = ", ".join(sorted(names, key=str.lower)) if names else f"none in {where}"
+    raise BundleError(f"no bundle {text!r}: it is neither a directory nor a shipped or "
+                      f"exported bundle name (known: {known}; set ${ENV_EXPORTS} to look "
+                      "elsewhere)")
 
 
 # -- building ------------------------------------------------------------------------------

@@ -145,6 +145,11 @@ class Registry:
         self._heavy: dict[str, list[str]] = {}
         self._reported: set[str] = set()
         self._blocked = set(_split_env(env.get(ENV_BLOCK))) | set(blocked)
+        # where each plugin name a user gave came from, to warn of names nothing installs
+        self._named: dict[str, list[str]] = {
+            ENV_PLUGINS: _split_env(env.get(ENV_PLUGINS)),
+            ENV_BLOCK: _split_env(env.get(ENV_BLOCK)), "-p no:NAME": list(blocked)}
+        self._installed: set[str] | None = None
         self._architectures: dict[str, ArchitectureSpec] | None = None
         self._datasets: dict[str, DatasetSpec] | None = None
         self._unavailable: dict[tuple[str, str], str] = {}
@@ -158,6 +163,7 @@ class Registry:
     def _load_entry_points(self, autoload: bool, explicit: set[str]) -> None:
         seen: set[tuple[str, str | None]] = set()
         eps = list(metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP))
+        self._installed = {ep.name for ep in eps}
         builtin = {ep.name for ep in eps if ep.dist is not None
                    and ep.dist.name == CORE_DISTRIBUTION}
         # the zoo's own plugins first, so that no other distribution can take their names
@@ -388,6 +394,18 @@ class Registry:
                     self._reported.add(seen)
                     out.append((info, message))
         return out
+
+    def unknown_plugin_names(self) -> list[str]:
+        """One sentence for each name in ``ZOO_PLUGINS``, ``ZOO_BLOCK_PLUGINS`` or ``blocked``
+        that no installed plugin has (a typo blocks or enables nothing); empty without
+        entry points."""
+        if self._installed is None:
+            return []
+        known = self._installed | set(self._infos)
+        installed = ", ".join(sorted(self._installed)) or "none"
+        return [f"{where.replace('NAME', name)}: no installed plugin is named {name!r}, so "
+                f"it changes nothing (installed: {installed})"
+                for where, names in self._named.items() for name in names if name not in known]
 
     def plugins_by_key(self) -> dict[str, PluginInfo]:
         """Every plugin seen, by its key (its name, or ``"name [distribution]"`` if refused)."""

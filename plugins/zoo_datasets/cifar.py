@@ -20,6 +20,7 @@ from zoo.errors import DataError
 from zoo_datasets import CifarOptions
 from zoo_datasets.cache import cache_root, digest_index, file_digests, hash_parts
 from zoo_datasets.common import convert_channels, resize_images
+from zoo_datasets.status import StatusLine
 
 BASE_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -85,18 +86,25 @@ def _load(request: DatasetRequest, name: str, keep: tuple[int, ...]) -> LoadedDa
         except Exception as exc:  # no network, proxy, disk full: all say the same to a user
             raise _offline_error(root, name, f"download failed: {exc}") from None
     parts: list[Split] = []
-    for train in (True, False):
-        images, labels = _read(root, train)
-        mask = np.isin(labels, keep)
-        images, labels = images[mask], labels[mask]
-        remap = np.full(len(CLASSES), -1, dtype=np.int64)
-        remap[list(keep)] = np.arange(len(keep))
-        images = convert_channels(images, request.channels)
-        images = resize_images(images, request.image_size)
-        parts.append(Split(images=np.ascontiguousarray(images), labels=remap[labels]))
     folder = root / BASE_FOLDER
+    show = not request.quiet
+    with StatusLine("reading", 2, f"CIFAR-10 splits of {str(folder)!r}",
+                    enabled=show) as status:
+        for train in (True, False):
+            images, labels = _read(root, train)
+            mask = np.isin(labels, keep)
+            images, labels = images[mask], labels[mask]
+            remap = np.full(len(CLASSES), -1, dtype=np.int64)
+            remap[list(keep)] = np.arange(len(keep))
+            images = convert_channels(images, request.channels)
+            images = resize_images(images, request.image_size)
+            parts.append(Split(images=np.ascontiguousarray(images), labels=remap[labels]))
+            status.update(len(parts))
     names = (*TRAIN_FILES, *TEST_FILES)
-    digests = file_digests([folder / f for f in names], digest_index(request.cache_dir, folder))
+    with StatusLine("hashing", len(names), f"CIFAR-10 files of {str(folder)!r}",
+                    enabled=show) as status:
+        digests = file_digests([folder / f for f in names],
+                               digest_index(request.cache_dir, folder), on_progress=status.update)
     key = hash_parts([name, *(f"{f}|{d}" for f, d in zip(names, digests, strict=True)),
                       f"{request.image_size}x{request.channels}"])
     return LoadedDataset(name=name, train=parts[0], val=parts[1],

@@ -29,6 +29,7 @@ from zoo_datasets.cache import (
     io_workers,
 )
 from zoo_datasets.common import stratified_split, take
+from zoo_datasets.status import StatusLine
 
 CACHE_VERSION = "imagefolder-v2"
 
@@ -66,16 +67,19 @@ def _scan(root: Path, what: str) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, files
 
 
-def _decode_all(files: list[tuple[Path, int]], channels: int,
-                size: tuple[int, int]) -> dict[str, np.ndarray]:
+def _decode_all(files: list[tuple[Path, int]], channels: int, size: tuple[int, int],
+                status: StatusLine) -> dict[str, np.ndarray]:
     def one(item: tuple[Path, int]) -> np.ndarray | str:
         try:
             return decode_image(item[0], channels, size)
         except ImageDecodeError as exc:
             return str(exc)
 
-    with ThreadPoolExecutor(max_workers=io_workers()) as pool:
-        decoded = list(pool.map(one, files, chunksize=64))
+    decoded: list[np.ndarray | str] = []
+    with status, ThreadPoolExecutor(max_workers=io_workers()) as pool:
+        for image in pool.map(one, files, chunksize=64):
+            decoded.append(image)
+            status.update(len(decoded))
     good = [i for i, d in enumerate(decoded) if not isinstance(d, str)]
     images = np.empty((len(good), channels, size[0], size[1]), dtype=np.uint8)
     for row, i in enumerate(good):
@@ -93,12 +97,16 @@ def read_folder(root: Path, request: DatasetRequest, size: tuple[int, int], *, u
     """Classes, images, labels, unreadable-file messages, content key and file count."""
     classes, files = scan(root, what)
     index = digest_index(request.cache_dir, root) if use_cache else None
-    digests = file_digests([p for p, _ in files], index)
+    show = not request.quiet
+    with StatusLine("hashing", len(files), f"files of {str(root)!r}", enabled=show) as status:
+        digests = file_digests([p for p, _ in files], index, on_progress=status.update)
     key = hash_parts([CACHE_VERSION, f"{size[0]}x{size[1]}x{request.channels}",
                       *(f"{p.relative_to(root).as_posix()}|{c}|{d}"
                         for (p, c), d in zip(files, digests, strict=True))])
     arrays = cached(cache_root(request.cache_dir) / "imagefolder", key,
-                    lambda: _decode_all(files, request.channels, size), enabled=use_cache)
+                    lambda: _decode_all(files, request.channels, size, StatusLine(
+                        "decoding", len(files), f"images of {str(root)!r}", enabled=show)),
+                    enabled=use_cache)
     errors = [str(e) for e in arrays["errors"]]
     if errors and request.strict:
         raise DataError(f"{errors[0]} (strict mode: fix or remove the file, or train without "

@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The ``zoo`` command line.
 
 Each command group lives in its own module exposing ``register(subparsers)``;
@@ -14,18 +15,33 @@ from collections.abc import Sequence
 
 from zoo import __version__
 from zoo.cli import catalog
+from zoo.cli.help import ZooArgumentParser
 from zoo.errors import ZooError
 from zoo.registry import Registry
 
 ENV_TRACEBACK = "ZOO_TRACEBACK"
 COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict",
-                   "zoo.cli.evaluate", "zoo.cli.inspect", "zoo.cli.newplugin")
+                   "zoo.cli.evaluate", "zoo.cli.inspect", "zoo.cli.newplugin",
+                   "zoo.cli.completion")
+
+EPILOG = """\
+examples:
+  zoo list                              the architectures, one line each
+  zoo show NetRes                       one architecture and its hyperparameters
+  zoo train Net --epochs 3              train on the synthetic dataset (no download)
+  zoo export runs/Net-synthetic-...     a verified ONNX bundle (see zoo export --help)
+  zoo predict Net-cifar2 bird.jpg       classify images with a shipped bundle
+
+'zoo COMMAND --help' shows a command's options and their defaults;
+'eval "$(zoo completion bash)"' completes them in bash.
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ZooArgumentParser(
         prog="zoo",
         description="A plugin-based PyTorch model zoo: list, train, export and serve CNNs.",
+        epilog=EPILOG,
     )
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     parser.add_argument(
@@ -34,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--traceback", action="store_true",
                         help=f"show the Python traceback of errors (or set {ENV_TRACEBACK}=1)")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                       title="commands")
     import importlib
 
     for name in COMMAND_MODULES:
@@ -60,12 +77,18 @@ def _blocked(options: Sequence[str]) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script."""
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:  # the shell asks for completions (zoo completion)
+        import argcomplete
+
+        argcomplete.autocomplete(parser)
     args = parser.parse_args(argv)
     show_traceback = args.traceback or bool(os.environ.get(ENV_TRACEBACK))
     try:
         registry = Registry(blocked=_blocked(args.plugin_options))
         if getattr(args, "report_plugins", True):
             catalog.warn_failed_plugins(registry, traceback=show_traceback)
+            for message in registry.unknown_plugin_names():
+                print(f"zoo: warning: {message}", file=sys.stderr)
         code: int = args.handler(args, registry)
         return code
     except ZooError as exc:

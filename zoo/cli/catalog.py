@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=list_command)
 
     p = subparsers.add_parser("show", help="show one architecture and its hyperparameters")
-    p.add_argument("name", metavar="NAME")
+    p.add_argument("name", metavar="NAME", help="an architecture, see 'zoo list'")
     p.add_argument("--schema", action="store_true",
                    help="print the JSON Schema of its hyperparameters")
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=datasets_command, dataset_name=None, schema=False)
     sub = p.add_subparsers(dest="datasets_command", metavar="show")
     s = sub.add_parser("show", help="show one dataset and its options")
-    s.add_argument("dataset_name", metavar="NAME")
+    s.add_argument("dataset_name", metavar="NAME", help="a dataset, see 'zoo datasets'")
     s.add_argument("--schema", action="store_true", help="print the JSON Schema of its options")
     s.add_argument("--json", action="store_true", help="print the spec as JSON")
 

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--weights", metavar="TAG",
                    help="a declared weight set of the architecture MODEL names")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
-                   help="images decoded and classified at a time (default 256)")
+                   help="images decoded and classified at a time")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
     p.add_argument("--out", metavar="OUT",

@@ -21,25 +21,26 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter or shape override for an architecture name (repeatable)")
     p.add_argument("--out", metavar="DIR",
-                   help="bundle directory (default: exports/<Arch>-<dataset> for a run, "
-                   "exports/<Arch> for a name)")
+                   help="bundle directory (default: EXPORTS/<Arch>-<dataset> for a run, "
+                   "EXPORTS/<Arch> for a name, where EXPORTS is $ZOO_EXPORTS, else "
+                   "~/.local/share/zoo/exports: where zoo predict NAME looks)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default 17)")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help="torch.onnx exporter (default torchscript: 20-30x faster here)")
+                   help="torch.onnx exporter (torchscript is 20-30x faster here)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which checkpoint of a run to export (default best)")
+                   help="which checkpoint of a run to export")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL,
-                   help=f"absolute tolerance (default {DEFAULT_ATOL:g})")
+                   help="absolute tolerance of ONNX vs PyTorch")
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
-                   help=f"relative tolerance (default {DEFAULT_RTOL:g})")
+                   help="relative tolerance of ONNX vs PyTorch")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights when exporting a name (default 0)")
+                   help="seed of the initial weights when exporting a name")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(handler=export_command)
 
     p = subparsers.add_parser(
-        "verify", help="re-check a bundle: SHA-256 sums, manifest, safe load, ONNX vs PyTorch")
+        "verify", help="re-check a bundle: checksums, manifest, ONNX vs PyTorch")
     p.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or a shipped bundle name")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the manifest's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")

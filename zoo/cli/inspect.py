@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="where the PNGs go (default ./inspect/MODEL)")
     p.add_argument("--layer", metavar="NAME", help="draw only this convolution's block, e.g. conv2")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
-                   help="print the K most probable classes (default 5)")
+                   help="print the K most probable classes")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
     p.set_defaults(handler=inspect_command)
 
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("sources", nargs="+", metavar="RUN_OR_BUNDLE",
                    help="run directories, bundle directories or shipped names")
     p.add_argument("--out", type=Path, metavar="FILE", default=Path("compare.png"),
-                   help="the chart (default compare.png)")
+                   help="the chart")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(handler=compare_command)
 

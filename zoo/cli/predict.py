@@ -25,16 +25,16 @@ if TYPE_CHECKING:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = subparsers.add_parser(
-        "predict", help="classify images with a bundle on onnxruntime (no torch needed)",
+        "predict", help="classify images with a bundle on onnxruntime (no torch)",
         description="Classify image files with a bundle's ONNX graph, using the preprocessing "
         "its manifest records. Exit 0 if every input was predicted, 1 if any could not be read.")
     p.add_argument("bundle", metavar="BUNDLE",
                    help="a bundle directory, or a shipped bundle name (e.g. Net or Net-cifar2)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     p.add_argument("--top-k", type=int, default=1, metavar="K",
-                   help="show the K most probable classes (default 1)")
+                   help="show the K most probable classes")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
-                   help="images per onnxruntime call (default 64)")
+                   help="images per onnxruntime call")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
     p.add_argument("--weights", metavar="TAG",

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from zoo.cli.help import train_default
 from zoo.cli.options import parse_pairs
 from zoo.errors import ZooError
 from zoo.registry import Registry
@@ -19,59 +20,101 @@ _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    d = train_default
     p = subparsers.add_parser(
         "train", help="train an architecture on a dataset",
         description="Train NAME with the shared trainer. Options come from --config FILE "
-                    "(JSON or TOML), then flags; --set sets model hyperparameters. Run under "
-                    "torchrun --nproc_per_node=N -m zoo train ... for DDP.")
+                    "(JSON or TOML), then flags; --set sets model hyperparameters. Defaults "
+                    "shown are TrainConfig's; an architecture's recipe may change lr, epochs, "
+                    "batch size, weight decay and gradient clipping (--print-config shows the "
+                    "result). Run under torchrun --nproc_per_node=N -m zoo train ... for DDP.",
+        epilog="examples:\n"
+               "  zoo train Net --epochs 3\n"
+               "  zoo train NetWidth --dataset imagefolder --data-dir data/cifar2/train\n"
+               "  zoo train Net --print-config > net.toml && zoo train Net --config net.toml\n"
+               "  zoo train --resume runs/Net-synthetic-20250101-120000")
     p.add_argument("name", metavar="NAME", nargs="?",
-                   help="architecture (optional with --resume)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="model hyperparameter or shape key (in_channels, in_height, in_width, "
-                        "num_classes), e.g. n_chans1=16 (repeatable)")
-    p.add_argument("--option", dest="dataset_opts", action="append", default=[],
-                   metavar="KEY=VALUE", help="dataset option, e.g. size=500 (repeatable)")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TrainConfig as JSON or TOML")
-    p.add_argument("--dataset", metavar="D", help="dataset name (default: synthetic)")
-    p.add_argument("--data-dir", type=Path, metavar="DIR")
-    p.add_argument("--val-dir", type=Path, metavar="DIR")
-    p.add_argument("--val-split", type=float, metavar="F")
-    p.add_argument("--epochs", type=int, metavar="N")
-    p.add_argument("--batch-size", type=int, metavar="N", help="per process")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
-    p.add_argument("--lr", type=float)
-    p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--schedule", choices=["none", "cosine", "onecycle"])
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                   help="random horizontal flips")
-    p.add_argument("--crop-padding", type=int, metavar="P", help="random crop padding (0: off)")
-    p.add_argument("--grad-clip", type=float, metavar="NORM", help="clip the gradient norm")
-    p.add_argument("--book", action="store_true",
+                   help="architecture, see 'zoo list' (optional with --resume)")
+    g = p.add_argument_group("configuration")
+    g.add_argument("--config", type=Path, metavar="FILE",
+                   help="TrainConfig as JSON (.json) or TOML (any other suffix); flags override it")
+    g.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved TrainConfig as TOML (what --config reads) "
+                        "and exit without training")
+    g.add_argument("--book", action="store_true",
                    help="the book's recipe: SGD lr 1e-2, batch 64, no momentum/augmentation, "
                         "100 epochs (flags still override)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--num-threads", type=int, metavar="N")
-    p.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
+    g = p.add_argument_group("model")
+    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="model hyperparameter or shape key (in_channels, in_height, in_width, "
+                        "num_classes), e.g. n_chans1=16 (repeatable)")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", metavar="D",
+                   help=f"dataset name, see 'zoo datasets' {d('dataset')}")
+    g.add_argument("--option", dest="dataset_opts", action="append", default=[],
+                   metavar="KEY=VALUE", help="dataset option, e.g. size=500 (repeatable)")
+    g.add_argument("--data-dir", type=Path, metavar="DIR",
+                   help="data directory: class folders for imagefolder, the download location "
+                        f"for cifar {d('data_dir')}")
+    g.add_argument("--val-dir", type=Path, metavar="DIR",
+                   help=f"separate validation directory of class folders {d('val_dir')}")
+    g.add_argument("--val-split", type=float, metavar="F",
+                   help=f"held-out fraction of each class without --val-dir {d('val_split')}")
+    g.add_argument("--strict", action="store_true", default=None,
+                   help="fail on an unreadable image instead of skipping it")
+    g.add_argument("--no-download", dest="download", action="store_false", default=None,
+                   help="never download a dataset (fail if it is not on disk)")
+    g.add_argument("--cache-dir", type=Path, metavar="DIR",
+                   help="decoded-image cache (default: $ZOO_CACHE_DIR, else ~/.cache/zoo)")
+    g = p.add_argument_group("recipe")
+    g.add_argument("--epochs", type=int, metavar="N", help=f"training epochs {d('epochs')}")
+    g.add_argument("--batch-size", type=int, metavar="N",
+                   help=f"batch size per process {d('batch_size')}")
+    g.add_argument("--optimizer", choices=["sgd", "adam", "adamw"],
+                   help=f"optimizer {d('optimizer')}")
+    g.add_argument("--lr", type=float, help=f"peak learning rate {d('lr')}")
+    g.add_argument("--momentum", type=float, metavar="M", help=f"SGD momentum {d('momentum')}")
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"Nesterov momentum (SGD with momentum > 0) {d('nesterov')}")
+    g.add_argument("--weight-decay", type=float, metavar="WD",
+                   help=f"weight decay {d('weight_decay')}")
+    g.add_argument("--schedule", choices=["none", "cosine", "onecycle"],
+                   help=f"learning-rate schedule {d('schedule')}")
+    g.add_argument("--label-smoothing", type=float, metavar="S",
+                   help=f"label smoothing of the loss {d('label_smoothing')}")
+    g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"random horizontal flips {d('flip')}")
+    g.add_argument("--crop-padding", type=int, metavar="P",
+                   help=f"random crop after zero padding, 0: off {d('crop_padding')}")
+    g.add_argument("--grad-clip", type=float, metavar="NORM",
+                   help=f"clip the gradient norm, 0: off {d('grad_clip')}")
+    g.add_argument("--seed", type=int, metavar="N",
+                   help=f"seed of the split, init, batches and augmentation {d('seed')}")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
+                   help=f"where to train {d('device')}")
+    g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
+                   help=f"mixed precision on CUDA {d('amp')}")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels-last memory format (default: on for CPU and CUDA)")
+    g.add_argument("--num-threads", type=int, metavar="N",
+                   help="torch threads on CPU, at most 4 per core (default: torch's choice)")
+    g.add_argument("--tune-allocator", action=argparse.BooleanOptionalAction, default=None,
                    help="CPU on Linux: keep freed memory in the process (default: on)")
-    p.add_argument("--batch-split", type=int, metavar="N",
+    g.add_argument("--batch-split", type=int, metavar="N",
                    help="CPU: train each batch as N parts on parallel threads (1: off; "
                         "default: one per thread where the model allows)")
-    p.add_argument("--eval-batch-size", type=int, metavar="N")
-    p.add_argument("--strict", action="store_true", default=None,
-                   help="fail on an unreadable image instead of skipping it")
-    p.add_argument("--no-download", dest="download", action="store_false", default=None)
-    p.add_argument("--cache-dir", type=Path, metavar="DIR")
-    p.add_argument("--out", type=Path, metavar="DIR",
-                   help="run directory (default runs/NAME-DATASET-TIME)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run")
-    p.add_argument("--progress", choices=["auto", "bar", "log", "none"])
-    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    g.add_argument("--eval-batch-size", type=int, metavar="N",
+                   help=f"validation batch size {d('eval_batch_size')}")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, metavar="DIR",
+                   help="run directory (default: runs/NAME-DATASET-TIME)")
+    g.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR where it stopped")
+    g.add_argument("--progress", choices=["auto", "bar", "log", "none"],
+                   help="a bar on a terminal, log lines otherwise (auto), or none "
+                        f"{d('progress')}")
+    g.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.set_defaults(handler=train_command)
 
 
@@ -100,9 +143,27 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def print_config(name: str, fields: dict[str, Any], registry: Registry) -> None:
+    """Print the TrainConfig ``zoo train NAME`` would run with, as TOML for ``--config``."""
+    from zoo.config import validate_config
+    from zoo.configfile import apply_recipe, config_toml
+
+    config = validate_config(fields, "training config")
+    registry.resolve(name, **config.model)
+    config = apply_recipe(config, set(fields), registry.get_spec(name).recipe)
+    print(config_toml(config, header=f"TrainConfig of 'zoo train {name}': use it with "
+                                     f"--config FILE"), end="")
+
+
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
     fields = config_fields(args)
     name = args.name
+    if args.print_config:
+        if name is None:
+            raise ZooError("--print-config needs an architecture NAME (a run's own config is "
+                           "in RUN_DIR/config.json)")
+        print_config(name, fields, registry)
+        return 0
     if name is None:
         if args.resume is None:
             raise ZooError("zoo train needs an architecture NAME (see 'zoo list'), "
