@@ -124,7 +124,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
 
     fields: dict[str, Any] = {}
     if args.book:
-        fields.update(TrainConfig.book().model_dump(exclude_defaults=True))
+        fields.update(TrainConfig.book().model_dump(exclude_unset=True))
     if args.config is not None:
         fields.update(load_config_file(args.config))
     for name in _VALUE_FLAGS:
