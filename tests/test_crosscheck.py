@@ -133,6 +133,6 @@ def test_recorded_validation_metrics_are_the_predictors(trained: Trained) -> Non
     accuracy = float((logits.argmax(axis=1) == labels).mean())
     assert loss == pytest.approx(best.val_loss, rel=1e-4)
     assert accuracy == best.val_acc
-    assert 0.5 < accuracy  # the model learned something, so the labels are checked too
+    assert accuracy > 0.5  # the model learned something, so the labels are checked too
     predicted = [p.label for p in trained.classifier.predict(trained.val_files)]
     assert predicted == [CLASSES[i] for i in logits.argmax(axis=1)]
