@@ -99,7 +99,7 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     "zoo/spec.py": ("tests/test_registry.py", "tests/test_cli_catalog.py"),
     "zoo/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
                         "tests/test_readme_plugin.py"),
-    "zoo/imaging.py": ("tests/test_crosscheck.py", "tests/test_deploy.py"),
+    "zoo/imaging.py": ("tests/test_imaging.py",),
     "zoo/deploy.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
                       "tests/test_pretrained.py"),
     "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py"),
