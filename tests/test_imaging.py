@@ -61,6 +61,16 @@ def test_transparency_is_composited_on_white(tmp_path: Path) -> None:
     assert [to_mode(opaque, 3).getpixel((x, 0)) for x in (0, 1)] == [(0, 0, 0), (9, 9, 9)]
 
 
+def test_only_palette_images_take_their_transparency_key(tmp_path: Path) -> None:
+    """A grey or RGB image's transparency key is no alpha channel: its pixels stay as they are."""
+    grey = Image.fromarray(np.array([[10, 20]], dtype=np.uint8), "L")
+    path = tmp_path / "keyed.png"
+    grey.save(path, transparency=10)
+    with Image.open(path) as reopened:
+        assert reopened.info.get("transparency") == 10
+    assert decode_image(path, 1).tolist() == [[[10, 20]]]
+
+
 def test_resize_is_bilinear_to_height_by_width(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     hwc = rng.integers(0, 256, (9, 13, 3), dtype=np.uint8)
