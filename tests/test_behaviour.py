@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from export_helpers import make_run
 
 import zoo
 from zoo import DatasetRequest
@@ -284,9 +285,6 @@ def test_progress_off_prints_nothing(monkeypatch: pytest.MonkeyPatch, mode: str,
 
 
 def _make_run(tmp_path: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from export_helpers import make_run
-
     run = tmp_path / "run"
     make_run(run, "Net")  # 3 classes, 3 channels
     return run
