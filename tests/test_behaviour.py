@@ -21,9 +21,11 @@ from export_helpers import make_run
 
 import zoo
 from zoo import DatasetRequest
-from zoo.errors import ExportError, TrainingError, ZooError
+from zoo.bundle import load_bundle
+from zoo.errors import BundleError, ExportError, TrainingError, ZooError
 from zoo.exporter import export
 from zoo.imaging import normalize
+from zoo.manifest import file_entry
 from zoo.progress import Progress
 from zoo.run import EpochMetrics, RunSummary, read_summary
 from zoo.trainer import select_device, train
@@ -143,13 +145,16 @@ def test_export_takes_the_checkpoint_the_manifest_names(peaked_run: Path,
     assert all(torch.equal(exported[k], saved[k]) for k in saved)
 
 
+def _tamper(weights: dict[str, torch.Tensor], change: str) -> None:
+    if change == "missing":
+        del weights["fc2.bias"]
+    else:
+        weights["fc3.weight"] = torch.zeros(2, 2)
+
+
 def _tamper_checkpoint(path: Path, change: str) -> None:
     state = torch.load(path, weights_only=True)
-    model = state["model"]
-    if change == "missing":
-        del model["fc2.bias"]
-    else:
-        model["fc3.weight"] = torch.zeros(2, 2)
+    _tamper(state["model"], change)
     torch.save(state, path)
 
 
@@ -165,6 +170,22 @@ def test_weights_load_strictly_on_export_and_resume(tmp_path: Path, change: str)
     with pytest.raises((ZooError, RuntimeError), match=r"fc2.bias|fc3.weight"):
         train("Net", epochs=2, resume=run)
     assert read_summary(run).epochs_completed == 1
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_bundle_weights_load_strictly(tmp_path: Path, change: str) -> None:
+    """A bundle whose model.pt lacks a key or has one too many is refused, even when the
+    manifest's checksums were updated to match it."""
+    bundle = export(_make_run(tmp_path), out=tmp_path / "bundle").path
+    weights = bundle / "model.pt"
+    state = torch.load(weights, weights_only=True)
+    _tamper(state, change)
+    torch.save(state, weights)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["files"]["model.pt"] = file_entry(weights).model_dump()
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match=r"model.pt does not fit Net"):
+        load_bundle(bundle)
 
 
 def test_resume_refuses_changed_data_or_steps_per_epoch(tmp_path: Path) -> None:
