@@ -48,7 +48,12 @@ def test_input_shape_defaults_bounds_and_order() -> None:
                 {"depth": 1}):
         with pytest.raises(ValidationError):
             InputShape(**bad)
-    InputShape(channels=64, height=4096, width=1)  # the bounds themselves are accepted
+    for bad in ({"height": 4097}, {"width": 0}, {"channels": -1}):
+        with pytest.raises(ValidationError):
+            InputShape(**bad)
+    # the bounds themselves are accepted
+    InputShape(channels=64, height=4096, width=1)
+    InputShape(channels=1, height=1, width=4096)
     with pytest.raises(ValidationError):
         shape.channels = 1  # type: ignore[misc]  # frozen
 
@@ -62,7 +67,13 @@ def test_hparams_are_frozen_and_closed() -> None:
 
 
 def test_provenance_describes_its_origin() -> None:
-    assert Provenance(plugin="p").describe() == "plugin 'p'"
+    prov = Provenance(plugin="p")
+    assert prov.describe() == "plugin 'p'"
+    assert prov.distribution is None and prov.version is None
+    with pytest.raises(ValidationError):
+        prov.plugin = "q"  # type: ignore[misc]  # frozen
+    with pytest.raises(ValidationError):
+        Provenance()  # type: ignore[call-arg]  # the plugin's name is required
     assert Provenance(plugin="p", distribution="zoo-x", version="1.2").describe() == \
         "zoo-x 1.2 (plugin 'p')"
 
@@ -98,8 +109,13 @@ def test_architecture_spec_validation(bad: dict[str, Any]) -> None:
 
 
 def test_architecture_spec_accepts_its_bounds() -> None:
-    spec = _spec(name="A" + "b" * 63, summary="s" * 200, num_classes=100_000, min_input_size=1)
+    spec = _spec(name="A" + "b" * 63, summary="s" * 200, num_classes=100_000)
     assert spec.name == "A" + "b" * 63 and spec.tags == () and spec.recipe == Recipe()
+    assert spec.min_input_size == 1
+    short = _spec(name="A", summary="s", source="x", min_input_size=1)
+    assert (short.summary, short.source) == ("s", "x")
+    with pytest.raises(ValidationError):
+        ArchitectureSpec(name="T", summary="s", builder="a:b", source="x")  # no hparams
     assert spec.input_shape == InputShape() and spec.provenance is None
     assert _spec(num_classes=2).num_classes == 2
     assert spec.load_builder() is os.path.join
@@ -169,3 +185,14 @@ def test_model_config_defaults() -> None:
     assert config.num_classes == 2
     with pytest.raises(ValidationError):
         ModelConfig(architecture="X", num_classes=1)
+    with pytest.raises(ValidationError):
+        ModelConfig(architecture="X", height=3)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        config.num_classes = 3  # type: ignore[misc]  # frozen
+
+
+@pytest.mark.parametrize("model", [InputShape, Provenance, Recipe, ArchitectureSpec])
+def test_every_declared_field_is_described(model: type[Any]) -> None:
+    """The descriptions are what ``zoo show`` and the published schemas tell a user."""
+    for name, field in model.model_fields.items():
+        assert field.description, f"{model.__name__}.{name}"
