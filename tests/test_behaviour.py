@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -278,18 +279,25 @@ def test_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
     progress, stream = _progress(monkeypatch, "auto", tty=True)  # a terminal: a bar
-    started = time.perf_counter()
-    progress.step(1, 5, 5, 10, started)
-    progress.step(1, 5, 6, 10, started)  # within 0.2 s of the last draw: skipped
+    started = time.perf_counter() - 10.0  # the epoch began ten seconds ago
+    progress.step(1, 5, 1, 10, started)
+    progress.step(1, 5, 2, 10, started)  # within 0.2 s of the last draw: skipped
+    time.sleep(0.25)
+    progress.step(1, 5, 5, 10, started)  # 0.2 s later: drawn
     progress.step(1, 5, 10, 10, started)  # the last step is always drawn
     progress.epoch(METRICS, 5)
-    out = stream.getvalue()
-    draws = out.split("\r")[1:]
-    assert len(draws) == 3
-    assert draws[0].startswith("epoch 1/5 [" + "#" * 15 + "." * 15 + "] 5/10 ")
-    assert draws[1].startswith("epoch 1/5 [" + "#" * 30 + "] 10/10 ")
-    assert "eta   0.0s" in draws[1]
-    assert draws[2] == "\033[K" + EPOCH_LINE
+    draws = stream.getvalue().split("\r")[1:]
+    assert len(draws) == 4
+    bars = [re.fullmatch(r"epoch 1/5 \[([#.]{30})\] (\d+)/10 +([\d.]+)s eta +([\d.]+)s", d)
+            for d in draws[:3]]
+    assert all(bars), draws
+    parsed = [(b[1].count("#"), int(b[2]), float(b[3]), float(b[4])) for b in bars if b]
+    assert [(filled, step) for filled, step, _, _ in parsed] == [(3, 1), (15, 5), (30, 10)]
+    (_, _, t1, eta1), (_, _, t5, eta5), (_, _, t10, eta10) = parsed
+    assert 10.0 <= t1 < 10.2 and eta1 == pytest.approx(9 * t1, abs=0.5)  # 9 steps to go
+    assert 10.2 <= t5 < 12.0 and eta5 == t5  # half-way: as long again
+    assert t10 >= t5 and eta10 == 0.0
+    assert draws[3] == "\033[K" + EPOCH_LINE
 
 
 @pytest.mark.parametrize(("mode", "enabled"), [("none", True), ("bar", False), ("log", False)])
