@@ -8,16 +8,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
+from zoo.bundle import load_bundle
 from zoo.cli import main as cli_main
 from zoo.deploy import OnnxClassifier
-from zoo.manifest import MANIFEST_FILE, open_bundle
+from zoo.exporter import verify_onnx
+from zoo.imaging import normalize
+from zoo.manifest import MANIFEST_FILE, ONNX_FILE, open_bundle
 from zoo.modeltable import BOOK_VAL_ACC, main, render
 from zoo.pretrained import exports_dir, pretrained_bundles, resolve_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 BOOK = sorted(BOOK_VAL_ACC)
+FIXTURE = Path(__file__).parent / "data" / "cifar2_val.npz"
+CLASSES = ("airplane", "bird")
 
 
 def test_every_builtin_ships_a_trained_verified_cifar2_bundle() -> None:
@@ -64,16 +71,69 @@ def test_table_check_fails_when_a_manifest_changes(tmp_path: Path) -> None:
     assert main(["--check", str(README), "--exports", str(exports)]) == 1
 
 
-def test_short_names_find_the_shipped_bundle_and_predict(capsys: pytest.CaptureFixture[str],
-                                                         tmp_path: Path) -> None:
+def test_short_names_find_the_shipped_bundle_and_predict(tmp_path: Path) -> None:
     assert resolve_bundle("Net") == exports_dir() / "Net-cifar2"
     assert resolve_bundle("NetResDeep-cifar2") == exports_dir() / "NetResDeep-cifar2"
-    sky = np.zeros((32, 32, 3), dtype=np.uint8)
-    sky[...] = (110, 160, 225)  # a plain blue sky
+    images, labels = _fixture()
     clf = OnnxClassifier("Net")
-    [pred] = clf.predict([sky], top_k=2)
-    assert {s.label for s in pred.top} == {"airplane", "bird"}
-    assert abs(sum(s.probability for s in pred.top) - 1.0) < 1e-5
+    predictions = clf.predict(images, top_k=2)
+    # the probabilities are the PyTorch model's softmax, most probable first
+    model = load_bundle("Net").model
+    with torch.no_grad():
+        expected = torch.softmax(model(torch.from_numpy(clf.preprocess(images))), 1).numpy()
+    for pred, probs in zip(predictions, expected, strict=True):
+        assert [s.index for s in pred.top] == list(np.argsort(-probs))
+        np.testing.assert_allclose([s.probability for s in pred.top], np.sort(probs)[::-1],
+                                   atol=1e-5)
+        assert pred.label == clf.classes[pred.index]
+    # most held-out airplanes and birds are recognised (the recorded accuracy is 0.906)
+    correct = [p.label == CLASSES[y] for p, y in zip(predictions, labels, strict=True)]
+    assert sum(correct) / len(correct) > 0.75
+    # a file on disk gives the prediction of its decoded pixels
+    path = tmp_path / "plane.png"
+    Image.fromarray(images[0].transpose(1, 2, 0)).save(path)
+    [from_file] = clf.predict(path, top_k=2)
+    assert from_file.top == predictions[0].top
+
+
+def _fixture() -> tuple[np.ndarray, np.ndarray]:
+    """32 held-out images of each class of the shipped runs' validation split (uint8 NCHW);
+    see tests/data/make_cifar2_val.py."""
+    with np.load(FIXTURE) as data:
+        assert tuple(data["classes"]) == CLASSES
+        return data["images"], data["labels"]
+
+
+@pytest.mark.parametrize("arch", BOOK)
+def test_shipped_accuracy_is_recomputed_on_held_out_images(arch: str) -> None:
+    """The recorded validation accuracy, against onnxruntime on 64 images of that split."""
+    manifest = open_bundle(pretrained_bundles()[arch])
+    assert manifest.training is not None and manifest.training.best is not None
+    assert manifest.training.split.startswith("seeded stratified split: 0.1 ")
+    assert manifest.training.seed == 0
+    images, labels = _fixture()
+    predicted = OnnxClassifier(arch).logits(images).argmax(axis=1)
+    accuracy = float((predicted == labels).mean())
+    # 64 images: a binomial standard error of about 0.04 around the recorded accuracy
+    assert abs(accuracy - manifest.training.best.val_acc) < 0.13, accuracy
+
+
+@pytest.mark.parametrize("arch", BOOK)
+def test_shipped_verification_is_recomputed(arch: str) -> None:
+    """The manifest says the graph matches its weights: check it again, on the recorded
+    random inputs and on held-out images, instead of trusting the report."""
+    loaded = load_bundle(pretrained_bundles()[arch])
+    manifest = loaded.manifest
+    recorded = manifest.verification
+    images, _ = _fixture()
+    samples = normalize(images, manifest.normalization.mean, manifest.normalization.std)
+    report = verify_onnx(loaded.model, loaded.path / ONNX_FILE, manifest.model, samples=samples,
+                         atol=recorded.atol, rtol=recorded.rtol, latency_runs=0)
+    assert report.passed, report
+    names = [c.name for c in report.checks]
+    assert names == [c.name for c in recorded.checks[:2]] + ["val samples (64)"]
+    for check in report.checks:
+        assert check.max_abs_diff <= recorded.atol and check.top1_agreement == 1.0
 
 
 def test_zoo_list_marks_the_pretrained_architectures(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,138 @@
+"""The two halves of the zoo agree: the trainer's data pipeline and the deployed predictor.
+
+One small image-folder dataset of files in several formats and sizes is
+trained on (NetBatchNorm, two epochs), exported, and loaded into the
+torch-free :class:`~zoo.deploy.OnnxClassifier`. The predictor's preprocessing
+of the files must equal the trainer's tensors for the same files, and the
+run's recorded validation loss and accuracy must be what the predictor
+computes on the validation folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoo import DatasetRequest, default_registry
+from zoo.datasets import LoadedDataset
+from zoo.deploy import OnnxClassifier
+from zoo.exporter import export
+from zoo.pipeline import DeviceData
+from zoo.run import RunSummary, read_summary
+from zoo.trainer import train
+
+CLASSES = ("plane", "sky")
+#: name, PIL mode, (width, height): RGB, JPEG, grey, RGBA, palette, odd sizes
+FORMATS = [("rgb.png", "RGB", (32, 32)), ("photo.jpg", "RGB", (45, 37)),
+           ("grey.png", "L", (40, 28)), ("alpha.png", "RGBA", (32, 32)),
+           ("palette.gif", "P", (31, 33)), ("small.bmp", "RGB", (16, 16))]
+
+
+def _write(root: Path, per_class: int, seed: int) -> list[Path]:
+    """Files in every format; class 0 has a bright left half, class 1 a bright right half."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for c, name in enumerate(CLASSES):
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            fname, mode, (w, h) = FORMATS[i % len(FORMATS)]
+            pixels = rng.normal(90, 40, (h, w, 4))
+            half = slice(0, w // 2) if c == 0 else slice(w // 2, w)
+            pixels[:, half, :3] += 100
+            pixels[:, :, 3] = rng.uniform(120, 255, (h, w))
+            data = np.clip(pixels, 0, 255).astype(np.uint8)
+            channels = {"RGB": 3, "L": 1, "RGBA": 4, "P": 3}[mode]
+            image = Image.fromarray(data[:, :, 0] if channels == 1 else data[:, :, :channels])
+            if mode == "P":
+                image = image.convert("P")
+            path = root / name / f"{i:02d}-{fname}"
+            image.save(path)
+            paths.append(path)
+    return sorted(paths, key=lambda p: (p.parent.name, p.name))  # the dataset's scan order
+
+
+@dataclass
+class Trained:
+    run: Path
+    summary: RunSummary
+    data: LoadedDataset
+    val_files: list[Path]
+    classifier: OnnxClassifier
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    tmp = tmp_path_factory.mktemp("crosscheck")
+    _write(tmp / "train", 18, seed=0)
+    val_files = _write(tmp / "val", 9, seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ZOO_CACHE_DIR", str(tmp / "cache"))
+        result = train("NetBatchNorm", dataset="imagefolder", data_dir=tmp / "train",
+                       val_dir=tmp / "val", model={"n_chans1": 8}, epochs=2, batch_size=12,
+                       lr=0.05, progress="none", num_threads=1, out=tmp / "run")
+        export(result.run_dir, out=tmp / "bundle")
+        request = DatasetRequest(data_dir=tmp / "train", val_dir=tmp / "val",
+                                 image_size=(32, 32), channels=3, cache_dir=tmp / "cache")
+        data = default_registry().get_dataset("imagefolder").load(request)
+    return Trained(result.run_dir, read_summary(result.run_dir), data, val_files,
+                   OnnxClassifier(tmp / "bundle"))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("prenormalize", [True, False])
+def test_predictor_preprocessing_equals_the_trainers(trained: Trained, channels_last: bool,
+                                                     prenormalize: bool) -> None:
+    val = trained.data.val
+    assert len(val) == len(trained.val_files)
+    device_data = DeviceData(val.images, val.labels, torch.device("cpu"),
+                             trained.summary.normalization, channels_last,
+                             prenormalize_bytes=1 << 30 if prenormalize else 0)
+    x, y = device_data.batch(torch.arange(len(val)))
+    ours = trained.classifier.preprocess(trained.val_files)
+    np.testing.assert_allclose(ours, x.numpy(), atol=1e-5, rtol=1e-6)
+    labels = [CLASSES.index(p.parent.name) for p in trained.val_files]
+    assert y.tolist() == labels
+    # in-memory images (PIL) go through the predictor's other path: the same tensors
+    opened = [Image.open(p) for p in trained.val_files]
+    try:
+        np.testing.assert_allclose(trained.classifier.preprocess(opened), ours, atol=1e-6)
+    finally:
+        for image in opened:
+            image.close()
+
+
+def test_trainer_normalization_standardizes_the_training_split(trained: Trained) -> None:
+    train_split = trained.data.train
+    device_data = DeviceData(train_split.images, train_split.labels, torch.device("cpu"),
+                             trained.summary.normalization, channels_last=False)
+    x, _ = device_data.batch(torch.arange(len(train_split)))
+    per_channel = x.double().transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(per_channel.mean(1), torch.zeros(3, dtype=torch.float64),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(per_channel.std(1, unbiased=False),
+                               torch.ones(3, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_recorded_validation_metrics_are_the_predictors(trained: Trained) -> None:
+    """The exported (best) epoch's recorded val loss and accuracy, recomputed by onnxruntime
+    from the image files."""
+    best = trained.summary.best
+    assert best is not None
+    manifest_training = trained.classifier.manifest.training
+    assert manifest_training is not None and manifest_training.best == best
+    logits = trained.classifier.logits(trained.val_files).astype(np.float64)
+    labels = np.array([CLASSES.index(p.parent.name) for p in trained.val_files])
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+    accuracy = float((logits.argmax(axis=1) == labels).mean())
+    assert loss == pytest.approx(best.val_loss, rel=1e-4)
+    assert accuracy == best.val_acc
+    assert accuracy > 0.5  # the model learned something, so the labels are checked too
+    predicted = [p.label for p in trained.classifier.predict(trained.val_files)]
+    assert predicted == [CLASSES[i] for i in logits.argmax(axis=1)]
