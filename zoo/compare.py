@@ -30,7 +30,7 @@ from zoo.hookspecs import ENTRY_POINT_GROUP
 from zoo.manifest import open_bundle
 from zoo.pretrained import resolve_bundle
 from zoo.registry import Registry, default_registry
-from zoo.run import LAST_CHECKPOINT, SUMMARY_FILE, EpochMetrics, read_summary
+from zoo.run import SUMMARY_FILE, EpochMetrics, read_summary
 
 #: The plugin-module function that publishes reference accuracies.
 REFERENCE_FUNCTION = "zoo_reference_accuracy"
@@ -126,7 +126,7 @@ def _row(source: str, registry: Registry) -> CompareRow:
         if training is None:
             raise ZooError(f"bundle {source!r} was not exported from a run: it has no training "
                            "metrics to compare")
-        metrics = training.last if training.checkpoint == LAST_CHECKPOINT else training.best
+        metrics = training.exported
         if metrics is None:
             raise ZooError(f"bundle {source!r} records no metrics of its checkpoint "
                            f"{training.checkpoint}")

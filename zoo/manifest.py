@@ -139,6 +139,11 @@ class TrainingInfo(BaseModel):
         None, description="The epoch with the best val accuracy (on the val_images).")
     last: EpochMetrics | None = Field(None, description="The last epoch (val on the val_images).")
 
+    @property
+    def exported(self) -> EpochMetrics | None:
+        """The metrics of the epoch whose weights the bundle holds (``checkpoint``)."""
+        return self.last if self.checkpoint == "last.pt" else self.best
+
 
 class ExportInfo(BaseModel):
     """How the ONNX graph was produced."""

@@ -39,7 +39,7 @@ def exported_metrics(manifest: Manifest) -> EpochMetrics | None:
     training = manifest.training
     if training is None:
         return None
-    return training.last if training.checkpoint == LAST_CHECKPOINT else training.best
+    return training.exported
 
 
 def plugin_license(manifest: Manifest) -> str:

@@ -30,7 +30,8 @@ def _data_note(training: TrainingInfo) -> str:
     source = portable_source(training.source)
     folder = f" `{source}`" if source else ""
     chosen = ("; the exported checkpoint is the epoch that scored best on them"
-              if training.checkpoint == "best.pt" else "")
+              if training.checkpoint == "best.pt" else
+              "; the exported checkpoint is the last epoch, chosen without looking at them")
     return (f"{training.dataset}{folder} (content key `{training.content_key[:12]}`): "
             f"{training.train_size:,} training images, {training.val_size:,} held out and never "
             f"trained on ({training.split}){chosen}")
@@ -39,14 +40,14 @@ def _data_note(training: TrainingInfo) -> str:
 def _cells(arch: str, bundle: Path) -> tuple[list[str], TrainingInfo | None]:
     manifest = open_bundle(bundle)
     training = manifest.training
-    best = training.best if training else None
+    exported = training.exported if training else None
     book = BOOK_VAL_ACC.get(arch)
     latency = manifest.verification.ort_latency_ms_batch1
     cells = [
         arch,
         f"`{bundle.name}`",
         f"{manifest.num_parameters:,}",
-        f"{best.val_acc:.3f}" if best else "-",
+        f"{exported.val_acc:.3f}" if exported else "-",
         f"{book:.2f}" if book is not None else "-",
         str(training.epochs_completed) if training else "-",
         f"{training.train_seconds:.0f}" if training else "-",

@@ -41,7 +41,7 @@ def generate(exports: Path, package: str, keep: Declared | None = None) -> Decla
         if training is None:
             continue  # an untrained bundle is nobody's pretrained weights
         arch = manifest.architecture
-        measured = training.last if training.checkpoint == "last.pt" else training.best
+        measured = training.exported
         prefix = f"{arch}-"
         tag = bundle.name[len(prefix):] if bundle.name.startswith(prefix) else "default"
         out.setdefault(arch, []).append(WeightSet(
