@@ -154,9 +154,14 @@ def _tamper(weights: dict[str, torch.Tensor], change: str) -> None:
 
 
 def _tamper_checkpoint(path: Path, change: str) -> None:
+    """A checkpoint whose weights miss or add a key, re-saved with a valid digest: only the
+    strict loading can catch it."""
+    from zoo.checkpoint import DIGEST_KEY, save_checkpoint
+
     state = torch.load(path, weights_only=True)
+    state.pop(DIGEST_KEY, None)
     _tamper(state["model"], change)
-    torch.save(state, path)
+    save_checkpoint(path, state)
 
 
 @pytest.mark.parametrize("change", ["missing", "unexpected"])
@@ -192,7 +197,8 @@ def test_bundle_weights_load_strictly(tmp_path: Path, change: str) -> None:
 def test_resume_refuses_changed_data_or_steps_per_epoch(tmp_path: Path) -> None:
     run = tmp_path / "run"
     train("Net", epochs=1, out=run, **FAST)
-    with pytest.raises(ZooError, match=r"not what it started with"):
+    with pytest.raises(ZooError, match=r"cannot resume .* with dataset_options=.*the run "
+                                        r"started with dataset_options="):
         train("Net", epochs=2, resume=run,
               dataset_options={**FAST["dataset_options"], "size": 240})
     with pytest.raises(TrainingError, match=r"steps per epoch"):
@@ -219,7 +225,7 @@ def test_curves_are_drawn(tmp_path: Path) -> None:
 
     run = train("Net", epochs=2, out=tmp_path / "run", **FAST).run_dir
     with Image.open(run / "curves.png") as png:
-        assert png.format == "PNG" and png.size == (1000, 400)
+        assert png.format == "PNG" and png.size[0] > png.size[1] > 200
         colours = np.asarray(png.convert("RGB")).reshape(-1, 3)
     assert len(np.unique(colours, axis=0)) > 10  # lines and text, not a blank canvas
 
