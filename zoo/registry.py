@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
 import os
 import reprlib
 import sys
@@ -148,12 +149,27 @@ class Registry:
         self._architectures: dict[str, ArchitectureSpec] | None = None
         self._datasets: dict[str, DatasetSpec] | None = None
         self._unavailable: dict[tuple[str, str], str] = {}
+        self._register_core_plugins()
         if autoload is None:
             autoload = not env.get(ENV_DISABLE_AUTOLOAD)
         if entry_points:
             self._load_entry_points(autoload, set(_split_env(env.get(ENV_PLUGINS))))
 
     # -- loading -------------------------------------------------------------------------
+
+    def _register_core_plugins(self) -> None:
+        """The trainer's writers and the export formats: core plugins, like pytest's own
+        reporters (listed by ``zoo plugins`` only when blocked)."""
+        from zoo.builtin import CORE_PLUGINS
+
+        for name, module in CORE_PLUGINS.items():
+            if name not in self._blocked:
+                self._pm.register(importlib.import_module(module), name=name)
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay: ``registry.hook.zoo_train_epoch_end(run=..., metrics=...)``."""
+        return self._pm.hook
 
     def _load_entry_points(self, autoload: bool, explicit: set[str]) -> None:
         seen: set[tuple[str, str | None]] = set()

@@ -22,7 +22,7 @@ from it after a crash between those writes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +104,20 @@ class RunSummary(BaseModel):
         None, description="Validation confusion matrix of the last epoch (rows: true class).")
     zoo_version: str
     torch_version: str
+    status: Literal["running", "completed", "stopped", "interrupted"] | None = Field(
+        None, description="How the run's last session ended (None: a run of an older zoo).")
+    stop_reason: str | None = Field(
+        None, description="Why a stop request ended the run before its last epoch.")
+    init_from: str | None = Field(
+        None, description="The run whose best weights this run started from (--init-from).")
+    plugins: dict[str, Any] = Field(
+        default_factory=dict, description="Entries training plugins added (zoo_train_start).")
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run trained all its epochs or was stopped: --resume trains no more."""
+        done = self.epochs_completed >= int(self.train_config.get("epochs", 0) or 0)
+        return self.status in ("completed", "stopped") or (done and self.status is None)
 
 
 def read_summary(run_dir: Path) -> RunSummary:
