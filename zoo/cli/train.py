@@ -15,7 +15,8 @@ from zoo.registry import Registry
 _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing",
                 "crop_padding", "grad_clip", "seed", "device", "amp", "out", "resume", "cache_dir",
-                "num_threads", "batch_split", "progress", "eval_batch_size")
+                "num_threads", "batch_split", "progress", "eval_batch_size", "early_stop_metric",
+                "early_stop_patience")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -72,6 +73,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run")
     p.add_argument("--progress", choices=["auto", "bar", "log", "none"])
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.add_argument("--log", dest="loggers", action="append", default=None,
+                   choices=["tensorboard"],
+                   help="an extra logger: tensorboard writes event files to RUN/tensorboard "
+                        "(needs pip install 'zoo[tensorboard]'; repeatable; default: none)")
+    p.add_argument("--early-stop-metric", choices=["val_acc", "val_loss", "train_acc",
+                                                   "train_loss"],
+                   help="stop when this metric has not improved for --early-stop-patience "
+                        "epochs (default: off)")
+    p.add_argument("--early-stop-patience", type=int, metavar="N",
+                   help="epochs without improvement before an early stop (default: 3)")
     p.set_defaults(handler=train_command)
 
 
@@ -88,6 +99,8 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
+    if args.loggers:
+        fields["loggers"] = list(dict.fromkeys(args.loggers))
     for name in ("nesterov", "flip", "channels_last", "tune_allocator", "strict", "download"):
         value = getattr(args, name)
         if value is not None:
