@@ -54,7 +54,7 @@ def merge_config(config: TrainConfig | None,
 #: split.
 RESUME_SETTABLE = frozenset({"epochs", "device", "progress", "num_threads", "eval_batch_size",
                              "cache_dir", "tune_allocator", "dist_timeout_s", "download",
-                             "strict", "data_dir", "val_dir", "batch_size"})
+                             "strict", "data_dir", "val_dir", "batch_size", "loggers"})
 
 
 def check_resume_changes(run_dir: Path, saved: dict[str, Any],
