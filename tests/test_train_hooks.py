@@ -159,3 +159,23 @@ def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     hparams.Reload()
     plugin = hparams.PluginTagToContent("hparams")
     assert plugin, "no hparams summary was written"
+
+
+def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> None:
+    import torch
+
+    from zoo.checkpoint import load_checkpoint
+
+    first = train("Net", epochs=1, out=tmp_path / "first", **FAST)
+    second = train("Net", epochs=1, out=tmp_path / "second", init_from=tmp_path / "first",
+                   schedule="none", lr=1e-9, **{k: v for k, v in FAST.items()})
+    summary = read_summary(tmp_path / "second")
+    assert summary.init_from == str(tmp_path / "first") and summary.epochs_completed == 1
+    best = load_checkpoint(tmp_path / "first" / "checkpoints" / "best.pt")["model"]
+    now = load_checkpoint(tmp_path / "second" / "checkpoints" / "last.pt")["model"]
+    # lr 1e-9: the weights stay those it started from (within float noise)
+    assert all(torch.allclose(best[k].float(), now[k].float(), atol=1e-6) for k in best)
+    assert second.metrics[0].val_acc == pytest.approx(first.summary.best.val_acc, abs=0.02)
+    with pytest.raises(zoo.ZooError, match="init from a run of the same model"):
+        train("Net", epochs=1, out=tmp_path / "third", init_from=tmp_path / "first",
+              **{**FAST, "model": {"in_height": 20, "in_width": 20}})

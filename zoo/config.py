@@ -97,6 +97,9 @@ class TrainConfig(BaseModel):
                                      description="Epochs without improvement before stopping.")
     out: Path | None = Field(None, description="Run directory (default runs/ARCH-DATA-TIME).")
     resume: Path | None = Field(None, description="Run directory to resume.")
+    init_from: Path | None = Field(
+        None, description="Start a new run from this run's best weights (fresh optimizer and "
+                          "schedule), e.g. to train a finished run longer.")
 
     @classmethod
     def book(cls, **fields: Any) -> TrainConfig:

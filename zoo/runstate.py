@@ -38,6 +38,7 @@ from zoo.pipeline import DeviceData, compute_normalization, rank_batches
 from zoo.registry import Registry
 from zoo.resume import Position
 from zoo.run import (
+    BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -48,6 +49,7 @@ from zoo.run import (
     EpochMetrics,
     Normalization,
     RunSummary,
+    checkpoint_path,
 )
 from zoo.rundir import default_out, drop_unstarted, probe_writable, reusable
 from zoo.runlock import RunLock
@@ -171,6 +173,8 @@ class RunState:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         core = self.registry.build(self.model_config).to(device)
+        if cfg.init_from is not None and not self.resuming:
+            self._init_from(core, Path(cfg.init_from))
         if self.channels_last:
             core = core.to(memory_format=torch.channels_last)
         model: nn.Module = core
@@ -185,6 +189,20 @@ class RunState:
         self.core, self.model = core, model
         # dropout masks differ between ranks; the same seed gives the same run
         torch.manual_seed(cfg.seed * 1_000_003 + 12_345 + self.dist.rank)
+
+    def _init_from(self, core: nn.Module, source: Path) -> None:
+        """Load the best weights of run ``source`` (``--init-from``): a new run from them."""
+        state = load_checkpoint(checkpoint_path(source, BEST_CHECKPOINT))
+        theirs = ModelConfig.model_validate(state["model_config"])
+        if theirs != self.model_config:
+            raise TrainingError(
+                f"--init-from {str(source)!r}: that run trained {theirs.architecture} "
+                f"{theirs.hparams} on {theirs.input_shape} with {theirs.num_classes} classes, "
+                f"this one is {self.model_config.architecture} {self.model_config.hparams} on "
+                f"{self.model_config.input_shape} with {self.model_config.num_classes}; "
+                "init from a run of the same model and data shape")
+        core.load_state_dict(state["model"])
+        self.init_from = str(source)
 
     def _place_data(self) -> None:
         """Both splits onto the device, the steps per epoch they make, the augmentation RNG."""

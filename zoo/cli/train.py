@@ -16,7 +16,7 @@ _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing",
                 "crop_padding", "grad_clip", "seed", "device", "amp", "out", "resume", "cache_dir",
                 "num_threads", "batch_split", "progress", "eval_batch_size", "early_stop_metric",
-                "early_stop_patience")
+                "early_stop_patience", "init_from")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="run directory (default runs/NAME-DATASET-TIME)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run")
+    p.add_argument("--init-from", type=Path, metavar="RUN_DIR",
+                   help="a new run starting from RUN_DIR's best weights, with a fresh optimizer "
+                        "and schedule (to train a finished run longer; default: none)")
     p.add_argument("--progress", choices=["auto", "bar", "log", "none"])
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
     p.add_argument("--log", dest="loggers", action="append", default=None,
