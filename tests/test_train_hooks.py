@@ -179,3 +179,14 @@ def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> Non
     with pytest.raises(zoo.ZooError, match="init from a run of the same model"):
         train("Net", epochs=1, out=tmp_path / "third", init_from=tmp_path / "first",
               **{**FAST, "model": {"in_height": 20, "in_width": 20}})
+
+
+def test_core_plugins_keep_listing_free_of_torch() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, zoo.registry\nzoo.registry.Registry().list_models()\n"
+            "print(sorted(m for m in ('torch', 'matplotlib', 'tensorboard') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"

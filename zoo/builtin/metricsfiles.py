@@ -7,7 +7,6 @@ import io
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from zoo.checkpoint import write_failure
 from zoo.errors import ZooError
 from zoo.events import TrainingRun
 from zoo.fsutil import atomic_write_text
@@ -39,6 +38,8 @@ def iter_metrics(run_dir: Path) -> Iterator[EpochMetrics]:
 
 
 def _write(run: TrainingRun) -> None:
+    from zoo.checkpoint import write_failure  # imports torch: not while listing plugins
+
     try:
         write_metrics(run.run_dir, run.history)
     except OSError as exc:
