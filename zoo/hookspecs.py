@@ -63,7 +63,8 @@ The trainer's own writers are plugins of these hooks, registered by the
 reporter: ``zoo.builtin.metricsfiles`` (``metrics.jsonl``, ``metrics.csv``),
 ``zoo.builtin.curveplot`` (``curves.png``), ``zoo.builtin.progressdisplay`` (the
 progress bar and log lines), ``zoo.builtin.earlystop`` (``early_stop_metric``),
-and ``zoo.builtin.tensorboard`` (``loggers=["tensorboard"]``). They are core
+``zoo.builtin.tensorboard`` (``loggers=["tensorboard"]``) and ``zoo.builtin.formats``
+(the ``onnx`` and ``pt2`` export formats, see ``zoo_export_formats``). They are core
 plugins rather than entry points so that they work in any registry (also one
 built with ``entry_points=False``), and ``-p no:NAME`` blocks one by its short
 name (``metricsfiles``, ``curveplot``, ``progressdisplay``...) like any plugin.
@@ -83,6 +84,7 @@ if TYPE_CHECKING:
 
     from zoo.datasets import DatasetSpec
     from zoo.events import RunStatus, StopRequest, TrainingRun
+    from zoo.exportformats import ExportFormat
     from zoo.run import EpochMetrics, RunSummary
     from zoo.spec import ArchitectureSpec
 
@@ -235,3 +237,21 @@ def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> N
     (a stop request), ``interrupted`` (Ctrl-C; resumable) or ``failed`` (an exception,
     re-raised after this hook). Rank 0 only. ``summary`` is what ``run.json`` holds."""
 
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+@hookspec
+def zoo_export_formats() -> Sequence[ExportFormat]:
+    """Return the export formats this plugin provides (:class:`zoo.exportformats.ExportFormat`).
+
+    A format names the files it adds to a bundle and points (``"module:function"``,
+    imported only when used) at its writer and its verifier. ``zoo export --format
+    onnx,NAME`` writes each format asked for, verifies it against the eager model on the
+    inputs the ONNX graph is checked on (random batches of 1 and 7, the run's validation
+    samples) with the same tolerances, and records its files (hashed in
+    ``Manifest.files``, so readers check them) and checks in ``Manifest.formats``. A
+    format that fails its checks fails the export: nothing is written. Cheap, like the
+    listing hooks: no torch import here.
+    """

@@ -13,4 +13,5 @@ CORE_PLUGINS: dict[str, str] = {
     "progressdisplay": "zoo.builtin.progressdisplay",
     "earlystop": "zoo.builtin.earlystop",
     "tensorboard": "zoo.builtin.tensorboard",
+    "formats": "zoo.builtin.formats",
 }

@@ -36,6 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights when exporting a name (default 0)")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--format", dest="formats", default="onnx", metavar="F[,F]",
+                   help="export formats, comma-separated: onnx (always) and e.g. pt2 "
+                        "(torch.export's ExportedProgram), each verified (default: onnx)")
     p.set_defaults(handler=export_command)
 
     p = subparsers.add_parser(
@@ -57,7 +60,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
         result = export(args.source, overrides=parse_pairs(args.sets, "--set"), out=args.out,
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
-                        seed=args.seed, registry=registry)
+                        seed=args.seed, registry=registry, formats=args.formats)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise
@@ -66,6 +69,10 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
         print(manifest.to_json(), end="")
         return 0
     print(manifest.verification.format())
+    for name, record in manifest.formats.items():
+        worst = max((c.max_abs_diff for c in record.checks), default=0.0)
+        print(f"  {name}: {', '.join(record.files)} verified ({len(record.checks)} checks, "
+              f"max abs {worst:.3g})")
     print(f"exported {manifest.architecture} ({manifest.export.exporter} exporter, opset "
           f"{manifest.export.opset}, {manifest.total_bytes / 1024:.1f} KiB) to {result.path}")
     print(f"bundle sha256 {result.sha256} (pin it: --expect-sha256)")
