@@ -190,3 +190,23 @@ def test_core_plugins_keep_listing_free_of_torch() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_the_progress_eta_leaves_out_the_first_steps_warm_up(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from zoo import progress as progress_module
+    from zoo.progress import Progress
+
+    clock = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    bar = Progress("bar", True)
+    bar.stream = io.StringIO()
+    clock[0] += 12.0  # the first step compiles kernels: 12 s
+    bar.step(1, 3, 1, 101)
+    assert bar.stream.getvalue().endswith("1/101 warming up")
+    for step in range(2, 14):  # then 0.1 s per step (redrawn at most every 0.2 s)
+        clock[0] += 0.1
+        bar.step(1, 3, step, 101)
+    assert bar.stream.getvalue().endswith("13/101  100.0ms/step eta   8.8s")

@@ -1,4 +1,8 @@
-"""Core plugin: ``curves.png`` of whatever epochs completed, when the run ends however."""
+"""Core plugin: ``curves.png`` of whatever epochs completed, when a session ends.
+
+Not after Ctrl-C: drawing imports matplotlib (seconds), and the user asked to stop;
+the resumed run draws them.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from zoo.run import CURVES_PNG, RunSummary
 
 @hookimpl
 def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> None:
+    if status == "interrupted":
+        return
     from zoo.curves import write_curves
 
     try:

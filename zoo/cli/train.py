@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,13 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
+def _own_process() -> bool:
+    """Whether this process is the ``zoo`` command (not an embedding program or a test)."""
+    entry = Path(sys.argv[0]).name if sys.argv else ""
+    return entry in ("zoo", "zoo.exe") or (
+        entry == "__main__.py" and Path(sys.argv[0]).parent.name == "zoo")
+
+
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
     fields = config_fields(args)
     name = args.name
@@ -134,7 +142,17 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         registry.get_dataset(config.dataset).validate_options(config.dataset_options)
     from zoo.trainer import train
 
-    result = train(name, registry=registry, **fields)
+    try:
+        result = train(name, registry=registry, **fields)
+    except KeyboardInterrupt:
+        if _own_process():
+            # everything is saved and the run's lock released: skip the seconds the
+            # interpreter takes to tear down torch
+            print("zoo: interrupted", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     summary = result.summary
