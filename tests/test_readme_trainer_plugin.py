@@ -82,3 +82,15 @@ def test_the_plugin_gets_every_epoch_under_torchrun(site: Path, tmp_path: Path) 
     metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text()
                .splitlines()]
     assert [r["val_loss"] for r in records] == [m["val_loss"] for m in metrics]
+
+
+@pytest.mark.slow
+def test_a_stop_request_on_rank_0_stops_every_rank(site: Path, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "zoo", *TRAIN, "--epochs", "3", "--out", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, env=_env(site, tmp_path, EPOCHLOG_TARGET_ACC="0"),
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-12000:]
+    assert [r["epoch"] for r in _records(tmp_path)] == [1]
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert (summary["status"], summary["epochs_completed"]) == ("stopped", 1)
