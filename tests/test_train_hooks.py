@@ -167,6 +167,9 @@ def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> Non
     from zoo.checkpoint import load_checkpoint
 
     first = train("Net", epochs=1, out=tmp_path / "first", **FAST)
+    with pytest.raises(zoo.ZooError, match=rf"start a new run from its best weights: "
+                                           rf"--init-from {tmp_path / 'first'} --epochs N"):
+        train("Net", resume=tmp_path / "first", epochs=3)
     second = train("Net", epochs=1, out=tmp_path / "second", init_from=tmp_path / "first",
                    schedule="none", lr=1e-9, **{k: v for k, v in FAST.items()})
     summary = read_summary(tmp_path / "second")

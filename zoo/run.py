@@ -113,12 +113,6 @@ class RunSummary(BaseModel):
     plugins: dict[str, Any] = Field(
         default_factory=dict, description="Entries training plugins added (zoo_train_start).")
 
-    @property
-    def finished(self) -> bool:
-        """Whether the run trained all its epochs or was stopped: --resume trains no more."""
-        done = self.epochs_completed >= int(self.train_config.get("epochs", 0) or 0)
-        return self.status in ("completed", "stopped") or (done and self.status is None)
-
 
 def read_summary(run_dir: Path) -> RunSummary:
     """Read ``run.json`` of a run directory, with a clear error if it is not one."""
