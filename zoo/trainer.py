@@ -9,6 +9,11 @@ of the epoch's permutation.
 Checkpoints (:mod:`zoo.checkpoint`) hold everything an exact resume needs. On
 CPU an interrupted and resumed run ends with bitwise the same weights as an
 uninterrupted one.
+
+This module is the loop: steps, validation, checkpoints, DDP. The run's setup and
+saved state are :mod:`zoo.runstate`; everything written besides checkpoints and
+``run.json`` (metrics files, curves, the progress display, TensorBoard) and early
+stopping are plugins of the training hooks (:mod:`zoo.hookspecs`, :mod:`zoo.builtin`).
 """
 
 from __future__ import annotations
