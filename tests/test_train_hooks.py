@@ -159,6 +159,12 @@ def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     hparams.Reload()
     plugin = hparams.PluginTagToContent("hparams")
     assert plugin, "no hparams summary was written"
+    graph = acc.Graph()
+    assert any("Conv2d" in node.op or "conv" in node.op.lower() for node in graph.node)
+    # the graph and the other loggers change nothing: the same numbers as a plain run
+    plain = train("Net", epochs=2, out=tmp_path / "plain", **FAST)
+    assert [m.val_loss for m in plain.metrics] == [m.val_loss for m in result.metrics]
+    assert [m.train_loss for m in plain.metrics] == [m.train_loss for m in result.metrics]
 
 
 def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> None:

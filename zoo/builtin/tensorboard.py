@@ -8,6 +8,8 @@ the model's). Written with ``torch.utils.tensorboard``, which needs the
 
 from __future__ import annotations
 
+import sys
+import warnings
 from typing import Any
 
 from zoo.errors import TrainingError
@@ -48,6 +50,34 @@ def zoo_train_start(run: TrainingRun) -> None:
     if not run.resumed:
         writer.add_text("run", f"{run.title}, {run.data.train_size} train / "
                                f"{run.data.val_size} val images, on {run.device}")
+        _add_graph(writer, run)
+
+
+def _add_graph(writer: Any, run: TrainingRun) -> None:
+    """The model graph (a trace of one eval-mode forward pass on a zero batch).
+
+    Cheap for the zoo's networks; no random number is drawn (the RNG state is forked)
+    and the training flags are restored, so the run trains as it would without it.
+    """
+    import torch
+
+    model = run.model
+    shape = run.model_config.input_shape.as_tuple()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.eval()
+            writer.add_graph(model, torch.zeros((1, *shape), device=device))
+    except Exception as exc:  # a graph is a nicety: never fail a run over it
+        print(f"zoo: warning: tensorboard: no model graph ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+    finally:
+        for module, training in modes:
+            module.train(training)
 
 
 @hookimpl
