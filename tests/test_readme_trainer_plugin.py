@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from zoo.cli import main
+from zoo.registry import reset_default_registry
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>zoo-epochlog/\S+) -->\n```\w*\n(?P<body>.*?)```",
                         re.S)
@@ -47,27 +50,35 @@ def _records(tmp_path: Path) -> list[dict[str, float]]:
 
 
 @pytest.mark.slow
-def test_the_plugin_gets_every_epoch_and_stops_a_run(site: Path, tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "zoo", *TRAIN, "--epochs", "2", "--out",
-                           str(run)], env=_env(site, tmp_path), capture_output=True, text=True,
-                          timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    records = _records(tmp_path)
-    assert [r["epoch"] for r in records] == [1, 2]
-    assert [r["val_acc"] for r in records] == [m["val_acc"] for m in metrics]
-    assert {r["ranks"] for r in records} == {1}
-    # a target any epoch reaches: the run stops after its first epoch
-    stopped = tmp_path / "stopped"
-    proc = subprocess.run([sys.executable, "-m", "zoo", *TRAIN, "--epochs", "4", "--out",
-                           str(stopped)], env=_env(site, tmp_path, EPOCHLOG_TARGET_ACC="0"),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert "zoo: stopped after epoch 1: val_acc" in proc.stderr
-    summary = json.loads((stopped / "run.json").read_text())
-    assert (summary["status"], summary["epochs_completed"]) == ("stopped", 1)
-    assert summary["stop_reason"].endswith("reached 0")
+def test_the_plugin_gets_every_epoch_and_stops_a_run(
+        site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # in this process (torch is imported already), found through its entry point
+    monkeypatch.syspath_prepend(str(site))
+    for key, value in _env(site, tmp_path).items():
+        monkeypatch.setenv(key, value)
+    reset_default_registry()
+    try:
+        run = tmp_path / "run"
+        assert main([*TRAIN, "--epochs", "2", "--out", str(run)]) == 0
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        records = _records(tmp_path)
+        assert [r["epoch"] for r in records] == [1, 2]
+        assert [r["val_acc"] for r in records] == [m["val_acc"] for m in metrics]
+        assert {r["ranks"] for r in records} == {1}
+        # a target any epoch reaches: the run stops after its first epoch
+        monkeypatch.setenv("EPOCHLOG_TARGET_ACC", "0")
+        stopped = tmp_path / "stopped"
+        capsys.readouterr()
+        assert main([*TRAIN, "--epochs", "4", "--out", str(stopped)]) == 0
+        assert "zoo: stopped after epoch 1: val_acc" in capsys.readouterr().err
+        summary = json.loads((stopped / "run.json").read_text())
+        assert (summary["status"], summary["epochs_completed"]) == ("stopped", 1)
+        assert summary["stop_reason"].endswith("reached 0")
+    finally:
+        reset_default_registry()
+        for module in [m for m in sys.modules if m.startswith("zoo_epochlog")]:
+            del sys.modules[module]
 
 
 @pytest.mark.slow
