@@ -222,8 +222,9 @@ def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
 
 @hookspec(firstresult=True)
 def zoo_train_should_stop(run: TrainingRun, metrics: EpochMetrics) -> StopRequest | None:
-    """After ``zoo_train_epoch_end``: return a :class:`zoo.events.StopRequest` to end the
-    run now (the first one returned wins), ``None`` to go on. Rank 0 decides and every
+    """After ``zoo_train_epoch_end`` of every epoch but the last: return a
+    :class:`zoo.events.StopRequest` to end the run now (the first one returned wins),
+    ``None`` to go on. Rank 0 decides and every
     rank stops with it. This is the one hook that changes results (fewer epochs); the
     weights of the epochs trained are unchanged. Decide from ``run.history`` only, so
     that a resumed run stops where an uninterrupted one would. The reason is recorded
