@@ -219,3 +219,21 @@ def test_the_progress_eta_leaves_out_the_first_steps_warm_up(
         clock[0] += 0.1
         bar.step(1, 3, step, 101)
     assert bar.stream.getvalue().endswith("13/101  100.0ms/step eta   8.8s")
+
+
+class Broken:
+    @zoo.hookimpl
+    def zoo_train_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
+        raise ValueError(f"cannot log epoch {metrics.epoch}")
+
+
+def test_a_failing_training_hook_is_a_plugin_error_naming_it(tmp_path: Path) -> None:
+    reg = Registry()
+    reg.register(Broken(), name="broken")
+    with pytest.raises(zoo.errors.PluginError,
+                       match=r"zoo_train_epoch_end\(\) of plugin 'broken' raised ValueError: "
+                             r"cannot log epoch 1"):
+        train("Net", registry=reg, epochs=2, out=tmp_path / "run", **FAST)
+    summary = read_summary(tmp_path / "run")  # the epoch's checkpoint and record are intact
+    assert summary.epochs_completed == 1 and summary.status == "running"
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()

@@ -89,7 +89,7 @@ def compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float,
 def available_formats(registry: Registry) -> dict[str, ExportFormat]:
     """Every installed format by name, from the ``zoo_export_formats`` hooks."""
     formats: dict[str, ExportFormat] = {}
-    for returned in registry.hook.zoo_export_formats():
+    for returned in registry.call_hook("zoo_export_formats"):
         for item in returned or ():
             spec = item if isinstance(item, ExportFormat) else ExportFormat.model_validate(item)
             formats.setdefault(spec.name, spec)

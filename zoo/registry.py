@@ -29,8 +29,10 @@ from zoo.contract import call_plugin, check_model
 from zoo.datasets import DatasetSpec
 from zoo.errors import (
     DuplicateNameError,
+    PluginError,
     UnknownArchitectureError,
     UnknownDatasetError,
+    ZooError,
 )
 from zoo.spec import SHAPE_KEYS, ArchitectureSpec, ModelConfig, Provenance, resolve_config
 
@@ -168,8 +170,30 @@ class Registry:
 
     @property
     def hook(self) -> Any:
-        """The pluggy hook relay: ``registry.hook.zoo_train_epoch_end(run=..., metrics=...)``."""
+        """The pluggy hook relay: ``registry.hook.zoo_export_formats()``."""
         return self._pm.hook
+
+    def call_hook(self, name: str, *, firstresult: bool = False, **kwargs: Any) -> Any:
+        """Call hook ``name`` as pluggy would (last registered first); what an implementation
+        raises, but a :class:`~zoo.errors.ZooError`, becomes a :class:`PluginError` naming it.
+
+        Returns the non-``None`` results, or with ``firstresult`` the first one (or ``None``).
+        """
+        results = []
+        for impl in reversed(getattr(self._pm.hook, name).get_hookimpls()):
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except ZooError:
+                raise
+            except Exception as exc:
+                info = self._infos.get(impl.plugin_name)
+                who = info.provenance.describe() if info else f"core plugin {impl.plugin_name!r}"
+                raise PluginError(f"{name}() of {who} raised {_one_line(exc)}") from exc
+            if result is not None:
+                if firstresult:
+                    return result
+                results.append(result)
+        return None if firstresult else results
 
     def _load_entry_points(self, autoload: bool, explicit: set[str]) -> None:
         seen: set[tuple[str, str | None]] = set()

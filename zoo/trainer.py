@@ -195,15 +195,15 @@ class _Trainer(RunState):
 
     def _ask_stop(self, m: EpochMetrics) -> StopRequest | None:
         """Rank 0's plugins decide whether to stop; every rank follows."""
-        request = self.registry.hook.zoo_train_should_stop(run=self.events, metrics=m) \
-            if self.dist.main else None
+        request = self.registry.call_hook("zoo_train_should_stop", firstresult=True,
+                                          run=self.events, metrics=m) if self.dist.main else None
         if self.dist.enabled:
             request = broadcast_object(request, self.dist)
         return request
 
     def _note(self, text: str) -> None:
         if self.dist.main:
-            self.registry.hook.zoo_train_note(run=self.events, text=text)
+            self.registry.call_hook("zoo_train_note", run=self.events, text=text)
 
     def _end(self) -> None:
         """Record how the session ended and tell the plugins (rank 0, once the run began)."""
@@ -211,8 +211,14 @@ class _Trainer(RunState):
             return
         if self.status != "failed":  # a failed run's records stay those of its last epoch
             self._write_records(len(self.pos.metrics))
-        self.registry.hook.zoo_train_end(run=self.events, status=self.status,
-                                         summary=self._summary(len(self.pos.metrics)))
+        try:
+            self.registry.call_hook("zoo_train_end", run=self.events, status=self.status,
+                                    summary=self._summary(len(self.pos.metrics)))
+        except Exception as exc:
+            if self.status == "completed" or self.status == "stopped":
+                raise
+            # the run's own error (or Ctrl-C) is what the user must see
+            print(f"zoo: warning: {exc}", file=sys.stderr)
 
     def _start(self) -> None:
         """Create the run directory (a new run), tell the plugins, say what is trained."""
@@ -226,7 +232,7 @@ class _Trainer(RunState):
             return
         if not self.resuming:
             self._create_run_dir(self._summary(0))
-        for extra in self.registry.hook.zoo_train_start(run=self.events)[::-1]:
+        for extra in self.registry.call_hook("zoo_train_start", run=self.events)[::-1]:
             self.extras.update(extra or {})
         self.started = True
         if self.progress_note:
@@ -291,8 +297,8 @@ class _Trainer(RunState):
             if step % 50 == 49 and device.type == "cpu" and not torch.isfinite(totals.loss_sum):
                 self._non_finite(epoch, step, totals.lr)
             if self.dist.main:
-                self.registry.hook.zoo_train_step(run=self.events, epoch=epoch + 1,
-                                                  step=step + 1, steps=self.steps)
+                self.registry.call_hook("zoo_train_step", run=self.events, epoch=epoch + 1,
+                                        step=step + 1, steps=self.steps)
             if self.stop.requested and step + 1 < self.steps:
                 self._interrupt_mid_epoch(epoch, step + 1, totals)
 
@@ -385,10 +391,10 @@ class _Trainer(RunState):
             save_checkpoint(last, state)
             if improved:
                 copy_checkpoint(last, self.ckpt_dir / BEST_CHECKPOINT)
-            self.registry.hook.zoo_train_checkpoint(run=self.events, path=last, epoch=m.epoch,
-                                                    best=improved)
+            self.registry.call_hook("zoo_train_checkpoint", run=self.events, path=last,
+                                    epoch=m.epoch, best=improved)
             self._write_records(m.epoch)
-            self.registry.hook.zoo_train_epoch_end(run=self.events, metrics=m)
+            self.registry.call_hook("zoo_train_epoch_end", run=self.events, metrics=m)
 
     def _write_records(self, epochs_done: int) -> None:
         """run.json of the epochs done (atomically); the metrics files are a plugin's."""
