@@ -55,8 +55,10 @@ work.
 * Whatever a plugin remembers across epochs must be derivable from
   ``run.history`` (every completed epoch, earlier sessions of a resumed run
   included): that keeps the exact-resume guarantee.
-* An exception raised by a training hook fails the run (after its last checkpoint,
-  which is intact), like any other training failure.
+* An exception raised by a training hook fails the run as a
+  :class:`zoo.errors.PluginError` naming the plugin (a :class:`zoo.ZooError` it
+  raises passes as is); the last checkpoint is intact. After a failure or Ctrl-C,
+  ``zoo_train_end`` raising is only a warning.
 
 The trainer's own writers are plugins of these hooks, registered by the
 :class:`~zoo.registry.Registry` itself, the way pytest registers its terminal

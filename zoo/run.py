@@ -7,6 +7,7 @@ A run directory holds::
     metrics.jsonl      one EpochMetrics per line
     metrics.csv        the same as CSV
     curves.png         loss and accuracy per epoch
+    tensorboard/       TensorBoard event files (with --log tensorboard)
     val_samples.npy    up to 64 uint8 validation images (N, C, H, W), for export checks
     run.lock           the advisory lock of the trainer writing it (zoo.runlock)
     checkpoints/last.pt, checkpoints/best.pt
