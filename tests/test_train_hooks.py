@@ -103,6 +103,7 @@ def test_a_stop_request_ends_the_run_and_a_resume_trains_no_more(
     assert [m.epoch for m in again.metrics] == [1, 2]
     err = capsys.readouterr().err
     assert "is finished (enough after epoch 2); nothing was trained" in err
+    assert "zoo: training" not in err
     assert f"--init-from {tmp_path / 'run'}" in err
 
 

@@ -172,7 +172,7 @@ class _Trainer(RunState):
     def _epochs(self) -> None:
         """Train the epochs left, until the last, a stop request or Ctrl-C."""
         epochs = self.config.epochs
-        if self.resuming and (self.stop_reason or self.pos.start_epoch >= epochs):
+        if self._finished():
             why = self.stop_reason or f"{epochs} of {epochs} epochs trained"
             self._note(f"zoo: {self.run_dir} is finished ({why}); nothing was trained. To train "
                        f"longer, start a new run from its best weights: zoo train "
@@ -192,6 +192,11 @@ class _Trainer(RunState):
                            f"zoo train {self.architecture} --resume {self.run_dir}")
                 raise KeyboardInterrupt
         self.status = "completed"
+
+    def _finished(self) -> bool:
+        """Whether the run being resumed has nothing left to train (done or stopped)."""
+        return self.resuming and bool(self.stop_reason
+                                      or self.pos.start_epoch >= self.config.epochs)
 
     def _ask_stop(self, m: EpochMetrics) -> StopRequest | None:
         """Rank 0's plugins decide whether to stop; every rank follows."""
@@ -239,6 +244,8 @@ class _Trainer(RunState):
             self._note(self.progress_note)
         if self._resumed_state is not None:
             self._reconcile()
+        if self._finished():
+            return
         parts = f" (batches in {self.splitter.parts} parallel parts)" if self.splitter else ""
         self._note(f"zoo: training {self.architecture} on {data.name} ({len(data.train)} train, "
                    f"{len(data.val)} val, {len(data.classes)} classes) on {self.device}"
