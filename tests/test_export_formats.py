@@ -61,6 +61,8 @@ def test_old_manifests_without_formats_stay_the_same(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["export", "Net", "--out", str(tmp_path / "b"), "--format", "onnx,pt2"]) == 0
     assert "  pt2: model.pt2 verified (2 checks" in capsys.readouterr().out
+    assert main(["verify", str(tmp_path / "b")]) == 0  # zoo verify re-checks pt2 too
+    assert "  pt2: model.pt2 ok (2 checks, max abs 0)" in capsys.readouterr().out
     plain = export("Net", out=tmp_path / "plain").manifest
     raw = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert "formats" not in raw and plain.formats == {}

@@ -146,5 +146,38 @@ def write_formats(formats: Sequence[ExportFormat], model: Any, directory: Path,
     return records, files
 
 
+def verify_formats(bundle: str | Path, *, registry: Registry | None = None,
+                   expect_sha256: str | None = None) -> dict[str, FormatRecord]:
+    """Re-run the checks of a bundle's extra formats (``zoo verify``), with the tolerances
+    its manifest records, on random batches of 1 and 7 (a bundle keeps no samples).
+
+    The files are checked against their SHA-256 first (:func:`zoo.bundle.load_bundle`);
+    a format no installed plugin provides is a :class:`~zoo.errors.BundleError`.
+    """
+    from zoo.bundle import load_bundle
+    from zoo.errors import BundleError
+    from zoo.exporter import check_inputs
+    from zoo.registry import default_registry
+
+    registry = registry or default_registry()
+    loaded = load_bundle(bundle, registry=registry, expect_sha256=expect_sha256)
+    installed = available_formats(registry)
+    records: dict[str, FormatRecord] = {}
+    for name, recorded in loaded.manifest.formats.items():
+        spec = installed.get(name)
+        if spec is None:
+            raise BundleError(f"bundle {str(bundle)!r} holds export format {name!r}, which no "
+                              f"installed plugin provides; installed: {', '.join(installed)}")
+        start = time.perf_counter()
+        checks = spec.load_verifier()(loaded.model, loaded.path, loaded.manifest.model,
+                                      check_inputs(loaded.manifest.model, None),
+                                      recorded.atol, recorded.rtol)
+        records[name] = FormatRecord(
+            files=recorded.files, passed=bool(checks) and all(c.passed for c in checks),
+            atol=recorded.atol, rtol=recorded.rtol, checks=tuple(checks),
+            verify_seconds=time.perf_counter() - start)
+    return records
+
+
 __all__ = ["REQUIRED_FORMAT", "ExportFormat", "available_formats", "compare", "parse_formats",
-           "write_formats"]
+           "verify_formats", "write_formats"]

@@ -81,17 +81,26 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
 
 def verify_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter import verify_bundle
+    from zoo.exportformats import verify_formats
     from zoo.manifest import bundle_sha256
     from zoo.pretrained import resolve_bundle
 
     report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry,
                            expect_sha256=args.expect_sha256)
+    formats = verify_formats(args.bundle, registry=registry, expect_sha256=args.expect_sha256)
     digest = bundle_sha256(resolve_bundle(args.bundle))
     if args.json:
-        print(json.dumps({"sha256": digest, **report.model_dump(mode="json")}, indent=2))
+        extra = {"formats": {k: v.model_dump(mode="json") for k, v in formats.items()}} \
+            if formats else {}
+        print(json.dumps({"sha256": digest, **report.model_dump(mode="json"), **extra},
+                         indent=2))
     else:
         print(f"bundle sha256 {digest}")
         print("SHA-256 sums, manifest and weights (weights_only): ok")
         print("graph input and output shapes agree with the manifest: ok")
         print(report.format())
-    return 0 if report.passed else 1
+        for name, record in formats.items():
+            worst = max((c.max_abs_diff for c in record.checks), default=0.0)
+            print(f"  {name}: {', '.join(record.files)} {'ok' if record.passed else 'FAILED'} "
+                  f"({len(record.checks)} checks, max abs {worst:.3g})")
+    return 0 if report.passed and all(r.passed for r in formats.values()) else 1
