@@ -240,4 +240,5 @@ def check_resumable(state: dict[str, Any], run_dir: Path, *, steps: int, epochs:
         raise TrainingError(
             f"cannot resume {str(run_dir)!r} with epochs={epochs}: its {schedule} "
             f"schedule was planned for {state['total_steps'] // steps} epochs (only "
-            "schedule 'none' can be extended)")
+            "schedule 'none' can be extended); to train longer, start a new run from its best "
+            f"weights: --init-from {run_dir} --epochs N")

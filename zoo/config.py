@@ -87,8 +87,19 @@ class TrainConfig(BaseModel):
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm under DDP on CUDA.")
     dist_timeout_s: float = Field(300.0, gt=0, description="DDP collective timeout.")
     progress: Literal["auto", "bar", "log", "none"] = "auto"
+    loggers: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="Extra loggers of the run (tensorboard: event files "
+                                          "in RUN/tensorboard; needs the tensorboard extra).")
+    early_stop_metric: Literal["val_acc", "val_loss", "train_acc", "train_loss"] | None = Field(
+        None, description="Stop when this metric has not improved for early_stop_patience "
+                          "epochs (None: off).")
+    early_stop_patience: int = Field(3, ge=1, le=100_000,
+                                     description="Epochs without improvement before stopping.")
     out: Path | None = Field(None, description="Run directory (default runs/ARCH-DATA-TIME).")
     resume: Path | None = Field(None, description="Run directory to resume.")
+    init_from: Path | None = Field(
+        None, description="Start a new run from this run's best weights (fresh optimizer and "
+                          "schedule), e.g. to train a finished run longer.")
 
     @classmethod
     def book(cls, **fields: Any) -> TrainConfig:

@@ -27,7 +27,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +44,7 @@ from zoo.checkpoint import check_checkpoint_agrees, load_checkpoint
 from zoo.contract import check_onnx_output
 from zoo.deploy import default_threads, load_graph, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
+from zoo.exportformats import compare, parse_formats, write_formats
 from zoo.fsutil import atomic_directory
 from zoo.imaging import normalize
 from zoo.manifest import (
@@ -238,23 +239,6 @@ def export_onnx(model: torch.nn.Module, path: Path, config: ModelConfig, *, opse
     return time.perf_counter() - start
 
 
-def _compare(name: str, expected: np.ndarray, actual: np.ndarray, atol: float,
-             rtol: float) -> CheckResult:
-    if expected.shape != actual.shape:
-        return CheckResult(name=name, batch_size=max(1, expected.shape[0]),
-                           max_abs_diff=float("inf"), max_rel_diff=float("inf"),
-                           top1_agreement=0.0, passed=False)
-    diff = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    scale = np.abs(expected.astype(np.float64))
-    rel = diff / np.maximum(scale, np.finfo(np.float32).tiny)
-    finite = bool(np.isfinite(actual).all() and np.isfinite(expected).all())
-    passed = finite and bool((diff <= atol + rtol * scale).all())
-    agreement = float((actual.argmax(axis=1) == expected.argmax(axis=1)).mean())
-    return CheckResult(name=name, batch_size=int(expected.shape[0]),
-                       max_abs_diff=float(diff.max()), max_rel_diff=float(rel.max()),
-                       top1_agreement=agreement, passed=passed)
-
-
 def _latency_ms(session: ort.InferenceSession, shape: tuple[int, int, int], runs: int) -> float:
     x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
     feed = {INPUT_NAME: x}
@@ -282,6 +266,35 @@ def check_tolerances(atol: float, rtol: float) -> None:
                           f"rtol {rtol}")
 
 
+def check_inputs(config: ModelConfig, samples: np.ndarray | None,
+                 seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """The inputs every format is checked on: random batches of 1 and 7, and the samples."""
+    rng = np.random.default_rng(seed)
+    shape = config.input_shape.as_tuple()
+    inputs = [(f"random batch {n}", rng.standard_normal((n, *shape)).astype(np.float32))
+              for n in RANDOM_BATCHES]
+    if samples is not None and len(samples):
+        inputs.append((f"val samples ({len(samples)})", samples.astype(np.float32)))
+    return inputs
+
+
+def write_onnx_format(model: torch.nn.Module, directory: Path, config: ModelConfig) -> None:
+    """The ``onnx`` format's writer (default exporter and opset)."""
+    export_onnx(model, directory / ONNX_FILE, config,
+                opset=check_opset(None, DEFAULT_EXPORTER))
+
+
+def verify_onnx_format(model: torch.nn.Module, directory: Path, config: ModelConfig,
+                       inputs: list[tuple[str, np.ndarray]], atol: float,
+                       rtol: float) -> list[CheckResult]:
+    """The ``onnx`` format's verifier: onnxruntime against the eager model on ``inputs``."""
+    session = ort_session(directory / ONNX_FILE, threads=default_threads())
+    with torch.no_grad():
+        return [compare(name, model.eval()(torch.from_numpy(x)).numpy(),
+                        np.asarray(session.run(None, {INPUT_NAME: x})[0]), atol, rtol)
+                for name, x in inputs]
+
+
 def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
                 samples: np.ndarray | None = None, atol: float = DEFAULT_ATOL,
                 rtol: float = DEFAULT_RTOL, seed: int = 0,
@@ -299,12 +312,8 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
                                   seconds=time.perf_counter() - start)
     threads = default_threads()
     session = ort_session(onnx_path, threads=threads)
-    rng = np.random.default_rng(seed)
     shape = config.input_shape.as_tuple()
-    inputs = [(f"random batch {n}", rng.standard_normal((n, *shape)).astype(np.float32))
-              for n in RANDOM_BATCHES]
-    if samples is not None and len(samples):
-        inputs.append((f"val samples ({len(samples)})", samples.astype(np.float32)))
+    inputs = check_inputs(config, samples, seed)
     checks = []
     for name, x in inputs:
         with torch.no_grad():
@@ -314,7 +323,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"onnxruntime failed to run {onnx_path.name} on {name}: "
                               f"{str(exc).splitlines()[0]}") from None
-        checks.append(_compare(name, expected, actual, atol, rtol))
+        checks.append(compare(name, expected, actual, atol, rtol))
     latency = _latency_ms(session, shape, latency_runs) if latency_runs > 0 else None
     return VerificationReport(
         passed=all(c.passed for c in checks), atol=atol, rtol=rtol, onnx_checker=checker,
@@ -365,6 +374,7 @@ def export(
     checkpoint: str = "best",
     seed: int = 0,
     registry: Registry | None = None,
+    formats: str | Sequence[str] = "onnx",
 ) -> ExportResult:
     """Export a run directory or an architecture name to a verified bundle (``zoo.export``).
 
@@ -372,13 +382,15 @@ def export(
     classes and validation samples) or an architecture name with ``overrides``
     (weights initialized with ``seed``, identity normalization, classes
     ``class0``...). The bundle goes to ``out``, by default ``exports/<Arch>-<dataset>``
-    for a run and ``exports/<Arch>`` for a name. Raises :class:`ExportError` on bad
-    input and :class:`~zoo.manifest.VerificationError` (with the report) when the
-    graph does not match; in both cases nothing is left at the destination.
+    for a run and ``exports/<Arch>`` for a name. ``formats`` adds export formats to
+    ONNX (``"onnx,pt2"``, :mod:`zoo.exportformats`), each verified like it. Raises
+    :class:`ExportError` on bad input and :class:`~zoo.manifest.VerificationError` (with
+    the report) when the graph does not match; in both cases nothing is left at the destination.
     """
     registry = registry or default_registry()
     check_tolerances(atol, rtol)
     opset = check_opset(opset, exporter)
+    format_specs = parse_formats(formats, registry)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ExportError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     src = _load_source(source, overrides or {}, registry, checkpoint, seed)
@@ -420,6 +432,8 @@ def export(
                 raise VerificationError(
                     f"the ONNX graph of {config.architecture} does not match PyTorch within "
                     f"atol {atol:g} and rtol {rtol:g}; nothing was written to {dest}", report)
+            records, extra_files = write_formats(format_specs, model, tmp, config,
+                                                 check_inputs(config, samples), atol, rtol)
             manifest = Manifest(
                 format_version=FORMAT_VERSION,
                 architecture=config.architecture,
@@ -430,7 +444,9 @@ def export(
                 num_parameters=sum(p.numel() for p in model.parameters()),
                 training=(_training(src.summary, src.checkpoint or BEST_CHECKPOINT)
                           if src.summary is not None else None),
-                files={name: file_entry(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE)},
+                files={**{name: file_entry(tmp / name) for name in (WEIGHTS_FILE, ONNX_FILE)},
+                       **extra_files},
+                formats=records,
                 verification=report,
                 export=ExportInfo(exporter=exporter, opset=opset, export_seconds=seconds),
                 versions=_versions(),

@@ -39,6 +39,37 @@ Rules every hook follows:
   architecture or dataset (it is also a pytest plugin).
 
 ``zoo new-plugin NAME`` writes a ready plugin distribution to start from.
+
+Training hooks
+--------------
+
+The trainer announces what happens in a run through the ``zoo_train_*`` hooks
+below. Unlike the two listing hooks these run with torch imported and may do real
+work.
+
+* They are called on **rank 0 only** (the process that writes the run directory;
+  the only process outside ``torchrun``), with a :class:`zoo.events.TrainingRun`.
+* They never change numerical results: the model, optimizer and data are not
+  theirs to touch, and a run trains bitwise the same with or without them. The
+  one exception says so: ``zoo_train_should_stop`` may end a run early.
+* Whatever a plugin remembers across epochs must be derivable from
+  ``run.history`` (every completed epoch, earlier sessions of a resumed run
+  included): that keeps the exact-resume guarantee.
+* An exception raised by a training hook fails the run as a
+  :class:`zoo.errors.PluginError` naming the plugin (a :class:`zoo.ZooError` it
+  raises passes as is); the last checkpoint is intact. After a failure or Ctrl-C,
+  ``zoo_train_end`` raising is only a warning.
+
+The trainer's own writers are plugins of these hooks, registered by the
+:class:`~zoo.registry.Registry` itself, the way pytest registers its terminal
+reporter: ``zoo.builtin.metricsfiles`` (``metrics.jsonl``, ``metrics.csv``),
+``zoo.builtin.curveplot`` (``curves.png``), ``zoo.builtin.progressdisplay`` (the
+progress bar and log lines), ``zoo.builtin.earlystop`` (``early_stop_metric``),
+``zoo.builtin.tensorboard`` (``loggers=["tensorboard"]``) and ``zoo.builtin.formats``
+(the ``onnx`` and ``pt2`` export formats, see ``zoo_export_formats``). They are core
+plugins rather than entry points so that they work in any registry (also one
+built with ``entry_points=False``), and ``-p no:NAME`` blocks one by its short
+name (``metricsfiles``, ``curveplot``, ``progressdisplay``...) like any plugin.
 """
 
 from __future__ import annotations
@@ -49,7 +80,14 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from pathlib import Path
+    from typing import Any
+
     from zoo.datasets import DatasetSpec
+    from zoo.events import RunStatus, StopRequest, TrainingRun
+    from zoo.exportformats import ExportFormat
+    from zoo.run import EpochMetrics, RunSummary
     from zoo.spec import ArchitectureSpec
 
 PROJECT_NAME = "zoo"
@@ -136,4 +174,87 @@ def zoo_datasets() -> Sequence[DatasetSpec]:
     ``--resume`` refuses changed data); ``split_description``, one sentence on how
     train and validation were separated; ``skipped``, the files it could not read.
     The zoo checks all of this and refuses a dataset that breaks it.
+    """
+
+
+# -- training ----------------------------------------------------------------------------
+
+
+@hookspec
+def zoo_train_start(run: TrainingRun) -> Mapping[str, Any] | None:
+    """Called once per process session when the run directory is ready, before the first
+    step (also when a run is resumed: ``run.resumed`` is then true and ``run.history``
+    holds the epochs already done). Rank 0 only.
+
+    ``run`` gives the config, the model (do not change it), the data info and the
+    run directory. A plugin may return a mapping of JSON-serializable entries to add
+    to the run summary (``run.json``'s ``plugins`` field, merged over the plugins).
+    """
+
+
+@hookspec
+def zoo_train_note(run: TrainingRun, text: str) -> None:
+    """A line the trainer wants the user to read (what is trained, resume notes, why it
+    stopped). Rank 0 only. The built-in progress display prints it on stderr."""
+
+
+@hookspec
+def zoo_train_step(run: TrainingRun, epoch: int, step: int, steps: int) -> None:
+    """After each optimizer step: ``step`` of ``steps`` (1-based) in ``epoch`` (1-based).
+    Rank 0 only. Called often: keep it to microseconds, and never read tensors (that
+    would synchronize the device)."""
+
+
+@hookspec
+def zoo_train_checkpoint(run: TrainingRun, path: Path, epoch: int, best: bool) -> None:
+    """After a checkpoint is written: ``checkpoints/last.pt`` at the end of each epoch
+    (``best`` is true when the epoch is also the best so far and ``best.pt`` was
+    copied from it). Rank 0 only."""
+
+
+@hookspec
+def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
+    """After each epoch, once its checkpoints and ``run.json`` are written. Rank 0 only.
+
+    ``metrics`` is the epoch's :class:`zoo.EpochMetrics` (reduced over all ranks: the
+    same numbers whatever the world size); ``run.history`` ends with it. Also called
+    for the recorded epochs when a resumed run repairs its records.
+    """
+
+
+@hookspec(firstresult=True)
+def zoo_train_should_stop(run: TrainingRun, metrics: EpochMetrics) -> StopRequest | None:
+    """After ``zoo_train_epoch_end`` of every epoch but the last: return a
+    :class:`zoo.events.StopRequest` to end the run now (the first one returned wins),
+    ``None`` to go on. Rank 0 decides and every
+    rank stops with it. This is the one hook that changes results (fewer epochs); the
+    weights of the epochs trained are unchanged. Decide from ``run.history`` only, so
+    that a resumed run stops where an uninterrupted one would. The reason is recorded
+    in ``run.json`` (``stop_reason``) and a stopped run is finished: ``--resume`` does
+    not train it further."""
+
+
+@hookspec
+def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> None:
+    """Once when the run ends, however it ends: ``status`` is ``completed``, ``stopped``
+    (a stop request), ``interrupted`` (Ctrl-C; resumable) or ``failed`` (an exception,
+    re-raised after this hook). Rank 0 only. ``summary`` is what ``run.json`` holds."""
+
+
+
+# -- export ------------------------------------------------------------------------------
+
+
+@hookspec
+def zoo_export_formats() -> Sequence[ExportFormat]:
+    """Return the export formats this plugin provides (:class:`zoo.exportformats.ExportFormat`).
+
+    A format names the files it adds to a bundle and points (``"module:function"``,
+    imported only when used) at its writer and its verifier. ``zoo export --format
+    onnx,NAME`` writes each format asked for, verifies it against the eager model on the
+    inputs the ONNX graph is checked on (random batches of 1 and 7, the run's validation
+    samples) with the same tolerances, and records its files (hashed in
+    ``Manifest.files``, so readers check them) and checks in ``Manifest.formats``. A
+    format that fails its checks fails the export: nothing is written. Cheap, like the
+    listing hooks: no torch import here.
     """

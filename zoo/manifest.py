@@ -159,6 +159,20 @@ class ExportInfo(BaseModel):
     export_seconds: float = Field(0.0, description="Time torch.onnx.export took.")
 
 
+class FormatRecord(BaseModel):
+    """One extra export format in a bundle (``zoo export --format``): its files and checks."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    files: tuple[str, ...] = Field(description="Its files (each also in Manifest.files).")
+    passed: bool
+    atol: float = Field(ge=0.0)
+    rtol: float = Field(ge=0.0)
+    checks: tuple[CheckResult, ...] = ()
+    export_seconds: float = Field(0.0, description="Time writing it took.")
+    verify_seconds: float = Field(0.0, description="Time its verification took.")
+
+
 class Versions(BaseModel):
     """Versions of the software that produced the bundle."""
 
@@ -192,6 +206,9 @@ class Manifest(BaseModel):
     export: ExportInfo
     versions: Versions
     created: datetime = Field(description="Creation time (UTC).")
+    formats: dict[str, FormatRecord] = Field(
+        default_factory=dict, description="Formats written besides ONNX (e.g. pt2), with "
+        "their files and verification; absent in bundles that have none.")
 
     @property
     def total_bytes(self) -> int:
@@ -199,7 +216,9 @@ class Manifest(BaseModel):
         return sum(entry.size for entry in self.files.values())
 
     def to_json(self) -> str:
-        return self.model_dump_json(indent=2) + "\n"
+        # without extra formats, the same bytes as before the field existed
+        exclude = None if self.formats else {"formats"}
+        return self.model_dump_json(indent=2, exclude=exclude) + "\n"
 
 
 def manifest_schema() -> dict[str, Any]:

@@ -22,21 +22,33 @@ class Progress:
             mode = "bar" if tty else "log"
         self.mode = mode if enabled else "none"
         self._last = 0.0
+        self._epoch = -1  # the epoch being timed, and from when and which step
+        self._since = 0.0
+        self._since_step = 0
 
-    def step(self, epoch: int, epochs: int, step: int, steps: int, started: float) -> None:
-        """Redraw the bar after ``step`` of ``steps`` (at most five times a second)."""
-        if self.mode != "bar":
-            return
+    def step(self, epoch: int, epochs: int, step: int, steps: int) -> None:
+        """Redraw the bar after ``step`` of ``steps`` (at most five times a second).
+
+        The step time and ETA are measured from the end of the epoch's first step seen
+        by this process: one-time work (kernel compilation, allocator and cache warm-up)
+        happens in that step and would inflate the estimate.
+        """
         now = time.perf_counter()
-        if now - self._last < 0.2 and step != steps:
+        if epoch != self._epoch:
+            self._epoch, self._since, self._since_step = epoch, now, step
+        if self.mode != "bar" or (now - self._last < 0.2 and step != steps):
             return
         self._last = now
-        elapsed = now - started
-        eta = elapsed / max(step, 1) * (steps - step)
+        timed = step - self._since_step
+        if timed > 0:
+            per_step = (now - self._since) / timed
+            timing = f"{per_step * 1000:6.1f}ms/step eta {per_step * (steps - step):5.1f}s"
+        else:
+            timing = "warming up"
         width = 30
         filled = int(width * step / steps)
-        self.stream.write(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                          f"{step}/{steps} {elapsed:5.1f}s eta {eta:5.1f}s")
+        self.stream.write(f"\r\033[Kepoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}]"
+                          f" {step}/{steps} {timing}")
         self.stream.flush()
 
     def epoch(self, m: EpochMetrics, epochs: int) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import importlib
 import os
 import reprlib
 import sys
@@ -28,8 +29,10 @@ from zoo.contract import call_plugin, check_model
 from zoo.datasets import DatasetSpec
 from zoo.errors import (
     DuplicateNameError,
+    PluginError,
     UnknownArchitectureError,
     UnknownDatasetError,
+    ZooError,
 )
 from zoo.spec import SHAPE_KEYS, ArchitectureSpec, ModelConfig, Provenance, resolve_config
 
@@ -153,12 +156,49 @@ class Registry:
         self._architectures: dict[str, ArchitectureSpec] | None = None
         self._datasets: dict[str, DatasetSpec] | None = None
         self._unavailable: dict[tuple[str, str], str] = {}
+        self._register_core_plugins()
         if autoload is None:
             autoload = not env.get(ENV_DISABLE_AUTOLOAD)
         if entry_points:
             self._load_entry_points(autoload, set(_split_env(env.get(ENV_PLUGINS))))
 
     # -- loading -------------------------------------------------------------------------
+
+    def _register_core_plugins(self) -> None:
+        """The trainer's writers and the export formats: core plugins, like pytest's own
+        reporters (listed by ``zoo plugins`` only when blocked)."""
+        from zoo.builtin import CORE_PLUGINS
+
+        for name, module in CORE_PLUGINS.items():
+            if name not in self._blocked:
+                self._pm.register(importlib.import_module(module), name=name)
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay: ``registry.hook.zoo_export_formats()``."""
+        return self._pm.hook
+
+    def call_hook(self, name: str, *, firstresult: bool = False, **kwargs: Any) -> Any:
+        """Call hook ``name`` as pluggy would (last registered first); what an implementation
+        raises, but a :class:`~zoo.errors.ZooError`, becomes a :class:`PluginError` naming it.
+
+        Returns the non-``None`` results, or with ``firstresult`` the first one (or ``None``).
+        """
+        results = []
+        for impl in reversed(getattr(self._pm.hook, name).get_hookimpls()):
+            try:
+                result = impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except ZooError:
+                raise
+            except Exception as exc:
+                info = self._infos.get(impl.plugin_name)
+                who = info.provenance.describe() if info else f"core plugin {impl.plugin_name!r}"
+                raise PluginError(f"{name}() of {who} raised {_one_line(exc)}") from exc
+            if result is not None:
+                if firstresult:
+                    return result
+                results.append(result)
+        return None if firstresult else results
 
     def _load_entry_points(self, autoload: bool, explicit: set[str]) -> None:
         seen: set[tuple[str, str | None]] = set()

@@ -7,6 +7,7 @@ A run directory holds::
     metrics.jsonl      one EpochMetrics per line
     metrics.csv        the same as CSV
     curves.png         loss and accuracy per epoch
+    tensorboard/       TensorBoard event files (with --log tensorboard)
     val_samples.npy    up to 64 uint8 validation images (N, C, H, W), for export checks
     run.lock           the advisory lock of the trainer writing it (zoo.runlock)
     checkpoints/last.pt, checkpoints/best.pt
@@ -22,7 +23,7 @@ from it after a crash between those writes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +105,14 @@ class RunSummary(BaseModel):
         None, description="Validation confusion matrix of the last epoch (rows: true class).")
     zoo_version: str
     torch_version: str
+    status: Literal["running", "completed", "stopped", "interrupted"] | None = Field(
+        None, description="How the run's last session ended (None: a run of an older zoo).")
+    stop_reason: str | None = Field(
+        None, description="Why a stop request ended the run before its last epoch.")
+    init_from: str | None = Field(
+        None, description="The run whose best weights this run started from (--init-from).")
+    plugins: dict[str, Any] = Field(
+        default_factory=dict, description="Entries training plugins added (zoo_train_start).")
 
 
 def read_summary(run_dir: Path) -> RunSummary:

@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the initial weights when exporting a name")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.add_argument("--format", dest="formats", default="onnx", metavar="F[,F]",
+                   help="export formats, comma-separated: onnx (always) and e.g. pt2 "
+                        "(torch.export's ExportedProgram), each verified (default: onnx)")
     p.set_defaults(handler=export_command)
 
     p = subparsers.add_parser(
@@ -58,7 +61,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
         result = export(args.source, overrides=parse_pairs(args.sets, "--set"), out=args.out,
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
-                        seed=args.seed, registry=registry)
+                        seed=args.seed, registry=registry, formats=args.formats)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise
@@ -67,6 +70,10 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
         print(manifest.to_json(), end="")
         return 0
     print(manifest.verification.format())
+    for name, record in manifest.formats.items():
+        worst = max((c.max_abs_diff for c in record.checks), default=0.0)
+        print(f"  {name}: {', '.join(record.files)} verified ({len(record.checks)} checks, "
+              f"max abs {worst:.3g})")
     print(f"exported {manifest.architecture} ({manifest.export.exporter} exporter, opset "
           f"{manifest.export.opset}, {manifest.total_bytes / 1024:.1f} KiB) to {result.path}")
     print(f"bundle sha256 {result.sha256} (pin it: --expect-sha256)")
@@ -75,17 +82,26 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
 
 def verify_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter import verify_bundle
+    from zoo.exportformats import verify_formats
     from zoo.manifest import bundle_sha256
     from zoo.pretrained import resolve_bundle
 
     report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry,
                            expect_sha256=args.expect_sha256)
+    formats = verify_formats(args.bundle, registry=registry, expect_sha256=args.expect_sha256)
     digest = bundle_sha256(resolve_bundle(args.bundle))
     if args.json:
-        print(json.dumps({"sha256": digest, **report.model_dump(mode="json")}, indent=2))
+        extra = {"formats": {k: v.model_dump(mode="json") for k, v in formats.items()}} \
+            if formats else {}
+        print(json.dumps({"sha256": digest, **report.model_dump(mode="json"), **extra},
+                         indent=2))
     else:
         print(f"bundle sha256 {digest}")
         print("SHA-256 sums, manifest and weights (weights_only): ok")
         print("graph input and output shapes agree with the manifest: ok")
         print(report.format())
-    return 0 if report.passed else 1
+        for name, record in formats.items():
+            worst = max((c.max_abs_diff for c in record.checks), default=0.0)
+            print(f"  {name}: {', '.join(record.files)} {'ok' if record.passed else 'FAILED'} "
+                  f"({len(record.checks)} checks, max abs {worst:.3g})")
+    return 0 if report.passed and all(r.passed for r in formats.values()) else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ from zoo.registry import Registry
 _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_size",
                 "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing",
                 "crop_padding", "grad_clip", "seed", "device", "amp", "out", "resume", "cache_dir",
-                "num_threads", "batch_split", "progress", "eval_batch_size")
+                "num_threads", "batch_split", "progress", "eval_batch_size", "early_stop_metric",
+                "early_stop_patience", "init_from")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -111,10 +113,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="run directory (default: runs/NAME-DATASET-TIME)")
     g.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR where it stopped")
+    g.add_argument("--init-from", type=Path, metavar="RUN_DIR",
+                   help="a new run starting from RUN_DIR's best weights, with a fresh optimizer "
+                        "and schedule (to train a finished run longer)")
     g.add_argument("--progress", choices=["auto", "bar", "log", "none"],
                    help="a bar on a terminal, log lines otherwise (auto), or none "
                         f"{d('progress')}")
     g.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    g.add_argument("--log", dest="loggers", action="append", default=None,
+                   choices=["tensorboard"],
+                   help="an extra logger: tensorboard writes event files to RUN/tensorboard "
+                        "(needs pip install 'zoo[tensorboard]'; repeatable)")
+    g = p.add_argument_group("early stopping")
+    g.add_argument("--early-stop-metric", choices=["val_acc", "val_loss", "train_acc",
+                                                   "train_loss"],
+                   help="stop when this metric has not improved for --early-stop-patience "
+                        "epochs (default: off)")
+    g.add_argument("--early-stop-patience", type=int, metavar="N",
+                   help=f"epochs without improvement before an early stop "
+                        f"{d('early_stop_patience')}")
     p.set_defaults(handler=train_command)
 
 
@@ -131,6 +148,8 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             fields[name] = value
+    if args.loggers:
+        fields["loggers"] = list(dict.fromkeys(args.loggers))
     for name in ("nesterov", "flip", "channels_last", "tune_allocator", "strict", "download"):
         value = getattr(args, name)
         if value is not None:
@@ -153,6 +172,13 @@ def print_config(name: str, fields: dict[str, Any], registry: Registry) -> None:
     config = apply_recipe(config, set(fields), registry.get_spec(name).recipe)
     print(config_toml(config, header=f"TrainConfig of 'zoo train {name}': use it with "
                                      f"--config FILE"), end="")
+
+
+def _own_process() -> bool:
+    """Whether this process is the ``zoo`` command (not an embedding program or a test)."""
+    entry = Path(sys.argv[0]).name if sys.argv else ""
+    return entry in ("zoo", "zoo.exe") or (
+        entry == "__main__.py" and Path(sys.argv[0]).parent.name == "zoo")
 
 
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
@@ -179,7 +205,17 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         registry.get_dataset(config.dataset).validate_options(config.dataset_options)
     from zoo.trainer import train
 
-    result = train(name, registry=registry, **fields)
+    try:
+        result = train(name, registry=registry, **fields)
+    except KeyboardInterrupt:
+        if _own_process():
+            # everything is saved and the run's lock released: skip the seconds the
+            # interpreter takes to tear down torch
+            print("zoo: interrupted", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 reports
         return 0
     summary = result.summary

@@ -1,0 +1,59 @@
+"""Core plugin: every epoch's metrics as ``metrics.jsonl`` and ``metrics.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from zoo.errors import ZooError
+from zoo.events import TrainingRun
+from zoo.fsutil import atomic_write_text
+from zoo.hookspecs import hookimpl
+from zoo.run import METRICS_CSV, METRICS_JSONL, EpochMetrics
+
+
+def write_metrics(run_dir: Path, metrics: Sequence[EpochMetrics]) -> None:
+    """Write every epoch's metrics as ``metrics.jsonl`` and ``metrics.csv`` (atomically)."""
+    atomic_write_text(run_dir / METRICS_JSONL,
+                      "".join(m.model_dump_json() + "\n" for m in metrics))
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = list(EpochMetrics.model_fields)
+    writer.writerow(names)
+    for m in metrics:
+        writer.writerow([getattr(m, n) for n in names])
+    atomic_write_text(run_dir / METRICS_CSV, buf.getvalue())
+
+
+def iter_metrics(run_dir: Path) -> Iterator[EpochMetrics]:
+    """The epochs recorded in a run's ``metrics.jsonl``."""
+    path = Path(run_dir) / METRICS_JSONL
+    if not path.is_file():
+        raise ZooError(f"{str(run_dir)!r} has no {METRICS_JSONL}")
+    for line in path.read_text().splitlines():
+        if line.strip():
+            yield EpochMetrics.model_validate_json(line)
+
+
+def _write(run: TrainingRun) -> None:
+    from zoo.checkpoint import write_failure  # imports torch: not while listing plugins
+
+    try:
+        write_metrics(run.run_dir, run.history)
+    except OSError as exc:
+        raise write_failure(run.run_dir / METRICS_JSONL, exc,
+                            f"the checkpoints of epoch {len(run.history)} are written; "
+                            f"--resume {run.run_dir} completes the records") from None
+
+
+@hookimpl
+def zoo_train_start(run: TrainingRun) -> None:
+    if run.history:  # a resumed run: the files agree with its last checkpoint again
+        _write(run)
+
+
+@hookimpl
+def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
+    _write(run)

@@ -1,0 +1,32 @@
+"""Core plugin: the progress bar (or log lines) on stderr, configured by ``progress``."""
+
+from __future__ import annotations
+
+from zoo.events import TrainingRun
+from zoo.hookspecs import hookimpl
+from zoo.progress import Progress
+from zoo.run import EpochMetrics
+
+_KEY = "progressdisplay"
+
+
+def _progress(run: TrainingRun) -> Progress:
+    progress = run.state.get(_KEY)
+    if progress is None:
+        progress = run.state[_KEY] = Progress(run.config.progress, True)
+    return progress
+
+
+@hookimpl
+def zoo_train_note(run: TrainingRun, text: str) -> None:
+    _progress(run).message(text)
+
+
+@hookimpl
+def zoo_train_step(run: TrainingRun, epoch: int, step: int, steps: int) -> None:
+    _progress(run).step(epoch, run.config.epochs, step, steps)
+
+
+@hookimpl
+def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
+    _progress(run).epoch(metrics, run.config.epochs)

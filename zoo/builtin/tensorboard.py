@@ -1,0 +1,106 @@
+"""Core plugin: TensorBoard event files in ``RUN/tensorboard``, on with ``--log tensorboard``.
+
+Per epoch: ``loss/train``, ``loss/val``, ``accuracy/train``, ``accuracy/val``, ``lr``
+and ``images_per_s``; once, the hyperparameters (the resolved training config and
+the model's). Written with ``torch.utils.tensorboard``, which needs the
+``tensorboard`` package (``pip install 'zoo[tensorboard]'``).
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+from zoo.errors import TrainingError
+from zoo.events import RunStatus, TrainingRun
+from zoo.hookspecs import hookimpl
+from zoo.run import EpochMetrics, RunSummary
+
+#: The folder of the event files inside the run directory.
+TENSORBOARD_DIR = "tensorboard"
+_KEY = "tensorboard"
+
+
+def _hparams(run: TrainingRun) -> dict[str, Any]:
+    """Scalar-valued hyperparameters, as TensorBoard's HParams plugin takes them."""
+    out: dict[str, Any] = {"architecture": run.architecture, "dataset": run.data.dataset}
+    items = [*run.config.model_dump(mode="json").items(),
+             *(("model." + k, v) for k, v in run.model_config.hparams.items())]
+    for key, value in items:
+        if isinstance(value, (bool, int, float, str)):
+            out[key] = value
+    return out
+
+
+@hookimpl
+def zoo_train_start(run: TrainingRun) -> None:
+    if "tensorboard" not in run.config.loggers:
+        return
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise TrainingError("--log tensorboard needs the tensorboard package; install it with "
+                            "pip install 'zoo[tensorboard]' (or pip install tensorboard)"
+                            ) from None
+    # purge_step drops events of epochs a resumed run trains again after a crash
+    writer = SummaryWriter(str(run.run_dir / TENSORBOARD_DIR),
+                           purge_step=len(run.history) + 1 if run.resumed else None)
+    run.state[_KEY] = writer
+    if not run.resumed:
+        writer.add_text("run", f"{run.title}, {run.data.train_size} train / "
+                               f"{run.data.val_size} val images, on {run.device}")
+        _add_graph(writer, run)
+
+
+def _add_graph(writer: Any, run: TrainingRun) -> None:
+    """The model graph (a trace of one eval-mode forward pass on a zero batch).
+
+    Cheap for the zoo's networks; no random number is drawn (the RNG state is forked)
+    and the training flags are restored, so the run trains as it would without it.
+    """
+    import torch
+
+    model = run.model
+    shape = run.model_config.input_shape.as_tuple()
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.eval()
+            writer.add_graph(model, torch.zeros((1, *shape), device=device))
+    except Exception as exc:  # a graph is a nicety: never fail a run over it
+        print(f"zoo: warning: tensorboard: no model graph ({type(exc).__name__}: {exc})",
+              file=sys.stderr)
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+@hookimpl
+def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
+    writer = run.state.get(_KEY)
+    if writer is None:
+        return
+    m, step = metrics, metrics.epoch
+    for tag, value in (("loss/train", m.train_loss), ("loss/val", m.val_loss),
+                       ("accuracy/train", m.train_acc), ("accuracy/val", m.val_acc),
+                       ("lr", m.lr), ("images_per_s", m.images_per_s)):
+        writer.add_scalar(tag, value, step)
+    writer.flush()
+
+
+@hookimpl
+def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> None:
+    writer = run.state.pop(_KEY, None)
+    if writer is None:
+        return
+    best = summary.best
+    if best is not None:
+        writer.add_hparams(_hparams(run), {"hparam/best_val_acc": best.val_acc,
+                                           "hparam/best_val_loss": best.val_loss},
+                           run_name=".")
+    writer.close()
