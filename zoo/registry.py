@@ -441,8 +441,10 @@ class Registry:
         entry points."""
         if self._installed is None:
             return []
-        known = self._installed | set(self._infos)
-        installed = ", ".join(sorted(self._installed)) or "none"
+        from zoo.builtin import CORE_PLUGINS
+
+        known = self._installed | set(self._infos) | set(CORE_PLUGINS)
+        installed = ", ".join(sorted(self._installed | set(CORE_PLUGINS))) or "none"
         return [f"{where.replace('NAME', name)}: no installed plugin is named {name!r}, so "
                 f"it changes nothing (installed: {installed})"
                 for where, names in self._named.items() for name in names if name not in known]
