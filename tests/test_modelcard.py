@@ -146,5 +146,6 @@ def test_shipped_bundles_cards_state_their_manifests_numbers(arch: str) -> None:
     bundle = pretrained_bundles()[arch]
     manifest = open_bundle(bundle)
     assert_card_matches(render_card(manifest, bundle.name, spec=zoo.get_spec(arch)), manifest)
-    if CARD_FILE in manifest.files:  # bundles exported since model cards exist ship theirs
-        assert_card_matches((bundle / CARD_FILE).read_text(), manifest)
+    assert CARD_FILE in manifest.files  # every shipped bundle carries its card, hashed
+    assert_card_matches((bundle / CARD_FILE).read_text(), manifest)
+    assert {"confusion.png", "curves.png"} <= set(manifest.files)
