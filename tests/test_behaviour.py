@@ -276,7 +276,7 @@ def _progress(monkeypatch: pytest.MonkeyPatch, mode: str, tty: bool,
 def test_progress_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
     progress, stream = _progress(monkeypatch, "auto", tty=False)  # not a terminal: log lines
     progress.message("zoo: training")
-    progress.step(1, 5, 3, 10, 0.0)  # no bar in a log
+    progress.step(1, 5, 3, 10)  # no bar in a log
     progress.epoch(METRICS, 5)
     assert stream.getvalue() == "zoo: training\n" + EPOCH_LINE
 
@@ -285,24 +285,23 @@ def test_progress_bar(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
     progress, stream = _progress(monkeypatch, "auto", tty=True)  # a terminal: a bar
-    started = time.perf_counter() - 10.0  # the epoch began ten seconds ago
-    progress.step(1, 5, 1, 10, started)
-    progress.step(1, 5, 2, 10, started)  # within 0.2 s of the last draw: skipped
+    progress.step(1, 5, 1, 10)  # the first step (one-time work) is not timed
+    progress.step(1, 5, 2, 10)  # within 0.2 s of the last draw: skipped
     time.sleep(0.25)
-    progress.step(1, 5, 5, 10, started)  # 0.2 s later: drawn
-    progress.step(1, 5, 10, 10, started)  # the last step is always drawn
+    progress.step(1, 5, 5, 10)  # 0.2 s later: drawn, timed from the end of the first step
+    progress.step(1, 5, 10, 10)  # the last step is always drawn
     progress.epoch(METRICS, 5)
     draws = stream.getvalue().split("\r")[1:]
     assert len(draws) == 4
-    bars = [re.fullmatch(r"epoch 1/5 \[([#.]{30})\] (\d+)/10 +([\d.]+)s eta +([\d.]+)s", d)
-            for d in draws[:3]]
+    assert draws[0] == "\033[Kepoch 1/5 [###" + "." * 27 + "] 1/10 warming up"
+    bars = [re.fullmatch(r"\033\[Kepoch 1/5 \[([#.]{30})\] (\d+)/10 +([\d.]+)ms/step "
+                         r"eta +([\d.]+)s", d) for d in draws[1:3]]
     assert all(bars), draws
     parsed = [(b[1].count("#"), int(b[2]), float(b[3]), float(b[4])) for b in bars if b]
-    assert [(filled, step) for filled, step, _, _ in parsed] == [(3, 1), (15, 5), (30, 10)]
-    (_, _, t1, eta1), (_, _, t5, eta5), (_, _, t10, eta10) = parsed
-    assert 10.0 <= t1 < 10.2 and eta1 == pytest.approx(9 * t1, abs=0.5)  # 9 steps to go
-    assert 10.2 <= t5 < 12.0 and eta5 == t5  # half-way: as long again
-    assert t10 >= t5 and eta10 == 0.0
+    assert [(filled, step) for filled, step, _, _ in parsed] == [(15, 5), (30, 10)]
+    (_, _, ms5, eta5), (_, _, ms10, eta10) = parsed
+    assert 250 / 4 <= ms5 < 1000  # four steps timed over at least 0.25 s
+    assert eta5 == pytest.approx(5 * ms5 / 1000, abs=0.1) and eta10 == 0.0
     assert draws[3] == "\033[K" + EPOCH_LINE
 
 
@@ -311,7 +310,7 @@ def test_progress_off_prints_nothing(monkeypatch: pytest.MonkeyPatch, mode: str,
                                      enabled: bool) -> None:
     progress, stream = _progress(monkeypatch, mode, tty=True, enabled=enabled)
     progress.message("x")
-    progress.step(1, 1, 1, 1, 0.0)
+    progress.step(1, 1, 1, 1)
     progress.epoch(METRICS, 1)
     assert stream.getvalue() == ""
 

@@ -71,7 +71,8 @@ def test_declaration_matches_the_shipped_bundle(arch: str) -> None:
     assert declared.classes == manifest.classes == ("airplane", "bird")
     assert (declared.mean, declared.std) == (manifest.normalization.mean,
                                              manifest.normalization.std)
-    assert declared.metrics == {"val_acc": manifest.training.best.val_acc}
+    exported = manifest.training.exported
+    assert exported is not None and declared.metrics == {"val_acc": exported.val_acc}
     assert declared.split == accuracy_split(manifest.training) == \
         "10% of the training images, seed 0"
     assert fetch_weights(arch, declared) == resolve_bundle(arch)
