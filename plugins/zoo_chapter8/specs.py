@@ -67,8 +67,11 @@ ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
           ("tanh",), NetHParams, 4, CIFAR_RECIPE),
     _spec("NetWidth", "Net with a configurable, wider first convolution (32 channels).",
           ("tanh", "width"), WidthHParams, 4, CIFAR_RECIPE),
+    # dropout (0.4 after each block) keeps its training accuracy under its validation
+    # accuracy for 40 epochs: 100 epochs gave 0.907 on the seed-1 split, 40 gave 0.895
     _spec("NetDropout", "NetWidth with Dropout2d after each convolution block.",
-          ("tanh", "width", "dropout", "regularization"), DropoutHParams, 4, CIFAR_RECIPE),
+          ("tanh", "width", "dropout", "regularization"), DropoutHParams, 4,
+          Recipe(epochs=100, crop_padding=2)),
     _spec("NetBatchNorm", "NetWidth with batch normalization after each convolution.",
           ("tanh", "width", "batchnorm", "regularization"), WidthHParams, 4, CIFAR_RECIPE),
     _spec("NetDepth", "Three ReLU convolutions with max-pooling, then two linear layers.",
