@@ -16,6 +16,7 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoo.errors import ZooError
+from zoo.spec import Recipe
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 
@@ -144,3 +145,13 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ZooError(f"config file {str(path)!r} must hold a table of options")
     return data
+
+
+def apply_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
+    """``config`` with an architecture's recipe changes to the fields not in ``explicit``
+    (those the user set: a config file, flags, ``--book``, ``TrainConfig`` fields)."""
+    changes = {k: v for k, v in recipe.model_dump(exclude_none=True).items()
+               if k not in explicit}
+    if not changes:
+        return config
+    return validate_config({**config.model_dump(), **changes}, "training config")

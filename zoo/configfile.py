@@ -10,17 +10,7 @@ from typing import Any
 
 import tomli_w
 
-from zoo.config import TrainConfig, validate_config
-from zoo.spec import Recipe
-
-
-def apply_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
-    """``config`` with an architecture's recipe changes to the fields not in ``explicit``."""
-    changes = {k: v for k, v in recipe.model_dump(exclude_none=True).items()
-               if k not in explicit}
-    if not changes:
-        return config
-    return validate_config({**config.model_dump(), **changes}, "training config")
+from zoo.config import TrainConfig, apply_recipe
 
 
 def config_toml(config: TrainConfig, *, header: str = "") -> str:

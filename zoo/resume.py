@@ -10,7 +10,6 @@ from typing import Any
 from zoo.config import TrainConfig, validate_config
 from zoo.errors import TrainingError
 from zoo.run import CONFIG_FILE, Confusion, EpochMetrics
-from zoo.spec import Recipe
 
 
 def merge_config(config: TrainConfig | None,
@@ -76,15 +75,6 @@ def check_resume_changes(run_dir: Path, saved: dict[str, Any],
                 f"started with {key}={getattr(before, key)!r}, and a resumed run keeps its "
                 "model, data, split and recipe (it may change only "
                 f"{', '.join(sorted(RESUME_SETTABLE))}); start a new run to change it")
-
-
-def with_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:
-    """``config`` with the architecture's recipe changes to the fields left at their defaults."""
-    changes = {k: v for k, v in recipe.model_dump(exclude_none=True).items()
-               if k not in explicit}
-    if not changes:
-        return config
-    return validate_config({**config.model_dump(), **changes}, "training config")
 
 
 @dataclass

@@ -36,7 +36,7 @@ from zoo.checkpoint import (
     save_checkpoint,
     write_failure,
 )
-from zoo.config import TrainConfig
+from zoo.config import TrainConfig, apply_recipe
 from zoo.devices import configure_cpu, select_device
 from zoo.distributed import (
     all_reduce,
@@ -54,7 +54,7 @@ from zoo.pipeline import (
     shard_indices,
 )
 from zoo.registry import Registry, default_registry
-from zoo.resume import Position, merge_config, with_recipe
+from zoo.resume import Position, merge_config
 from zoo.run import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -90,7 +90,7 @@ def train(architecture: str, config: TrainConfig | None = None, *,
     """
     registry = registry or default_registry()
     cfg, explicit = merge_config(config, fields)
-    cfg = with_recipe(cfg, explicit, registry.get_spec(architecture).recipe)
+    cfg = apply_recipe(cfg, explicit, registry.get_spec(architecture).recipe)
     trainer = _Trainer(architecture, cfg, registry)
     return trainer.run()
 
