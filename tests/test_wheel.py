@@ -61,11 +61,14 @@ def build(kind: str, source: Path, out: Path) -> tuple[Path, str]:
 def dependency_links(dest: Path) -> Path:
     """Links to every package of the running interpreter's site folders but this zoo."""
     dest.mkdir()
-    stdlib = (sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"])
+    # the standard library and its lib-dynload, but not a venv's site-packages, which lies
+    # under its platstdlib (sys.exec_prefix/lib/pythonX.Y)
+    stdlib = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")}
     for entry in sys.path:
         place = Path(entry or ".").resolve()
-        if (not place.is_dir() or str(place).startswith(stdlib) or place == ROOT
-                or ROOT in place.parents):
+        if (not place.is_dir() or place in stdlib
+                or (place.parent in stdlib and place.name != "site-packages")
+                or place == ROOT or ROOT in place.parents):
             continue
         for item in place.iterdir():
             name = item.name
@@ -134,7 +137,9 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
     (site / "zz_dependencies.pth").write_text(f"{dependency_links(tmp_path / 'deps')}\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZOO_EXPORTS")}
     env.update(ZOO_CACHE_DIR=str(tmp_path / "cache"), PYTHONNOUSERSITE="1")
-    proc = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index",
+    # this interpreter's pip installs into the new venv (which has none of its own)
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
+                           "--no-deps", "--no-index",
                            "--no-compile", "--disable-pip-version-check", "--quiet", str(wheel)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
