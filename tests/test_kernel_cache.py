@@ -285,3 +285,26 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_training_runs(
                                "be built or loaded: ")
     assert lines[1].endswith("training runs the plain PyTorch layers")
     assert done.stdout.startswith("fused chapter-8 kernels off:")
+
+
+def test_threads_reaching_the_kernels_together_build_them_once(tmp_path: Path) -> None:
+    """The batch-split threads call the kernels first at the same moment: one build, one line."""
+    code = (
+        "import threading\n"
+        "from zoo_chapter8 import fused\n"
+        "start = threading.Barrier(4)\n"
+        "libs = []\n"
+        "def first_use():\n"
+        "    start.wait()\n"
+        "    libs.append(fused.library())\n"
+        "threads = [threading.Thread(target=first_use) for _ in range(4)]\n"
+        "for t in threads: t.start()\n"
+        "for t in threads: t.join()\n"
+        "assert len(libs) == 4 and libs[0] is not None and all(lib is libs[0] for lib in libs)\n")
+    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path)}
+    env.pop("ZOO_FUSED", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "zoo: compiling the chapter-8 CPU kernels (first use, a few seconds)…"]

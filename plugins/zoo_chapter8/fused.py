@@ -47,6 +47,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +148,17 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     return lib, where
 
 
-@functools.cache
+_LOADING = threading.Lock()
+
+
 def _loaded() -> tuple[ctypes.CDLL | None, str]:
+    # the batch-split threads reach their first fused layer together: build once
+    with _LOADING:
+        return _load_once()
+
+
+@functools.cache
+def _load_once() -> tuple[ctypes.CDLL | None, str]:
     lib, where = _load()
     if lib is None and os.environ.get(ENV_SWITCH, "1") != "0":
         print(f"zoo: {_WHAT} are off ({where}); training runs the plain PyTorch layers",
