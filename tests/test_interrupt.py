@@ -56,6 +56,8 @@ def test_ctrl_c_saves_prints_the_resume_command_and_exits_130_at_once(tmp_path: 
     assert seconds < 1.5, f"{seconds:.2f} s from Ctrl-C to exit"
     assert f"continue with: zoo train Net --resume {tmp_path / 'run'}" in err
     assert err.endswith("zoo: interrupted\n")
+    # the seconds torch takes to import are announced, not silent
+    assert err.splitlines()[0] == "zoo: loading PyTorch…"
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")  # digest checked
     summary = json.loads((tmp_path / "run" / "run.json").read_text())
     assert summary["status"] == "interrupted"

@@ -203,6 +203,10 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         config = validate_config(fields, "training config")
         registry.resolve(name, **config.model)
         registry.get_dataset(config.dataset).validate_options(config.dataset_options)
+    if ("torch" not in sys.modules and fields.get("progress") != "none"
+            and os.environ.get("RANK", "0") == "0"):
+        # importing torch takes seconds on a cold start: nothing may wait silently
+        print("zoo: loading PyTorch…", file=sys.stderr, flush=True)
     from zoo.trainer import train
 
     try:
