@@ -65,8 +65,8 @@ def test_the_check_catches_what_it_must() -> None:
                 f'"C:{b}{b}Users{b}{b}ann{b}{b}data"', f"C:{b}Users{b}ann", f"{s}Users{s}ann/x",
                 f"{s}root{s}.cache"]:
         assert GENERIC.search(bad), bad
-    for fine in ["~/.cache/zoo", "https://example.org/home/x", "runs/zoo/Net", "exports/",
-                 "a/work/b", "try:\\n"]:
+    for fine in ["~/.cache/zoo", f"https://example.org{s}home{s}x", "runs/zoo/Net", "exports/",
+                 f"a{s}work{s}b", "try:\\n"]:
         assert not GENERIC.search(fine), fine
 
 
