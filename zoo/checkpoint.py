@@ -21,13 +21,16 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zoo.errors import DataError, TrainingError
+from zoo.errors import DataError, TrainingError, ZooError
 from zoo.fsutil import atomic_path
 from zoo.run import BEST_CHECKPOINT, LAST_CHECKPOINT, RunSummary
+
+if TYPE_CHECKING:
+    from zoo.registry import Registry
 
 CHECKPOINT_FORMAT = 2
 DIGEST_KEY = "digest"
@@ -242,3 +245,30 @@ def check_resumable(state: dict[str, Any], run_dir: Path, *, steps: int, epochs:
             f"schedule was planned for {state['total_steps'] // steps} epochs (only "
             "schedule 'none' can be extended); to train longer, start a new run from its best "
             f"weights: --init-from {run_dir} --epochs N")
+
+
+def load_run_model(run_dir: Path, registry: Registry, which: str = BEST_CHECKPOINT, *,
+                   command: str, error: type[ZooError] = CheckpointError,
+                   ) -> tuple[torch.nn.Module, RunSummary, Path]:
+    """A trained run's model from its checkpoint ``which``, as every reader of runs loads it.
+
+    Read under a shared run lock (no trainer writing meanwhile); the checkpoint's
+    digest is checked, its epoch checked against ``run.json``, and its weights loaded
+    strictly. A checkpoint that does not fit the model is an ``error`` naming it.
+    """
+    from zoo.bundle import strip_prefix
+    from zoo.run import checkpoint_path, read_summary
+    from zoo.runlock import RunLock
+
+    with RunLock(run_dir, command=command, shared=True):
+        summary = read_summary(run_dir)
+        ckpt = checkpoint_path(run_dir, which)
+        state = load_checkpoint(ckpt)
+        check_checkpoint_agrees(state, summary, ckpt)
+        model = registry.build(summary.model)
+        try:
+            model.load_state_dict(strip_prefix(state["model"]), strict=True)
+        except RuntimeError as exc:
+            raise error(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    return model, summary, ckpt

@@ -165,14 +165,19 @@ def _torch_logits(module: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 def load_model(model: str | os.PathLike[str], backend: Backend | None = None, *,
                weights: str | None = None, threads: int | None = None,
-               registry: Registry | None = None) -> tuple[_Model, Backend]:
-    """The model to evaluate, on ``backend`` (default: onnxruntime, PyTorch for a run)."""
+               registry: Registry | None = None,
+               expect_sha256: str | None = None) -> tuple[_Model, Backend]:
+    """The model to evaluate, on ``backend`` (default: onnxruntime, PyTorch for a run);
+    ``expect_sha256`` pins a bundle (a run directory has no such digest)."""
     from zoo.run import SUMMARY_FILE
 
     if backend is not None and backend not in BACKENDS:
         raise ZooError(f"unknown backend {backend!r}; accepted: {', '.join(BACKENDS)}")
     path = Path(model)
     if weights is None and (path / SUMMARY_FILE).is_file():
+        if expect_sha256 is not None:
+            raise ZooError(f"{str(model)!r} is a run directory: --expect-sha256 pins a bundle "
+                           f"(export it with zoo export {model}, then pin what it prints)")
         if backend == "onnxruntime":
             raise ZooError(f"{str(model)!r} is a run directory, which has no ONNX graph; export "
                            f"it (zoo export {model}) or evaluate it with --backend torch")
@@ -184,13 +189,13 @@ def load_model(model: str | os.PathLike[str], backend: Backend | None = None, *,
     if backend == "onnxruntime":
         from zoo.deploy import OnnxClassifier
 
-        clf = OnnxClassifier(bundle, threads=threads)
+        clf = OnnxClassifier(bundle, threads=threads, expect_sha256=expect_sha256)
         manifest = clf.manifest
         run: Callable[[np.ndarray], np.ndarray] = clf.run
     else:
         from zoo.bundle import load_bundle
 
-        loaded = load_bundle(bundle, registry=registry)
+        loaded = load_bundle(bundle, registry=registry, expect_sha256=expect_sha256)
         manifest = loaded.manifest
         run = _torch_logits(loaded.model)
     shape = manifest.model.input_shape
@@ -200,13 +205,11 @@ def load_model(model: str | os.PathLike[str], backend: Backend | None = None, *,
 
 
 def _run_model(run_dir: Path, registry: Registry | None) -> _Model:
-    from zoo.bundle import load_state_dict
+    from zoo.checkpoint import load_run_model
     from zoo.registry import default_registry
-    from zoo.run import checkpoint_path, read_summary
 
-    summary = read_summary(run_dir)
-    module = (registry or default_registry()).build(summary.model)
-    module.load_state_dict(load_state_dict(checkpoint_path(run_dir)), strict=True)
+    module, summary, _ = load_run_model(run_dir, registry or default_registry(),
+                                        command="zoo evaluate")
     shape = summary.model.input_shape
     return _Model(summary.model.architecture, None, tuple(summary.data.classes), shape.channels,
                   (shape.height, shape.width), summary.normalization.mean,
@@ -224,6 +227,7 @@ def evaluate(
     out: str | os.PathLike[str] | None = None,
     registry: Registry | None = None,
     on_skip: Callable[[SkippedFile], None] | None = None,
+    expect_sha256: str | None = None,
 ) -> Evaluation:
     """Accuracy, per-class accuracy and confusion matrix of ``model`` on ``data_dir``.
 
@@ -231,13 +235,14 @@ def evaluate(
     or a run directory. ``backend``: ``"onnxruntime"`` (default for bundles) or
     ``"torch"``. Unreadable files are skipped and listed in the result (``on_skip``
     is told of each as it happens). With ``out``, ``evaluation.json`` and a
-    confusion-matrix PNG (``confusion_matrix.png``, needs matplotlib) are written there.
+    confusion-matrix PNG (``confusion_matrix.png``) are written there. ``expect_sha256``
+    refuses any bundle but the one whose manifest has that SHA-256.
     """
     if batch_size < 1:
         raise ZooError(f"batch size must be at least 1, got {batch_size}")
     start = time.perf_counter()
     loaded, used = load_model(model, backend, weights=weights, threads=threads,
-                              registry=registry)
+                              registry=registry, expect_sha256=expect_sha256)
     folders, files = labelled_files(Path(data_dir), loaded.classes, loaded.architecture)
     n = len(loaded.classes)
     confusion = np.zeros((n, n), dtype=np.int64)

@@ -39,8 +39,8 @@ import onnxruntime as ort
 import torch
 
 from zoo import __version__
-from zoo.bundle import load_bundle, strip_prefix
-from zoo.checkpoint import check_checkpoint_agrees, load_checkpoint
+from zoo.bundle import load_bundle
+from zoo.checkpoint import load_run_model
 from zoo.contract import check_onnx_output
 from zoo.deploy import default_threads, load_graph, ort_session
 from zoo.errors import ExportError, UnknownArchitectureError
@@ -77,10 +77,7 @@ from zoo.run import (
     VAL_SAMPLES,
     Normalization,
     RunSummary,
-    checkpoint_path,
-    read_summary,
 )
-from zoo.runlock import RunLock
 from zoo.spec import ModelConfig
 
 Exporter = Literal["torchscript", "dynamo"]
@@ -166,18 +163,8 @@ def _load_source(source: str | Path, overrides: Mapping[str, Any], registry: Reg
         which = {"best": BEST_CHECKPOINT, "last": LAST_CHECKPOINT}.get(checkpoint)
         if which is None:
             raise ExportError(f"unknown checkpoint {checkpoint!r}; accepted: best, last")
-        # a shared lock: no trainer may be writing the run while it is read
-        with RunLock(path, command="zoo export", shared=True):
-            summary = read_summary(path)
-            ckpt = checkpoint_path(path, which)
-            state = load_checkpoint(ckpt)  # checks the checkpoint's digest
-            check_checkpoint_agrees(state, summary, ckpt)
-            model = registry.build(summary.model)
-            try:
-                model.load_state_dict(strip_prefix(state["model"]), strict=True)
-            except RuntimeError as exc:
-                raise ExportError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
-                                  f"{str(exc).splitlines()[0]}") from None
+        model, summary, _ = load_run_model(path, registry, which, command="zoo export",
+                                           error=ExportError)
         samples = None
         sample_path = path / VAL_SAMPLES
         if sample_path.is_file():

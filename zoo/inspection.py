@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from zoo.bundle import load_bundle, load_state_dict
+from zoo.bundle import load_bundle
+from zoo.checkpoint import load_run_model
 from zoo.deploy import ClassScore
 from zoo.errors import BundleError, UnknownArchitectureError, ZooError
 from zoo.figures import min_max, mosaic, new_figure, save_png, show_mosaic
@@ -38,7 +39,7 @@ from zoo.imaging import ImageDecodeError, decode_image, normalize, to_mode
 from zoo.manifest import MANIFEST_FILE
 from zoo.pretrained import resolve_bundle
 from zoo.registry import Registry, default_registry
-from zoo.run import BEST_CHECKPOINT, SUMMARY_FILE, checkpoint_path, read_summary
+from zoo.run import BEST_CHECKPOINT, SUMMARY_FILE
 
 FILTERS_PNG = "filters.png"
 #: Where the pictures go when no --out is given.
@@ -129,14 +130,8 @@ def _load(source: str | os.PathLike[str], registry: Registry) -> _Loaded:
     text = os.fspath(source)
     path = Path(text)
     if (path / SUMMARY_FILE).is_file():
-        summary = read_summary(path)
-        model = registry.build(summary.model)
-        ckpt = checkpoint_path(path, BEST_CHECKPOINT)
-        try:
-            model.load_state_dict(load_state_dict(ckpt), strict=True)
-        except RuntimeError as exc:
-            raise InspectionError(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
-                                  f"{str(exc).splitlines()[0]}") from None
+        model, summary, _ = load_run_model(path, registry, BEST_CHECKPOINT,
+                                           command="zoo inspect", error=InspectionError)
         norm = summary.normalization
         return _Loaded(model, text, summary.model.architecture,
                        summary.model.input_shape.as_tuple(), norm.mean, norm.std,
