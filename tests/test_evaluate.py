@@ -216,3 +216,26 @@ def test_predict_and_evaluate_pick_a_weight_set(labelled: Path,
     assert main(["predict", "NetRes", str(image), "--weights", "imagenet"]) == 1
     assert "NetRes has no weight set 'imagenet'; declared: cifar2" in capsys.readouterr().err
     assert evaluate("NetRes", labelled, weights="cifar2").bundle == "NetRes-cifar2"
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
+def test_evaluate_refuses_any_bundle_but_the_pinned_one(labelled: Path, backend: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.manifest import bundle_sha256
+    from zoo.pretrained import resolve_bundle
+
+    digest = bundle_sha256(resolve_bundle("Net"))
+    assert evaluate("Net", labelled, backend=backend, expect_sha256=digest).images > 0
+    with pytest.raises(zoo.ZooError, match="is not the one expected"):
+        evaluate("Net", labelled, backend=backend, expect_sha256="0" * 64)
+    args = ["evaluate", "Net", str(labelled), "--backend", backend, "--expect-sha256"]
+    assert main([*args, digest]) == 0
+    capsys.readouterr()
+    assert main([*args, "f" * 64]) == 1
+    assert "is not the one expected" in capsys.readouterr().err
+
+
+def test_a_run_directory_cannot_be_pinned(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", "Net")
+    with pytest.raises(zoo.ZooError, match="--expect-sha256 pins a bundle"):
+        evaluate(tmp_path / "run", tmp_path, expect_sha256="0" * 64)

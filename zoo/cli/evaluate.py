@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
 from zoo.registry import Registry
 
@@ -26,12 +27,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("data_dir", metavar="DIR", help="a folder of class folders")
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
                    help="onnxruntime (default for bundles) or torch (the only one for a run)")
-    p.add_argument("--weights", metavar="TAG",
-                   help="a declared weight set of the architecture MODEL names")
     p.add_argument("--batch-size", type=int, default=256, metavar="N",
                    help="images decoded and classified at a time")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="onnxruntime intra-op threads (default: cores, at most 4)")
+    add_bundle_options(p, "MODEL")
     p.add_argument("--out", metavar="OUT",
                    help="write OUT/evaluation.json and OUT/confusion_matrix.png")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -45,6 +43,7 @@ def evaluate_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
     result = evaluate(args.model, args.data_dir, backend=args.backend, weights=args.weights,
                       batch_size=args.batch_size, threads=args.threads, out=args.out,
+                      expect_sha256=args.expect_sha256,
                       registry=registry, on_skip=print_skip)
     print(result.model_dump_json(indent=2) if args.json else result.format())
     if args.out:

@@ -1,7 +1,9 @@
-"""``KEY=VALUE`` options shared by the commands (``--set``, ``--option``)."""
+"""Options shared by the commands: ``KEY=VALUE`` pairs (``--set``, ``--option``) and the
+bundle options of the commands that read a bundle (``zoo predict``, ``zoo evaluate``)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -28,3 +30,14 @@ def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
             raise ZooError(f"{flag} takes KEY=VALUE, got {pair!r}")
         out[key.strip()] = parse_value(value.strip())
     return out
+
+
+def add_bundle_options(p: argparse.ArgumentParser, model: str) -> None:
+    """``--threads``, ``--weights`` and ``--expect-sha256`` of a command that reads ``model``."""
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="onnxruntime intra-op threads (default: cores, at most 4)")
+    p.add_argument("--weights", metavar="TAG",
+                   help=f"a declared weight set of the architecture {model} names")
+    p.add_argument("--expect-sha256", metavar="HEX",
+                   help="refuse the bundle unless its manifest has this SHA-256 (as printed by "
+                        "zoo export and zoo verify)")

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
 from zoo.registry import Registry
 
@@ -35,13 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="show the K most probable classes")
     p.add_argument("--batch-size", type=int, default=64, metavar="N",
                    help="images per onnxruntime call")
-    p.add_argument("--threads", type=int, metavar="N",
-                   help="onnxruntime intra-op threads (default: cores, at most 4)")
-    p.add_argument("--weights", metavar="TAG",
-                   help="a declared weight set of the architecture BUNDLE names")
-    p.add_argument("--expect-sha256", metavar="HEX",
-                   help="refuse the bundle unless its manifest has this SHA-256 (as printed by "
-                        "zoo export and zoo verify)")
+    add_bundle_options(p, "BUNDLE")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=predict_command)
 
