@@ -191,25 +191,29 @@ def sanitize(session: nox.Session) -> None:
 
 
 #: mutmut 2.5.1: mutates a copy of the sources in place, one module at a time (3.x needs a
-#: mutants/ tree the editable install does not see).
-MUTMUT = "mutmut==2.5.1"
+#: mutants/ tree the editable install does not see). pytest-cov records which test runs
+#: which line, so each mutant runs the tests of its own line first.
+MUTMUT = ("mutmut==2.5.1", "pytest-cov>=5")
 #: Not mutated: message and description strings (the tests match the parts that matter; every
 #: literal would double the mutants) and decorators.
 MUTMUT_SKIP = "string,fstring,decorator"
-#: Per module, the tests that exercise it: one module's mutants run in minutes, not hours.
+#: Per module, the tests a mutant that the tests of its own line let live runs again.
 MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     "zoo/spec.py": ("tests/test_spec.py", "tests/test_registry.py"),
     "zoo/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
-                        "tests/test_readme_plugin.py"),
+                        "tests/test_readme_plugin.py", "tests/test_plugin_isolation.py",
+                        "tests/test_contract.py"),
     "zoo/imaging.py": ("tests/test_imaging.py",),
     "zoo/deploy.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
                       "tests/test_pretrained.py"),
-    "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py"),
+    "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py",
+                        "tests/test_export_formats.py", "tests/test_export_location.py"),
     "zoo/bundle.py": ("tests/test_bundle.py",),
     "zoo/manifest.py": ("tests/test_bundle.py", "tests/test_export.py"),
     "zoo/pipeline.py": ("tests/test_crosscheck.py", "tests/test_recipe.py",
                         "tests/test_trainer.py"),
-    "zoo/checkpoint.py": ("tests/test_behaviour.py", "tests/test_trainer.py"),
+    "zoo/checkpoint.py": ("tests/test_behaviour.py", "tests/test_trainer.py",
+                          "tests/test_run_integrity.py"),
     "zoo/progress.py": ("tests/test_behaviour.py",),
     "zoo/config.py": ("tests/test_trainer.py", "tests/test_recipe.py"),
     "zoo/trainer.py": ("tests/test_recipe.py", "tests/test_behaviour.py",
@@ -230,38 +234,90 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
 def mutation(session: nox.Session) -> None:
     """Mutation testing (mutmut) of one module or more: ``nox -s mutation -- zoo/spec.py``.
 
-    Without arguments, every module of ``MUTATION_TESTS``. Mutants are made in a
-    copy of the sources (``.nox/mutation/tmp/src``, first on PYTHONPATH), never in
-    the working tree; each module runs its own tests (``MUTATION_TESTS``, or the
-    whole suite for a module not listed). Survivors: ``cd .nox/mutation/tmp/src &&
-    mutmut show ID`` with the session's mutmut.
+    Without arguments, every module of ``MUTATION_TESTS``. Mutants are made in a copy
+    of the sources (``.nox/mutation/tmp/src``, first on PYTHONPATH), never in the
+    working tree. Once per change of the sources or tests, the whole suite runs under
+    coverage to map each line to the tests that run it (``tests/mutation/coverage_map.py``).
+    Each mutant then runs the tests of its line in a fork server that has torch imported
+    already (``tests/mutation/forkserver.py``); one those let live runs again with its
+    module's whole selection (``MUTATION_TESTS``, or the suite), and only then counts as
+    surviving. Survivors: ``cd .nox/mutation/tmp/src && mutmut show ID``.
     """
-    import shutil
-    from pathlib import Path
+    import importlib.util
+    import subprocess
+    import time
 
     _dev(session)
-    _dev_run(session, "python", "-m", "pip", "install", "--quiet", MUTMUT)
+    _dev_run(session, "python", "-m", "pip", "install", "--quiet", *MUTMUT)
     modules = _posargs(session) or list(MUTATION_TESTS)
-    src = Path(session.create_tmp()).resolve() / "src"
     for module in modules:
         if not Path(module).is_file():
             session.error(f"no module {module!r}; name a file such as zoo/spec.py")
-        shutil.rmtree(src, ignore_errors=True)
-        for part in ("zoo", "plugins", "tests", "bench"):
-            shutil.copytree(part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy("pyproject.toml", src / "pyproject.toml")
-        tests = " ".join(MUTATION_TESTS.get(module, ("tests",)))
-        env = {"PYTHONPATH": f"{src}{os.pathsep}{src / 'plugins'}",
-               "ZOO_CACHE_DIR": str(src.parent / "zoo-cache")}
-        session.log(f"mutating {module}; tests: {tests}")
+    work = Path(session.create_tmp()).resolve()
+    src = work / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    for part in ("zoo", "plugins", "tests", "bench"):
+        shutil.copytree(part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy("pyproject.toml", src / "pyproject.toml")
+    shutil.copy("tests/mutation/mutmut_config.py", src / "mutmut_config.py")
+    env = {"PYTHONPATH": f"{src}{os.pathsep}{src / 'plugins'}",
+           "ZOO_CACHE_DIR": str(work / "zoo-cache"), "PYTHONDONTWRITEBYTECODE": "1",
+           "MPLBACKEND": "Agg"}
+
+    digest = hashlib.sha256()
+    for file in sorted(f for part in ("zoo", "plugins", "tests") for f in Path(part).rglob("*.py")):
+        digest.update(file.as_posix().encode() + file.read_bytes())
+    coverage_map, stamp = work / "coverage.json", work / "coverage.sha256"
+    if not coverage_map.is_file() or not stamp.is_file() or stamp.read_text() != digest.hexdigest():
+        session.log("mapping lines to tests: the suite under coverage (once per change)")
         with session.chdir(src):
-            # exit status: a bit mask of survived (2), timed out (4), suspicious (8); 1 is fatal
-            # mutmut 2 counts only exit status 1 as a kill: a mutant that breaks an import
-            # (pytest's status 2 or 4) would "survive" without the `|| exit 1`
-            _dev_run(session, "mutmut", "run", "--paths-to-mutate", module, "--tests-dir", "tests",
-                        "--no-progress", "--simple-output", "--disable-mutation-types",
-                        MUTMUT_SKIP, "--runner",
-                        f"sh -c 'python -m pytest -x -q -p no:cacheprovider {tests} || exit 1'",
-                        env=env, success_codes=[0, 2, 4, 6, 8, 10, 12, 14])
+            _dev_run(session, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                     "--ignore=tests/test_wheel.py", "--cov=zoo", "--cov=zoo_chapter8",
+                     "--cov=zoo_datasets", "--cov-context=test", "--cov-report=",
+                     env={**env, "COVERAGE_FILE": str(work / "coverage.db")})
+            _dev_run(session, "python", "tests/mutation/coverage_map.py",
+                     str(work / "coverage.db"), str(src), str(coverage_map), env=env)
+        stamp.write_text(digest.hexdigest())
+
+    socket_path = str(work / "forkserver.sock")
+    server = src / "tests" / "mutation" / "forkserver.py"
+    env.update(ZOO_MUTATION_PYTHON=str(_BIN / "python"), ZOO_MUTATION_SERVER=str(server),
+               ZOO_MUTATION_SOCKET=socket_path, ZOO_MUTATION_MAP=str(coverage_map))
+    spec = importlib.util.spec_from_file_location("mutmut_config", src / "mutmut_config.py")
+    assert spec is not None and spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    if os.path.exists(socket_path):
+        os.unlink(socket_path)
+    process = subprocess.Popen([str(_BIN / "python"), str(server), "serve", socket_path],
+                               env={**os.environ, **{k: v for k, v in session.env.items()
+                                                     if v is not None}, **env}, cwd=src)
+    try:
+        deadline = time.monotonic() + 180
+        while not os.path.exists(socket_path):
+            if process.poll() is not None or time.monotonic() > deadline:
+                session.error("the fork server did not start (its output is above)")
+            time.sleep(0.2)
+        for module in modules:
+            tests = MUTATION_TESTS.get(module, ("tests",))
+            session.log(f"mutating {module}; tests: {' '.join(tests)}")
+            with session.chdir(src):
+                saved = dict(os.environ)
+                os.environ.update(env, ZOO_MUTATION_TESTS=" ".join(tests))
+                try:
+                    runner = hooks.command(list(tests))
+                finally:
+                    os.environ.clear()
+                    os.environ.update(saved)
+                # exit status: a bit mask of survived (2), timed out (4), suspicious (8)
+                _dev_run(session, "mutmut", "run", "--paths-to-mutate", module,
+                         "--tests-dir", "tests", "--rerun-all", "--no-progress",
+                         "--simple-output", "--disable-mutation-types", MUTMUT_SKIP,
+                         "--runner", runner, env={**env, "ZOO_MUTATION_TESTS": " ".join(tests)},
+                         success_codes=[0, 2, 4, 6, 8, 10, 12, 14])
+        with session.chdir(src):
             _dev_run(session, "mutmut", "results", env=env,
                      success_codes=[0, 2, 4, 6, 8, 10, 12, 14])
+    finally:
+        process.terminate()
+        process.wait()

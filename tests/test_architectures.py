@@ -35,6 +35,24 @@ def test_parameter_counts_match_the_book(name: str, expected: int) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
+def test_the_classes_built_directly_are_the_registered_defaults(name: str) -> None:
+    """``NetWidth()`` is what ``create_model("NetWidth")`` builds: the same layers and rates.
+
+    The classes are public (the book's code constructs them with no arguments), so their
+    own defaults are the book's settings, not only the specs' defaults.
+    """
+    registered = zoo.create_model(name)
+    direct = type(registered)()
+    assert n_params(direct) == PARAMS[name]
+    assert ({k: v.shape for k, v in direct.state_dict().items()}
+            == {k: v.shape for k, v in registered.state_dict().items()})
+    assert ([m.p for m in direct.modules() if isinstance(m, nn.Dropout2d)]
+            == [m.p for m in registered.modules() if isinstance(m, nn.Dropout2d)])
+    with torch.no_grad():
+        assert direct.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
 @pytest.mark.parametrize("batch", [1, 7])
 def test_output_shape_at_defaults(name: str, batch: int) -> None:
     model = zoo.create_model(name).eval()

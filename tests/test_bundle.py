@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ from conftest import MakeDist, tiny_plugin
 from export_helpers import make_run
 
 import zoo
-from zoo.bundle import load_bundle
+from zoo.bundle import load_bundle, load_state_dict, strip_prefix
 from zoo.cli import main
 from zoo.errors import BundleError
 from zoo.exporter import export, verify_bundle
@@ -95,12 +96,82 @@ def test_a_weights_file_that_runs_code_when_unpickled_is_refused(bundle: Path,
 
     torch.save({"conv1.weight": Exploit()}, bundle / WEIGHTS_FILE)
     _rehash(bundle, WEIGHTS_FILE)  # an attacker who can write files can rewrite the sums too
-    with pytest.raises(BundleError, match=r"refusing .*model\.pt.*weights_only=True"):
+    # the message names the blocked callable, not torch's boilerplate
+    blocked = r"weights_only=True \(Trying to load unsupported GLOBAL (posix|nt)\.system"
+    with pytest.raises(BundleError, match=r"refusing .*model\.pt.*" + blocked):
         zoo.load(bundle)
     with pytest.raises(BundleError, match="refusing"):
         verify_bundle(bundle)
     assert main(["verify", str(bundle)]) == 1
     assert not marker.exists()
+
+
+def test_a_loaded_bundle_is_read_only(bundle: Path) -> None:
+    loaded = load_bundle(bundle)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.path = Path("elsewhere")  # type: ignore[misc]
+
+
+def test_weights_saved_from_ddp_or_torch_compile_load(bundle: Path) -> None:
+    state = torch.load(bundle / WEIGHTS_FILE, weights_only=True)
+    for prefix in ("module.", "_orig_mod.", "module._orig_mod."):
+        wrapped = {prefix + k: v for k, v in state.items()}
+        assert list(strip_prefix(wrapped)) == list(state)
+        torch.save(wrapped, bundle / WEIGHTS_FILE)
+        _rehash(bundle, WEIGHTS_FILE)
+        model = zoo.load(bundle)
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    # a prefix that only some keys carry is a key, not a wrapper's prefix
+    assert list(strip_prefix({"module.a": 1, "b": 2})) == ["module.a", "b"]
+
+
+def test_the_checked_bytes_are_the_ones_loaded(bundle: Path, tmp_path: Path) -> None:
+    """Given the bytes whose digest was checked, the file is not read again (no swap between)."""
+    data = (bundle / WEIGHTS_FILE).read_bytes()
+    state = load_state_dict(tmp_path / "gone.pt", data)
+    assert state.keys() == torch.load(bundle / WEIGHTS_FILE, weights_only=True).keys()
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"x" * 64, "Unsupported operand"),  # the reason, not torch's boilerplate
+    (b"", "EOFError"),
+    (b"PK\x03\x04garbage", "not a ZIP archive"),
+])
+def test_a_weights_file_that_is_not_a_checkpoint_names_the_reason(
+        tmp_path: Path, content: bytes, reason: str) -> None:
+    (tmp_path / "model.pt").write_bytes(content)
+    with pytest.raises(BundleError, match=rf"refusing .*model\.pt.*weights_only=True \(.*{reason}"):
+        load_state_dict(tmp_path / "model.pt")
+
+
+@pytest.mark.parametrize("obj", [["conv1.weight"], {1: torch.zeros(1)}, torch.zeros(3)])
+def test_a_weights_file_that_holds_no_state_dict_is_refused(tmp_path: Path, obj: object) -> None:
+    torch.save(obj, tmp_path / "model.pt")
+    with pytest.raises(BundleError, match="does not hold a state_dict"):
+        load_state_dict(tmp_path / "model.pt")
+
+
+def test_a_trainer_checkpoint_reads_as_its_model_weights(tmp_path: Path) -> None:
+    make_run(tmp_path / "run", "Net")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    expected = torch.load(ckpt, weights_only=True)["model"]
+    state = load_state_dict(ckpt)
+    assert list(state) == list(expected)
+    assert all(torch.equal(state[k], v) for k, v in expected.items())
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_weights_load_strictly(bundle: Path, change: str) -> None:
+    """A key too few or too many is an error, never a model left half at its initial values."""
+    state = torch.load(bundle / WEIGHTS_FILE, weights_only=True)
+    if change == "missing":
+        state.pop("fc2.bias")
+    else:
+        state["fc3.weight"] = torch.zeros(2, 2)
+    torch.save(state, bundle / WEIGHTS_FILE)
+    _rehash(bundle, WEIGHTS_FILE)
+    with pytest.raises(BundleError, match=r"does not fit NetResDeep .*(fc2\.bias|fc3\.weight)"):
+        zoo.load(bundle)
 
 
 def test_a_weights_file_of_the_wrong_shapes_is_an_error(bundle: Path) -> None:
@@ -155,6 +226,20 @@ def test_a_bundle_whose_plugin_is_not_installed_names_the_plugin(
     with pytest.raises(BundleError, match="needs architecture 'TinyNet' from zoo-tiny 2.3 "
                                           r"\(plugin 'tiny'\), which is not installed"):
         zoo.load(path, registry=without)
+
+
+@pytest.mark.parametrize(("provenance", "origin"), [
+    (None, "an unknown plugin, which is not installed"),
+    ({"plugin": "gone"}, "plugin 'gone', which is not installed"),
+    ({"plugin": "gone", "distribution": "zoo-gone", "version": "1.0"},
+     "zoo-gone 1.0 \\(plugin 'gone'\\), which is not installed; install 'zoo-gone' to load it"),
+])
+def test_a_bundle_of_an_unknown_architecture_says_what_to_install(
+        bundle: Path, provenance: dict[str, str] | None, origin: str) -> None:
+    _rewrite_manifest(bundle, architecture="GoneNet", provenance=provenance,
+                      model={**read_manifest(bundle).model.model_dump(), "architecture": "GoneNet"})
+    with pytest.raises(BundleError, match=rf"needs architecture 'GoneNet' from {origin}$"):
+        zoo.load(bundle)
 
 
 def test_verify_reruns_the_checks(bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:

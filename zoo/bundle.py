@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from zoo.errors import BundleError, UnknownArchitectureError, ZooError
+from zoo.errors import BundleError, UnknownArchitectureError, ZooError, reason
 from zoo.manifest import WEIGHTS_FILE, Manifest, open_bundle, read_checked
 from zoo.pretrained import resolve_bundle
 from zoo.registry import Registry, default_registry
@@ -52,9 +52,8 @@ def load_state_dict(path: Path, data: bytes | None = None) -> dict[str, Any]:
         state = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BundleError(f"refusing {path}: it is not a plain tensor state_dict that loads with "
-                          f"weights_only=True ({first})") from None
+                          f"weights_only=True ({reason(exc)})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]  # a trainer checkpoint
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
@@ -96,9 +95,9 @@ def load_bundle(bundle: str | os.PathLike[str], *, registry: Registry | None = N
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
+        why = reason(exc, every_line=True)
         raise BundleError(f"{path / WEIGHTS_FILE} does not fit {manifest.architecture} with "
-                          f"hyperparameters {manifest.model.hparams}: {first}") from None
+                          f"hyperparameters {manifest.model.hparams}: {why}") from None
     model.eval()
     return LoadedBundle(model=model, manifest=manifest, path=path)
 

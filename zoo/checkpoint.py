@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from zoo.errors import DataError, TrainingError, ZooError
+from zoo.errors import DataError, TrainingError, ZooError, reason
 from zoo.fsutil import atomic_path
 from zoo.run import BEST_CHECKPOINT, LAST_CHECKPOINT, RunSummary
 
@@ -109,8 +109,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             TypeError, OSError, KeyError, IndexError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-                              ) from None
+                              f"{reason(exc)}") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path} is not a zoo training checkpoint")
     recorded = state.get(DIGEST_KEY)
@@ -270,5 +269,5 @@ def load_run_model(run_dir: Path, registry: Registry, which: str = BEST_CHECKPOI
             model.load_state_dict(strip_prefix(state["model"]), strict=True)
         except RuntimeError as exc:
             raise error(f"checkpoint {ckpt} does not fit {summary.model.architecture}: "
-                        f"{str(exc).splitlines()[0]}") from None
+                        f"{reason(exc, every_line=True)}") from None
     return model, summary, ckpt

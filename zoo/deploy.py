@@ -27,7 +27,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoo.config import max_threads
-from zoo.errors import BundleError, ZooError
+from zoo.errors import BundleError, ZooError, reason
 from zoo.imaging import decode_image, normalize, to_mode
 from zoo.manifest import ONNX_FILE, Manifest, open_bundle, read_checked
 from zoo.onnxscan import OnnxScanError, external_data_files
@@ -93,7 +93,7 @@ def load_graph(bundle: Path, manifest: Manifest, *,
         raise
     except Exception as exc:  # onnxruntime's own exception types
         raise BundleError(f"onnxruntime cannot load {bundle / ONNX_FILE}: "
-                          f"{str(exc).strip().splitlines()[0]}") from None
+                          f"{reason(exc)}") from None
     check_graph(session, manifest, bundle)
     return session
 

@@ -53,3 +53,25 @@ class ExportError(ZooError):
 
 class BundleError(ExportError):
     """A bundle directory that is missing, tampered with, or of an unknown format."""
+
+
+#: Lines of library errors that say nothing about this failure: torch's weights-only
+#: preamble and footer, and load_state_dict's header before the keys it names.
+_BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation",
+                "Error(s) in loading state_dict")
+
+
+def reason(exc: BaseException, *, every_line: bool = False, limit: int = 300) -> str:
+    """The informative part of a library's exception, for a one-line error of ours.
+
+    The first line that is not boilerplate (``every_line``: all of them, joined by
+    ``"; "``), without torch's ``WeightsUnpickler error:`` prefix; the exception's
+    type name when it has no message.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line.removeprefix("WeightsUnpickler error:").strip()
+              for line in lines if not line.startswith(_BOILERPLATE)]
+    useful = [line for line in useful if line] or lines[:1] or [type(exc).__name__]
+    text = "; ".join(useful) if every_line else useful[0]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+

@@ -43,7 +43,7 @@ from zoo.bundle import load_bundle
 from zoo.checkpoint import load_run_model
 from zoo.contract import check_onnx_output
 from zoo.deploy import default_threads, load_graph, ort_session
-from zoo.errors import ExportError, UnknownArchitectureError
+from zoo.errors import ExportError, UnknownArchitectureError, reason
 from zoo.exportformats import compare, parse_formats, write_formats
 from zoo.fsutil import atomic_directory
 from zoo.imaging import normalize
@@ -220,9 +220,8 @@ def export_onnx(model: torch.nn.Module, path: Path, config: ModelConfig, *, opse
                     external_data=False,
                 )
     except Exception as exc:  # the exporters raise many types; one clear error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the {exporter} exporter failed on {config.architecture} at opset "
-                          f"{opset}: {first}") from None
+                          f"{opset}: {reason(exc)}") from None
     return time.perf_counter() - start
 
 
@@ -294,7 +293,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
         onnx.checker.check_model(str(onnx_path), full_check=True)
         checker = "passed (full_check)"
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        checker = f"FAILED: {str(exc).strip().splitlines()[0]}"
+        checker = f"FAILED: {reason(exc)}"
         return VerificationReport(passed=False, atol=atol, rtol=rtol, onnx_checker=checker,
                                   seconds=time.perf_counter() - start)
     threads = default_threads()
@@ -309,7 +308,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig, *,
             actual = np.asarray(session.run(None, {INPUT_NAME: x})[0])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"onnxruntime failed to run {onnx_path.name} on {name}: "
-                              f"{str(exc).splitlines()[0]}") from None
+                              f"{reason(exc)}") from None
         checks.append(compare(name, expected, actual, atol, rtol))
     latency = _latency_ms(session, shape, latency_runs) if latency_runs > 0 else None
     return VerificationReport(

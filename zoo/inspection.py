@@ -33,7 +33,7 @@ from torch.overrides import TorchFunctionMode
 from zoo.bundle import load_bundle
 from zoo.checkpoint import load_run_model
 from zoo.deploy import ClassScore
-from zoo.errors import BundleError, UnknownArchitectureError, ZooError
+from zoo.errors import BundleError, UnknownArchitectureError, ZooError, reason
 from zoo.figures import min_max, mosaic, new_figure, save_png, show_mosaic
 from zoo.imaging import ImageDecodeError, decode_image, normalize, to_mode
 from zoo.manifest import MANIFEST_FILE
@@ -336,9 +336,8 @@ def inspect_model(model_or_name: nn.Module | str | os.PathLike[str],
         with torch.no_grad(), recorder:
             logits = model(x)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InspectionError(f"{loaded.source} cannot take a {_fmt(_chw(x))} image: "
-                              f"{first_line}") from None
+                              f"{reason(exc)}") from None
     finally:
         for handle in handles:
             handle.remove()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from zoo.errors import ExportError
+from zoo.errors import ExportError, reason
 from zoo.exportformats import compare
 from zoo.manifest import CheckResult
 from zoo.spec import ModelConfig
@@ -33,8 +33,7 @@ def write_pt2(model: torch.nn.Module, directory: Path, config: ModelConfig) -> N
                 model.eval(), (example,),
                 dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1 << 16)},))
     except Exception as exc:  # torch.export raises many types; one clear error
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"torch.export failed on {config.architecture}: {first}") from None
+        raise ExportError(f"torch.export failed on {config.architecture}: {reason(exc)}") from None
     torch.export.save(program, directory / PT2_FILE)
 
 

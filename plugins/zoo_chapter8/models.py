@@ -64,7 +64,6 @@ class NetWidth(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 2, height: int = 32,
                  width: int = 32, n_chans1: int = 32, n_hidden: int = 32) -> None:
         super().__init__()
-        self.n_chans1 = n_chans1
         self.conv1 = nn.Conv2d(in_channels, n_chans1, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(n_chans1, n_chans1 // 2, kernel_size=3, padding=1)
         features = _flat_features(InputShape(channels=in_channels, height=height, width=width),
@@ -125,7 +124,6 @@ class NetDepth(nn.Module):
     def __init__(self, in_channels: int = 3, num_classes: int = 2, height: int = 32,
                  width: int = 32, n_chans1: int = 32, n_hidden: int = 32) -> None:
         super().__init__()
-        self.n_chans1 = n_chans1
         self.conv1 = nn.Conv2d(in_channels, n_chans1, kernel_size=3, padding=1)
         self.conv2 = nn.Conv2d(n_chans1, n_chans1 // 2, kernel_size=3, padding=1)
         self.conv3 = nn.Conv2d(n_chans1 // 2, n_chans1 // 2, kernel_size=3, padding=1)
@@ -186,7 +184,6 @@ class NetResDeep(nn.Module):
                  width: int = 32, n_chans1: int = 32, n_blocks: int = 10, n_hidden: int = 32,
                  shared_block: bool = False) -> None:
         super().__init__()
-        self.n_chans1 = n_chans1
         self.conv1 = nn.Conv2d(in_channels, n_chans1, kernel_size=3, padding=1)
         if shared_block:
             self.resblocks = nn.Sequential(*(n_blocks * [ResBlock(n_chans=n_chans1)]))
