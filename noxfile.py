@@ -197,7 +197,7 @@ MUTMUT = ("mutmut==2.5.1", "pytest-cov>=5")
 #: Not mutated: message and description strings (the tests match the parts that matter; every
 #: literal would double the mutants) and decorators.
 MUTMUT_SKIP = "string,fstring,decorator"
-#: Per module, the tests a mutant that the tests of its own line let live runs again.
+#: Per module, the tests that run a mutant of a line the coverage map does not know.
 MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     "zoo/spec.py": ("tests/test_spec.py", "tests/test_registry.py"),
     "zoo/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
@@ -237,11 +237,12 @@ def mutation(session: nox.Session) -> None:
     Without arguments, every module of ``MUTATION_TESTS``. Mutants are made in a copy
     of the sources (``.nox/mutation/tmp/src``, first on PYTHONPATH), never in the
     working tree. Once per change of the sources or tests, the whole suite runs under
-    coverage to map each line to the tests that run it (``tests/mutation/coverage_map.py``).
-    Each mutant then runs the tests of its line in a fork server that has torch imported
-    already (``tests/mutation/forkserver.py``); one those let live runs again with its
-    module's whole selection (``MUTATION_TESTS``, or the suite), and only then counts as
-    surviving. Survivors: ``cd .nox/mutation/tmp/src && mutmut show ID``.
+    coverage to map each line to the tests that execute it, with their durations
+    (``tests/mutation/coverage_map.py``). Each mutant then runs every test that executes
+    its line, fastest first, in a fork server that has torch imported already
+    (``tests/mutation/forkserver.py``); a line the map does not know (one run at import)
+    runs its module's selection (``MUTATION_TESTS``, or the suite). Survivors:
+    ``cd .nox/mutation/tmp/src && mutmut show ID``, after the run.
     """
     import importlib.util
     import subprocess
@@ -256,9 +257,10 @@ def mutation(session: nox.Session) -> None:
     work = Path(session.create_tmp()).resolve()
     src = work / "src"
     shutil.rmtree(src, ignore_errors=True)
-    for part in ("zoo", "plugins", "tests", "bench"):
+    for part in ("zoo", "plugins", "tests", "bench", "exports"):
         shutil.copytree(part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy("pyproject.toml", src / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md", "LICENSE"):  # the tests read them too
+        shutil.copy(name, src / name)
     shutil.copy("tests/mutation/mutmut_config.py", src / "mutmut_config.py")
     env = {"PYTHONPATH": f"{src}{os.pathsep}{src / 'plugins'}",
            "ZOO_CACHE_DIR": str(work / "zoo-cache"), "PYTHONDONTWRITEBYTECODE": "1",
@@ -274,15 +276,19 @@ def mutation(session: nox.Session) -> None:
             _dev_run(session, "python", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                      "--ignore=tests/test_wheel.py", "--cov=zoo", "--cov=zoo_chapter8",
                      "--cov=zoo_datasets", "--cov-context=test", "--cov-report=",
+                     f"--junitxml={work / 'durations.xml'}",
                      env={**env, "COVERAGE_FILE": str(work / "coverage.db")})
             _dev_run(session, "python", "tests/mutation/coverage_map.py",
-                     str(work / "coverage.db"), str(src), str(coverage_map), env=env)
+                     str(work / "coverage.db"), str(src), str(coverage_map),
+                     str(work / "durations.xml"), env=env)
         stamp.write_text(digest.hexdigest())
 
     socket_path = str(work / "forkserver.sock")
     server = src / "tests" / "mutation" / "forkserver.py"
+    (work / "args").mkdir(exist_ok=True)
     env.update(ZOO_MUTATION_PYTHON=str(_BIN / "python"), ZOO_MUTATION_SERVER=str(server),
-               ZOO_MUTATION_SOCKET=socket_path, ZOO_MUTATION_MAP=str(coverage_map))
+               ZOO_MUTATION_SOCKET=socket_path, ZOO_MUTATION_MAP=str(coverage_map),
+               ZOO_MUTATION_TMP=str(work / "args"))
     spec = importlib.util.spec_from_file_location("mutmut_config", src / "mutmut_config.py")
     assert spec is not None and spec.loader is not None
     hooks = importlib.util.module_from_spec(spec)
@@ -303,7 +309,7 @@ def mutation(session: nox.Session) -> None:
             session.log(f"mutating {module}; tests: {' '.join(tests)}")
             with session.chdir(src):
                 saved = dict(os.environ)
-                os.environ.update(env, ZOO_MUTATION_TESTS=" ".join(tests))
+                os.environ.update(env)
                 try:
                     runner = hooks.command(list(tests))
                 finally:
@@ -311,9 +317,9 @@ def mutation(session: nox.Session) -> None:
                     os.environ.update(saved)
                 # exit status: a bit mask of survived (2), timed out (4), suspicious (8)
                 _dev_run(session, "mutmut", "run", "--paths-to-mutate", module,
-                         "--tests-dir", "tests", "--rerun-all", "--no-progress",
+                         "--tests-dir", "tests", "--no-progress",
                          "--simple-output", "--disable-mutation-types", MUTMUT_SKIP,
-                         "--runner", runner, env={**env, "ZOO_MUTATION_TESTS": " ".join(tests)},
+                         "--runner", runner, env=env,
                          success_codes=[0, 2, 4, 6, 8, 10, 12, 14])
         with session.chdir(src):
             _dev_run(session, "mutmut", "results", env=env,

@@ -61,7 +61,9 @@ def test_checkpoints_carry_a_digest_and_a_damaged_one_is_never_loaded(tmp_path: 
     run = tmp_path / "run"
     train("Net", epochs=1, out=run, **FAST)
     last, best = run / "checkpoints" / "last.pt", run / "checkpoints" / "best.pt"
-    assert len(load_checkpoint(last)["digest"]) == 64
+    state = load_checkpoint(last)
+    assert len(state["digest"]) == 64
+    assert state["format"] == 2  # the format that promises a digest: readers key on it
     _flip_a_weight_byte(last)
     assert torch.load(last, weights_only=True)["model"]["conv1.weight"].shape  # still loads
     with pytest.raises(CheckpointError, match=r"last.pt is damaged"):
@@ -70,6 +72,21 @@ def test_checkpoints_carry_a_digest_and_a_damaged_one_is_never_loaded(tmp_path: 
     with pytest.raises(CheckpointError, match=r"best.pt is damaged"):
         export(run, out=tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
+
+
+def test_a_checkpoint_that_runs_code_when_unpickled_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "last.pt"
+    torch.save({"format": 1, "model": {"w": Exploit()}, "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match=r"cannot read checkpoint .*last\.pt: "
+                                              r"UnpicklingError: .*unsupported GLOBAL"):
+        load_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_a_checkpoint_of_an_older_zoo_without_digest_still_loads(tmp_path: Path) -> None:

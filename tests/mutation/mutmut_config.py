@@ -1,10 +1,16 @@
 """mutmut's hooks for ``nox -s mutation`` (copied beside the mutated sources).
 
-Each mutant runs first with only the tests that execute its line (the coverage map
-``ZOO_MUTATION_MAP``), in the fork server (``forkserver.py``), fastest-to-fail first: the
-module's own test files, then the rest. A mutant those tests let live is run again
-with the module's whole selection (mutmut's ``--rerun-all``), so only a mutant that
-survives every test of its module is reported as surviving.
+A mutant of line L runs every test that executes line L (the coverage map
+``ZOO_MUTATION_MAP``, see ``coverage_map.py``), fastest first, in the fork server
+(``forkserver.py``), stopping at the first failure: a test that never executes a line
+cannot tell its mutants apart, so these are all the tests that could kill it. Where
+the map has nothing for the line (a continuation line of a statement: the map has
+its first line, up to ``LOOK_BACK`` lines above), or a line that runs at import,
+before any test), the module's whole selection runs instead (mutmut's ``--runner``).
+
+Tests that execute a line only in a subprocess (``zoo`` run as a command) are not in
+the map; a mutant only they would kill is reported as surviving, so the score is a
+lower bound, never flattered.
 """
 
 from __future__ import annotations
@@ -12,41 +18,54 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import tempfile
 from pathlib import Path
 from typing import Any
 
-#: At most this many covering tests in the first, narrow run (the rerun has them all).
-NARROW_LIMIT = 40
-_MAP: dict[str, dict[str, list[str]]] | None = None
+#: How many lines above a mutated line to look for the start of its statement.
+LOOK_BACK = 5
+_MAP: dict[str, Any] | None = None
 
 
 def command(tests: list[str]) -> str:
     """The shell command mutmut runs: pytest on ``tests`` in the fork server.
 
-    pytest's statuses other than 0 and 1 (a mutant that breaks an import or
-    collection) become 1, the only status mutmut 2 counts as a kill.
+    Long selections go through a pytest ``@file`` argument file. pytest's statuses
+    other than 0 and 1 (a mutant that breaks an import or collection) become 1, the
+    only status mutmut 2 counts as a kill.
     """
+    args = [shlex.quote(t) for t in tests]
+    if len(tests) > 20:
+        with tempfile.NamedTemporaryFile("w", suffix=".args", delete=False,
+                                         dir=os.environ.get("ZOO_MUTATION_TMP")) as fh:
+            fh.write("\n".join(tests) + "\n")
+        args = [shlex.quote("@" + fh.name)]
     inner = " ".join([
         shlex.quote(os.environ["ZOO_MUTATION_PYTHON"]),
         shlex.quote(os.environ["ZOO_MUTATION_SERVER"]), "run",
         shlex.quote(os.environ["ZOO_MUTATION_SOCKET"]), "--",
-        "-x", "-q", "-p", "no:cacheprovider",
-        *(shlex.quote(t) for t in tests),
+        "-x", "-q", "-p", "no:cacheprovider", *args,
     ])
     return f"sh -c {shlex.quote(inner + ' || exit 1')}"
 
 
-def _covering(filename: str, line: int) -> list[str]:
+def covering(filename: str, line: int) -> list[str]:
+    """The tests that execute ``line`` of ``filename`` (1-based), fastest first."""
     global _MAP
     if _MAP is None:
         path = os.environ.get("ZOO_MUTATION_MAP", "")
         _MAP = json.loads(Path(path).read_text()) if path and os.path.isfile(path) else {}
-    tests = _MAP.get(filename.replace(os.sep, "/"), {}).get(str(line), [])
-    own = tuple(os.environ.get("ZOO_MUTATION_TESTS", "").split())
-    return sorted(tests, key=lambda t: (not t.startswith(own), t))[:NARROW_LIMIT]
+    lines = _MAP.get("lines", {}).get(filename.replace(os.sep, "/"), {})
+    tests: list[str] = []
+    for candidate in range(line, max(0, line - LOOK_BACK), -1):
+        tests = lines.get(str(candidate), [])
+        if tests:
+            break
+    seconds = _MAP.get("seconds", {})
+    return sorted(tests, key=lambda t: (seconds.get(t, 1e9), t))
 
 
 def pre_mutation(context: Any) -> None:
-    tests = _covering(context.filename, context.current_line_index + 1)
+    tests = covering(context.filename, context.current_line_index + 1)
     if tests:
         context.config.test_command = command(tests)
