@@ -22,7 +22,7 @@ from zoo import DatasetRequest, default_registry
 from zoo.datasets import LoadedDataset
 from zoo.deploy import OnnxClassifier
 from zoo.exporter import export
-from zoo.pipeline import DeviceData
+from zoo.pipeline import DeviceData, compute_normalization
 from zoo.run import RunSummary, read_summary
 from zoo.trainer import train
 
@@ -136,3 +136,25 @@ def test_recorded_validation_metrics_are_the_predictors(trained: Trained) -> Non
     assert accuracy > 0.5  # the model learned something, so the labels are checked too
     predicted = [p.label for p in trained.classifier.predict(trained.val_files)]
     assert predicted == [CLASSES[i] for i in logits.argmax(axis=1)]
+
+
+@pytest.mark.parametrize("n", [1, 4096, 4097, 10_000])
+def test_normalization_statistics_are_exact_past_one_chunk(n: int) -> None:
+    """Mean and std are accumulated 4,096 images at a time: every chunk counts."""
+    rng = np.random.default_rng(n)
+    images = rng.integers(0, 256, (n, 2, 2, 3), dtype=np.uint8)
+    images[n // 2:, 1] //= 3  # the later images differ: a dropped chunk shows
+    norm = compute_normalization(images)
+    scaled = images.astype(np.float64) / 255.0
+    np.testing.assert_allclose(norm.mean, scaled.mean(axis=(0, 2, 3)), rtol=1e-12)
+    np.testing.assert_allclose(norm.std, scaled.std(axis=(0, 2, 3)), rtol=1e-9)
+
+
+def test_a_constant_channel_is_left_unscaled() -> None:
+    images = np.zeros((5, 2, 4, 4), dtype=np.uint8)
+    images[:, 0] = 200
+    images[:, 1, 0, 0] = 255
+    norm = compute_normalization(images)
+    assert norm.std[0] == 1.0  # no division by zero: the channel is only centred
+    assert norm.mean[0] == pytest.approx(200 / 255)
+    assert 0 < norm.std[1] < 1

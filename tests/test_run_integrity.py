@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from zoo.checkpoint import (
+    CheckpointError,
+    best_epoch,
+    checkpoint_position,
+    load_checkpoint,
+    repair_best,
+    save_checkpoint,
+)
 from zoo.cli import main
 from zoo.config import MAX_SEED, load_config_file
 from zoo.errors import TrainingError, ZooError
@@ -296,3 +304,68 @@ def test_disk_full_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
     assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
     assert train("Net", epochs=2, resume=run).summary.epochs_completed == 2
+
+
+def _ckpt(path: Path, epoch: int, step: int = 0, best: int | None = None) -> dict[str, Any]:
+    """A checkpoint at (epoch, step) whose metrics make ``best`` the best epoch."""
+    metrics = [{"epoch": e, "val_acc": 0.9 if e == best else 0.5 + e / 100}
+               for e in range(1, epoch + 1)]
+    state = {"format": 2, "model": {"conv1.weight": torch.full((4,), float(epoch))}, "epoch": epoch,
+             "step": step, "metrics": metrics}
+    save_checkpoint(path, state)
+    return load_checkpoint(path)
+
+
+@pytest.mark.parametrize(("best_pt", "before"), [
+    (None, "it is missing"),
+    (2, "it holds epoch 2"),
+    ("damaged", "checkpoint .*best.pt is damaged"),
+])
+def test_repair_best_copies_last_when_it_holds_the_best_epoch(
+        tmp_path: Path, best_pt: int | str | None, before: str) -> None:
+    last = _ckpt(tmp_path / "last.pt", 3, best=3)
+    if best_pt == "damaged":
+        _ckpt(tmp_path / "best.pt", 3, best=3)
+        _flip_a_weight_byte(tmp_path / "best.pt")
+    elif isinstance(best_pt, int):
+        _ckpt(tmp_path / "best.pt", best_pt, best=best_pt)
+    note = repair_best(tmp_path, last)
+    assert re.fullmatch(rf"repaired .*best\.pt from last\.pt \(best epoch 3; before: {before}.*\)",
+                        note), note
+    assert (tmp_path / "best.pt").read_bytes() == (tmp_path / "last.pt").read_bytes()
+    assert repair_best(tmp_path, last) == ""  # repaired once, nothing left to do
+
+
+@pytest.mark.parametrize(("last_at", "best_pt", "why"), [
+    ((3, 0), 1, "it holds epoch 1; the best epoch 2 is no longer in last.pt"),
+    ((2, 5), None, "it is missing; the best epoch 2 is no longer in last.pt"),
+])
+def test_repair_best_warns_when_last_no_longer_holds_the_best_epoch(
+        tmp_path: Path, last_at: tuple[int, int], best_pt: int | None, why: str) -> None:
+    last = _ckpt(tmp_path / "last.pt", *last_at, best=2)
+    if best_pt is not None:
+        _ckpt(tmp_path / "best.pt", best_pt, best=best_pt)
+    before = (tmp_path / "best.pt").read_bytes() if best_pt is not None else None
+    note = repair_best(tmp_path, last)
+    assert note == (f"warning: {tmp_path / 'best.pt'} cannot be repaired ({why}); export "
+                    "--checkpoint last, or train on to a new best")
+    after = (tmp_path / "best.pt").read_bytes() if (tmp_path / "best.pt").exists() else None
+    assert after == before  # never replaced by weights of another epoch
+
+
+def test_repair_best_leaves_a_right_best_alone(tmp_path: Path) -> None:
+    last = _ckpt(tmp_path / "last.pt", 3, best=2)
+    _ckpt(tmp_path / "best.pt", 2, best=2)
+    before = (tmp_path / "best.pt").read_bytes()
+    assert repair_best(tmp_path, last) == ""
+    assert (tmp_path / "best.pt").read_bytes() == before
+    assert repair_best(tmp_path, {"model": {}, "epoch": 0}) == ""  # no epoch finished yet
+
+
+def test_best_epoch_and_position() -> None:
+    metrics = [{"epoch": 1, "val_acc": 0.7}, {"epoch": 2, "val_acc": 0.8},
+               {"epoch": 3, "val_acc": 0.8}, {"epoch": 4, "val_acc": 0.6}]
+    assert best_epoch(metrics) == 2  # the first of equals: best.pt is not rewritten on a tie
+    assert best_epoch([]) is None
+    assert checkpoint_position({"model": {}}) == (0, 0)
+    assert checkpoint_position({"epoch": 3, "step": 7}) == (3, 7)
