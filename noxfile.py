@@ -261,7 +261,8 @@ def mutation(session: nox.Session) -> None:
         shutil.copytree(part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):  # the tests read them too
         shutil.copy(name, src / name)
-    shutil.copy("tests/mutation/mutmut_config.py", src / "mutmut_config.py")
+    for hook in ("mutmut_config.py", "sitecustomize.py"):
+        shutil.copy(f"tests/mutation/{hook}", src / hook)
     env = {"PYTHONPATH": f"{src}{os.pathsep}{src / 'plugins'}",
            "ZOO_CACHE_DIR": str(work / "zoo-cache"), "PYTHONDONTWRITEBYTECODE": "1",
            "MPLBACKEND": "Agg"}

@@ -1,16 +1,19 @@
 """mutmut's hooks for ``nox -s mutation`` (copied beside the mutated sources).
 
-A mutant of line L runs every test that executes line L (the coverage map
+A mutant of line L runs the tests that execute line L (the coverage map
 ``ZOO_MUTATION_MAP``, see ``coverage_map.py``), fastest first, in the fork server
 (``forkserver.py``), stopping at the first failure: a test that never executes a line
-cannot tell its mutants apart, so these are all the tests that could kill it. Where
+cannot tell its mutants apart. The tests taken are the fastest up to
+``ZOO_MUTATION_BUDGET`` seconds of the map's recorded durations (default ``BUDGET``;
+``0``: all of them), so a line that every training test runs does not cost every
+training test for each of its mutants. Where
 the map has nothing for the line (a continuation line of a statement: the map has
 its first line, up to ``LOOK_BACK`` lines above), or a line that runs at import,
 before any test), the module's whole selection runs instead (mutmut's ``--runner``).
 
-Tests that execute a line only in a subprocess (``zoo`` run as a command) are not in
-the map; a mutant only they would kill is reported as surviving, so the score is a
-lower bound, never flattered.
+Tests beyond the budget, and tests that execute a line only in a subprocess (``zoo``
+run as a command), do not run; a mutant only they would kill is reported as
+surviving, so the score is a lower bound, never flattered.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 
 #: How many lines above a mutated line to look for the start of its statement.
 LOOK_BACK = 5
+#: Seconds of (recorded) test time per mutant, fastest tests first.
+BUDGET = 30.0
 _MAP: dict[str, Any] | None = None
 
 
@@ -50,7 +55,7 @@ def command(tests: list[str]) -> str:
 
 
 def covering(filename: str, line: int) -> list[str]:
-    """The tests that execute ``line`` of ``filename`` (1-based), fastest first."""
+    """The tests that execute ``line`` of ``filename`` (1-based), fastest first, in budget."""
     global _MAP
     if _MAP is None:
         path = os.environ.get("ZOO_MUTATION_MAP", "")
@@ -62,7 +67,16 @@ def covering(filename: str, line: int) -> list[str]:
         if tests:
             break
     seconds = _MAP.get("seconds", {})
-    return sorted(tests, key=lambda t: (seconds.get(t, 1e9), t))
+    ordered = sorted(tests, key=lambda t: (seconds.get(t, 1e9), t))
+    budget = float(os.environ.get("ZOO_MUTATION_BUDGET", BUDGET))
+    taken: list[str] = []
+    spent = 0.0
+    for test in ordered:
+        if taken and budget > 0 and spent + seconds.get(test, budget) > budget:
+            break
+        taken.append(test)
+        spent += seconds.get(test, budget)
+    return taken
 
 
 def pre_mutation(context: Any) -> None:
