@@ -6,6 +6,7 @@ import json
 
 import pytest
 from conftest import MakeDist, tiny_plugin
+from pydantic import ValidationError
 
 import zoo
 from zoo.errors import (
@@ -173,6 +174,14 @@ def test_plugin_registered_directly_for_embedders() -> None:
         reg.register(module, name="inline")
         assert reg.list_models() == ["Inline"]
         assert json.dumps(reg.hparams_schema("Inline"))
+        info = {p.name: p for p in reg.plugins()}["inline"]
+        # what `zoo plugins --json` shows for it: no distribution, no error, nothing dropped
+        assert info.model_dump() == {
+            "name": "inline", "distribution": None, "version": None, "status": "loaded",
+            "error": None, "problems": (), "warnings": (), "architectures": ("Inline",),
+            "datasets": ()}
+        with pytest.raises(ValidationError):
+            info.status = "error"  # read-only: the registry's record, not a scratch copy
     finally:
         del sys.modules["inline_plugin"]
 

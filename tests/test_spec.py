@@ -7,6 +7,7 @@ from ``SHAPE_KEYS`` (in_channels, height, width, num_classes, in that order).
 from __future__ import annotations
 
 import os.path
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -196,3 +197,42 @@ def test_every_declared_field_is_described(model: type[Any]) -> None:
     """The descriptions are what ``zoo show`` and the published schemas tell a user."""
     for name, field in model.model_fields.items():
         assert field.description, f"{model.__name__}.{name}"
+
+
+@pytest.mark.parametrize(("field", "edges"), [
+    ("crop_padding", (0, 64)), ("epochs", (1, None)), ("batch_size", (1, None)),
+    ("weight_decay", (0.0, None)),
+])
+def test_a_recipe_accepts_what_the_training_config_accepts_at_the_edges(
+        field: str, edges: tuple[float, float | None]) -> None:
+    """A recipe changes TrainConfig's defaults: its bounds are TrainConfig's, edge for edge."""
+    from zoo.config import TrainConfig
+
+    low, high = edges
+    for value, ok in [(low, True), (low - 1, False)] + ([(high, True), (high + 1, False)]
+                                                        if high is not None else []):
+        accepted = []
+        for model in (Recipe, TrainConfig):
+            try:
+                model(**{field: value})
+                accepted.append(True)
+            except ValidationError:
+                accepted.append(False)
+        assert accepted == [ok, ok], (field, value)
+
+
+def test_a_builder_module_that_fails_to_import_names_the_error(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    (tmp_path / "broken_builder.py").write_text("raise ValueError('no GPU here')\n")
+    (tmp_path / "silent_builder.py").write_text("raise RuntimeError()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    prov = Provenance(plugin="p", distribution="zoo-p", version="1")
+    with pytest.raises(PluginError, match=r"^cannot import the builder \('broken_builder:f'\) "
+                                          r"from zoo-p 1 \(plugin 'p'\): ValueError: no GPU here$"):
+        load_callable("broken_builder:f", "builder", prov)
+    with pytest.raises(PluginError, match=r"\): RuntimeError: \(no message\)$"):
+        load_callable("silent_builder:f", "builder", prov)
+    # a missing module or attribute needs no type name: the message says it all
+    with pytest.raises(PluginError, match=r"its plugin: No module named 'no_such_module'$"):
+        load_callable("no_such_module:f", "builder", None)

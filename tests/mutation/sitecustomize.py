@@ -27,4 +27,4 @@ class _CopiedWeights:
             name, os.path.join(_EXPORTS, "__init__.py"), submodule_search_locations=[_EXPORTS])
 
 
-sys.meta_path.insert(0, _CopiedWeights)  # type: ignore[arg-type]
+sys.meta_path.insert(0, _CopiedWeights)
