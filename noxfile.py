@@ -203,7 +203,7 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     "zoo/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
                         "tests/test_readme_plugin.py", "tests/test_plugin_isolation.py",
                         "tests/test_contract.py"),
-    "zoo/imaging.py": ("tests/test_imaging.py",),
+    "zoo/imaging.py": ("tests/test_imaging.py", "tests/test_data_integrity.py"),
     "zoo/deploy.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
                       "tests/test_pretrained.py"),
     "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py",

@@ -15,7 +15,7 @@ from zoo.errors import (
     InputShapeError,
     UnknownArchitectureError,
 )
-from zoo.registry import Registry
+from zoo.registry import Registry, suggest
 
 BOOK = ["Net", "NetBatchNorm", "NetDepth", "NetDropout", "NetRes", "NetResDeep", "NetWidth"]
 
@@ -65,6 +65,17 @@ def test_unknown_architecture_suggests_the_closest_names() -> None:
         zoo.get_spec("NetResDep")
     with pytest.raises(UnknownArchitectureError, match="did you mean 'Net'"):
         zoo.create_model("net")
+
+
+@pytest.mark.parametrize(("typed", "said"), [
+    ("NetResDep", "; did you mean 'NetResDeep' or 'NetRes' or 'NetDepth'?"),  # at most three
+    ("netres", "; did you mean 'NetRes'?"),  # a case-insensitive match alone, first
+    ("Netres", "; did you mean 'NetRes' or 'Net' or 'NetResDeep'?"),  # then the close ones
+    ("NETRESDEP", "; did you mean 'NetResDeep' or 'NetRes' or 'NetDepth'?"),  # via lower case
+    ("resnet50", ""),
+])
+def test_suggestions_for_a_mistyped_name(typed: str, said: str) -> None:
+    assert suggest(typed, BOOK) == said
 
 
 def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
