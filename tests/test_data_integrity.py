@@ -125,3 +125,19 @@ def test_an_unreadable_data_dir_is_a_clear_error(registry: Registry, tmp_path: P
     monkeypatch.setattr(os, "walk", walk)
     with pytest.raises(DataError, match=r"--data-dir .* cannot be read: .*dog: Permission denied"):
         registry.get_dataset("imagefolder").load(_req(tmp_path, root))
+
+
+def test_the_pixel_limit_counts_every_pixel_down_to_one(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    one = tmp_path / "one.png"
+    Image.new("RGB", (1, 1), (10, 20, 30)).save(one)
+    two = tmp_path / "two.png"
+    Image.new("RGB", (2, 1), (10, 20, 30)).save(two)
+    monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "1")
+    assert decode_image(one).tolist() == [[[10]], [[20]], [[30]]]  # RGB by default
+    with pytest.raises(ImageDecodeError, match="2x1 is 2 pixels, over the limit of 1 per image"):
+        decode_image(two)
+    for bad in ("0", "-5"):
+        monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", bad)
+        with pytest.raises(ZooError, match=rf"must be a positive number of pixels, got '{bad}'"):
+            decode_image(one)

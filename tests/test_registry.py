@@ -76,6 +76,8 @@ def test_unknown_architecture_suggests_the_closest_names() -> None:
 ])
 def test_suggestions_for_a_mistyped_name(typed: str, said: str) -> None:
     assert suggest(typed, BOOK) == said
+    # the case-insensitive match and three close ones: still three names
+    assert suggest("ab", ["AB", "ab1", "ab2", "ab3"]) == "; did you mean 'AB' or 'ab3' or 'ab2'?"
 
 
 def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:

@@ -83,3 +83,8 @@ def pre_mutation(context: Any) -> None:
     tests = covering(context.filename, context.current_line_index + 1)
     if tests:
         context.config.test_command = command(tests)
+    # mutmut kills a run after 10x the baseline (the module's selection, maybe a second):
+    # a budget's worth of tests must not count as a hang
+    budget = float(os.environ.get("ZOO_MUTATION_BUDGET", BUDGET)) or 600.0
+    context.config.baseline_time_elapsed = max(context.config.baseline_time_elapsed,
+                                               budget / 2)
