@@ -160,17 +160,22 @@ def test_a_trainer_checkpoint_reads_as_its_model_weights(tmp_path: Path) -> None
     assert all(torch.equal(state[k], v) for k, v in expected.items())
 
 
-@pytest.mark.parametrize("change", ["missing", "unexpected"])
+@pytest.mark.parametrize("change", ["missing", "unexpected", "renamed"])
 def test_weights_load_strictly(bundle: Path, change: str) -> None:
-    """A key too few or too many is an error, never a model left half at its initial values."""
+    """A key too few or too many is an error, never a model left half at its initial values;
+    the error names every key that does not fit."""
     state = torch.load(bundle / WEIGHTS_FILE, weights_only=True)
-    if change == "missing":
-        state.pop("fc2.bias")
-    else:
-        state["fc3.weight"] = torch.zeros(2, 2)
+    if change in ("missing", "renamed"):
+        bias = state.pop("fc2.bias")
+    if change in ("unexpected", "renamed"):
+        state["fc3.bias"] = bias if change == "renamed" else torch.zeros(2)
     torch.save(state, bundle / WEIGHTS_FILE)
     _rehash(bundle, WEIGHTS_FILE)
-    with pytest.raises(BundleError, match=r"does not fit NetResDeep .*(fc2\.bias|fc3\.weight)"):
+    missing = r'Missing key\(s\) in state_dict: "fc2\.bias"'
+    unexpected = r'Unexpected key\(s\) in state_dict: "fc3\.bias"'
+    expected = {"missing": missing, "unexpected": unexpected,
+                "renamed": f"{missing}.*; {unexpected}"}[change]
+    with pytest.raises(BundleError, match=rf"does not fit NetResDeep .*: {expected}"):
         zoo.load(bundle)
 
 

@@ -199,6 +199,16 @@ def test_plugin_registered_directly_for_embedders() -> None:
         del sys.modules["inline_plugin"]
 
 
+def test_without_entry_points_no_plugin_name_is_unknown() -> None:
+    """An embedder's registry (no entry points) cannot tell which names are installed."""
+    reg = Registry(entry_points=False, blocked=["nosuch"])
+    assert reg.unknown_plugin_names() == []
+    assert reg.conflicts == []
+    with_eps = Registry(blocked=["nosuch"])
+    assert [m.startswith("-p no:nosuch: no installed plugin is named 'nosuch'")
+            for m in with_eps.unknown_plugin_names()] == [True]
+
+
 def test_build_revalidates_a_recorded_config() -> None:
     # A config read back from a run or bundle is checked again, e.g. after a plugin update.
     stale = zoo.resolve("NetResDeep").model_copy(update={"hparams": {"n_blocks": 0}})
