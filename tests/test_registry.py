@@ -167,6 +167,35 @@ def test_autoload_can_be_disabled_and_plugins_named(make_dist: MakeDist) -> None
     assert "TinyNet2" in named.list_models()
 
 
+@pytest.mark.parametrize("first", ["not-named", "blocked", "taken", "broken", "repeated"])
+def test_an_entry_point_that_is_skipped_does_not_stop_the_next(make_dist: MakeDist,
+                                                               first: str) -> None:
+    """Entry points are taken one by one: one that is not loaded (autoload off and not
+    named, blocked, a name already taken, an import that fails, the same entry listed
+    twice) leaves the distribution's next entry point loading as usual."""
+    make_dist("zoo-broken", "broken_mod", "raise ImportError('missing dependency')\n",
+              entry_points={})
+    make_dist("zoo-early", "early_mod", tiny_plugin("EarlyNet", "early_mod"), entry_points={})
+    first_ep = {"not-named": "extra = early_mod", "blocked": "extra = early_mod",
+                "taken": "chapter8 = early_mod", "broken": "broken = broken_mod",
+                "repeated": "early = early_mod\nearly = early_mod"}[first]
+    site = make_dist("zoo-two", "later_mod", tiny_plugin("LaterNet", "later_mod"))
+    (site / "zoo_two-1.0.dist-info" / "entry_points.txt").write_text(
+        f"[zoo.plugins]\n{first_ep}\nlater = later_mod\n")
+    environ = {"ZOO_DISABLE_PLUGIN_AUTOLOAD": "1", "ZOO_PLUGINS": "later"} \
+        if first == "not-named" else {}
+    reg = Registry(environ=environ, blocked=["extra"] if first == "blocked" else ())
+    assert "LaterNet" in reg.list_models()
+    assert [p.status for p in reg.plugins() if p.name == "later"] == ["loaded"]
+    assert "Net" in reg.list_models()  # the built-in keeps its name
+    if first == "repeated":
+        assert [p.status for p in reg.plugins() if p.name == "early"] == ["loaded"]
+    if first == "taken":
+        assert [p.error for p in reg.plugins() if p.name == "chapter8" and p.failed] == [
+            "refused: the entry-point name 'chapter8' is already taken by the zoo's built-in "
+            "plugin 'chapter8'; rename the entry point"]
+
+
 def test_blocking_by_environment_variable() -> None:
     reg = Registry(environ={"ZOO_BLOCK_PLUGINS": "chapter8"})
     assert reg.list_models() == []
@@ -195,6 +224,15 @@ def test_plugin_registered_directly_for_embedders() -> None:
             "datasets": ()}
         with pytest.raises(ValidationError):
             info.status = "error"  # read-only: the registry's record, not a scratch copy
+        with pytest.raises(DuplicateNameError, match="plugin name 'inline' is used by both "
+                                                     "plugin 'inline' and zoo-x 2 "):
+            reg.register(module, name="inline", distribution="zoo-x", version="2")
+        blocked = Registry(entry_points=False, blocked=["inline"])
+        assert blocked.register(module, name="inline") == "inline"
+        assert [(p.name, p.status) for p in blocked.plugins() if p.name == "inline"] == [
+            ("inline", "blocked")]
+        assert "Inline" not in blocked.list_models()
+        blocked.register(module, name="inline")  # a blocked name is no duplicate
     finally:
         del sys.modules["inline_plugin"]
 
