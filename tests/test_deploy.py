@@ -17,7 +17,7 @@ from PIL import Image
 
 import zoo
 from zoo.cli import main
-from zoo.deploy import OnnxClassifier, Prediction
+from zoo.deploy import OnnxClassifier, Prediction, check_threads, default_threads
 from zoo.errors import BundleError, ZooError
 from zoo.imaging import decode_image, normalize
 from zoo.manifest import MANIFEST_FILE, ONNX_FILE
@@ -223,3 +223,43 @@ def test_zoo_predict_works_where_import_torch_fails(workspace: Path, bundle: Pat
     out = json.loads(result.stdout)
     assert out["predictions"][0]["top"][0]["label"] == \
         OnnxClassifier(bundle).predict([image])[0].label
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (4, 4), (16, 4), (None, 1)])
+def test_default_threads_are_the_cores_up_to_four(monkeypatch: pytest.MonkeyPatch,
+                                                  cores: int | None, expected: int) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_threads() == expected
+    assert check_threads(None) == expected
+
+
+@pytest.mark.parametrize("bad", ["2", 2.0, True, int])
+def test_a_thread_count_must_be_an_int(bad: object) -> None:
+    with pytest.raises(ZooError, match=r"threads must be an integer from 1 to \d+ .*, got "):
+        check_threads(bad)  # type: ignore[arg-type]
+
+
+def test_the_session_is_tuned_for_latency_on_the_cpu(bundle: Path) -> None:
+    """What ort_session promises: all graph optimizations, the requested intra-op threads,
+    one inter-op thread, sequential execution, warnings off, the CPU provider."""
+    import onnxruntime as ort
+
+    session = OnnxClassifier(bundle, threads=1).session
+    options = session.get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.intra_op_num_threads == 1
+    assert options.inter_op_num_threads == 1
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert options.log_severity_level == 3
+    assert session.get_providers() == ["CPUExecutionProvider"]
+
+
+def test_images_go_through_the_graph_64_at_a_time(bundle: Path, images: list[Path],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    clf = OnnxClassifier(bundle)
+    sizes: list[int] = []
+    real = clf.run
+    monkeypatch.setattr(clf, "run", lambda batch: (sizes.append(len(batch)), real(batch))[1])
+    many = (images * (130 // len(images) + 1))[:130]
+    assert clf.logits(many).shape == (130, len(clf.classes))
+    assert sizes == [64, 64, 2]  # the memory of 64 images, however many there are
