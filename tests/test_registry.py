@@ -196,6 +196,39 @@ def test_an_entry_point_that_is_skipped_does_not_stop_the_next(make_dist: MakeDi
             "plugin 'chapter8'; rename the entry point"]
 
 
+HOOK_RETURNS = {
+    "invalid": ("zoo.ArchitectureSpec(name=123)", "raised while building an invalid "
+                "ArchitectureSpec: name: Input should be a valid string (got 123)"),
+    "raises": ("1 / 0", "raised ZeroDivisionError: division by zero"),
+    "a string": ("'NetX'", "raised TypeError: zoo_architectures() must return a list, got str"),
+    "a dict": ("{'name': 'NetX'}",
+               "raised TypeError: zoo_architectures() must return a list, got dict"),
+    "None": ("None", None),
+}
+
+
+@pytest.mark.parametrize("returns", sorted(HOOK_RETURNS))
+def test_a_hook_that_fails_or_returns_no_list_costs_only_its_plugin(make_dist: MakeDist,
+                                                                    returns: str) -> None:
+    code, problem = HOOK_RETURNS[returns]
+    make_dist("zoo-odd", "odd_mod", f"import zoo\n\n@zoo.hookimpl\ndef zoo_architectures():\n"
+              f"    return {code}\n", entry_points={})
+    site = make_dist("zoo-two", "later_mod", tiny_plugin("LaterNet", "later_mod"))
+    (site / "zoo_two-1.0.dist-info" / "entry_points.txt").write_text(
+        "[zoo.plugins]\nodd = odd_mod\nlater = later_mod\n")
+    reg = Registry()
+    assert "LaterNet" in reg.list_models() and "Net" in reg.list_models()
+    odd = {p.name: p for p in reg.plugins()}["odd"]
+    if problem is None:  # None is an empty list
+        assert (odd.status, odd.problems) == ("loaded", ())
+        assert reg.plugin_exception("odd") is None
+    else:
+        assert odd.status == "partial"
+        assert odd.problems == (f"zoo_architectures() {problem}; nothing from this hook "
+                                "was registered",)
+        assert isinstance(reg.plugin_exception("odd"), Exception)  # for --traceback
+
+
 def test_blocking_by_environment_variable() -> None:
     reg = Registry(environ={"ZOO_BLOCK_PLUGINS": "chapter8"})
     assert reg.list_models() == []
