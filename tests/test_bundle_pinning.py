@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -233,3 +235,37 @@ def test_a_run_with_an_unusable_normalization_is_not_exported(tmp_path: Path) ->
     with pytest.raises(BundleError, match="normalization std"):
         export(tmp_path / "run", out=tmp_path / "bundle")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def _graph(bundle: Path, outputs: int = 1, op: str = "Identity", input_name: str = "input"
+           ) -> None:
+    """Replace the bundle's graph (and its digest) with a hand-made one."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, 32, 32])
+    pooled = helper.make_node("ReduceMean", [input_name], ["pooled"], axes=[2, 3], keepdims=0)
+    nodes = [pooled] + [helper.make_node(op, ["pooled"], [f"out{i}"]) for i in range(outputs)]
+    outs = [helper.make_tensor_value_info(f"out{i}", TensorProto.FLOAT, ["N", 3])
+            for i in range(outputs)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], outs),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    (bundle / ONNX_FILE).write_bytes(model.SerializeToString())
+    _rehash(bundle, ONNX_FILE)
+
+
+@pytest.mark.parametrize(("make", "message"), [
+    (lambda b: ((b / ONNX_FILE).write_bytes(b"\x0a\xff\xff\xff"), _rehash(b, ONNX_FILE)),
+     r"is not an ONNX model: "),
+    (lambda b: _graph(b, op="NoSuchOperator"), r"onnxruntime cannot load .*: .*NoSuchOperator"),
+    (lambda b: _graph(b, input_name="pixels"),
+     r" takes inputs \['pixels'\], but the manifest says one input 'input'"),
+    (lambda b: _graph(b, outputs=2),
+     r" gives outputs of shape \['N', 3\] \(2 output\(s\)\), but the manifest names 3 classes"),
+])
+def test_a_graph_that_does_not_fit_its_manifest_is_named(bundle: Path, make: Any,
+                                                         message: str) -> None:
+    make(bundle)
+    with pytest.raises(BundleError) as info:
+        OnnxClassifier(bundle)
+    assert f"{bundle / ONNX_FILE}" in str(info.value)
+    assert re.search(message, str(info.value)), str(info.value)

@@ -17,7 +17,7 @@ from PIL import Image
 
 import zoo
 from zoo.cli import main
-from zoo.deploy import OnnxClassifier, Prediction, check_threads, default_threads
+from zoo.deploy import OnnxClassifier, Prediction, check_threads, default_threads, softmax
 from zoo.errors import BundleError, ZooError
 from zoo.imaging import decode_image, normalize
 from zoo.manifest import MANIFEST_FILE, ONNX_FILE
@@ -263,3 +263,9 @@ def test_images_go_through_the_graph_64_at_a_time(bundle: Path, images: list[Pat
     many = (images * (130 // len(images) + 1))[:130]
     assert clf.logits(many).shape == (130, len(clf.classes))
     assert sizes == [64, 64, 2]  # the memory of 64 images, however many there are
+
+
+def test_softmax_of_huge_logits_does_not_overflow() -> None:
+    probs = softmax(np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    np.testing.assert_allclose(probs, [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
+    assert probs.dtype == np.float32
