@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from export_helpers import CLASSES, make_run, write_images
 from PIL import Image
+from pydantic import ValidationError
 
 import zoo
 from zoo.cli import main
@@ -269,3 +270,24 @@ def test_softmax_of_huge_logits_does_not_overflow() -> None:
     probs = softmax(np.array([[1000.0, 0.0, -1000.0], [0.0, 0.0, 0.0]], dtype=np.float32))
     np.testing.assert_allclose(probs, [[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-6)
     assert probs.dtype == np.float32
+
+
+def test_predictions_are_read_only_values_naming_their_source(bundle: Path,
+                                                              images: list[Path]) -> None:
+    clf = OnnxClassifier(bundle)
+    pred = clf.predict(images[0], top_k=2)[0]
+    assert pred.source == str(images[0])
+    assert (pred.label, pred.index, pred.probability) == (
+        pred.top[0].label, pred.top[0].index, pred.top[0].probability)
+    assert pred.top[0].probability >= pred.top[1].probability
+    with pytest.raises(ValidationError):
+        pred.source = "elsewhere"
+    with pytest.raises(ValidationError):
+        pred.top[0].probability = 1.0
+    with pytest.raises(ValidationError):
+        Prediction(top=pred.top)  # type: ignore[call-arg]
+
+
+def test_a_bad_thread_count_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match="threads must be an integer"):
+        OnnxClassifier(tmp_path / "no-such-bundle", threads=0)

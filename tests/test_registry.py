@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 from conftest import MakeDist, tiny_plugin
@@ -227,6 +229,41 @@ def test_a_hook_that_fails_or_returns_no_list_costs_only_its_plugin(make_dist: M
         assert odd.problems == (f"zoo_architectures() {problem}; nothing from this hook "
                                 "was registered",)
         assert isinstance(reg.plugin_exception("odd"), Exception)  # for --traceback
+
+
+def test_hooks_run_once_per_scan_and_a_rescan_starts_clean(make_dist: MakeDist) -> None:
+    """Lookups reuse one scan; registering a plugin rescans, and a plugin's problems are
+    then reported once, not once per scan."""
+    make_dist("zoo-counted", "counted_mod", """
+        import zoo
+
+        CALLS = []
+
+
+        @zoo.hookimpl
+        def zoo_architectures():
+            CALLS.append(1)
+            return [{"name": "Bad", "summary": "no builder"}]
+        """)
+    reg = Registry()
+    calls = sys.modules["counted_mod"].CALLS
+    for _ in range(3):
+        assert "Net" in reg.list_models()
+        reg.get_spec("Net")
+    assert len(calls) == 1
+    problems = {p.name: p.problems for p in reg.plugins()}["counted_mod"]
+    assert len(problems) == 1 and "invalid spec 'Bad'" in problems[0]
+    module = types.ModuleType("inline_plugin2")
+    exec(tiny_plugin("Inline2", "inline_plugin2"), module.__dict__)
+    sys.modules["inline_plugin2"] = module
+    try:
+        reg.register(module, name="inline2")
+        assert "Inline2" in reg.list_models()
+    finally:
+        del sys.modules["inline_plugin2"]
+    assert len(calls) == 2
+    info = {p.name: p for p in reg.plugins()}["counted_mod"]
+    assert (info.status, info.problems) == ("partial", problems)
 
 
 def test_blocking_by_environment_variable() -> None:
