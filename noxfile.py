@@ -205,13 +205,13 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
                         "tests/test_contract.py"),
     "zoo/imaging.py": ("tests/test_imaging.py", "tests/test_data_integrity.py"),
     "zoo/deploy.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
-                      "tests/test_pretrained.py"),
+                      "tests/test_pretrained.py", "tests/test_bundle_pinning.py"),
     "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py",
                         "tests/test_export_formats.py", "tests/test_export_location.py"),
     "zoo/bundle.py": ("tests/test_bundle.py",),
     "zoo/manifest.py": ("tests/test_bundle.py", "tests/test_export.py"),
-    "zoo/pipeline.py": ("tests/test_crosscheck.py", "tests/test_recipe.py",
-                        "tests/test_trainer.py"),
+    "zoo/pipeline.py": ("tests/test_pipeline.py", "tests/test_crosscheck.py",
+                        "tests/test_recipe.py", "tests/test_trainer.py"),
     "zoo/checkpoint.py": ("tests/test_behaviour.py", "tests/test_trainer.py",
                           "tests/test_run_integrity.py"),
     "zoo/progress.py": ("tests/test_behaviour.py",),
@@ -234,6 +234,8 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
 def mutation(session: nox.Session) -> None:
     """Mutation testing (mutmut) of one module or more: ``nox -s mutation -- zoo/spec.py``.
 
+    ``--budget=SECONDS``: the tests each mutant runs, fastest first (default 30; 0: all).
+
     Without arguments, every module of ``MUTATION_TESTS``. Mutants are made in a copy
     of the sources (``.nox/mutation/tmp/src``, first on PYTHONPATH), never in the
     working tree. Once per change of the sources or tests, the whole suite runs under
@@ -250,7 +252,9 @@ def mutation(session: nox.Session) -> None:
 
     _dev(session)
     _dev_run(session, "python", "-m", "pip", "install", "--quiet", *MUTMUT)
-    modules = _posargs(session) or list(MUTATION_TESTS)
+    budgets = [a.partition("=")[2] for a in _posargs(session) if a.startswith("--budget=")]
+    modules = [a for a in _posargs(session) if not a.startswith("--budget=")] \
+        or list(MUTATION_TESTS)
     for module in modules:
         if not Path(module).is_file():
             session.error(f"no module {module!r}; name a file such as zoo/spec.py")
@@ -290,6 +294,8 @@ def mutation(session: nox.Session) -> None:
     env.update(ZOO_MUTATION_PYTHON=str(_BIN / "python"), ZOO_MUTATION_SERVER=str(server),
                ZOO_MUTATION_SOCKET=socket_path, ZOO_MUTATION_MAP=str(coverage_map),
                ZOO_MUTATION_TMP=str(work / "args"))
+    if budgets:  # seconds of tests per mutant, fastest first (0: every test of its line)
+        env["ZOO_MUTATION_BUDGET"] = budgets[-1]
     spec = importlib.util.spec_from_file_location("mutmut_config", src / "mutmut_config.py")
     assert spec is not None and spec.loader is not None
     hooks = importlib.util.module_from_spec(spec)

@@ -19,7 +19,15 @@ from zoo.errors import (
 )
 from zoo.registry import Registry, suggest
 
+#: In the book's (and the plugin's) order.
+BOOK_ORDER = ["Net", "NetWidth", "NetDropout", "NetBatchNorm", "NetDepth", "NetRes", "NetResDeep"]
 BOOK = ["Net", "NetBatchNorm", "NetDepth", "NetDropout", "NetRes", "NetResDeep", "NetWidth"]
+
+
+def test_each_plugin_lists_what_it_provides() -> None:
+    provides = {p.name: (p.architectures, p.datasets) for p in Registry().plugins()}
+    assert provides["chapter8"] == (tuple(BOOK_ORDER), ())
+    assert provides["datasets"] == ((), ("synthetic", "imagefolder", "cifar2", "cifar10"))
 
 
 def test_builtins_come_from_the_entry_point_group_with_provenance() -> None:
@@ -144,7 +152,10 @@ def test_reserved_hyperparameter_names_are_refused(make_dist: MakeDist) -> None:
     code = tiny_plugin("Clash", "clash_nets").replace("n_filters: int", "num_classes: int")
     make_dist("clash-nets", "clash_nets", code)
     [failed] = Registry().failed_plugins()
-    assert "'Clash'" in failed.problems[0] and "reserved" in failed.problems[0]
+    assert failed.problems == (
+        "zoo_architectures() returned an invalid spec 'Clash' (dropped): hyperparameter names "
+        "['num_classes'] are reserved for the shape keys (in_channels, in_height, in_width, "
+        "num_classes)",)
 
 
 def test_duplicate_names_name_both_distributions(make_dist: MakeDist) -> None:
