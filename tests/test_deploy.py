@@ -291,3 +291,39 @@ def test_predictions_are_read_only_values_naming_their_source(bundle: Path,
 def test_a_bad_thread_count_is_refused_before_any_file_is_read(tmp_path: Path) -> None:
     with pytest.raises(ZooError, match="threads must be an integer"):
         OnnxClassifier(tmp_path / "no-such-bundle", threads=0)
+
+
+def test_arrays_in_every_layout_preprocess_like_the_same_image(bundle: Path,
+                                                               tmp_path: Path) -> None:
+    """HWC and CHW, grey with and without a channel axis, RGBA either way, and images one
+    pixel wide or high: each is the image a file of the same pixels decodes to."""
+    clf = OnnxClassifier(bundle)
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (20, 12, 3), dtype=np.uint8)
+    rgba = np.concatenate([rgb, rng.integers(0, 256, (20, 12, 1), dtype=np.uint8)], axis=2)
+    grey = rgb[:, :, 0]
+
+    def as_file(array: np.ndarray, name: str) -> np.ndarray:
+        Image.fromarray(array).save(tmp_path / name)
+        return clf.to_uint8(tmp_path / name)
+
+    for array, layouts in [(rgb, [rgb, rgb.transpose(2, 0, 1)]),
+                           (rgba, [rgba, rgba.transpose(2, 0, 1)]),
+                           (grey, [grey, grey[:, :, None], grey[None, :, :]])]:
+        expected = as_file(array, "ref.png")
+        for layout in layouts:
+            np.testing.assert_array_equal(clf.to_uint8(layout), expected, err_msg=str(layout.shape))
+    for thin in (rgb[:, :1], rgb[:1, :]):  # 20x1 and 1x12
+        np.testing.assert_array_equal(clf.to_uint8(thin), as_file(thin, "thin.png"))
+    # a (C, H, W) array of exactly the input shape is taken as it is
+    exact = rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)
+    np.testing.assert_array_equal(clf.to_uint8(exact), exact)
+    assert clf.preprocess([rgb, grey]).shape == (2, 3, 32, 32)
+    assert clf.preprocess([]).shape == (0, 3, 32, 32)
+    # ambiguous shapes are (H, W, C) when the last axis could be channels: 3x20 grey, 3x20 RGBA
+    for hwc in (rgb[:3, :, :1], rgba[:3]):
+        expected = as_file(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc, "hwc.png")
+        np.testing.assert_array_equal(clf.to_uint8(hwc), expected, err_msg=str(hwc.shape))
+    for empty in (Image.new("RGB", (0, 5)), Image.new("RGB", (5, 0))):
+        with pytest.raises(ZooError, match=r"an image is empty \(\dx\d\); accepted: at least one"):
+            clf.to_uint8(empty)
