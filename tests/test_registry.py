@@ -16,6 +16,7 @@ from zoo.errors import (
     HyperparameterError,
     InputShapeError,
     UnknownArchitectureError,
+    UnknownDatasetError,
 )
 from zoo.registry import Registry, suggest
 
@@ -275,6 +276,31 @@ def test_hooks_run_once_per_scan_and_a_rescan_starts_clean(make_dist: MakeDist) 
     assert len(calls) == 2
     info = {p.name: p for p in reg.plugins()}["counted_mod"]
     assert (info.status, info.problems) == ("partial", problems)
+
+
+def test_tags_select_models_carrying_all_of_them() -> None:
+    reg = Registry()
+    tags = reg.get_spec("Net").tags
+    assert "Net" in reg.list_models(tags=tags)  # all of a model's own tags select it
+    assert "Net" in reg.list_models(tags=[t.upper() for t in tags[:1]])
+    assert reg.list_models(tags=[*tags, "no-such-tag"]) == []
+
+
+def test_lookups_in_an_empty_registry_say_none_is_installed() -> None:
+    empty = Registry(entry_points=False)
+    with pytest.raises(UnknownArchitectureError,
+                       match=r"^unknown architecture 'Net'; known: none installed$"):
+        empty.get_spec("Net")
+    with pytest.raises(UnknownDatasetError,
+                       match=r"^unknown dataset 'cifar2' \(known: none installed\)$"):
+        empty.get_dataset("cifar2")
+
+
+def test_naming_an_installed_plugin_that_autoload_skipped_is_no_typo(make_dist: MakeDist) -> None:
+    make_dist("tiny-nets", "tiny_skipped", tiny_plugin("TinySkipped", "tiny_skipped"))
+    reg = Registry(environ={"ZOO_DISABLE_PLUGIN_AUTOLOAD": "1"}, blocked=["tiny_skipped"])
+    assert "TinySkipped" not in reg.list_models()
+    assert reg.unknown_plugin_names() == []
 
 
 def test_blocking_by_environment_variable() -> None:
