@@ -327,3 +327,20 @@ def test_arrays_in_every_layout_preprocess_like_the_same_image(bundle: Path,
     for empty in (Image.new("RGB", (0, 5)), Image.new("RGB", (5, 0))):
         with pytest.raises(ZooError, match=r"an image is empty \(\dx\d\); accepted: at least one"):
             clf.to_uint8(empty)
+
+
+def test_a_non_square_input_and_the_defaults(tmp_path: Path, images: list[Path]) -> None:
+    """Images are resized to (height, width) as the manifest says, not to a square; a
+    prediction is the top class alone unless more are asked for; floats are refused."""
+    from zoo.exporter import export
+
+    result = export("Net", overrides={"in_height": 16, "in_width": 24}, out=tmp_path / "wide")
+    clf = OnnxClassifier(result.path)
+    for image in images:
+        x = clf.to_uint8(image)
+        assert x.shape == (3, 16, 24)
+        np.testing.assert_array_equal(x, decode_image(image, 3, (16, 24)))
+    [pred] = clf.predict(images[0])
+    assert len(pred.top) == 1
+    with pytest.raises(ZooError, match="image arrays must be uint8, got dtype float32"):
+        clf.preprocess(np.zeros((2, 3, 16, 24), dtype=np.float32))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from zoo.manifest import (
     WEIGHTS_FILE,
     Manifest,
     VerificationError,
+    bundle_sha256,
     sha256_file,
 )
 from zoo.modelcard import CARD_FILE
@@ -172,6 +174,9 @@ def test_existing_destination_is_refused_then_replaced_with_force(tmp_path: Path
     assert second.manifest.model.hparams["n_hidden"] == 8
     assert zoo.load(dest).fc1.out_features == 8
     assert [p.name for p in tmp_path.iterdir()] == ["b"]  # no temporary folder left behind
+    assert second.sha256 == bundle_sha256(dest) != first.sha256
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        second.sha256 = first.sha256  # type: ignore[misc]  # the result is a record
 
 
 def test_force_never_replaces_a_directory_that_is_not_a_bundle(tmp_path: Path) -> None:
