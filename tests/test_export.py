@@ -319,3 +319,21 @@ def test_untrained_exports_are_reproducible(tmp_path: Path) -> None:
     c = export("NetWidth", out=tmp_path / "c", seed=4)
     sc = torch.load(c.path / WEIGHTS_FILE, weights_only=True)
     assert not np.allclose(sa["conv1.weight"].numpy(), sc["conv1.weight"].numpy())
+
+
+def test_an_input_over_a_megapixel_is_refused_before_export(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"^input size 1025x1025 is too large to export; "
+                                          r"accepted: at most 1048576 pixels \(e.g. 1024x1024\)$"):
+        export("Net", overrides={"in_height": 1025, "in_width": 1025}, out=tmp_path / "big")
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_path_is_a_run_directory_never_an_architecture_name(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ExportError, match=r"run directory 'Net' does not exist"):
+        export(Path("Net"), out=tmp_path / "b")
+    with pytest.raises(ExportError, match=r"run directory 'runs/Net' does not exist"):
+        export("runs/Net", out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
