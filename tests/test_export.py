@@ -29,6 +29,7 @@ from zoo.manifest import (
     sha256_file,
 )
 from zoo.modelcard import CARD_FILE
+from zoo.run import VAL_SAMPLES
 
 ARCHITECTURES = zoo.list_models()
 
@@ -337,3 +338,27 @@ def test_a_path_is_a_run_directory_never_an_architecture_name(tmp_path: Path,
     with pytest.raises(ExportError, match=r"run directory 'runs/Net' does not exist"):
         export("runs/Net", out=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("content", ["objects", "damaged"])
+def test_validation_samples_that_are_not_plain_images_are_refused(tmp_path: Path,
+                                                                  content: str) -> None:
+    make_run(tmp_path / "run")
+    samples = tmp_path / "run" / VAL_SAMPLES
+    if content == "objects":  # loading it would unpickle, which may run code
+        np.save(samples, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    else:
+        samples.write_bytes(samples.read_bytes()[:60])
+    with pytest.raises(ExportError, match=rf"{VAL_SAMPLES} is not a plain array of images: "):
+        export(tmp_path / "run", out=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_every_validation_sample_is_checked(tmp_path: Path, n: int) -> None:
+    make_run(tmp_path / "run")
+    samples = tmp_path / "run" / VAL_SAMPLES
+    np.save(samples, np.load(samples)[:n])
+    checks = [c.name for c in export(tmp_path / "run", out=tmp_path / "b").manifest
+              .verification.checks]
+    assert checks == ["random batch 1", "random batch 7"] + ([f"val samples ({n})"] if n else [])

@@ -168,7 +168,11 @@ def _load_source(source: str | Path, overrides: Mapping[str, Any], registry: Reg
         samples = None
         sample_path = path / VAL_SAMPLES
         if sample_path.is_file():
-            samples = np.load(sample_path, allow_pickle=False)
+            try:
+                samples = np.load(sample_path, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:  # damaged, or pickled objects
+                raise ExportError(f"{sample_path} is not a plain array of images: "
+                                  f"{reason(exc)}") from None
             expected = summary.model.input_shape.as_tuple()
             if samples.ndim != 4 or samples.shape[1:] != expected or samples.dtype != np.uint8:
                 raise ExportError(f"{sample_path} holds {samples.dtype} {samples.shape}; expected "
