@@ -369,3 +369,23 @@ def test_best_epoch_and_position() -> None:
     assert best_epoch([]) is None
     assert checkpoint_position({"model": {}}) == (0, 0)
     assert checkpoint_position({"epoch": 3, "step": 7}) == (3, 7)
+
+
+@pytest.mark.parametrize(("name", "epoch", "step", "held", "what"), [
+    ("best.pt", 1, 0, "epoch 1", "best epoch 2"),
+    ("last.pt", 2, 5, "epoch 2 and 5 steps of the next", "last completed epoch 2"),
+])
+def test_a_checkpoint_that_disagrees_with_run_json_is_refused(
+        tmp_path: Path, name: str, epoch: int, step: int, held: str, what: str) -> None:
+    from export_helpers import make_run
+
+    run = tmp_path / "run"
+    make_run(run, "Net")  # run.json: best and last epoch 2
+    path = run / "checkpoints" / name
+    state = torch.load(path, weights_only=True)
+    torch.save({**state, "epoch": epoch, "step": step}, path)
+    with pytest.raises(CheckpointError) as info:
+        export(run, checkpoint=name.removesuffix(".pt"), out=tmp_path / "b")
+    assert str(info.value) == (
+        f"{path} holds {held} but {str(run)!r}'s run.json records {what}: the run was "
+        f"interrupted; resume it (zoo train --resume {run}) to bring them together")
