@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -362,3 +363,17 @@ def test_every_validation_sample_is_checked(tmp_path: Path, n: int) -> None:
     checks = [c.name for c in export(tmp_path / "run", out=tmp_path / "b").manifest
               .verification.checks]
     assert checks == ["random batch 1", "random batch 7"] + ([f"val samples ({n})"] if n else [])
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_the_graph_takes_any_batch_and_the_times_are_real(tmp_path: Path, exporter: str) -> None:
+    start = time.perf_counter()
+    result = export("Net", out=tmp_path / "b", exporter=exporter)
+    wall = time.perf_counter() - start
+    graph = onnx.load(str(tmp_path / "b" / ONNX_FILE)).graph
+    for value, rest in ((graph.input[0], [3, 32, 32]), (graph.output[0], [2])):
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param and not dims[0].dim_value  # symbolic: any batch
+        assert [d.dim_value for d in dims[1:]] == rest
+    assert 0 < result.manifest.export.export_seconds < wall
+    assert 0 < result.manifest.verification.seconds < wall

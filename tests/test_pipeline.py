@@ -96,3 +96,16 @@ def test_flips_mirror_whole_images_about_half_the_time() -> None:
     kept = [torch.equal(o, i) for o, i in zip(out, x, strict=True)]
     assert all(f != k for f, k in zip(flipped, kept, strict=True))  # mirrored or untouched
     assert 450 < sum(flipped) < 550
+
+
+@pytest.mark.parametrize(("flip", "crop_padding"), [(True, 0), (False, 2), (True, 2)])
+def test_batches_are_augmented_as_asked(flip: bool, crop_padding: int) -> None:
+    data, _ = _data(prenormalize=True, channels_last=False)
+    index = torch.arange(6)
+    plain, _ = data.batch(index)
+    out, _ = data.batch(index, flip=flip, crop_padding=crop_padding,
+                        generator=torch.Generator().manual_seed(0))
+    expected = augment(plain, flip=flip, crop_padding=crop_padding,
+                       generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, expected)
+    assert not torch.equal(out, plain)
