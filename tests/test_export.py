@@ -377,3 +377,5 @@ def test_the_graph_takes_any_batch_and_the_times_are_real(tmp_path: Path, export
         assert [d.dim_value for d in dims[1:]] == rest
     assert 0 < result.manifest.export.export_seconds < wall
     assert 0 < result.manifest.verification.seconds < wall
+    latency = result.manifest.verification.ort_latency_ms_batch1
+    assert latency is not None and 1e-3 < latency < wall * 1000 / 100  # a median of 100 runs
