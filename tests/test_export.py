@@ -18,7 +18,7 @@ import zoo
 import zoo.imaging
 from zoo.cli import main
 from zoo.errors import ExportError, HyperparameterError, UnknownArchitectureError, ZooError
-from zoo.exporter import export, opset_range
+from zoo.exporter import check_tolerances, export, opset_range
 from zoo.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
@@ -379,3 +379,11 @@ def test_the_graph_takes_any_batch_and_the_times_are_real(tmp_path: Path, export
     assert 0 < result.manifest.verification.seconds < wall
     latency = result.manifest.verification.ort_latency_ms_batch1
     assert latency is not None and 1e-3 < latency < wall * 1000 / 100  # a median of 100 runs
+
+
+def test_tolerances_are_finite_and_may_be_zero() -> None:
+    check_tolerances(0.0, 0.0)  # exact agreement may be asked for
+    for atol, rtol in [(float("inf"), 1e-3), (1e-4, float("inf")), (-1e-9, 1e-3),
+                       (1e-4, -1e-9), (float("nan"), 1e-3), (1e-4, float("nan"))]:
+        with pytest.raises(ExportError, match="tolerances must be finite and non-negative"):
+            check_tolerances(atol, rtol)

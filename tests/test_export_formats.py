@@ -67,3 +67,25 @@ def test_old_manifests_without_formats_stay_the_same(tmp_path: Path,
     raw = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert "formats" not in raw and plain.formats == {}
     assert read_manifest(tmp_path / "plain") == Manifest.model_validate(raw)
+
+
+def test_the_onnx_format_as_declared_writes_and_verifies_like_any_other(tmp_path: Path) -> None:
+    """The exporter writes ONNX itself, but the core plugin's declaration of the format is
+    usable as it stands (a tool that writes formats by their plugins gets a checked graph)."""
+    from zoo.exporter import check_inputs
+
+    spec = available_formats(zoo.default_registry())["onnx"]
+    config = zoo.resolve("Net")
+    torch.manual_seed(0)
+    model = zoo.default_registry().build(config).eval()
+    spec.load_writer()(model, tmp_path, config)
+    assert [p.name for p in tmp_path.iterdir()] == list(spec.files) == [ONNX_FILE]
+    inputs = check_inputs(config, None)
+    checks = spec.load_verifier()(model, tmp_path, config, inputs, 1e-4, 1e-3)
+    assert [c.name for c in checks] == [name for name, _ in inputs]
+    assert all(c.passed and c.max_abs_diff < 1e-4 for c in checks)
+    with torch.no_grad():  # a verifier that compares against another model fails
+        for p in model.parameters():
+            p.add_(0.5)
+    assert not any(c.passed for c in spec.load_verifier()(model, tmp_path, config, inputs,
+                                                          1e-4, 1e-3))

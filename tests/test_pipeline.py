@@ -44,6 +44,7 @@ def test_a_last_batch_too_small_for_batchnorm_is_dropped() -> None:
     assert rank_batches(9, 4, Dist(), min_per_rank=2) == 2
     assert rank_batches(10, 4, Dist(), min_per_rank=2) == 3  # two images: kept
     assert rank_batches(1, 4, Dist(), min_per_rank=2) == 1  # never no step at all
+    assert rank_batches(5, 4, Dist(), min_per_rank=2) == 1  # two steps, the second of one
     # two ranks: the last global batch holds one image per rank
     assert rank_batches(18, 4, Dist(world=2), min_per_rank=2) == 2
     assert rank_batches(18, 4, Dist(world=2)) == 3
