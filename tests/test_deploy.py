@@ -344,3 +344,10 @@ def test_a_non_square_input_and_the_defaults(tmp_path: Path, images: list[Path])
     assert len(pred.top) == 1
     with pytest.raises(ZooError, match="image arrays must be uint8, got dtype float32"):
         clf.preprocess(np.zeros((2, 3, 16, 24), dtype=np.float32))
+
+
+def test_any_iterable_of_images_is_predicted(bundle: Path, images: list[Path]) -> None:
+    clf = OnnxClassifier(bundle)
+    expected = clf.predict(images)
+    assert clf.predict(p for p in images) == expected  # a generator
+    assert clf.predict(tuple(images)) == expected

@@ -3,13 +3,15 @@
 A mutant of line L runs the tests that execute line L (the coverage map
 ``ZOO_MUTATION_MAP``, see ``coverage_map.py``), fastest first, in the fork server
 (``forkserver.py``), stopping at the first failure: a test that never executes a line
-cannot tell its mutants apart. The tests taken are the fastest up to
-``ZOO_MUTATION_BUDGET`` seconds of the map's recorded durations (default ``BUDGET``;
-``0``: all of them), so a line that every training test runs does not cost every
-training test for each of its mutants. Where
-the map has nothing for the line (a continuation line of a statement: the map has
-its first line, up to ``LOOK_BACK`` lines above), or a line that runs at import,
-before any test), the module's whole selection runs instead (mutmut's ``--runner``).
+cannot tell its mutants apart. "Its line" is every line of the statement (of a compound
+statement, its header): coverage may see a continuation line only in the tests that get
+that far, such as ``or`` when the left side is false, and mutmut may name any of them.
+
+The tests taken are the fastest up to ``ZOO_MUTATION_BUDGET`` seconds of the map's
+recorded durations (default ``BUDGET``; ``0``: all of them), so a line that every
+training test runs does not cost every training test for each of its mutants. Where the
+map has nothing for the statement (a line that runs at import, before any test), the
+module's whole selection runs instead (mutmut's ``--runner``).
 
 Tests beyond the budget, and tests that execute a line only in a subprocess (``zoo``
 run as a command), do not run; a mutant only they would kill is reported as
@@ -18,6 +20,8 @@ surviving, so the score is a lower bound, never flattered.
 
 from __future__ import annotations
 
+import ast
+import functools
 import json
 import os
 import shlex
@@ -25,8 +29,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-#: How many lines above a mutated line to look for the start of its statement.
-LOOK_BACK = 5
 #: Seconds of (recorded) test time per mutant, fastest tests first.
 BUDGET = 30.0
 _MAP: dict[str, Any] | None = None
@@ -54,18 +56,34 @@ def command(tests: list[str]) -> str:
     return f"sh -c {shlex.quote(inner + ' || exit 1')}"
 
 
-def covering(filename: str, line: int) -> list[str]:
-    """The tests that execute ``line`` of ``filename`` (1-based), fastest first, in budget."""
+@functools.cache
+def statement_lines(source: str) -> dict[int, range]:
+    """For each line of ``source``, the lines of the innermost statement it belongs to
+    (of a compound statement, its header: ``if a or\\n b:`` but not the block)."""
+    spans: dict[int, range] = {}
+    for node in ast.walk(ast.parse(source)):  # outer statements first, inner ones override
+        if isinstance(node, ast.stmt):
+            body = getattr(node, "body", None)
+            end = body[0].lineno - 1 if isinstance(body, list) and body and \
+                isinstance(body[0], ast.stmt) else (node.end_lineno or node.lineno)
+            span = range(node.lineno, max(end, node.lineno) + 1)
+            for line in span:
+                if line not in spans or len(span) <= len(spans[line]):
+                    spans[line] = span
+    return spans
+
+
+def covering(filename: str, line: int, source: str | None = None) -> list[str]:
+    """The tests that execute the statement at ``line`` of ``filename`` (1-based), fastest
+    first, in budget."""
     global _MAP
     if _MAP is None:
         path = os.environ.get("ZOO_MUTATION_MAP", "")
         _MAP = json.loads(Path(path).read_text()) if path and os.path.isfile(path) else {}
     lines = _MAP.get("lines", {}).get(filename.replace(os.sep, "/"), {})
-    tests: list[str] = []
-    for candidate in range(line, max(0, line - LOOK_BACK), -1):
-        tests = lines.get(str(candidate), [])
-        if tests:
-            break
+    text = source if source is not None else Path(filename).read_text()
+    span = statement_lines(text).get(line, range(line, line + 1))
+    tests = sorted({t for candidate in span for t in lines.get(str(candidate), [])})
     seconds = _MAP.get("seconds", {})
     ordered = sorted(tests, key=lambda t: (seconds.get(t, 1e9), t))
     budget = float(os.environ.get("ZOO_MUTATION_BUDGET", BUDGET))
@@ -80,7 +98,7 @@ def covering(filename: str, line: int) -> list[str]:
 
 
 def pre_mutation(context: Any) -> None:
-    tests = covering(context.filename, context.current_line_index + 1)
+    tests = covering(context.filename, context.current_line_index + 1, context.source)
     if tests:
         context.config.test_command = command(tests)
     # mutmut kills a run after 10x the baseline (the module's selection, maybe a second):
