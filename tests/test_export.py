@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,24 @@ def test_force_never_replaces_a_directory_that_is_not_a_bundle(tmp_path: Path) -
     with pytest.raises(ExportError, match="is not a bundle"):
         export("Net", out=tmp_path / "precious", force=True)
     assert (tmp_path / "precious" / "thesis.tex").read_text() == "years of work"
+    (tmp_path / "empty").mkdir()  # an empty directory holds nothing to lose
+    assert (export("Net", out=tmp_path / "empty", force=True).path / MANIFEST_FILE).is_file()
+
+
+@pytest.mark.parametrize(("code", "why"), [(errno.ENOSPC, "the disk is full"),
+                                           (errno.EACCES, "Permission denied")])
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, why: str) -> None:
+    import zoo.exporter as exporter
+
+    def refuse(*args: Any, **kwargs: Any) -> float:
+        raise OSError(code, os.strerror(code), "model.onnx")
+
+    monkeypatch.setattr(exporter, "export_onnx", refuse)
+    with pytest.raises(ExportError) as info:
+        export("Net", out=tmp_path / "b")
+    assert str(info.value) == f"cannot write bundle {tmp_path / 'b'}: {why}; nothing was written"
+    assert list(tmp_path.iterdir()) == []
 
 
 def _export_a_different_model(monkeypatch: pytest.MonkeyPatch) -> None:
