@@ -158,3 +158,14 @@ def test_a_constant_channel_is_left_unscaled() -> None:
     assert norm.std[0] == 1.0  # no division by zero: the channel is only centred
     assert norm.mean[0] == pytest.approx(200 / 255)
     assert 0 < norm.std[1] < 1
+
+
+def test_a_tiny_but_real_spread_is_kept() -> None:
+    """Only a constant channel is left unscaled: one pixel in 6.5 million that differs by
+    one grey level is a std of about 1.5e-6, and it is used as it is."""
+    images = np.zeros((1625, 1, 2000, 2), dtype=np.uint8)
+    images[0, 0, 0, 0] = 1
+    norm = compute_normalization(images)
+    p = 1 / images.size
+    assert norm.std[0] == pytest.approx(np.sqrt(p * (1 - p)) / 255, rel=1e-6)
+    assert 1e-6 < norm.std[0] < 2e-6
