@@ -389,3 +389,58 @@ def test_a_checkpoint_that_disagrees_with_run_json_is_refused(
     assert str(info.value) == (
         f"{path} holds {held} but {str(run)!r}'s run.json records {what}: the run was "
         f"interrupted; resume it (zoo train --resume {run}) to bring them together")
+
+
+def test_rng_states_round_trip_and_a_cuda_state_is_ignored_on_the_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import random
+
+    from zoo.checkpoint import rng_state, set_rng_state
+
+    cpu = torch.device("cpu")
+    state = rng_state(cpu)
+    assert set(state) == {"torch", "python"}
+    first = (torch.rand(3), random.random())
+    set_rng_state(state, cpu)
+    again = (torch.rand(3), random.random())
+    assert torch.equal(first[0], again[0]) and first[1] == again[1]
+    # a run saved on a GPU resumes on the CPU: its CUDA state is not applied (nor needed)
+    applied: list[object] = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *a: applied.append(a))
+    set_rng_state({**state, "cuda": torch.zeros(16, dtype=torch.uint8)}, cpu)
+    assert torch.equal(torch.rand(3), first[0])
+    assert applied == []
+
+
+def test_a_schedule_cannot_be_stretched_on_resume(tmp_path: Path) -> None:
+    from zoo.checkpoint import check_resumable
+
+    state = {"steps_per_epoch": 10, "total_steps": 30}
+    check_resumable(state, tmp_path, steps=10, epochs=3, schedule="onecycle", scheduled=True)
+    check_resumable(state, tmp_path, steps=10, epochs=5, schedule="none", scheduled=False)
+    with pytest.raises(TrainingError) as info:
+        check_resumable(state, tmp_path, steps=10, epochs=5, schedule="onecycle", scheduled=True)
+    assert str(info.value) == (
+        f"cannot resume {str(tmp_path)!r} with epochs=5: its onecycle schedule was planned "
+        "for 3 epochs (only schedule 'none' can be extended); to train longer, start a new run "
+        f"from its best weights: --init-from {tmp_path} --epochs N")
+    with pytest.raises(TrainingError, match=r"it ran 10 steps per epoch, this configuration "
+                                            r"gives 20 \(the global batch size"):
+        check_resumable(state, tmp_path, steps=20, epochs=3, schedule="none", scheduled=False)
+
+
+def test_a_run_checkpoint_that_does_not_fit_names_every_key(tmp_path: Path) -> None:
+    from export_helpers import make_run
+
+    from zoo.checkpoint import load_run_model
+
+    run = tmp_path / "run"
+    make_run(run, "Net")
+    path = run / "checkpoints" / "best.pt"
+    state = torch.load(path, weights_only=True)
+    state["model"]["fc9.bias"] = state["model"].pop("fc2.bias")
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"best\.pt does not fit Net: Missing key\(s\) in "
+                                              r"state_dict: \"fc2\.bias\"\.; Unexpected key\(s\) "
+                                              r"in state_dict: \"fc9\.bias\""):
+        load_run_model(run, zoo.default_registry(), command="test")
