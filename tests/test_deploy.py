@@ -340,6 +340,8 @@ def test_a_non_square_input_and_the_defaults(tmp_path: Path, images: list[Path])
         x = clf.to_uint8(image)
         assert x.shape == (3, 16, 24)
         np.testing.assert_array_equal(x, decode_image(image, 3, (16, 24)))
+        with Image.open(image) as opened:  # an image in memory goes the same way
+            np.testing.assert_array_equal(clf.to_uint8(opened), x)
     [pred] = clf.predict(images[0])
     assert len(pred.top) == 1
     with pytest.raises(ZooError, match="image arrays must be uint8, got dtype float32"):
