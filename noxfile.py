@@ -318,14 +318,8 @@ def mutation(session: nox.Session) -> None:
         for module in modules:
             tests = MUTATION_TESTS.get(module, ("tests",))
             session.log(f"mutating {module}; tests: {' '.join(tests)}")
+            runner = hooks.command(list(tests), env)
             with session.chdir(src):
-                saved = dict(os.environ)
-                os.environ.update(env)
-                try:
-                    runner = hooks.command(list(tests))
-                finally:
-                    os.environ.clear()
-                    os.environ.update(saved)
                 # exit status: a bit mask of survived (2), timed out (4), suspicious (8)
                 _dev_run(session, "mutmut", "run", "--paths-to-mutate", module,
                          "--tests-dir", "tests", "--no-progress",

@@ -74,4 +74,3 @@ def reason(exc: BaseException, *, every_line: bool = False, limit: int = 300) ->
     useful = [line for line in useful if line] or lines[:1] or [type(exc).__name__]
     text = "; ".join(useful) if every_line else useful[0]
     return text if len(text) <= limit else text[: limit - 1] + "…"
-

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +35,23 @@ BUDGET = 30.0
 _MAP: dict[str, Any] | None = None
 
 
-def command(tests: list[str]) -> str:
+def command(tests: list[str], env: Mapping[str, str] = os.environ) -> str:
     """The shell command mutmut runs: pytest on ``tests`` in the fork server.
 
-    Long selections go through a pytest ``@file`` argument file. pytest's statuses
-    other than 0 and 1 (a mutant that breaks an import or collection) become 1, the
-    only status mutmut 2 counts as a kill.
+    Long selections go through a pytest ``@file`` argument file, one per process (mutmut
+    runs one mutant at a time in it, so the file is rewritten, never piled up). pytest's
+    statuses other than 0 and 1 (a mutant that breaks an import or collection) become 1,
+    the only status mutmut 2 counts as a kill.
     """
     args = [shlex.quote(t) for t in tests]
     if len(tests) > 20:
-        with tempfile.NamedTemporaryFile("w", suffix=".args", delete=False,
-                                         dir=os.environ.get("ZOO_MUTATION_TMP")) as fh:
-            fh.write("\n".join(tests) + "\n")
-        args = [shlex.quote("@" + fh.name)]
+        argfile = Path(env.get("ZOO_MUTATION_TMP") or tempfile.gettempdir(),
+                       f"tests-{os.getpid()}.args")
+        argfile.write_text("\n".join(tests) + "\n")
+        args = [shlex.quote(f"@{argfile}")]
     inner = " ".join([
-        shlex.quote(os.environ["ZOO_MUTATION_PYTHON"]),
-        shlex.quote(os.environ["ZOO_MUTATION_SERVER"]), "run",
-        shlex.quote(os.environ["ZOO_MUTATION_SOCKET"]), "--",
+        shlex.quote(env["ZOO_MUTATION_PYTHON"]), shlex.quote(env["ZOO_MUTATION_SERVER"]),
+        "run", shlex.quote(env["ZOO_MUTATION_SOCKET"]), "--",
         "-x", "-q", "-p", "no:cacheprovider", *args,
     ])
     return f"sh -c {shlex.quote(inner + ' || exit 1')}"
