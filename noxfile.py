@@ -127,9 +127,9 @@ def zoo(session: nox.Session) -> None:
         _dev_run(session, "zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force",
                  "--checkpoint", "last")
     # the specs pin each bundle's manifest digest: declare the new bundles
-    _dev_run(session, "python", "-m", "zoo.weightsync", "--write",
+    _dev_run(session, "python", "-m", "zoo.bundles.weightsync", "--write",
              "plugins/zoo_chapter8/weights.json", "--package", "zoo_chapter8.weights")
-    _dev_run(session, "python", "-m", "zoo.modeltable", "--write", "README.md")
+    _dev_run(session, "python", "-m", "zoo.bundles.modeltable", "--write", "README.md")
     _dev_run(session, "zoo", "compare", *_architectures(session), "--out", "docs/compare.png")
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 import zoo
-from zoo.config import TrainConfig
-from zoo.modeltable import BOOK_VAL_ACC
+from zoo.bundles.modeltable import BOOK_VAL_ACC
+from zoo.spec.training import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar2" / "train"
 

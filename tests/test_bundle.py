@@ -14,13 +14,16 @@ from conftest import MakeDist, tiny_plugin
 from export_helpers import make_run
 
 import zoo
-from zoo.bundle import load_bundle, load_state_dict, strip_prefix
+from zoo.bundles.integrity import file_entry, read_manifest
+from zoo.bundles.store import pretrained_bundles, resolve_bundle
 from zoo.cli import main
 from zoo.errors import BundleError
-from zoo.exporter import export, verify_bundle
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_entry, read_manifest
-from zoo.pretrained import pretrained_bundles, resolve_bundle
-from zoo.registry import Registry
+from zoo.exporter.write import export
+from zoo.exporter.verify import verify_bundle
+from zoo.host.registry import Registry
+from zoo.models.load import load_bundle
+from zoo.models.statedict import load_state_dict, strip_prefix
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +300,7 @@ def test_resolve_bundle_by_path_bundle_name_and_architecture(
 
 def test_default_exports_dir_is_the_repository_exports_folder(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.pretrained import exports_dir
+    from zoo.bundles.store import exports_dir
 
     monkeypatch.delenv("ZOO_EXPORTS", raising=False)
     assert exports_dir() == Path(zoo.__file__).resolve().parent.parent / "exports"

@@ -15,10 +15,11 @@ from export_helpers import make_run
 from PIL import Image
 
 import zoo
+from zoo.bundles.integrity import open_bundle
+from zoo.bundles.store import pretrained_bundles
 from zoo.deploy import OnnxClassifier
 from zoo.errors import BundleError
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, Manifest, open_bundle
-from zoo.modelcard import (
+from zoo.exporter.modelcard import (
     CARD_FILE,
     CONFUSION_PNG,
     CURVES_PNG,
@@ -26,8 +27,8 @@ from zoo.modelcard import (
     exported_metrics,
     render_card,
 )
-from zoo.pretrained import pretrained_bundles
-from zoo.run import read_summary
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, Manifest
+from zoo.spec.run import read_summary
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 3},

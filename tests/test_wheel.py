@@ -168,7 +168,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
             "    ref = zoo.load(name)\n"
             "    x = torch.rand(2, 3, 32, 32)\n"
             "    assert torch.equal(m.eval()(x), ref(x)), name\n"
-            "print(zoo.pretrained.resolve_bundle('NetRes'))\n")
+            "print(zoo.bundles.store.resolve_bundle('NetRes'))\n")
     lines = run(str(python), "-c", code).splitlines()
     for line in lines:
         assert Path(line).is_relative_to(site), lines  # the wheel's files, not the checkout's
