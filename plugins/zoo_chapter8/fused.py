@@ -317,7 +317,7 @@ class _ConvPool(torch.autograd.Function):
         g = checks.incoming(grad, (n, cout, h // 2, w // 2))
         ready = checks.kernel_layouts((xp, _CF), (y, CL), (idx, _CF)) if g is not None else None
         if lib is None or g is None or ready is None or (
-                weight is not None and not checks.plain_tensor(weight)):
+                weight is not None and not checks.unwrapped(weight)):
             mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                     ctx.has_bias and ctx.needs_input_grad[2])
             return (*checks.plain_conv_backward(grad, xp, y, idx, weight, ctx.act, mask), None)
@@ -325,16 +325,18 @@ class _ConvPool(torch.autograd.Function):
         gx = None
         if cin % 8 == 0:
             chunks = max(1, min(torch.get_num_threads(), n))
-            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy
-            wr = weight.detach().permute(0, 2, 3, 1).contiguous() if weight is not None else None
-            if wr is not None:
+            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy; zeros
+            # where the input's gradient is not asked for (the kernel reads them, unused)
+            if weight is not None:
+                wr = weight.detach().permute(0, 2, 3, 1).contiguous()
                 gx = torch.empty((n, cin, h, w), dtype=F32, device=y.device,
                                  memory_format=torch.channels_last)
+            else:
+                wr = torch.zeros((cout, 3, 3, cin), dtype=F32, device=y.device)
             dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
             db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
             done = lib.zoo_conv_pool_backward(
-                xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
-                wr.data_ptr() if wr is not None else None,
+                xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
                 gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
                 n, h, w, cin, cout, ctx.act, chunks)
             if done == -2:

@@ -48,13 +48,13 @@ def _wrapped(t: torch.Tensor) -> bool:
 def plain_tensor(t: torch.Tensor) -> bool:
     """A strided CPU tensor whose memory C may read: no subclass, wrapper (vmap's batched
     tensors) or lazy negation."""
-    return (type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.device.type == "cpu"
+    return (type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.is_cpu
             and not t.is_neg() and not _wrapped(t))
 
 
 def c_readable(t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype = F32) -> bool:
     """A tensor whose memory C may read as ``dtype`` of exactly ``shape``."""
-    return plain_tensor(t) and t.dtype == dtype and tuple(t.shape) == shape
+    return plain_tensor(t) and t.dtype == dtype and t.shape == shape
 
 
 def eager() -> bool:
@@ -97,8 +97,8 @@ def incoming(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
         return None
     if grad.is_neg():
         grad = grad.resolve_neg()
-    readable = (grad.layout == torch.strided and grad.device.type == "cpu"
-                and grad.dtype == F32 and tuple(grad.shape) == shape)
+    readable = (grad.layout == torch.strided and grad.is_cpu
+                and grad.dtype == F32 and grad.shape == shape)
     return grad.contiguous(memory_format=CL) if readable else None
 
 
@@ -122,7 +122,7 @@ def saved(t: torch.Tensor, what: str, shape: tuple[int, ...],
     came back on another device, or with another dtype, shape or tensor layout, as the plain
     layers' backward operators raise (C never reads it)."""
     if not (isinstance(t, torch.Tensor) and t.layout == torch.strided
-            and t.device.type == "cpu" and t.dtype == dtype and tuple(t.shape) == shape):
+            and t.is_cpu and t.dtype == dtype and t.shape == shape):
         raise _refused(t, what, shape, dtype)
     return t
 
@@ -135,23 +135,30 @@ def saved_weight(weight: torch.Tensor, shape: tuple[int, ...],
     read, float16 or bfloat16 is read as float32, another dtype or device raises
     (:func:`saved`)."""
     if not read:
-        if isinstance(weight, torch.Tensor) and tuple(weight.shape) == shape:
+        if isinstance(weight, torch.Tensor) and weight.shape == shape:
             return None
         raise _refused(weight, "convolution weight", shape, F32)
     if (isinstance(weight, torch.Tensor) and weight.dtype in _WIDENED
-            and weight.layout == torch.strided and weight.device.type == "cpu"
-            and tuple(weight.shape) == shape):
+            and weight.layout == torch.strided and weight.is_cpu
+            and weight.shape == shape):
         return weight.float()
     return saved(weight, "convolution weight", shape)
+
+
+def unwrapped(t: torch.Tensor) -> bool:
+    """A checked saved tensor (:func:`saved`: strided, on the CPU) whose memory C may read: no
+    subclass, wrapper or lazy negation."""
+    return type(t) in _TENSOR_TYPES and not t.is_neg() and not _wrapped(t)
 
 
 def kernel_layouts(*tensors: tuple[torch.Tensor, torch.memory_format]
                    ) -> list[torch.Tensor] | None:
     """Checked saved tensors (:func:`saved`), each in the layout the kernel reads: copied where
     it came back in another one (``save_on_cpu`` gives back NCHW-contiguous tensors); None
-    where C cannot read one of them at all."""
-    if not all(plain_tensor(t) for t, _ in tensors):
-        return None
+    where C cannot read one of them at all (:func:`unwrapped`)."""
+    for t, _ in tensors:
+        if not unwrapped(t):
+            return None
     return [t.contiguous(memory_format=layout) for t, layout in tensors]
 
 
