@@ -44,8 +44,8 @@ import zoo
 from zoo.spec.dataset import DatasetRequest
 from zoo.spec.training import TrainConfig
 from zoo.trainer.allocator import retain_freed_memory
-from zoo.trainer.pipeline import compute_normalization
 from zoo.trainer.loop import select_device
+from zoo.trainer.pipeline import compute_normalization
 
 sys.path.insert(0, str(Path(__file__).parent))
 from book_ch8 import BOOK_MODELS

@@ -28,8 +28,8 @@ from zoo.exporter.write import export
 from zoo.host.contract import load_dataset
 from zoo.models.load import load_bundle
 from zoo.spec.run import EpochMetrics, RunSummary, read_summary
-from zoo.trainer.progress import Progress
 from zoo.trainer.loop import select_device, train
+from zoo.trainer.progress import Progress
 from zoo.util.imaging import normalize
 
 FAST: dict[str, Any] = {

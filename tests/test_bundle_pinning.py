@@ -23,8 +23,8 @@ from zoo.cli import main
 from zoo.deploy import OnnxClassifier
 from zoo.deploy.onnxscan import OnnxScanError, external_data_files
 from zoo.errors import BundleError, ExportError, ZooError
-from zoo.exporter.write import export
 from zoo.exporter.verify import verify_bundle
+from zoo.exporter.write import export
 from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE
 
 

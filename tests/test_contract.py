@@ -185,7 +185,8 @@ def test_a_good_loader_passes_and_unused_options_are_warned(
 def test_builtin_synthetic_warns_about_data_dir(capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
     spec = zoo.default_registry().get_dataset("synthetic")
-    data = load_dataset(spec, DatasetRequest(data_dir=tmp_path, image_size=(8, 8), cache_dir=tmp_path),
+    data = load_dataset(spec, DatasetRequest(data_dir=tmp_path, image_size=(8, 8),
+                                             cache_dir=tmp_path),
                      size=20)
     assert data.train.images.dtype == np.uint8
     assert "dataset 'synthetic' does not use --data-dir; ignored" in capsys.readouterr().err

@@ -24,8 +24,8 @@ from zoo.exporter.write import export
 from zoo.host.contract import load_dataset
 from zoo.spec.dataset import LoadedDataset
 from zoo.spec.run import RunSummary, read_summary
-from zoo.trainer.pipeline import DeviceData, compute_normalization
 from zoo.trainer.loop import train
+from zoo.trainer.pipeline import DeviceData, compute_normalization
 
 CLASSES = ("plane", "sky")
 #: name, PIL mode, (width, height): RGB, JPEG, grey, RGBA, palette, odd sizes

@@ -102,9 +102,11 @@ def test_imagefolder_decodes_and_splits(registry: Registry, tmp_path: Path) -> N
     assert len(ds.train) + len(ds.val) == 12
     assert ds.train.images.shape[1:] == (3, 8, 8)
     assert sorted(np.bincount(ds.val.labels).tolist()) == [1, 1]
-    again = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
+    again = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2,
+                                    seed=1))
     assert np.array_equal(ds.train.images, again.train.images)
-    other = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=2))
+    other = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2,
+                                    seed=2))
     assert not np.array_equal(ds.val.images, other.val.images)
 
 
@@ -180,7 +182,7 @@ def test_imagefolder_quiet_request_prints_nothing(registry: Registry, tmp_path: 
     # what the trainer asks on every distributed rank but 0: only rank 0 warns
     root = _folder(tmp_path / "data")
     (root / "dog" / "broken.jpg").write_bytes(b"definitely not a jpeg")
-    ds = load_dataset(registry.get_dataset("imagefolder"), 
+    ds = load_dataset(registry.get_dataset("imagefolder"),
         _req(tmp_path, data_dir=root, image_size=(8, 8), quiet=True))
     assert len(ds.skipped) == 1
     assert capsys.readouterr().err == ""
@@ -233,7 +235,7 @@ def _fake_cifar(root: Path, per_batch: int = 20) -> Path:
 
 def test_cifar_reads_a_local_copy(registry: Registry, tmp_path: Path) -> None:
     root = _fake_cifar(tmp_path / "c")
-    c10 = load_dataset(registry.get_dataset("cifar10"), _req(tmp_path, data_dir=root, download=False))
+    c10 = registry.load_dataset("cifar10", _req(tmp_path, data_dir=root, download=False))
     assert c10.train.images.shape == (100, 3, 32, 32) and len(c10.val) == 20
     assert len(c10.classes) == 10 and "official" in c10.split_description
     c2 = load_dataset(registry.get_dataset("cifar2"), _req(tmp_path, data_dir=root, download=False,

@@ -22,9 +22,9 @@ from zoo.bundles.integrity import bundle_sha256, sha256_file
 from zoo.cli import main
 from zoo.errors import ExportError, HyperparameterError, UnknownArchitectureError, ZooError
 from zoo.exporter.checks import check_tolerances
-from zoo.exporter.write import export
 from zoo.exporter.modelcard import CARD_FILE
 from zoo.exporter.onnx import opset_range
+from zoo.exporter.write import export
 from zoo.spec.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,

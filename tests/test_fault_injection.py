@@ -30,8 +30,8 @@ import torch
 import zoo.util.fsutil
 from zoo.bundles.integrity import open_bundle
 from zoo.deploy import OnnxClassifier
-from zoo.exporter.write import export
 from zoo.exporter.verify import verify_bundle
+from zoo.exporter.write import export
 from zoo.spec.manifest import WEIGHTS_FILE
 from zoo.trainer.loop import train
 

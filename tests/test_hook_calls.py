@@ -1,4 +1,4 @@
-"""Hooks go through pluggy: wrappers run, misspelled hooks are refused, failures name their plugin."""
+"""Hooks go through pluggy: wrappers run, misspelled hooks are refused, failures name the plugin."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zoo_chapter8
 from conftest import MakeDist, tiny_plugin
 
-import zoo_chapter8
 from zoo import ReferenceAccuracy, hookimpl
 from zoo.analysis.compare import compare
 from zoo.errors import PluginError
@@ -102,7 +102,7 @@ def test_what_an_implementation_raises_names_that_plugin() -> None:
     class Loud:
         @hookimpl
         def zoo_train_note(self, run: Any, text: str) -> None:
-            {}["missing"]  # noqa: B018
+            {}["missing"]
 
     registry = Registry(entry_points=False, blocked=["progressdisplay"])
     registry.register(Loud(), name="loud", distribution="loud-dist", version="2.0")

@@ -207,3 +207,17 @@ def test_readme_pictures_are_committed_and_small() -> None:
         path = root / name
         assert path.is_file() and path.stat().st_size < 200 * 1024, name
         assert _png_std(path) > 0
+
+
+def test_shipped_weights_that_fail_their_pin_are_an_error_not_an_untrained_model(
+        image_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import zoo.bundles.hub
+
+    monkeypatch.setattr(zoo.bundles.hub, "bundle_sha256", lambda path: "0" * 64)
+    for attempt in (lambda: zoo.load("Net"), lambda: inspect_model("Net", image_file)):
+        with pytest.raises(BundleError, match=r"has SHA-256 0{64}, not the [0-9a-f]{64} its "
+                                              r"spec declares"):
+            attempt()
+    assert main(["inspect", "Net", str(image_file), "--out", str(image_file.parent)]) == 1
+    assert "its spec declares" in capsys.readouterr().err

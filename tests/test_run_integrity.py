@@ -27,8 +27,8 @@ from zoo.trainer.checkpoint import (
     repair_best,
     save_checkpoint,
 )
-from zoo.trainer.rundir import RunLock, RunLockedError
 from zoo.trainer.loop import train
+from zoo.trainer.rundir import RunLock, RunLockedError
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 160, "num_classes": 2},

@@ -19,8 +19,8 @@ from zoo.spec.run import read_summary
 from zoo.spec.training import TrainConfig
 from zoo.trainer.checkpoint import save_checkpoint
 from zoo.trainer.distributed import Dist
-from zoo.trainer.pipeline import augment, rank_batches, shard_indices
 from zoo.trainer.loop import train
+from zoo.trainer.pipeline import augment, rank_batches, shard_indices
 
 # tiny and fast: 16x16 images, a few hundred samples
 FAST: dict[str, Any] = {

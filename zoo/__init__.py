@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 
     from zoo.analysis.evaluation import evaluate
     from zoo.deploy.predictor import OnnxClassifier
-    from zoo.exporter.write import export
     from zoo.exporter.verify import verify_bundle as verify
+    from zoo.exporter.write import export
     from zoo.models.load import load
     from zoo.spec.training import TrainConfig
     from zoo.trainer.loop import train

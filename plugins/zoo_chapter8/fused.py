@@ -69,6 +69,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from zoo.util.paths import cache_dir
 from zoo_chapter8 import fused_checks as checks
 from zoo_chapter8 import kernel_cache
 from zoo_chapter8.fused_checks import CL, F32
@@ -110,8 +111,7 @@ def _arch_flags() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ZOO_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "zoo") / "kernels"
+    return cache_dir("kernels")
 
 
 def _build(compiler: list[str], dest: Path) -> None:

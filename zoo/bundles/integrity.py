@@ -247,5 +247,6 @@ def open_bundle(bundle: Path | str, *, expect_sha256: str | None = None) -> Mani
     return check_bundle(bundle, expect_sha256=expect_sha256).manifest
 
 
-__all__ = ["CheckedBundle", "bundle_sha256", "check_bundle", "check_consistency", "check_expected_sha256", "check_files",
+__all__ = ["CheckedBundle", "bundle_sha256", "check_bundle", "check_consistency",
+           "check_expected_sha256", "check_files",
            "file_entry", "open_bundle", "read_checked", "read_manifest", "sha256_file"]

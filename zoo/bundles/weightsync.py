@@ -1,4 +1,4 @@
-"""Generate a plugin's weights file from its bundles' manifests (``python -m zoo.bundles.weightsync``).
+"""A plugin's weights file, from its bundles' manifests (``python -m zoo.bundles.weightsync``).
 
 ::
 
@@ -58,7 +58,7 @@ def generate(exports: Path, package: str, keep: Declared | None = None) -> Decla
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m zoo.bundles.weightsync --write|--check FILE --package PACKAGE [--exports DIR]``."""
+    """``python -m zoo.bundles.weightsync --write|--check FILE --package PACKAGE [--exports D]``."""
     parser = argparse.ArgumentParser(
         prog="python -m zoo.bundles.weightsync",
         description="Generate or check a plugin's weights file from its shipped bundles.")

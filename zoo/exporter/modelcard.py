@@ -222,9 +222,13 @@ def draw_confusion(confusion: Confusion, classes: Sequence[str], path: Path, tit
     return k * k
 
 
-def _run_metrics(run_dir: Path) -> list[EpochMetrics]:
-    path = run_dir / METRICS_JSONL
-    if not path.is_file():
+def _run_metrics(summary: RunSummary | None, run_dir: Path | None) -> list[EpochMetrics]:
+    """The run's epochs: from ``run.json`` (the trainer's record, whatever plugins ran), else
+    from ``metrics.jsonl`` for a run of zoo 0.1."""
+    if summary is not None and summary.history:
+        return list(summary.history)
+    path = run_dir / METRICS_JSONL if run_dir is not None else None
+    if path is None or not path.is_file():
         return []
     return [EpochMetrics.model_validate_json(line)
             for line in path.read_text().splitlines() if line.strip()]
@@ -249,7 +253,7 @@ def write_card(bundle_dir: Path, manifest: Manifest, name: str, *,
         draw_confusion(confusion, manifest.classes, bundle_dir / CONFUSION_PNG,
                        f"{name}: validation, epoch {m.epoch}")
         written.append(CONFUSION_PNG)
-    metrics = _run_metrics(run_dir) if run_dir is not None else []
+    metrics = _run_metrics(summary, run_dir)
     if metrics:
         draw_curves(metrics, bundle_dir / CURVES_PNG,
                     f"{run_dir.name if run_dir else name}: {manifest.architecture}")

@@ -53,13 +53,14 @@ def call_plugin(what: str, provenance: Provenance | None, fn: Callable[..., Any]
             signature = str(inspect.signature(fn))
         except (TypeError, ValueError):
             signature = "(unknown)"
-        raise PluginError(f"{what} from {describe_provider(provenance)} cannot be called as the zoo calls "
-                          f"it ({exc}); its signature is {signature}") from exc
+        raise PluginError(f"{what} from {describe_provider(provenance)} cannot be called as the "
+                          f"zoo calls it ({exc}); its signature is {signature}") from exc
     except ValueError:  # no signature to inspect (some builtins): just call it
         pass
+    passing: tuple[type[Exception], ...] = (ZooError, *passthrough)
     try:
         return fn(*args, **kwargs)
-    except (ZooError, *passthrough):
+    except passing:
         raise
     except Exception as exc:
         raise PluginError(f"{what} from {describe_provider(provenance)} raised "
@@ -81,9 +82,9 @@ def check_model(module: object, spec: ArchitectureSpec, config: ModelConfig) -> 
 
     shape = (PROBE_BATCH, *config.input_shape.as_tuple())
     wanted = (PROBE_BATCH, config.num_classes)
-    head = (f"architecture {spec.name!r} from {describe_provider(spec.provenance)} breaks the model "
-            f"contract: expected a torch.nn.Module mapping (N, C, H, W) {_shape_text(shape)} to "
-            f"(N, num_classes) {_shape_text(wanted)}")
+    head = (f"architecture {spec.name!r} from {describe_provider(spec.provenance)} breaks the "
+            f"model contract: expected a torch.nn.Module mapping (N, C, H, W) "
+            f"{_shape_text(shape)} to (N, num_classes) {_shape_text(wanted)}")
     if not isinstance(module, torch.nn.Module):
         raise ContractError(f"{head}; its builder returned {type(module).__name__}")
     param = next(module.parameters(), None)
@@ -147,7 +148,8 @@ def _check_split(name: str, split: object, request: DatasetRequest, num_classes:
 
 def check_dataset(loaded: object, spec: DatasetSpec, request: DatasetRequest) -> LoadedDataset:
     """Check what ``spec``'s loader returned for ``request``; return it typed."""
-    head = f"dataset {spec.name!r} from {describe_provider(spec.provenance)} breaks the loader contract"
+    head = (f"dataset {spec.name!r} from {describe_provider(spec.provenance)} breaks the loader "
+            "contract")
     if not isinstance(loaded, LoadedDataset):
         raise ContractError(f"{head}: its loader returned {type(loaded).__name__}, not a "
                             "zoo.LoadedDataset")

@@ -39,8 +39,9 @@ The listing hooks (``zoo_architectures``, ``zoo_datasets``, ``zoo_export_formats
   returned spec that is invalid drops only itself.
 * A name may be registered by one plugin only: an architecture, dataset or
   export format two plugins provide is unavailable (an error naming both
-  distributions) while every other name works. An entry-point name of the zoo's own plugins (``chapter8``,
-  ``datasets``) is refused for any other distribution.
+  distributions) while every other name works. An entry-point name of the zoo's
+  own plugins (``chapter8``, ``datasets``, the core plugins) is refused for any
+  other distribution.
 * What plugin code raises when it runs (a hook, builder, loader, format writer
   or verifier) and what it returns that breaks the contract below is a
   :class:`zoo.errors.PluginError` naming the plugin and its distribution

@@ -80,7 +80,7 @@ class Registry(PluginHost):
     def _validate_one(self, plugin: str, hook_name: str, item: object,
                       own: set[str]) -> Any:
         """One declared spec, validated and checked against the plugin's rules."""
-        kind, spec_type, code_fields = _KINDS[hook_name]
+        _, spec_type, code_fields = _KINDS[hook_name]
         spec = item if isinstance(item, spec_type) else spec_type.model_validate(item)
         package = self._packages.get(plugin)
         for name in code_fields:

@@ -84,7 +84,8 @@ class ArchitectureSpec(BaseModel):
     min_input_size: int = Field(1, ge=1, description="Smallest height and width it accepts.")
     source: str = Field(min_length=1, description="Where the architecture comes from.")
     recipe: Recipe = Field(Recipe(), description="Its changes to the default training recipe.")
-    weights: WeightSets = Field((), description="Its pretrained weight sets (zoo.spec.weights), the "
+    weights: WeightSets = Field((), description="Its pretrained weight sets (zoo.spec.weights), "
+                                "the "
                                 "default first: create_model(name, pretrained=True).")
     provenance: Provenance | None = Field(None, description="Set by the registry.")
 

@@ -113,6 +113,10 @@ class RunSummary(BaseModel):
         None, description="The run whose best weights this run started from (--init-from).")
     plugins: dict[str, Any] = Field(
         default_factory=dict, description="Entries training plugins added (zoo_train_start).")
+    history: list[EpochMetrics] = Field(
+        default_factory=list, description="Every completed epoch's metrics, earlier sessions "
+        "of a resumed run included (empty in runs of zoo 0.1, which kept them in "
+        "metrics.jsonl only).")
 
 
 def read_summary(run_dir: Path) -> RunSummary:

@@ -32,9 +32,9 @@ from torch import nn
 from zoo.errors import TrainingError
 from zoo.host.events import StopRequest, TrainingRun
 from zoo.host.registry import Registry, default_registry
-from zoo.spec.run import BEST_CHECKPOINT, LAST_CHECKPOINT, SUMMARY_FILE, EpochMetrics, RunSummary
+from zoo.spec.run import BEST_CHECKPOINT, LAST_CHECKPOINT, EpochMetrics, RunSummary
 from zoo.spec.training import TrainConfig, apply_recipe
-from zoo.trainer.checkpoint import copy_checkpoint, repair_best, save_checkpoint, write_failure
+from zoo.trainer.checkpoint import copy_checkpoint, save_checkpoint
 from zoo.trainer.devices import configure_cpu, select_device
 from zoo.trainer.distributed import (
     all_reduce,
@@ -48,7 +48,6 @@ from zoo.trainer.pipeline import epoch_permutation, shard_indices
 from zoo.trainer.resume import Position, merge_config
 from zoo.trainer.state import RunState
 from zoo.trainer.validation import validate_epoch
-from zoo.util.fsutil import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -341,9 +340,10 @@ class _Trainer(RunState):
         train_totals = torch.stack([totals.loss_sum, totals.correct.double(),
                                     torch.tensor(float(totals.seen), dtype=torch.float64,
                                                  device=device)])
-        val_totals = validate_epoch(self.core, self.val_data, batch_size=self.config.eval_batch_size,
-                              dist_info=self.dist, amp_dtype=self.amp_dtype,
-                              num_classes=self.model_config.num_classes)
+        val_totals = validate_epoch(self.core, self.val_data,
+                                    batch_size=self.config.eval_batch_size, dist_info=self.dist,
+                                    amp_dtype=self.amp_dtype,
+                                    num_classes=self.model_config.num_classes)
         train_time = totals.seconds
         if self.dist.enabled:
             both = all_reduce(torch.cat([train_totals, val_totals]), self.dist)
@@ -387,27 +387,6 @@ class _Trainer(RunState):
                                     epoch=m.epoch, best=improved)
             self._write_records(m.epoch)
             self.registry.call_hook("zoo_train_epoch_end", run=self.events, metrics=m)
-
-    def _write_records(self, epochs_done: int) -> None:
-        """run.json of the epochs done (atomically); the metrics files are a plugin's."""
-        try:
-            atomic_write_text(self.run_dir / SUMMARY_FILE,
-                              self._summary(epochs_done).model_dump_json(indent=2))
-        except OSError as exc:
-            raise write_failure(self.run_dir / SUMMARY_FILE, exc,
-                                f"the checkpoints of epoch {epochs_done} are written; "
-                                f"--resume {self.run_dir} completes the records") from None
-
-    def _reconcile(self) -> None:
-        """On resume, make best.pt, metrics and run.json agree with last.pt (the truth)."""
-        assert self._resumed_state is not None
-        note = repair_best(self.ckpt_dir, self._resumed_state)
-        if note:
-            print(f"zoo: {note}", file=sys.stderr)
-        if self.pos.metrics:
-            self._write_records(len(self.pos.metrics))
-
-    # state ------------------------------------------------------------------------------
 
     def _non_finite(self, epoch: int, step: int, lr: float) -> NoReturn:
         last = self.ckpt_dir / LAST_CHECKPOINT

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from zoo.trainer.checkpoint import (
     check_resumable,
     check_same_run,
     load_checkpoint,
+    repair_best,
     rng_state,
     set_rng_state,
     write_failure,
@@ -315,6 +317,25 @@ class RunState:
             "batch_split": self.splitter.parts if self.splitter is not None else 1,
         }
 
+    def _write_records(self, epochs_done: int) -> None:
+        """run.json of the epochs done (atomically); the metrics files are a plugin's."""
+        try:
+            atomic_write_text(self.run_dir / SUMMARY_FILE,
+                              self._summary(epochs_done).model_dump_json(indent=2))
+        except OSError as exc:
+            raise write_failure(self.run_dir / SUMMARY_FILE, exc,
+                                f"the checkpoints of epoch {epochs_done} are written; "
+                                f"--resume {self.run_dir} completes the records") from None
+
+    def _reconcile(self) -> None:
+        """On resume, make best.pt, metrics and run.json agree with last.pt (the truth)."""
+        assert self._resumed_state is not None
+        note = repair_best(self.ckpt_dir, self._resumed_state)
+        if note:
+            print(f"zoo: {note}", file=sys.stderr)
+        if self.pos.metrics:
+            self._write_records(len(self.pos.metrics))
+
     def _summary(self, epochs_done: int) -> RunSummary:
         metrics = self.pos.metrics
         best = max(metrics, key=lambda m: m.val_acc) if metrics else None
@@ -327,4 +348,4 @@ class RunState:
             last_confusion=self.pos.last_confusion, zoo_version=__version__,
             torch_version=torch.__version__, stop_reason=self.stop_reason,
             status="running" if self.status == "failed" else self.status,
-            init_from=self.init_from, plugins=self.extras)
+            init_from=self.init_from, plugins=self.extras, history=list(metrics[:epochs_done]))
