@@ -85,8 +85,7 @@ class ArchitectureSpec(BaseModel):
     source: str = Field(min_length=1, description="Where the architecture comes from.")
     recipe: Recipe = Field(Recipe(), description="Its changes to the default training recipe.")
     weights: WeightSets = Field((), description="Its pretrained weight sets (zoo.spec.weights), "
-                                "the "
-                                "default first: create_model(name, pretrained=True).")
+                                "the default first: create_model(name, pretrained=True).")
     provenance: Provenance | None = Field(None, description="Set by the registry.")
 
     def load_builder(self) -> Callable[..., Any]:
