@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -21,11 +22,23 @@ def _fresh_default_registry() -> Iterator[None]:
     reset_default_registry()
 
 
+@pytest.fixture(scope="session")
+def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the session (compiled kernels, decoded datasets), never the user's."""
+    return tmp_path_factory.mktemp("zoo-cache")
+
+
 @pytest.fixture(autouse=True)
-def _private_user_data(tmp_path_factory: pytest.TempPathFactory,
-                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test's user data folder (where zoo export writes by default) is its own."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("user-data")))
+def _hermetic_environment(tmp_path_factory: pytest.TempPathFactory,
+                          monkeypatch: pytest.MonkeyPatch, _session_cache: Path) -> None:
+    """No test sees the developer's zoo settings: every ``ZOO_*`` variable is cleared, the
+    user folders (data: where zoo export writes; config; cache) are the test's own, and the
+    cache is the session's. A test that needs a setting sets it itself."""
+    for name in [n for n in os.environ if n.startswith("ZOO_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(_session_cache))
+    for variable in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(variable, str(tmp_path_factory.mktemp(variable.lower())))
 
 
 @pytest.fixture

@@ -284,29 +284,28 @@ def test_resolve_bundle_by_path_bundle_name_and_architecture(
         bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exports = tmp_path / "exports"
     shutil.copytree(bundle_dir, exports / "NetResDeep-synthetic")
-    export("NetResDeep", overrides={"n_blocks": 1}, out=exports / "NetResDeep")
-    export("Net", out=exports / "Net")
-    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
-    shipped = pretrained_bundles()
+    export("NetResDeep", overrides={"n_blocks": 1}, out=exports / "NetResDeep-small")
+    export("Net", out=exports / "Net-untrained")
     # the trained bundle wins over the untrained one of the same architecture
-    assert shipped == {"Net": exports / "Net", "NetResDeep": exports / "NetResDeep-synthetic"}
-    assert resolve_bundle("NetResDeep") == exports / "NetResDeep-synthetic"
+    assert pretrained_bundles(exports) == {"Net": exports / "Net-untrained",
+                                           "NetResDeep": exports / "NetResDeep-synthetic"}
+    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
     assert resolve_bundle("NetResDeep-synthetic") == exports / "NetResDeep-synthetic"
     assert resolve_bundle(str(bundle_dir)) == bundle_dir
-    assert zoo.load("Net").fc2.out_features == 2
-    with pytest.raises(BundleError, match=r"no bundle 'NetWidth'.*known: Net, NetResDeep, "
-                                          r"NetResDeep-synthetic"):
-        resolve_bundle("NetWidth")
+    assert zoo.load("Net-untrained").fc2.out_features == 2
+    with pytest.raises(BundleError, match=r"no bundle 'NetWdth': it is neither a declared name "
+                                          r"\(Net, .*\) nor a bundle in .* \(Net-untrained, "
+                                          r"NetResDeep-small, NetResDeep-synthetic;"):
+        resolve_bundle("NetWdth")
     with pytest.raises(BundleError, match="bundle 'some/where' does not exist"):
         resolve_bundle("some/where")
 
 
-def test_default_exports_dir_is_the_repository_exports_folder(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.bundles.store import exports_dir
+def test_the_source_exports_folder_is_the_repositorys(monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.bundles.store import source_exports_dir
 
-    monkeypatch.delenv("ZOO_EXPORTS", raising=False)
-    assert exports_dir() == Path(zoo.__file__).resolve().parent.parent / "exports"
+    monkeypatch.setenv("ZOO_EXPORTS", "/elsewhere")  # the user's folder, not the source tree's
+    assert source_exports_dir() == Path(zoo.__file__).resolve().parent.parent / "exports"
 
 
 def test_zoo_verify_hashes_each_file_and_builds_the_model_once(

@@ -18,7 +18,7 @@ from export_helpers import make_run, write_images
 
 import zoo
 from zoo.bundles.integrity import bundle_sha256, file_entry, open_bundle
-from zoo.bundles.store import resolve_bundle
+from zoo.bundles.store import pretrained_bundles, resolve_bundle
 from zoo.cli import main
 from zoo.deploy import OnnxClassifier
 from zoo.deploy.onnxscan import OnnxScanError, external_data_files
@@ -156,8 +156,8 @@ def test_a_deeply_nested_manifest_is_a_bundle_error(bundle: Path,
     with pytest.raises(BundleError, match="nested too deeply"):
         OnnxClassifier(bundle)
     monkeypatch.setenv("ZOO_EXPORTS", str(bundle.parent))
-    with pytest.raises(BundleError, match="no bundle 'Net'"):
-        resolve_bundle("Net")  # the unreadable manifest is skipped, not a RecursionError
+    with pytest.raises(BundleError, match="no bundle 'NetArch'"):
+        resolve_bundle("NetArch")  # the unreadable manifest is skipped, not a RecursionError
 
 
 def test_a_shipped_name_wins_over_a_folder_of_that_name(
@@ -168,10 +168,11 @@ def test_a_shipped_name_wins_over_a_folder_of_that_name(
     shutil.copytree(made[1], here / "Net")
     monkeypatch.setenv("ZOO_EXPORTS", str(exports))
     monkeypatch.chdir(here)
-    assert resolve_bundle("Net") == exports / "Net-synthetic"
+    shipped = pretrained_bundles()["Net"]
+    assert resolve_bundle("Net") == shipped  # the declared weights, not a folder here
     assert resolve_bundle("./Net") == Path("./Net")
     assert resolve_bundle(Path("Net")) == Path("Net")
-    assert OnnxClassifier("Net").manifest.training is not None
+    assert OnnxClassifier("Net").path == shipped
     assert OnnxClassifier("./Net").manifest.training is None
 
 

@@ -79,11 +79,13 @@ def test_duplicate_registration_makes_only_that_name_fail(
         capsys: pytest.CaptureFixture[str], make_dist: MakeDist) -> None:
     make_dist("evil-zoo", "evil_zoo_cli", tiny_plugin("NetRes", "evil_zoo_cli"), version="6.6")
     assert main(["list"]) == 0
-    assert main(["show", "NetRes"]) == 1
+    assert main(["show", "NetRes"]) == 0  # the zoo's own, warned about once per command
     err = capsys.readouterr().err
-    assert "architecture 'NetRes' is registered by both" in err
+    assert err.count("architecture 'NetRes' is the zoo's own") == 2
     assert "zoo 0.1.0 (plugin 'chapter8')" in err and "evil-zoo 6.6 (plugin 'evil_zoo_cli')" in err
-    assert main(["-p", "no:evil_zoo_cli", "list"]) == 0
+    assert main(["plugins"]) == 1  # evil_zoo_cli lost a spec: partial
+    assert main(["-p", "no:chapter8", "show", "NetRes", "--json"]) == 0
+    assert '"plugin": "evil_zoo_cli"' in capsys.readouterr().out
 
 
 def test_console_script_exit_code_and_no_torch_import() -> None:

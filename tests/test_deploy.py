@@ -17,6 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 import zoo
+from zoo.bundles.store import pretrained_bundles
 from zoo.cli import main
 from zoo.deploy import OnnxClassifier, Prediction, softmax
 from zoo.errors import BundleError, ZooError
@@ -180,10 +181,12 @@ def test_predict_by_short_name(workspace: Path, monkeypatch: pytest.MonkeyPatch,
                                capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("ZOO_EXPORTS", str(workspace / "exports"))
     image = workspace / "images" / "rgb.png"
-    for name in ("NetDepth", "NetDepth-synthetic"):
+    # a user's bundle by its own name; the architecture's name means its declared weights
+    for name, bundle in (("NetDepth-synthetic", workspace / "exports" / "NetDepth-synthetic"),
+                         ("NetDepth", pretrained_bundles()["NetDepth"])):
         assert main(["predict", name, str(image), "--json"]) == 0
         out = json.loads(capsys.readouterr().out)
-        assert out["bundle"] == str(workspace / "exports" / "NetDepth-synthetic")
+        assert out["bundle"] == str(bundle)
         assert out["architecture"] == "NetDepth"
 
 
@@ -219,7 +222,7 @@ def test_zoo_predict_works_where_import_torch_fails(workspace: Path, bundle: Pat
     assert probe.returncode != 0 and "torch is not installed" in probe.stderr
     image = workspace / "images" / "alpha.png"
     result = subprocess.run(
-        [sys.executable, "-m", "zoo", "predict", "NetDepth", str(image), "--json"],
+        [sys.executable, "-m", "zoo", "predict", "NetDepth-synthetic", str(image), "--json"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)

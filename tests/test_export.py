@@ -108,7 +108,7 @@ def test_export_from_a_run_records_training_and_checks_real_samples(
     summary = make_run(tmp_path / "run", "NetBatchNorm")
     monkeypatch.setenv("ZOO_EXPORTS", str(tmp_path / "exports"))
     result = export(tmp_path / "run")
-    assert result.path == tmp_path / "exports" / "NetBatchNorm-synthetic"
+    assert result.path == tmp_path / "exports" / "NetBatchNorm-synthetic-run"  # the run's name
     m = result.manifest
     _check_bundle(result.path, m)
     assert m.classes == CLASSES and m.normalization.mean == MEAN and m.normalization.std == STD
@@ -259,7 +259,7 @@ def test_cli_failed_verification_prints_report_and_exits_non_zero(
     ("Nett", {}, UnknownArchitectureError, "unknown architecture 'Nett'; did you mean 'Net'"),
     ("Net", {"overrides": {"n_hidden": 0}}, HyperparameterError, "n_hidden"),
     ("Net", {"overrides": {"depth": 3}}, HyperparameterError, "no hyperparameter 'depth'"),
-    ("missing/run", {}, ExportError, "run directory 'missing/run' does not exist"),
+    ("missing/run", {}, ExportError, "run directory or bundle 'missing/run' does not exist"),
     ("Net", {"exporter": "tflite"}, ExportError,
      r"invalid option onnx.exporter='tflite': Input should be 'torchscript' or 'dynamo'"),
     ("Net", {"atol": -1.0}, ExportError, "tolerances must be finite and non-negative"),
@@ -276,7 +276,8 @@ def test_bad_input_is_a_clear_error(source: str, kwargs: dict[str, Any], error: 
 
 def test_run_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ExportError, match="is not a run directory"):
+    with pytest.raises(ExportError, match=r"is neither a run directory \(it has no run.json\) "
+                                          r"nor a bundle"):
         export(tmp_path / "empty", out=tmp_path / "b")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ExportError, match="'empty' is neither a run directory"):
@@ -361,9 +362,9 @@ def test_a_path_is_a_run_directory_never_an_architecture_name(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ExportError, match=r"run directory 'Net' does not exist"):
+    with pytest.raises(ExportError, match=r"run directory or bundle 'Net' does not exist"):
         export(Path("Net"), out=tmp_path / "b")
-    with pytest.raises(ExportError, match=r"run directory 'runs/Net' does not exist"):
+    with pytest.raises(ExportError, match=r"run directory or bundle 'runs/Net' does not exist"):
         export("runs/Net", out=tmp_path / "b")
     assert not (tmp_path / "b").exists()
 

@@ -197,18 +197,27 @@ def test_a_third_party_format_is_written_verified_listed_and_reverified(
         verify_bundle(tmp_path / "b", registry=Registry(blocked=["zoo_script"]))
 
 
-def test_a_format_two_plugins_declare_is_unavailable_with_both_named(
+def test_a_format_two_plugins_declare_is_a_conflict_naming_both(
         tmp_path: Path, make_dist: MakeDist) -> None:
     make_dist("other-pt2", "other_pt2", script_plugin("other_pt2", name="pt2"))
+    make_dist("npz-a", "npz_a", script_plugin("npz_a"))
+    make_dist("npz-b", "npz_b", script_plugin("npz_b"))
     registry = Registry()
-    [conflict] = registry.conflicts
-    assert conflict.startswith("export format 'pt2' is registered by both ")
-    assert "(plugin 'formats')" in conflict and "other-pt2 1.0 (plugin 'other_pt2')" in conflict
-    assert "pt2" not in registry.formats() and "onnx" in registry.formats()
-    with pytest.raises(DuplicateNameError, match="export format 'pt2' is registered by both"):
-        export("Net", out=tmp_path / "b", formats="pt2", registry=registry)
-    export("Net", out=tmp_path / "b", registry=registry)  # ONNX alone is untouched
-    assert Registry(blocked=["other_pt2"]).formats()["pt2"].writer == "zoo.exporter.pt2:write_pt2"
+    conflicts = sorted(registry.conflicts)
+    assert len(conflicts) == 2
+    # the zoo's own pt2 is kept (its formats plugin cannot be blocked: rename the other)
+    assert conflicts[1] == ("export format 'pt2' is the zoo's own (core plugin 'formats'), and "
+                            "other-pt2 1.0 (plugin 'other_pt2') registers it too: the zoo's is "
+                            "kept; rename it in that plugin")
+    assert registry.formats()["pt2"].writer == "zoo.exporter.pt2:write_pt2"
+    assert registry.plugins_by_key()["other_pt2"].problems == (conflicts[1],)
+    # two other plugins: the name is nobody's
+    assert conflicts[0].startswith("export format 'npz' is registered by both npz-a 1.0")
+    assert "npz" not in registry.formats() and "onnx" in registry.formats()
+    with pytest.raises(DuplicateNameError, match="export format 'npz' is registered by both"):
+        export("Net", out=tmp_path / "b", formats="npz", registry=registry)
+    assert not (tmp_path / "b").exists()
+    export("Net", out=tmp_path / "b", formats="pt2", registry=registry)
 
 
 @pytest.mark.parametrize(("body", "message"), [

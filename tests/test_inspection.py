@@ -135,13 +135,13 @@ def test_cli_inspect(tmp_path: Path, image_file: Path, capsys: pytest.CaptureFix
 def test_a_tampered_shipped_bundle_is_refused(tmp_path: Path, image_file: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     exports = tmp_path / "exports"
-    shutil.copytree(pretrained_bundles()["Net"], exports / "Net-cifar2")
+    shutil.copytree(pretrained_bundles()["Net"], exports / "Net-mine")
     monkeypatch.setenv("ZOO_EXPORTS", str(exports))
-    assert inspect_model("Net", image_file).trained
-    with (exports / "Net-cifar2" / "model.pt").open("ab") as fh:
+    assert inspect_model("Net-mine", image_file).trained
+    with (exports / "Net-mine" / "model.pt").open("ab") as fh:
         fh.write(b"\0")
     with pytest.raises(BundleError, match="does not match its SHA-256"):
-        inspect_model("Net", image_file)  # not silently the untrained architecture
+        inspect_model("Net-mine", image_file)  # not silently an untrained architecture
     with pytest.raises(InspectionError, match="neither a run directory"):
         inspect_model(tmp_path, image_file)
 

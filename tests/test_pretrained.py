@@ -14,7 +14,7 @@ from zoo_chapter8.specs import BOOK_VAL_ACC
 
 from zoo.bundles.integrity import open_bundle
 from zoo.bundles.modeltable import main, render
-from zoo.bundles.store import exports_dir, pretrained_bundles, resolve_bundle
+from zoo.bundles.store import source_exports_dir, pretrained_bundles, resolve_bundle
 from zoo.cli import main as cli_main
 from zoo.deploy import OnnxClassifier
 from zoo.exporter.checks import verification_inputs
@@ -53,7 +53,7 @@ def test_shipped_model_beats_the_books_validation_accuracy(arch: str) -> None:
 
 
 def test_exports_stay_under_ten_megabytes() -> None:
-    total = sum(p.stat().st_size for p in exports_dir().rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in source_exports_dir().rglob("*") if p.is_file())
     assert total < 10 * 1024 * 1024
 
 
@@ -66,7 +66,7 @@ def test_readme_table_is_generated_from_the_manifests() -> None:
 
 def test_table_check_fails_when_a_manifest_changes(tmp_path: Path) -> None:
     exports = tmp_path / "exports"
-    shutil.copytree(exports_dir(), exports)
+    shutil.copytree(source_exports_dir(), exports)
     path = exports / "Net-cifar2" / MANIFEST_FILE
     raw = json.loads(path.read_text())
     # an edited accuracy of the exported epoch: the table must notice
@@ -76,8 +76,8 @@ def test_table_check_fails_when_a_manifest_changes(tmp_path: Path) -> None:
 
 
 def test_short_names_find_the_shipped_bundle_and_predict(tmp_path: Path) -> None:
-    assert resolve_bundle("Net") == exports_dir() / "Net-cifar2"
-    assert resolve_bundle("NetResDeep-cifar2") == exports_dir() / "NetResDeep-cifar2"
+    assert resolve_bundle("Net") == source_exports_dir() / "Net-cifar2"
+    assert resolve_bundle("NetResDeep-cifar2") == source_exports_dir() / "NetResDeep-cifar2"
     images, labels = _fixture()
     clf = OnnxClassifier("Net")
     predictions = clf.predict(images, top_k=2)

@@ -162,15 +162,23 @@ def test_reserved_hyperparameter_names_are_refused(make_dist: MakeDist) -> None:
 
 def test_duplicate_names_name_both_distributions(make_dist: MakeDist) -> None:
     make_dist("evil-zoo", "evil_zoo", tiny_plugin("Net", "evil_zoo"), version="6.6")
+    make_dist("twin-a", "twin_a", tiny_plugin("Twin", "twin_a"))
+    make_dist("twin-b", "twin_b", tiny_plugin("Twin", "twin_b"), version="2.0")
     reg = Registry()
+    # a built-in name stays the zoo's: the other plugin's spec is dropped and named
+    kept = reg.get_spec("Net")
+    assert kept.provenance is not None and kept.provenance.distribution == "zoo"
+    [clash] = [c for c in reg.conflicts if c.startswith("architecture 'Net'")]
+    assert "zoo 0.1.0 (plugin 'chapter8')" in clash and "evil-zoo 6.6" in clash
+    assert reg.plugins_by_key()["evil_zoo"].status == "partial"
+    # between two other plugins, the name is nobody's until one goes
     with pytest.raises(DuplicateNameError) as info:
-        reg.get_spec("Net")
+        reg.get_spec("Twin")
     message = str(info.value)
-    assert "zoo 0.1.0" in message and "evil-zoo 6.6" in message
-    assert "-p no:" in message
-    # Blocking one of the two resolves the clash, and the survivor is the built-in.
-    survivor = Registry(blocked=["evil_zoo"]).get_spec("Net")
-    assert survivor.provenance is not None and survivor.provenance.distribution == "zoo"
+    assert "twin-a 1.0" in message and "twin-b 2.0" in message
+    assert "-p no:twin_a or -p no:twin_b" in message
+    survivor = Registry(blocked=["twin_a"]).get_spec("Twin")
+    assert survivor.provenance is not None and survivor.provenance.distribution == "twin-b"
 
 
 def test_autoload_can_be_disabled_and_plugins_named(make_dist: MakeDist) -> None:

@@ -28,7 +28,7 @@ from zoo_chapter8.specs import BOOK_VAL_ACC
 import zoo
 from zoo.bundles.hub import WeightsError, fetch_weights
 from zoo.bundles.integrity import bundle_sha256, open_bundle, read_manifest
-from zoo.bundles.store import exports_dir, resolve_bundle
+from zoo.bundles.store import source_exports_dir, resolve_bundle
 from zoo.bundles.weightsync import main as weightsync
 from zoo.host.registry import Registry
 from zoo.models.pretrained import create_pretrained
@@ -52,7 +52,7 @@ def sha256(path: Path) -> str:
 @pytest.mark.parametrize("arch", BOOK)
 def test_declaration_matches_the_shipped_bundle(arch: str) -> None:
     [declared] = zoo.get_spec(arch).weights
-    bundle = exports_dir() / f"{arch}-cifar2"
+    bundle = source_exports_dir() / f"{arch}-cifar2"
     manifest = open_bundle(bundle)
     assert manifest.training is not None and manifest.training.best is not None
     assert declared.tag == "cifar2"
@@ -72,7 +72,7 @@ def test_weights_file_is_generated_from_the_manifests(tmp_path: Path) -> None:
     assert weightsync(["--check", str(WEIGHTS_JSON), "--package", PACKAGE]) == 0
     # a bundle re-exported without regenerating the declarations fails the check
     exports = tmp_path / "exports"
-    shutil.copytree(exports_dir(), exports, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(source_exports_dir(), exports, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     manifest = exports / "NetRes-cifar2" / MANIFEST_FILE
     raw = json.loads(manifest.read_text())
     raw["created"] = "2030-01-01T00:00:00Z"
@@ -102,7 +102,7 @@ def test_weightsync_keeps_url_entries(tmp_path: Path) -> None:
 
 
 def test_create_model_pretrained_loads_the_shipped_weights() -> None:
-    expected = torch.load(exports_dir() / "Net-cifar2" / WEIGHTS_FILE, weights_only=True)
+    expected = torch.load(source_exports_dir() / "Net-cifar2" / WEIGHTS_FILE, weights_only=True)
     for model in (zoo.create_model("Net", pretrained=True),
                   zoo.create_model("Net", weights="cifar2", n_hidden=32, num_classes=2)):
         assert model.training  # like any create_model result
@@ -158,7 +158,7 @@ def registry_with(weights: tuple[WeightSet, ...]) -> Registry:
 
 @pytest.fixture
 def net_bundle(tmp_path: Path) -> Path:
-    return Path(shutil.copytree(exports_dir() / "Net-cifar2", tmp_path / "Net-cifar2"))
+    return Path(shutil.copytree(source_exports_dir() / "Net-cifar2", tmp_path / "Net-cifar2"))
 
 
 @pytest.fixture

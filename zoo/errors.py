@@ -59,6 +59,10 @@ class BundleNotFoundError(BundleError, LookupError):
     """A name or path that is no bundle: neither a directory nor a declared or exported name."""
 
 
+class AmbiguousBundleError(BundleError, LookupError):
+    """A name that could mean several of the user's bundles (the error lists them)."""
+
+
 #: Lines of library errors that say nothing about this failure: torch's weights-only
 #: preamble and footer, and load_state_dict's header before the keys it names.
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation",

@@ -2,7 +2,7 @@
 
 The checkout's editable install maps the package ``zoo_chapter8.weights`` onto the
 checkout's ``exports/``; in the copy, where the mutants are, it must be the copy's
-``exports/`` (the tests compare it with :func:`zoo.pretrained.exports_dir`, which is
+``exports/`` (the tests compare it with :func:`zoo.bundles.store.source_exports_dir`, which is
 beside the copied ``zoo``). Python imports ``sitecustomize`` at startup, so every
 process of the session, the fork server's included, gets this finder first.
 """

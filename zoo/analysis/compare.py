@@ -29,6 +29,7 @@ from zoo.errors import ZooError
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.run import SUMMARY_FILE, EpochMetrics, read_summary
 from zoo.util.figures import new_figure, save_png
+from zoo.util.paths import is_bare_name
 
 
 class CompareRow(BaseModel):
@@ -76,24 +77,28 @@ def plugin_references(registry: Registry, architectures: Sequence[str]) -> dict[
     return {arch: ref.value for arch, ref in registry.references(architectures).items()}
 
 
-def _row(source: str, registry: Registry) -> CompareRow:
+def _row(source: str | os.PathLike[str], registry: Registry,
+         weights: str | None) -> CompareRow:
     path = Path(source)
+    text = os.fspath(source)
     metrics: EpochMetrics | None
     if (path / SUMMARY_FILE).is_file():
         summary = read_summary(path)
         metrics, arch, kind = summary.best, summary.model.architecture, "run"
         if metrics is None:
-            raise ZooError(f"run {source!r} has no completed epoch to compare")
+            raise ZooError(f"run {text!r} has no completed epoch to compare")
     else:
-        bundle = resolve_bundle(source, registry=registry)
+        architecture = is_bare_name(source) and source in registry.list_models()
+        bundle = resolve_bundle(source, registry=registry,
+                                weights=weights if architecture else None)
         manifest = open_bundle(bundle)
         training = manifest.training
         if training is None:
-            raise ZooError(f"bundle {source!r} was not exported from a run: it has no training "
+            raise ZooError(f"bundle {text!r} was not exported from a run: it has no training "
                            "metrics to compare")
         metrics = training.exported
         if metrics is None:
-            raise ZooError(f"bundle {source!r} records no metrics of its checkpoint "
+            raise ZooError(f"bundle {text!r} records no metrics of its checkpoint "
                            f"{training.checkpoint}")
         path, arch, kind = bundle, manifest.architecture, "bundle"
     return CompareRow(name=path.resolve().name, architecture=arch, kind=kind,
@@ -102,12 +107,14 @@ def _row(source: str, registry: Registry) -> CompareRow:
 
 
 def compare(sources: Sequence[str | os.PathLike[str]], *, registry: Registry | None = None,
-            references: Mapping[str, float] | None = None) -> Comparison:
-    """Read each source's accuracies; ``references`` default to what the plugins publish."""
+            references: Mapping[str, float] | None = None,
+            weights: str | None = None) -> Comparison:
+    """Read each source's accuracies; ``references`` default to what the plugins publish.
+    ``weights`` picks the declared weight set of every architecture named."""
     if not sources:
         raise ZooError("zoo compare needs at least one run directory, bundle or shipped name")
     registry = registry or default_registry()
-    rows = [_row(os.fspath(s), registry) for s in sources]
+    rows = [_row(s, registry, weights) for s in sources]
     archs = sorted({r.architecture for r in rows})
     published = registry.references(archs) if references is None else {}
     refs = dict(references) if references is not None else {

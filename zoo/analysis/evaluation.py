@@ -184,7 +184,7 @@ def load_model(model: str | os.PathLike[str], backend: Backend | None = None, *,
         return _run_model(path, registry), "torch"
     from zoo.bundles.store import resolve_bundle
 
-    bundle = resolve_bundle(os.fspath(model), weights=weights, registry=registry)
+    bundle = resolve_bundle(model, weights=weights, registry=registry)
     backend = backend or "onnxruntime"
     if backend == "onnxruntime":
         from zoo.deploy import OnnxClassifier

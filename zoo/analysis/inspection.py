@@ -118,7 +118,8 @@ class _Loaded:
     trained: bool
 
 
-def _load(source: str | os.PathLike[str], registry: Registry) -> _Loaded:
+def _load(source: str | os.PathLike[str], registry: Registry,
+          weights: str | None = None) -> _Loaded:
     """A run directory, a bundle (path or shipped name) or an untrained architecture."""
     text = os.fspath(source)
     path = Path(text)
@@ -133,8 +134,10 @@ def _load(source: str | os.PathLike[str], registry: Registry) -> _Loaded:
         raise InspectionError(f"{text!r} is neither a run directory (no {SUMMARY_FILE}) nor a "
                               f"bundle (no {MANIFEST_FILE})")
     try:
-        bundle = resolve_bundle(text, registry=registry)
+        bundle = resolve_bundle(source, weights=weights, registry=registry)
     except BundleNotFoundError:  # no bundle by that name: an architecture, untrained
+        if weights is not None:
+            raise
         bundle = None
     if bundle is None:
         try:
@@ -185,7 +188,8 @@ def _image_array(image: str | os.PathLike[str] | np.ndarray, channels: int,
 
 def inspect_model(model_or_name: nn.Module | str | os.PathLike[str],
                   image: str | os.PathLike[str] | np.ndarray, *,
-                  registry: Registry | None = None, classes: Sequence[str] | None = None,
+                  registry: Registry | None = None, weights: str | None = None,
+                  classes: Sequence[str] | None = None,
                   mean: Sequence[float] | None = None,
                   std: Sequence[float] | None = None,
                   size: tuple[int, int] | None = None) -> InspectionResult:
@@ -203,7 +207,7 @@ def inspect_model(model_or_name: nn.Module | str | os.PathLike[str],
         loaded = _Loaded(model_or_name, type(model_or_name).__name__, None, None, None, None,
                          None, True)
     else:
-        loaded = _load(model_or_name, registry)
+        loaded = _load(model_or_name, registry, weights)
     model = loaded.model
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from zoo.bundles.integrity import open_bundle
-from zoo.bundles.store import exports_dir, pretrained_bundles
+from zoo.bundles.store import pretrained_bundles, source_exports_dir
 from zoo.errors import ZooError
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.manifest import TrainingInfo
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         if expected != text:
             atomic_write_text(readme, expected)
-        print(f"model table of {readme} generated from {args.exports or exports_dir()}")
+        print(f"model table of {readme} generated from {args.exports or source_exports_dir()}")
         return 0
     if expected != text:
         print(f"zoo: error: the model table in {readme} differs from the manifests; "

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from zoo.bundles.integrity import bundle_sha256, open_bundle
-from zoo.bundles.store import bundle_dirs, exports_dir
+from zoo.bundles.store import bundle_dirs, source_exports_dir
 from zoo.errors import ZooError
 from zoo.spec.weights import WeightSet, dump_weights, read_weights_file, unique_tags
 from zoo.util.fsutil import atomic_write_text
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the bundles' directory (default: the shipped exports/)")
     args = parser.parse_args(argv)
     target: Path = args.write or args.check
-    exports = args.exports or exports_dir()
+    exports = args.exports or source_exports_dir()
     try:
         current = read_weights_file(target) if target.exists() else {}
         text = dump_weights(generate(exports, args.package, keep=current))

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from zoo.cli.options import parse_pairs
+from zoo.cli.options import add_weights_option, parse_pairs
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
 from zoo.spec.manifest import DEFAULT_ATOL, DEFAULT_RTOL
@@ -17,14 +17,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "export", help="export a run or an architecture to a verified ONNX bundle",
         description="Write a bundle (model.pt, model.onnx, manifest.json) after checking the "
         "ONNX graph against PyTorch with onnxruntime; a bundle that fails is never written.")
-    p.add_argument("source", metavar="RUN_DIR|NAME",
-                   help="a training run directory, or an architecture name")
+    p.add_argument("source", metavar="RUN_DIR|BUNDLE|ARCH",
+                   help="a training run directory; a bundle (a directory, or a declared name "
+                        "such as Net-cifar2: written again, in other formats say); or an "
+                        "architecture name (fresh weights)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="hyperparameter or shape override for an architecture name (repeatable)")
     p.add_argument("--out", metavar="DIR",
-                   help="bundle directory (default: EXPORTS/<Arch>-<dataset> for a run, "
-                   "EXPORTS/<Arch> for a name, where EXPORTS is $ZOO_EXPORTS, else "
-                   "~/.local/share/zoo/exports: where zoo predict NAME looks)")
+                   help="bundle directory (default: EXPORTS/NAME, NAME identifying the source: "
+                        "the run's folder, <bundle>-<formats>, <Arch>-untrained-seed<N>; "
+                        "EXPORTS is $ZOO_EXPORTS, else ~/.local/share/zoo/exports, where zoo "
+                        "predict NAME finds it)")
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N",
                    help="ONNX opset (default 17); the same as --format-option onnx.opset=N")
@@ -38,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--rtol", type=float, default=DEFAULT_RTOL,
                    help="relative tolerance of ONNX vs PyTorch")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed of the initial weights when exporting a name")
+                   help="seed of the initial weights when exporting an architecture")
+    add_weights_option(p, "ARCH")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.add_argument("--format", dest="formats", default="onnx", metavar="F[,F]",
                    help="export formats besides onnx (always written), comma-separated, each "
@@ -51,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     p = subparsers.add_parser(
         "verify", help="re-check a bundle: checksums, manifest, ONNX vs PyTorch")
-    p.add_argument("bundle", metavar="BUNDLE", help="a bundle directory or a shipped bundle name")
+    p.add_argument("bundle", metavar="BUNDLE",
+                   help="a bundle directory or name (e.g. Net or Net-cifar2)")
+    add_weights_option(p, "BUNDLE")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the manifest's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")
     p.add_argument("--expect-sha256", metavar="HEX",
@@ -80,7 +86,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
                         seed=args.seed, registry=registry, formats=args.formats,
-                        options=format_options(args.format_options))
+                        options=format_options(args.format_options), weights=args.weights)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise
@@ -103,7 +109,7 @@ def verify_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter.verify import verify_bundle
 
     report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry,
-                           expect_sha256=args.expect_sha256)
+                           expect_sha256=args.expect_sha256, weights=args.weights)
     if args.json:
         print(report.model_dump_json(
             indent=2, exclude={"path", *(() if report.formats else ("formats",))}))

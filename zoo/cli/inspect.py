@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoo.cli.options import add_weights_option
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
 
@@ -22,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where the PNGs go (default ./inspect/MODEL)")
     p.add_argument("--layer", metavar="NAME", help="draw only this convolution's block, e.g. conv2")
+    add_weights_option(p, "MODEL")
     p.add_argument("--top-k", type=int, default=5, metavar="K",
                    help="print the K most probable classes")
     p.add_argument("--json", action="store_true", help="print what was written as JSON")
@@ -46,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="run directories, bundle directories or shipped names")
     p.add_argument("--out", type=Path, metavar="FILE", default=Path("compare.png"),
                    help="the chart")
+    add_weights_option(p, "each RUN_OR_BUNDLE")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(handler=compare_command)
 
@@ -57,7 +60,7 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if not args.image.is_file():
         raise ZooError(f"image {str(args.image)!r} does not exist")
-    result = inspect_model(args.model, args.image, registry=registry)
+    result = inspect_model(args.model, args.image, registry=registry, weights=args.weights)
     out = args.out or DEFAULT_OUT / Path(args.model).name
     report = write_inspection(result, out, layer=args.layer, top_k=args.top_k,
                               image_name=str(args.image))
@@ -87,7 +90,7 @@ def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
 def compare_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.analysis.compare import compare, render_comparison
 
-    comparison = compare(args.sources, registry=registry)
+    comparison = compare(args.sources, registry=registry, weights=args.weights)
     render_comparison(comparison, args.out)
     if args.json:
         print(comparison.model_dump_json(indent=2))

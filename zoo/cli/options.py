@@ -32,12 +32,18 @@ def parse_pairs(pairs: list[str], flag: str) -> dict[str, Any]:
     return out
 
 
+def add_weights_option(p: argparse.ArgumentParser, model: str) -> None:
+    """``--weights TAG``: a declared weight set of the architecture the argument names."""
+    p.add_argument("--weights", metavar="TAG",
+                   help=f"a declared weight set of the architecture {model} names (zoo show "
+                        "ARCH lists them; default: its first)")
+
+
 def add_bundle_options(p: argparse.ArgumentParser, model: str) -> None:
     """``--threads``, ``--weights`` and ``--expect-sha256`` of a command that reads ``model``."""
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime intra-op threads (default: cores, at most 4)")
-    p.add_argument("--weights", metavar="TAG",
-                   help=f"a declared weight set of the architecture {model} names")
+    add_weights_option(p, model)
     p.add_argument("--expect-sha256", metavar="HEX",
                    help="refuse the bundle unless its manifest has this SHA-256 (as printed by "
                         "zoo export and zoo verify)")

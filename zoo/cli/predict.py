@@ -75,10 +75,9 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
         from zoo.util.threads import check_threads
 
         check_threads(args.threads, "--threads")
-    from zoo.bundles.store import resolve_bundle
 
-    bundle = resolve_bundle(args.bundle, weights=args.weights, registry=registry)
-    classifier = OnnxClassifier(bundle, threads=args.threads, expect_sha256=args.expect_sha256)
+    classifier = OnnxClassifier(args.bundle, threads=args.threads, weights=args.weights,
+                                expect_sha256=args.expect_sha256, registry=registry)
     files, problems = collect_inputs(args.paths)
     for path_text, problem in problems:
         print(f"zoo: warning: {path_text}: {problem}", file=sys.stderr)

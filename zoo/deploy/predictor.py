@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +28,7 @@ from zoo.bundles.integrity import check_bundle
 from zoo.bundles.store import resolve_bundle
 from zoo.deploy.runtime import load_graph
 from zoo.errors import ZooError
+from zoo.host.registry import Registry
 from zoo.spec.manifest import ONNX_FILE, Manifest
 from zoo.util.imaging import decode_image, normalize, to_mode
 from zoo.util.threads import check_threads
@@ -79,8 +79,9 @@ class Prediction(BaseModel):
 class OnnxClassifier:
     """A bundle's ONNX graph on onnxruntime's CPU provider, with the bundle's preprocessing.
 
-    ``bundle`` is a bundle directory or a shipped bundle's short name (see
-    :func:`zoo.bundles.store.resolve_bundle`). Every file's SHA-256 is checked
+    ``bundle`` is a bundle directory or a bundle name, read by the rule of
+    :mod:`zoo.bundles.store` (``weights`` picks a declared weight set of an
+    architecture name; ``registry`` the plugins that declare them). Every file's SHA-256 is checked
     before the graph is loaded, the graph is loaded from the bytes that were
     checked, and its input and output shapes must match the manifest
     (:class:`zoo.errors.BundleError` otherwise). ``expect_sha256`` pins the
@@ -89,9 +90,10 @@ class OnnxClassifier:
     """
 
     def __init__(self, bundle: str | os.PathLike[str], *, threads: int | None = None,
-                 expect_sha256: str | None = None) -> None:
+                 expect_sha256: str | None = None, weights: str | None = None,
+                 registry: Registry | None = None) -> None:
         check_threads(threads)
-        self.path = resolve_bundle(Path(bundle) if not isinstance(bundle, str) else bundle)
+        self.path = resolve_bundle(bundle, weights=weights, registry=registry)
         checked = check_bundle(self.path, expect_sha256=expect_sha256, read=(ONNX_FILE,))
         self.manifest: Manifest = checked.manifest
         #: The bundle's identity (:func:`zoo.bundles.integrity.bundle_sha256`).

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from pydantic import Field
 
@@ -51,7 +50,8 @@ class BundleVerification(VerificationReport):
 
 def verify_bundle(bundle: str | os.PathLike[str], *, atol: float | None = None,
                   rtol: float | None = None, registry: Registry | None = None,
-                  expect_sha256: str | None = None) -> BundleVerification:
+                  expect_sha256: str | None = None,
+                  weights: str | None = None) -> BundleVerification:
     """Re-run a bundle's checks (``zoo.verify``): SHA-256 sums, manifest, safe load, numerics
     of every format it holds.
 
@@ -61,8 +61,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *, atol: float | None = None,
     installed plugin provides, raises :class:`~zoo.errors.BundleError`.
     """
     registry = registry or default_registry()
-    path = resolve_bundle(bundle if isinstance(bundle, str) else Path(bundle),
-                          registry=registry)
+    path = resolve_bundle(bundle, weights=weights, registry=registry)
     checked = check_bundle(path, expect_sha256=expect_sha256, read=(WEIGHTS_FILE, ONNX_FILE))
     manifest = checked.manifest
     loaded = load_checked(checked, registry)

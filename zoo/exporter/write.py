@@ -31,7 +31,7 @@ from zoo.exporter.checks import check_tolerances, verification_inputs
 from zoo.exporter.formats import format_options, parse_formats, write_and_verify
 from zoo.exporter.modelcard import write_card
 from zoo.exporter.onnx import DEFAULT_EXPORTER, Exporter, export_info
-from zoo.exporter.source import MAX_EXPORT_PIXELS, ExportSource, identity_normalization, load_source
+from zoo.exporter.source import MAX_EXPORT_PIXELS, checked_classes_and_normalization, load_source
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.exportformat import REQUIRED_FORMAT, ExportTarget
 from zoo.spec.manifest import (
@@ -41,14 +41,10 @@ from zoo.spec.manifest import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     Manifest,
-    TrainingInfo,
     Versions,
-    check_normalization,
 )
-from zoo.spec.run import BEST_CHECKPOINT, RunSummary
 from zoo.util.fsutil import atomic_directory
 from zoo.util.imaging import normalize
-from zoo.util.portable import portable_recipe, portable_source
 from zoo.util.version import __version__
 
 
@@ -68,26 +64,13 @@ class ExportResult:
 def default_destination(name: str) -> Path:
     """``user_exports_dir()/NAME``: ``$ZOO_EXPORTS/NAME`` when set, else the user exports
     folder (``~/.local/share/zoo/exports/NAME`` on Linux), where ``zoo predict NAME``
-    and ``zoo.load(NAME)`` look (:func:`zoo.bundles.store.search_dirs`)."""
+    and ``zoo.load(NAME)`` find it by that name (:mod:`zoo.bundles.store`)."""
     return user_exports_dir() / name
 
 
 def _versions() -> Versions:
     return Versions(zoo=__version__, torch=torch.__version__, onnx=onnx.__version__,
                     onnxruntime=ort.__version__, python=platform.python_version())
-
-
-def _training(summary: RunSummary, checkpoint: str) -> TrainingInfo:
-    data = summary.data
-    info = TrainingInfo(
-        # no paths of this machine in a bundle: the data directory's last component only
-        dataset=data.dataset, source=portable_source(data.source), content_key=data.content_key,
-        split=data.split, train_size=data.train_size, val_size=data.val_size, seed=summary.seed,
-        device=summary.device, epochs_completed=summary.epochs_completed,
-        train_seconds=summary.train_seconds, recipe=portable_recipe(summary.train_config),
-        checkpoint=checkpoint,
-        best=summary.best, last=summary.last)
-    return info.model_copy(update={"val_images": info.accuracy_split})
 
 
 def _check_destination(dest: Path, force: bool) -> None:
@@ -100,26 +83,6 @@ def _check_destination(dest: Path, force: bool) -> None:
     if not (is_bundle or is_empty):
         raise ExportError(f"{dest} exists and is not a bundle; --force replaces only a bundle "
                           "directory (one holding manifest.json) or an empty directory")
-
-
-def _classes_and_normalization(src: ExportSource, source: str | Path
-                               ) -> tuple[tuple[str, ...], Any]:
-    """The source's class names and input normalization, checked against its model."""
-    config = src.config
-    if src.summary is not None:
-        norm = src.summary.normalization
-        classes = tuple(src.summary.data.classes)
-    else:
-        norm = identity_normalization(config.input_shape.channels)
-        classes = tuple(f"class{i}" for i in range(config.num_classes))
-    if len(classes) != config.num_classes:
-        raise ExportError(f"the run names {len(classes)} classes but its model has "
-                          f"{config.num_classes} outputs")
-    if len(norm.mean) != config.input_shape.channels:
-        raise ExportError(f"the run's normalization has {len(norm.mean)} channels but the model "
-                          f"takes {config.input_shape.channels}")
-    check_normalization(norm, config.input_shape.channels, f"run {str(source)!r}")
-    return classes, norm
 
 
 def export(
@@ -137,16 +100,18 @@ def export(
     registry: Registry | None = None,
     formats: str | Sequence[str] = "onnx",
     options: Mapping[str, Mapping[str, Any]] | None = None,
+    weights: str | None = None,
 ) -> ExportResult:
-    """Export a run directory or an architecture name to a verified bundle (``zoo.export``).
+    """Export a run directory, a bundle or an architecture to a verified bundle (``zoo.export``).
 
     ``source`` is a run directory (its ``best`` or ``last`` checkpoint, normalization,
-    classes and validation samples) or an architecture name with ``overrides``
-    (weights initialized with ``seed``, identity normalization, classes
-    ``class0``...). The bundle goes to ``out``, by default
-    :func:`default_destination` of ``<Arch>-<dataset>`` for a run and ``<Arch>`` for
-    a name (``$ZOO_EXPORTS`` or the user's data folder, where ``zoo predict NAME``
-    looks). ``formats`` adds export formats to ONNX (``"pt2"``; :mod:`zoo.spec.exportformat`),
+    classes and validation samples), a bundle (a directory, a declared name such as
+    ``"Net-cifar2"``, or an architecture with ``weights="cifar2"``: its weights and
+    records, written again) or an architecture name with ``overrides`` (weights
+    initialized with ``seed``, identity normalization, classes ``class0``...). The
+    bundle goes to ``out``, by default :func:`default_destination` of a name that
+    identifies the source (:mod:`zoo.exporter.source`), where ``zoo predict NAME``
+    finds it. ``formats`` adds export formats to ONNX (``"pt2"``; :mod:`zoo.spec.exportformat`),
     each verified like it; ``options`` are the formats' options by format name
     (``{"onnx": {"opset": 18}}``), ``opset`` and ``exporter`` those of ``onnx``.
     Raises :class:`ExportError` on bad input and
@@ -168,7 +133,8 @@ def export(
     export_info(chosen[REQUIRED_FORMAT], 0.0)  # an opset the exporter cannot write: now
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ExportError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
-    src = load_source(source, overrides or {}, registry, checkpoint, seed)
+    src = load_source(source, overrides or {}, registry, checkpoint, seed, weights=weights,
+                      formats=[s.name for s in specs])
     dest = Path(out) if out is not None else default_destination(src.name)
     _check_destination(dest, force)
     config = src.config
@@ -177,16 +143,16 @@ def export(
         raise ExportError(f"input size {shape.height}x{shape.width} is too large to export; "
                           f"accepted: at most {MAX_EXPORT_PIXELS} pixels (e.g. 1024x1024)")
     spec = registry.get_spec(config.architecture)
-    classes, norm = _classes_and_normalization(src, source)
+    classes, norm = checked_classes_and_normalization(src, source)
     samples = None if src.samples is None else normalize(src.samples, norm.mean, norm.std)
     inputs = verification_inputs(config, samples)
     target = ExportTarget(name=dest.name, classes=classes)
     model = src.model.eval()
     try:
         with atomic_directory(dest, replace=force) as tmp:
-            weights = io.BytesIO()
-            torch.save(model.state_dict(), weights)  # in memory: a full disk is an OSError
-            (tmp / WEIGHTS_FILE).write_bytes(weights.getbuffer())
+            state = io.BytesIO()
+            torch.save(model.state_dict(), state)  # in memory: a full disk is an OSError
+            (tmp / WEIGHTS_FILE).write_bytes(state.getbuffer())
             outcomes = {s.name: write_and_verify(s, model, tmp, config, inputs, atol, rtol,
                                                  options=chosen[s.name], target=target)
                         for s in specs}
@@ -203,8 +169,7 @@ def export(
                 normalization=norm,
                 classes=classes,
                 num_parameters=sum(p.numel() for p in model.parameters()),
-                training=(_training(src.summary, src.checkpoint or BEST_CHECKPOINT)
-                          if src.summary is not None else None),
+                training=src.training,
                 files=files,
                 formats={name: outcome.record for name, outcome in outcomes.items()},
                 verification=onnx_outcome.report,

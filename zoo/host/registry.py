@@ -28,7 +28,13 @@ from zoo.errors import (
     ZooError,
 )
 from zoo.host.contract import call_plugin, check_model, load_dataset
-from zoo.host.plugins import PluginHost, PluginInfo, heavy_modules
+from zoo.host.plugins import (
+    CORE_DISTRIBUTION,
+    ESSENTIAL_PLUGINS,
+    PluginHost,
+    PluginInfo,
+    heavy_modules,
+)
 from zoo.spec.architecture import SHAPE_KEYS, ArchitectureSpec, ModelConfig, resolve_config
 from zoo.spec.dataset import DatasetRequest, DatasetSpec, LoadedDataset
 from zoo.spec.exportformat import ExportFormat
@@ -156,7 +162,10 @@ class Registry(PluginHost):
         return specs
 
     def _merge(self, kind: str, per_plugin: dict[str, list[Any]]) -> dict[str, Any]:
-        """Specs by name; a name registered more than once is nobody's (and a problem)."""
+        """Specs by name. A name two plugins register is a conflict: the zoo's own plugin
+        keeps a name it declares (the other's spec is dropped, so that no plugin can take a
+        built-in architecture and its shipped weights away); between other plugins the name
+        is nobody's until one is uninstalled or blocked."""
         by_name: dict[str, list[Any]] = {}
         for specs in per_plugin.values():
             for spec in specs:
@@ -166,7 +175,22 @@ class Registry(PluginHost):
             if len(specs) == 1:
                 merged[name] = specs[0]
                 continue
+            specs.sort(key=lambda s: (s.provenance.distribution or "", s.provenance.plugin))
             owners = [s.provenance for s in specs]
+            own = [s for s in specs if s.provenance.distribution == CORE_DISTRIBUTION]
+            if len(own) == 1:
+                merged[name] = own[0]
+                kept = own[0].provenance
+                others = [p for p in owners if p is not kept]
+                message = (f"{kind} {name!r} is the zoo's own ({self.describe(kept.plugin)}), "
+                           "and " + " and ".join(p.describe() for p in others)
+                           + " registers it too: the zoo's is kept; rename it in that plugin"
+                           + ("" if kept.plugin in ESSENTIAL_PLUGINS else
+                              f", or block the zoo's with -p no:{kept.plugin} to use it"))
+                self._unavailable[(kind, name)] = message
+                for plugin in dict.fromkeys(p.plugin for p in others):
+                    self.add_problems(plugin, [message])
+                continue
             message = (f"{kind} {name!r} is registered by both "
                        + " and ".join(p.describe() for p in owners)
                        + "; it is unavailable until one is uninstalled or blocked ("

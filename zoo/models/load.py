@@ -59,8 +59,7 @@ def load_bundle(bundle: str | os.PathLike[str], *, registry: Registry | None = N
     ``expect_sha256`` pins the bundle: one whose ``manifest.json`` has another
     SHA-256 (:func:`zoo.bundles.integrity.bundle_sha256`) is refused.
     """
-    path = resolve_bundle(bundle if isinstance(bundle, str) else Path(bundle), weights=weights,
-                          registry=registry)
+    path = resolve_bundle(bundle, weights=weights, registry=registry)
     checked = check_bundle(path, expect_sha256=expect_sha256, read=(WEIGHTS_FILE,))
     return load_checked(checked, registry or default_registry())
 
