@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,18 +24,39 @@ def _fresh_default_registry() -> Iterator[None]:
     reset_default_registry()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """No test, fixture or module-level code sees the developer's zoo settings: before
+    collection every ``ZOO_*`` variable is cleared and the user folders (data: where zoo
+    export writes; config; cache) are the session's own. The cache (compiled kernels,
+    decoded datasets) is shared by the session's tests, never the user's."""
+    session = Path(tempfile.mkdtemp(prefix="zoo-tests-"))
+    config.stash[_SESSION_DIR] = session
+    for name in [n for n in os.environ if n.startswith("ZOO_")]:
+        del os.environ[name]
+    os.environ["ZOO_CACHE_DIR"] = str(session / "cache")
+    for variable in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
+        os.environ[variable] = str(session / variable.lower())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_DIR, None)
+    if session is not None:
+        shutil.rmtree(session, ignore_errors=True)
+
+
+_SESSION_DIR = pytest.StashKey[Path]()
+
+
 @pytest.fixture(scope="session")
-def _session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the session (compiled kernels, decoded datasets), never the user's."""
-    return tmp_path_factory.mktemp("zoo-cache")
+def _session_cache(pytestconfig: pytest.Config) -> Path:
+    return pytestconfig.stash[_SESSION_DIR] / "cache"
 
 
 @pytest.fixture(autouse=True)
 def _hermetic_environment(tmp_path_factory: pytest.TempPathFactory,
                           monkeypatch: pytest.MonkeyPatch, _session_cache: Path) -> None:
-    """No test sees the developer's zoo settings: every ``ZOO_*`` variable is cleared, the
-    user folders (data: where zoo export writes; config; cache) are the test's own, and the
-    cache is the session's. A test that needs a setting sets it itself."""
+    """Each test starts from the session's clean settings (whatever the test before it
+    set) and has user folders of its own: what one test exports another cannot find."""
     for name in [n for n in os.environ if n.startswith("ZOO_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("ZOO_CACHE_DIR", str(_session_cache))

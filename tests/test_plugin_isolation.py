@@ -55,28 +55,29 @@ class Reserved(zoo.HParams):
 
 def test_a_duplicate_name_is_unavailable_and_everything_else_works(
         make_dist: MakeDist, capsys: pytest.CaptureFixture[str]) -> None:
-    make_dist("evil-zoo", "evil_dup", two_specs("evil_dup", "Net"), version="6.6")
+    make_dist("evil-zoo", "evil_dup", two_specs("evil_dup", "Twin"), version="6.6")
+    make_dist("other-zoo", "other_dup", tiny_plugin("Twin", "other_dup"))
     reg = Registry()
-    assert "Net" not in reg.list_models()
+    assert "Twin" not in reg.list_models()
     assert {"NetRes", "Good_evil_dup"} <= set(reg.list_models())
     with pytest.raises(DuplicateNameError) as info:
-        reg.get_spec("Net")
-    assert "zoo 0.1.0" in str(info.value) and "evil-zoo 6.6" in str(info.value)
+        reg.get_spec("Twin")
+    assert "evil-zoo 6.6" in str(info.value) and "other-zoo 1.0" in str(info.value)
     assert reg.create_model("NetRes").training
     # other commands work and warn once, naming both distributions
     assert main(["list", "NetR*", "--json"]) == 0
     captured = capsys.readouterr()
     assert [r["name"] for r in json.loads(captured.out)] == ["NetRes", "NetResDeep"]
     [warning] = captured.err.strip().splitlines()
-    assert warning.startswith("zoo: warning: architecture 'Net' is registered by both zoo 0.1.0")
-    assert "evil-zoo 6.6" in warning
-    assert main(["show", "Net"]) == 1
+    assert warning.startswith("zoo: warning: architecture 'Twin' is registered by both evil-zoo")
+    assert "other-zoo 1.0" in warning
+    assert main(["show", "Twin"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("zoo: error: architecture 'Net' is registered by both")
+    assert err[-1].startswith("zoo: error: architecture 'Twin' is registered by both")
     assert main(["plugins"]) == 1
     out = capsys.readouterr().out
-    assert out.count("architecture 'Net' is registered by both") == 1
-    assert "\nconflict: architecture 'Net' is registered by both zoo 0.1.0" in out
+    assert out.count("architecture 'Twin' is registered by both") == 1
+    assert "\nconflict: architecture 'Twin' is registered by both evil-zoo 6.6" in out
 
 
 def test_an_entry_point_named_like_a_builtin_is_refused(make_dist: MakeDist,

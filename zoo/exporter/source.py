@@ -172,12 +172,13 @@ def checked_classes_and_normalization(src: ExportSource, source: str | Path
                                       ) -> tuple[tuple[str, ...], Normalization]:
     """The source's class names and input normalization, checked against its model."""
     config, norm, classes = src.config, src.normalization, src.classes
+    what = "the run" if src.run_dir is not None else f"the bundle {str(source)!r}"
     if len(classes) != config.num_classes:
-        raise ExportError(f"{str(source)!r} names {len(classes)} classes but its model has "
+        raise ExportError(f"{what} names {len(classes)} classes but its model has "
                           f"{config.num_classes} outputs")
     if len(norm.mean) != config.input_shape.channels:
-        raise ExportError(f"the normalization of {str(source)!r} has {len(norm.mean)} channels "
-                          f"but the model takes {config.input_shape.channels}")
+        raise ExportError(f"{what}'s normalization has {len(norm.mean)} channels but the model "
+                          f"takes {config.input_shape.channels}")
     check_normalization(norm, config.input_shape.channels, f"source {str(source)!r}")
     return classes, norm
 
