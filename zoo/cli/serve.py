@@ -9,7 +9,7 @@ repository for the same bundles instead of serving them (no extra needed).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import sys
 from typing import TYPE_CHECKING
 
@@ -78,12 +78,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=serve_command)
 
 
+def _importable(*modules: str) -> bool:
+    for module in modules:
+        try:
+            importlib.import_module(module)
+            return True
+        except ImportError:
+            continue
+    return False
+
+
 def require_serve_extra() -> None:
     """A one-line ZooError naming the install command when the serve extra is missing."""
-    missing = [dist for module, dist in SERVE_MODULES.items()
-               if importlib.util.find_spec(module) is None]
-    if importlib.util.find_spec("python_multipart") is None \
-            and importlib.util.find_spec("multipart") is None:
+    missing = [dist for module, dist in SERVE_MODULES.items() if not _importable(module)]
+    if not _importable("python_multipart", "multipart"):
         missing.append("python-multipart")
     if missing:
         raise ZooError(f"zoo serve needs {', '.join(missing)}: {INSTALL_HINT}")

@@ -124,14 +124,20 @@ class ServeApp:
             Route("/metrics", self.prometheus),
         ]
         self.starlette = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
-            HTTPException: self.http_error, Exception: self.server_error})
+            ProtocolError: self.protocol_error, HTTPException: self.http_error,
+            Exception: self.server_error})
         self.asgi: ASGIApp = AccessLog(self) if log_access else self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
+        if scope["type"] == "http":
             match = INFER_PATH.fullmatch(scope["path"])
-            if match is not None:
+            if match is not None and scope["method"] == "POST":
                 await self.infer(scope, receive, send, match[1], match[2])
+                return
+            if match is not None:
+                await send_error(send, ProtocolError(
+                    f"{scope['method']} is not accepted on {scope['path']!r}; accepted: POST",
+                    405, {"Allow": "POST"}))
                 return
         await self.starlette(scope, receive, send)
 
@@ -282,6 +288,10 @@ class ServeApp:
 
     # -- errors ------------------------------------------------------------------------
 
+    async def protocol_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProtocolError)
+        return error_response(exc)
+
     async def http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 404:
@@ -296,8 +306,6 @@ class ServeApp:
         return Response(error_body(message), exc.status_code, {**JSON, **(exc.headers or {})})
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
-        if isinstance(exc, ProtocolError):
-            return error_response(exc)
         log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
         return Response(error_body(f"internal server error ({type(exc).__name__}); the "
                                    "server logged it"), 500, JSON)

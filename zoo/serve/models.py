@@ -302,8 +302,8 @@ class ServedModel:
                 img.load()
                 return self.classifier.to_uint8(img)
         except UnidentifiedImageError:
-            raise ProtocolError(f"{what} ({len(data)} bytes) is not an image; accepted: "
-                                f"{', '.join(IMAGE_FORMATS)} files") from None
+            raise ProtocolError(f"{what} ({len(data)} bytes) is not an image file of a known "
+                                f"format; accepted: {', '.join(IMAGE_FORMATS)}") from None
         except (Image.DecompressionBombError, OSError, SyntaxError, ValueError, EOFError,
                 ZooError, MemoryError) as exc:
             raise ProtocolError(f"{what} cannot be decoded ({exc}); accepted: complete "

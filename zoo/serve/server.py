@@ -44,7 +44,7 @@ def configure_logging(level: str = "info", *, stream: object = None) -> None:
     """JSON lines on stderr for the ``zoo.serve`` and ``uvicorn`` loggers."""
     handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
     handler.setFormatter(JsonLines())
-    for name in ("zoo.serve", "uvicorn", "uvicorn.error"):
+    for name in ("zoo.serve", "uvicorn", "uvicorn.error", "python_multipart", "multipart"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())

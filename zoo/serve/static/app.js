@@ -37,7 +37,8 @@ function showCard(m) {
   field(dl, "hyperparameters", hp);
   field(dl, "plugin", m.plugin);
   field(dl, "graph", "ONNX opset " + m.opset + " (" + m.exporter + " exporter)");
-  field(dl, "sha256", m.sha256);
+  field(dl, "bundle sha256", m.sha256.slice(0, 16) + "…");
+  dl.lastElementChild.title = m.sha256;
 }
 
 function showError(message) {
@@ -99,7 +100,7 @@ function choose(file) {
   const img = $("preview");
   if (img.src) URL.revokeObjectURL(img.src);
   img.src = URL.createObjectURL(file);
-  img.hidden = false;
+  img.hidden = !(file.type || "image/").startsWith("image/");
   $("hint").hidden = true;
   classify();
 }
