@@ -241,3 +241,21 @@ def test_over_http_a_full_queue_is_503_with_retry_after_and_a_slow_one_504() -> 
         assert answer.status == 200 and np.isfinite(answer.json()["outputs"][0]["data"]).all()
         metrics = call(f"{server.url}metrics").body.decode()
         assert 'outcome="overloaded"' in metrics and 'outcome="timeout"' in metrics
+
+
+def test_flush_stops_waiting_for_a_batch_to_fill() -> None:
+    worker = Worker()
+
+    async def main() -> float:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_delay_s=5.0)
+        batcher.start()
+        job = asyncio.create_task(batcher.submit("waiting", 1))
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        batcher.flush()  # what SIGTERM does: the drain begins
+        assert await job == "done waiting"
+        flushed_in = time.perf_counter() - start
+        await batcher.close()
+        return flushed_in
+
+    assert run(main) < 1.0

@@ -42,7 +42,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0_without_torch() -> None:
     sha = bundle_sha256(resolve_bundle("Net"))
     proc = subprocess.Popen(
         [sys.executable, "-c", BLOCKED_MAIN, "torch", "serve", "Net", "--port", "0",
-         "--max-queue-delay-ms", "400", "--expect-sha256", f"Net={sha}"],
+         "--max-queue-delay-ms", "1000", "--expect-sha256", f"Net={sha}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     try:
         assert proc.stdout is not None
@@ -57,7 +57,10 @@ def test_sigterm_drains_in_flight_requests_and_exits_0_without_torch() -> None:
             post_json(f"{url}v2/models/Net/infer", data).status)) for _ in range(4)]
         for t in threads:
             t.start()
-        time.sleep(0.15)  # the requests wait in the batcher's 400 ms queue delay
+        deadline = time.monotonic() + 10
+        while 'zoo_serve_queue_rows{model="Net"} 4.0' not in call(f"{url}metrics").body.decode():
+            assert time.monotonic() < deadline, "the requests never reached the queue"
+            time.sleep(0.02)  # they wait there for the 1 s queue delay
         proc.send_signal(signal.SIGTERM)
         for t in threads:
             t.join(timeout=20)

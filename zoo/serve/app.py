@@ -23,6 +23,7 @@ names no internals (the traceback goes to the log).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -100,6 +101,7 @@ class ServeApp:
         self.settings = settings
         self.metrics = ServeMetrics(models, settings.max_batch_size)
         self.ready = False
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.lag = LoopLag(settings.max_loop_lag_s)
         self.metrics.watch_lag(self.lag)
         self.static = {name: resources.files("zoo.serve").joinpath("static", name).read_bytes()
@@ -143,6 +145,7 @@ class ServeApp:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.loop = asyncio.get_running_loop()
         for model in self.models.values():
             model.batcher.start()
         self.lag.start()
@@ -156,6 +159,16 @@ class ServeApp:
             for model in self.models.values():
                 await model.batcher.close()
             await self.lag.stop()
+
+    def begin_drain(self) -> None:
+        """Report not ready and stop waiting for batches to fill (safe in a signal handler)."""
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.ready = False
+        for model in self.models.values():
+            model.batcher.flush()
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         """The model served as ``name`` (of ``version``, if given), else a 404 ProtocolError."""

@@ -90,6 +90,7 @@ class DynamicBatcher:
         self._rows = 0  # rows queued, not yet taken by the worker
         self._running_rows = 0
         self._closed = False
+        self._flushing = False  # draining: no more waiting for batches to fill
         self._waiting = False  # the worker waits on the condition for jobs
         self._cond = threading.Condition()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,6 +122,12 @@ class DynamicBatcher:
                                             daemon=True)
             self._thread.start()
 
+    def flush(self) -> None:
+        """From now on run queued jobs at once, without the queue delay (the drain begins)."""
+        with self._cond:
+            self._flushing = True
+            self._cond.notify()
+
     async def close(self) -> None:
         """Take no new jobs; finish the queued ones, then stop the worker thread."""
         with self._cond:
@@ -146,19 +153,31 @@ class DynamicBatcher:
         if not 1 <= rows <= self.max_batch_size:
             raise ValueError(f"a job of {rows} rows; accepted: 1 to {self.max_batch_size}")
         future: asyncio.Future[Any] = loop.create_future()
+        job = _Job(payload, rows, future, time.monotonic())
         with self._cond:
             if self._rows + rows > self.max_queue_rows:
                 raise QueueFullError(f"model {self.name!r} has {self._rows} rows queued (at "
                                      f"most {self.max_queue_rows})")
-            self._queue.append(_Job(payload, rows, future, time.monotonic()))
+            self._queue.append(job)
             self._rows += rows
             if self._waiting:
                 self._cond.notify()
         timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
         try:
             return await future
+        except (TimeoutError, asyncio.CancelledError):
+            self._discard(job)  # timed out or abandoned: its rows free the queue at once
+            raise
         finally:
             timer.cancel()
+
+    def _discard(self, job: _Job) -> None:
+        with self._cond:
+            try:
+                self._queue.remove(job)
+            except ValueError:  # taken by the worker already
+                return
+            self._rows -= job.rows
 
     # -- the worker thread -------------------------------------------------------------
 
@@ -199,7 +218,7 @@ class DynamicBatcher:
             self._waiting = False
         if self.max_queue_delay_s > 0:
             deadline = self._queue[0].enqueued + self.max_queue_delay_s
-            while self._rows < self.max_batch_size and not self._closed:
+            while self._rows < self.max_batch_size and not (self._closed or self._flushing):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

@@ -73,6 +73,10 @@ def url_of(sock: socket.socket) -> str:
 class _Server(uvicorn.Server):
     """uvicorn's server, but a SIGTERM or SIGINT ends with a drain and a normal return."""
 
+    def __init__(self, config: uvicorn.Config, app: ServeApp) -> None:
+        super().__init__(config)
+        self.app = app
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
@@ -90,6 +94,7 @@ class _Server(uvicorn.Server):
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True  # a second Ctrl-C: stop waiting
         self.should_exit = True
+        self.app.begin_drain()
         log.info("%s: draining in-flight requests, then exiting",
                  signal.Signals(sig).name)
 
@@ -103,7 +108,7 @@ def make_server(models: Sequence[ServedModel], settings: ServeSettings, *,
         app.asgi, lifespan="on", log_config=None, access_log=False, server_header=False,
         backlog=2048, timeout_keep_alive=30,
         timeout_graceful_shutdown=int(graceful_timeout_s or settings.timeout_s + 5))
-    return _Server(config), app
+    return _Server(config, app), app
 
 
 def serve(models: Sequence[ServedModel], settings: ServeSettings, *, host: str = "127.0.0.1",
