@@ -5,19 +5,22 @@
 
 For each payload (``tensor``: one preprocessed FP32 image per request, sent with the
 binary tensor extension; ``image``: one JPEG per request as a BYTES input), the
-server (``python -m zoo serve BUNDLE --port 0``, a subprocess) is driven by an
-async client (aiohttp, one connection per concurrent request, closed loop: each
-request waits for the previous answer) at each concurrency, once with dynamic
-batching (the defaults) and once without (``--max-batch-size 1``). The same bundle
-is then called in-process through :class:`zoo.deploy.OnnxClassifier` with batches
-of the same sizes (``run`` + ``softmax`` for tensors, ``probabilities`` of the
-decoded JPEGs for images): the limit a network server approaches. Ratios:
-server / in-process at the same batch size, and batching / no batching.
+server (``python -m zoo serve BUNDLE --port 0 --no-access-log``, a subprocess) is
+driven by a minimal async HTTP/1.1 client (asyncio streams on uvloop, keep-alive
+connections, closed loop: each request waits for the previous answer) at each
+concurrency, once with dynamic batching (the defaults) and once without
+(``--max-batch-size 1``). The same bundle is then called in-process through
+:class:`zoo.deploy.OnnxClassifier` with batches of the same sizes (``run`` + ``softmax``
+for tensors, ``probabilities`` of the decoded JPEGs for images): the limit a network
+server approaches. Ratios: server / in-process at the same batch size, and batching /
+no batching. The floor: a do-nothing ASGI app on the same uvicorn, driven the same way
+(the most any server on this stack answers, whatever its model).
 
 Last, an overload run: requests arrive open-loop at twice the measured capacity
-(batched, concurrency 64) for ``--seconds``; every request must be answered (200) or
-refused (503 with Retry-After) within 100 ms, none may hang (5 s client timeout),
-and the server's RSS must stay bounded (sampled from /proc).
+(batched, concurrency 64) for ``--seconds`` over 512 connections; every request must be
+answered (200) or refused (503 with Retry-After) within 100 ms of its arrival, none may
+hang (5 s client timeout), and the server's RSS must stay bounded (sampled from /proc).
+The client and the server share the machine's cores.
 """
 
 from __future__ import annotations
@@ -73,18 +76,45 @@ def make_bodies(clf: OnnxClassifier, payload: str, n: int = 64
     return bodies, headers, inputs
 
 
-def start_server(bundle: str, *extra: str) -> tuple[subprocess.Popen[str], str]:
+def start_server(bundle: str, *extra: str, floor: bool = False
+                 ) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-m", "zoo", "serve", bundle, "--port", "0",
-                             "--no-access-log", "--log-level", "warning", *extra],
-                            stdout=subprocess.PIPE, text=True, env=env)
+    command = ([sys.executable, "-c", FLOOR_APP] if floor else
+               [sys.executable, "-m", "zoo", "serve", bundle, "--port", "0", "--no-access-log",
+                "--log-level", "warning", *extra])
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if " at http" not in line:
         proc.kill()
         raise SystemExit(f"zoo serve did not start: {line!r}")
     return proc, line.split(" at ")[1].split()[0]
+
+
+#: The floor: a do-nothing ASGI app on the same uvicorn (httptools, uvloop), answering every
+#: request with 2 bytes after reading its body. No server on this stack can do better.
+FLOOR_APP = """
+import socket, sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+sock = socket.socket()
+sock.bind(("127.0.0.1", 0))
+sock.listen(2048)
+print(f"floor at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+"""
 
 
 def rss_mib(pid: int) -> float:
@@ -176,6 +206,7 @@ async def open_loop(url: str, requests: list[bytes], rate: float, seconds: float
     ``connections`` keep-alive connections; latency counts from each request's scheduled
     start, so time spent waiting for a free connection counts too."""
     results: list[tuple[int, float]] = []
+    wire: list[float] = []  # from writing the request to the answer: the server's part
     rss = [rss_mib(pid)]
     idle: asyncio.Queue[Connection] = asyncio.Queue()
     for _ in range(connections):
@@ -183,6 +214,7 @@ async def open_loop(url: str, requests: list[bytes], rate: float, seconds: float
 
     async def one(i: int, scheduled: float) -> None:
         connection = await idle.get()
+        sent = time.perf_counter()
         try:
             status, headers = await asyncio.wait_for(
                 connection.request(requests[i % len(requests)]), 5.0)
@@ -194,6 +226,7 @@ async def open_loop(url: str, requests: list[bytes], rate: float, seconds: float
             connection.close()
             idle.put_nowait(await Connection.open(url))
         results.append((status, time.perf_counter() - scheduled))
+        wire.append(time.perf_counter() - sent)
 
     tasks = []
     begin = time.perf_counter()
@@ -220,6 +253,8 @@ async def open_loop(url: str, requests: list[bytes], rate: float, seconds: float
             "answered_max_ms": max(ok, default=float("nan")) * 1e3,
             "refused_max_ms": max(refused, default=0.0) * 1e3,
             "over_100ms": sum(s > 0.1 for _, s in results),
+            "wire_p50_ms": percentile(wire, 0.5) * 1e3, "wire_p99_ms": percentile(wire, 0.99) * 1e3,
+            "wire_over_100ms": sum(s > 0.1 for s in wire),
             "rss_start_mib": rss[0], "rss_max_mib": max(rss), "rss_end_mib": rss[-1]}
 
 
@@ -280,20 +315,30 @@ def run_payload(args: argparse.Namespace, payload: str, log: Callable[[str], Non
             rows.setdefault("exit_codes", []).append(proc.wait(timeout=30))
     for c in args.concurrency:
         rows["in_process"][c] = in_process(clf, payload, inputs, c, args.seconds / 2)
+    proc, base = start_server(args.bundle, floor=True)
+    url = f"{base}v2/models/{args.bundle}/infer"
+    try:
+        rows["floor"] = {c: run(closed_loop(url, http_requests(url, bodies, headers), c,
+                                            args.seconds / 2)) for c in args.concurrency}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
     return rows
 
 
 def format_table(payload: str, rows: dict[str, Any], concurrency: list[int]) -> str:
     lines = [f"payload: {payload}",
              "| concurrency = batch | server, batching req/s (p50 / p99 ms) | server, no batching "
-             "req/s (p50 / p99 ms) | in-process img/s (p50 ms per batch) | batching / in-process "
-             "| batching / no batching |", "|---:|---:|---:|---:|---:|---:|"]
+             "req/s (p50 / p99 ms) | in-process img/s (p50 ms per batch) | uvicorn floor req/s "
+             "| batching / in-process | batching / no batching |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
     for c in concurrency:
         b, n = rows["server"][f"batching/{c}"], rows["server"][f"no batching/{c}"]
         p = rows["in_process"][c]
         lines.append(f"| {c} | {b['throughput']:,.0f} ({b['p50_ms']:.2f} / {b['p99_ms']:.2f}) | "
                      f"{n['throughput']:,.0f} ({n['p50_ms']:.2f} / {n['p99_ms']:.2f}) | "
                      f"{p['throughput']:,.0f} ({p['p50_ms']:.2f}) | "
+                     f"{rows['floor'][c]['throughput']:,.0f} | "
                      f"{b['throughput'] / p['throughput']:.0%} | "
                      f"{b['throughput'] / n['throughput']:.1f}x |")
     o = rows["overload"]
@@ -301,10 +346,31 @@ def format_table(payload: str, rows: dict[str, Any], concurrency: list[int]) -> 
                  f"{o['requests']} requests): {o['answered']} answered (p99 "
                  f"{o['answered_p99_ms']:.1f} ms, max {o['answered_max_ms']:.1f} ms), "
                  f"{o['refused_503']} refused 503 (max {o['refused_max_ms']:.1f} ms), "
-                 f"{o['other']} other, {o['hung']} hung, {o['over_100ms']} over 100 ms; server "
+                 f"{o['other']} other, {o['hung']} hung, {o['over_100ms']} over 100 ms from "
+                 f"their arrival; on the wire (request written to answer read) p50 "
+                 f"{o['wire_p50_ms']:.1f} ms, p99 {o['wire_p99_ms']:.1f} ms, "
+                 f"{o['wire_over_100ms']} over 100 ms; server "
                  f"RSS {o['rss_start_mib']:.0f} -> max {o['rss_max_mib']:.0f} -> "
                  f"{o['rss_end_mib']:.0f} MiB; exit codes after SIGTERM {rows['exit_codes']}")
     return "\n".join(lines)
+
+
+def targets(payload: str, rows: dict[str, Any], concurrency: list[int]) -> list[str]:
+    """The issue's done-when targets, each PASS or MISS, for one payload."""
+    top, mid = max(concurrency), 8 if 8 in concurrency else concurrency[len(concurrency) // 2]
+    b, n = rows["server"][f"batching/{top}"], rows["server"][f"no batching/{top}"]
+    p8 = rows["server"][f"batching/{mid}"]
+    o = rows["overload"]
+    checks = [
+        (f"batching at c={top} >= 50% of in-process batch {top}",
+         b["throughput"] >= 0.5 * rows["in_process"][top]["throughput"]),
+        (f"batching at c={top} >= 3x no batching", b["throughput"] >= 3 * n["throughput"]),
+        (f"p99 <= 3x p50 at c={mid}", p8["p99_ms"] <= 3 * p8["p50_ms"]),
+        ("overload: every request 200 or 503 within 100 ms, none hung",
+         o["other"] == 0 and o["hung"] == 0 and o["over_100ms"] == 0),
+        ("overload: server RSS grows < 50 MiB", o["rss_max_mib"] - o["rss_start_mib"] < 50),
+    ]
+    return [f"  {'PASS' if ok else 'MISS'} {payload}: {what}" for what, ok in checks]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.seconds:g} s per measurement")
     for payload, rows in results.items():
         print(format_table(payload, rows, args.concurrency))
+    print("targets:")
+    for payload, rows in results.items():
+        print("\n".join(targets(payload, rows, args.concurrency)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

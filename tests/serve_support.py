@@ -37,8 +37,12 @@ class Running:
 @contextmanager
 def thread_server(bundles: Sequence[str], settings: ServeSettings | None = None,
                   *, log_access: bool = True) -> Iterator[Running]:
-    """``zoo serve BUNDLES`` on a free loopback port, in a thread of this process."""
-    settings = settings or ServeSettings()
+    """``zoo serve BUNDLES`` on a free loopback port, in a thread of this process.
+
+    Without ``settings``, load is never shed (no loop-lag or queue-wait limit): a busy
+    test machine must not turn the answers these tests check into 503s.
+    """
+    settings = settings or ServeSettings(max_loop_lag_s=0, max_queue_wait_s=0)
     models = load_models(parse_sources(list(bundles)), settings)
     sock = bind("127.0.0.1", 0)
     server, app = make_server(models, settings, log_access=log_access)

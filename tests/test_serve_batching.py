@@ -18,6 +18,7 @@ from zoo.serve.batching import (
     DynamicBatcher,
     LoopLag,
     QueueFullError,
+    QueueWaitError,
 )
 from zoo.serve.models import ServeSettings
 
@@ -207,7 +208,8 @@ def test_loop_lag_marks_a_busy_event_loop_overloaded() -> None:
 
 
 def test_over_http_a_full_queue_is_503_with_retry_after_and_a_slow_one_504() -> None:
-    settings = ServeSettings(max_batch_size=1, max_queue_rows=2, timeout_s=0.4)
+    settings = ServeSettings(max_batch_size=1, max_queue_rows=2, timeout_s=0.4,
+                             max_queue_wait_s=0, max_loop_lag_s=0)
     data = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
                         "data": [0.0] * 3072}], "outputs": [{"name": "logits"}]}
     with thread_server(["Net"], settings) as server:
@@ -241,6 +243,24 @@ def test_over_http_a_full_queue_is_503_with_retry_after_and_a_slow_one_504() -> 
         assert answer.status == 200 and np.isfinite(answer.json()["outputs"][0]["data"]).all()
         metrics = call(f"{server.url}metrics").body.decode()
         assert 'outcome="overloaded"' in metrics and 'outcome="timeout"' in metrics
+
+
+def test_a_job_queued_past_the_wait_limit_is_refused_not_computed() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_wait_s=0.05)
+        plug = await plugged(batcher, worker)
+        stale = asyncio.create_task(batcher.submit("stale", 1))
+        await asyncio.sleep(0.1)
+        worker.release.set()
+        with pytest.raises(QueueWaitError):
+            await stale
+        assert await plug == "done plug" and await batcher.submit("fresh", 1) == "done fresh"
+        await batcher.close()
+
+    run(main)
+    assert worker.batches == [["plug"], ["fresh"]]
 
 
 def test_flush_stops_waiting_for_a_batch_to_fill() -> None:

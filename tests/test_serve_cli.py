@@ -42,7 +42,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0_without_torch() -> None:
     sha = bundle_sha256(resolve_bundle("Net"))
     proc = subprocess.Popen(
         [sys.executable, "-c", BLOCKED_MAIN, "torch", "serve", "Net", "--port", "0",
-         "--max-queue-delay-ms", "1000", "--expect-sha256", f"Net={sha}"],
+         "--max-queue-delay-ms", "1000", "--max-queue-wait-ms", "0", "--expect-sha256", f"Net={sha}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     try:
         assert proc.stdout is not None
@@ -112,6 +112,7 @@ def test_serve_without_the_extra_says_how_to_install_it() -> None:
     (["Net", "--max-batch-size", "0"], "--max-batch-size must be at least 1, got 0"),
     (["Net", "--max-queue-size", "8"], "--max-queue-size (8) must be at least --max-batch-size"),
     (["Net", "--timeout", "0"], "--timeout must be above 0"),
+    (["Net", "--max-queue-delay-ms", "60"], "--max-queue-wait-ms (50) must exceed"),
     (["Net", "--threads", "0"], "--threads must be an integer from 1"),
     (["Net", "--port", "70000"], "--port must be from 0 to 65535"),
     (["Net", "Net=NetRes"], "two bundles ('Net' and 'NetRes') would be served as 'Net'"),

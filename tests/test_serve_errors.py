@@ -143,7 +143,8 @@ CASES: dict[str, tuple[str, Any, int]] = {
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Running]:
-    with thread_server(["Net"], ServeSettings(max_body_bytes=MAX_BODY)) as running:
+    settings = ServeSettings(max_body_bytes=MAX_BODY, max_loop_lag_s=0, max_queue_wait_s=0)
+    with thread_server(["Net"], settings) as running:
         yield running
 
 

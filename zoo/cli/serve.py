@@ -50,7 +50,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="how long the oldest request may wait for a batch to fill")
     g.add_argument("--max-queue-size", type=int, default=256, metavar="ROWS",
                    help="rows waiting per model; beyond, 503 with Retry-After at once")
-    g.add_argument("--max-loop-lag-ms", type=float, default=50.0, metavar="MS",
+    g.add_argument("--max-queue-wait-ms", type=float, default=50.0, metavar="MS",
+                   help="refuse (503) a request still queued after MS instead of answering it "
+                        "late (0: never)")
+    g.add_argument("--max-loop-lag-ms", type=float, default=25.0, metavar="MS",
                    help="refuse inference requests (503) while the event loop runs this late "
                         "(0: never)")
     g.add_argument("--timeout", type=float, default=10.0, metavar="S",
@@ -113,8 +116,13 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
     if not 0 <= args.max_queue_delay_ms <= 10_000:
         raise ZooError(f"--max-queue-delay-ms must be from 0 to 10000, got "
                        f"{args.max_queue_delay_ms:g}")
-    if not 0 <= args.max_loop_lag_ms <= 60_000:
-        raise ZooError(f"--max-loop-lag-ms must be from 0 to 60000, got {args.max_loop_lag_ms:g}")
+    for flag, ms in (("--max-loop-lag-ms", args.max_loop_lag_ms),
+                     ("--max-queue-wait-ms", args.max_queue_wait_ms)):
+        if not 0 <= ms <= 60_000:
+            raise ZooError(f"{flag} must be from 0 to 60000, got {ms:g}")
+    if 0 < args.max_queue_wait_ms <= args.max_queue_delay_ms:
+        raise ZooError(f"--max-queue-wait-ms ({args.max_queue_wait_ms:g}) must exceed "
+                       f"--max-queue-delay-ms ({args.max_queue_delay_ms:g}), or be 0")
     if not 0 < args.timeout <= 3600:
         raise ZooError(f"--timeout must be above 0 and at most 3600 seconds, got "
                        f"{args.timeout:g}")
@@ -126,7 +134,8 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
                          max_queue_rows=args.max_queue_size, timeout_s=args.timeout,
                          max_body_bytes=args.max_body_bytes,
                          max_image_pixels=args.max_image_pixels, top_k=args.top_k,
-                         threads=args.threads, max_loop_lag_s=args.max_loop_lag_ms / 1000)
+                         threads=args.threads, max_loop_lag_s=args.max_loop_lag_ms / 1000,
+                         max_queue_wait_s=args.max_queue_wait_ms / 1000)
 
 
 def serve_command(args: argparse.Namespace, registry: Registry) -> int:

@@ -48,6 +48,10 @@ class QueueFullError(Exception):
     """The queue holds ``max_queue_rows`` rows: the server is over capacity, retry later."""
 
 
+class QueueWaitError(QueueFullError):
+    """A job waited in the queue past ``max_queue_wait_s``: it is refused, not computed late."""
+
+
 class BatcherClosedError(Exception):
     """The batcher is draining for shutdown and takes no new jobs."""
 
@@ -73,7 +77,8 @@ class DynamicBatcher:
                  max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
                  max_queue_delay_s: float = DEFAULT_MAX_QUEUE_DELAY_S,
                  max_queue_rows: int = DEFAULT_MAX_QUEUE_ROWS,
-                 timeout_s: float = DEFAULT_TIMEOUT_S, on_batch: OnBatch | None = None) -> None:
+                 timeout_s: float = DEFAULT_TIMEOUT_S, max_queue_wait_s: float = 0.0,
+                 on_batch: OnBatch | None = None) -> None:
         if max_batch_size < 1 or max_queue_rows < max_batch_size:
             raise ValueError(f"need 1 <= max_batch_size ({max_batch_size}) <= max_queue_rows "
                              f"({max_queue_rows})")
@@ -85,6 +90,7 @@ class DynamicBatcher:
         self.max_queue_delay_s = max_queue_delay_s
         self.max_queue_rows = max_queue_rows
         self.timeout_s = timeout_s
+        self.max_queue_wait_s = max_queue_wait_s
         self.on_batch = on_batch
         self._queue: deque[_Job] = deque()
         self._rows = 0  # rows queued, not yet taken by the worker
@@ -184,11 +190,16 @@ class DynamicBatcher:
     def _work(self) -> None:
         while True:
             with self._cond:
-                jobs = self._next_batch()
-                if jobs is None:
+                taken = self._next_batch()
+                if taken is None:
                     return
+                jobs, stale = taken
                 rows = sum(job.rows for job in jobs)
                 self._running_rows = rows
+            if stale:
+                self._send(stale, [QueueWaitError(
+                    f"model {self.name!r} queued the request longer than "
+                    f"{self.max_queue_wait_s * 1e3:g} ms")] * len(stale), 0, 0.0)
             if not jobs:
                 continue
             start = time.perf_counter()
@@ -202,14 +213,17 @@ class DynamicBatcher:
             seconds = time.perf_counter() - start
             with self._cond:
                 self._running_rows = 0
-            assert self._loop is not None
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, jobs, results, rows, seconds)
-            except RuntimeError:  # the loop is closed: nobody waits for these any more
-                return
+            self._send(jobs, results, rows, seconds)
 
-    def _next_batch(self) -> list[_Job] | None:
-        """Wait for jobs (and up to the queue delay for more); None once closed and empty."""
+    def _send(self, jobs: list[_Job], results: Sequence[Any], rows: int,
+              seconds: float) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits for these
+            self._loop.call_soon_threadsafe(self._deliver, jobs, results, rows, seconds)
+
+    def _next_batch(self) -> tuple[list[_Job], list[_Job]] | None:
+        """Wait for jobs (and up to the queue delay for more); the batch, and the jobs that
+        waited too long; None once closed and empty."""
         while not self._queue:
             if self._closed:
                 return None
@@ -226,12 +240,19 @@ class DynamicBatcher:
                 self._cond.wait(remaining)
                 self._waiting = False
         jobs: list[_Job] = []
+        stale: list[_Job] = []
         rows = 0
+        oldest = time.monotonic() - self.max_queue_wait_s
         while self._queue:
             job = self._queue[0]
             if job.future.done():  # timed out or abandoned while queued
                 self._queue.popleft()
                 self._rows -= job.rows
+                continue
+            if self.max_queue_wait_s > 0 and job.enqueued < oldest and not self._flushing:
+                self._queue.popleft()
+                self._rows -= job.rows
+                stale.append(job)
                 continue
             if rows + job.rows > self.max_batch_size:
                 break
@@ -239,7 +260,7 @@ class DynamicBatcher:
             self._rows -= job.rows
             rows += job.rows
             jobs.append(job)
-        return jobs
+        return jobs, stale
 
     def _deliver(self, jobs: list[_Job], results: Sequence[Any], rows: int,
                  seconds: float) -> None:
@@ -250,7 +271,7 @@ class DynamicBatcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
-        if self.on_batch is not None:
+        if self.on_batch is not None and rows:
             self.on_batch(rows, len(jobs), seconds)
 
 
@@ -302,4 +323,5 @@ def _expire(future: asyncio.Future[Any], seconds: float) -> None:
 
 
 __all__ = ["DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_QUEUE_DELAY_S", "DEFAULT_MAX_QUEUE_ROWS",
-           "DEFAULT_TIMEOUT_S", "BatcherClosedError", "DynamicBatcher", "LoopLag", "QueueFullError"]
+           "DEFAULT_TIMEOUT_S", "BatcherClosedError", "DynamicBatcher", "LoopLag", "QueueFullError",
+           "QueueWaitError"]

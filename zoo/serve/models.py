@@ -40,6 +40,7 @@ from zoo.serve.batching import (
     DynamicBatcher,
     OnBatch,
     QueueFullError,
+    QueueWaitError,
 )
 from zoo.serve.protocol import (
     InferenceRequest,
@@ -74,7 +75,8 @@ class ServeSettings:
     max_image_pixels: int = 4096 * 4096
     top_k: int = 5
     threads: int | None = 1
-    max_loop_lag_s: float = 0.05
+    max_loop_lag_s: float = 0.025
+    max_queue_wait_s: float = 0.05
 
 
 class ServedModel:
@@ -96,7 +98,7 @@ class ServedModel:
             self._compute, name=name, max_batch_size=settings.max_batch_size,
             max_queue_delay_s=settings.max_queue_delay_s,
             max_queue_rows=settings.max_queue_rows, timeout_s=settings.timeout_s,
-            on_batch=on_batch)
+            max_queue_wait_s=settings.max_queue_wait_s, on_batch=on_batch)
 
     # -- description -------------------------------------------------------------------
 
@@ -196,6 +198,11 @@ class ServedModel:
         try:
             result: tuple[np.ndarray, np.ndarray] = await self.batcher.submit(payload, rows)
             return result
+        except QueueWaitError:
+            raise ProtocolError(f"model {self.name!r} is over capacity (the request waited "
+                                f"over {self.settings.max_queue_wait_s * 1e3:g} ms in its "
+                                "queue); retry after a second", 503,
+                                {"Retry-After": "1"}) from None
         except QueueFullError:
             raise ProtocolError(f"model {self.name!r} is over capacity (its queue is full); "
                                 "retry after a second", 503, {"Retry-After": "1"}) from None
@@ -258,8 +265,8 @@ class ServedModel:
     def _compute(self, payloads: Sequence[np.ndarray | list[bytes]]
                  ) -> list[tuple[np.ndarray, np.ndarray] | BaseException]:
         """Logits and probabilities of each payload, in one onnxruntime call (runs in the
-        batcher's thread)."""
-        arrays: list[np.ndarray | BaseException] = []
+        batcher's thread). Images are decoded one by one and normalized all together."""
+        arrays: list[np.ndarray | BaseException] = []  # float32 rows, or uint8 images
         for payload in payloads:
             if isinstance(payload, np.ndarray):
                 arrays.append(payload if np.isfinite(payload).all() else ProtocolError(
@@ -267,13 +274,17 @@ class ServedModel:
                     "finite FP32 numbers"))
                 continue
             try:
-                images = [self._decode(data, i) for i, data in enumerate(payload)]
-                arrays.append(self.classifier.preprocess(np.stack(images)))
+                arrays.append(np.stack([self._decode(data, i) for i, data in enumerate(payload)]))
             except ProtocolError as exc:
                 arrays.append(exc)
         good = [a for a in arrays if isinstance(a, np.ndarray)]
         if not good:
             return [a for a in arrays if not isinstance(a, np.ndarray)]
+        images = [a for a in good if a.dtype == np.uint8]
+        if images:  # OnnxClassifier.preprocess, once for every image of the batch
+            floats = iter(np.split(self.classifier.preprocess(np.concatenate(images)),
+                                   np.cumsum([len(a) for a in images])[:-1]))
+            good = [next(floats) if a.dtype == np.uint8 else a for a in good]
         batch = good[0] if len(good) == 1 else np.concatenate(good)
         logits = self.classifier.run(batch)
         probs = softmax(logits)
