@@ -36,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "  zoo serve Net                          http://127.0.0.1:8000/\n"
         "  zoo serve Net fast=exports/NetRes-cifar2 --host 0.0.0.0 --port 8080\n"
         "  zoo serve Net --expect-sha256 Net=HEX  refuse any other bundle\n"
-        "  zoo serve Net --triton-repository models   write a Triton model repository",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  zoo serve Net --triton-repository models   write a Triton model repository")
     p.add_argument("bundles", nargs="+", metavar="[NAME=]BUNDLE",
                    help="bundle directories or shipped bundle names (e.g. Net), served as "
                         "their name, their directory's name, or NAME")
