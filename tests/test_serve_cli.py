@@ -42,7 +42,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0_without_torch() -> None:
     sha = bundle_sha256(resolve_bundle("Net"))
     proc = subprocess.Popen(
         [sys.executable, "-c", BLOCKED_MAIN, "torch", "serve", "Net", "--port", "0",
-         "--max-queue-delay-ms", "1000", "--max-queue-wait-ms", "0", "--expect-sha256", f"Net={sha}"],
+         "--max-queue-delay-ms", "1000", "--max-queue-wait-ms", "0",
+         "--expect-sha256", f"Net={sha}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
     try:
         assert proc.stdout is not None
