@@ -61,9 +61,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """Ruff: lint and formatting of imports."""
-    session.install("ruff>=0.6")
+    """Ruff (lint, import order) and import-linter (the layering contracts in pyproject.toml)."""
+    session.install("ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", "zoo", "plugins", "tests", "bench", "noxfile.py")
+    # grimp reads the sources; it finds the package in the working directory
+    session.run("lint-imports", env={"PYTHONPATH": str(Path(__file__).resolve().parent)})
 
 
 @nox.session(venv_backend="none")
@@ -127,9 +129,9 @@ def zoo(session: nox.Session) -> None:
         _dev_run(session, "zoo", "export", run_dir, "--out", f"exports/{name}-cifar2", "--force",
                  "--checkpoint", "last")
     # the specs pin each bundle's manifest digest: declare the new bundles
-    _dev_run(session, "python", "-m", "zoo.weightsync", "--write",
+    _dev_run(session, "python", "-m", "zoo.bundles.weightsync", "--write",
              "plugins/zoo_chapter8/weights.json", "--package", "zoo_chapter8.weights")
-    _dev_run(session, "python", "-m", "zoo.modeltable", "--write", "README.md")
+    _dev_run(session, "python", "-m", "zoo.bundles.modeltable", "--write", "README.md")
     _dev_run(session, "zoo", "compare", *_architectures(session), "--out", "docs/compare.png")
 
 
@@ -187,6 +189,7 @@ def sanitize(session: nox.Session) -> None:
     # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
     _dev_run(session, "python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
                 "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
+                "tests/test_fused_backward.py",
                 *_posargs(session), env=env)
 
 
@@ -199,25 +202,34 @@ MUTMUT = ("mutmut==2.5.1", "pytest-cov>=5")
 MUTMUT_SKIP = "string,fstring,decorator"
 #: Per module, the tests that run a mutant of a line the coverage map does not know.
 MUTATION_TESTS: dict[str, tuple[str, ...]] = {
-    "zoo/spec.py": ("tests/test_spec.py", "tests/test_registry.py"),
-    "zoo/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
-                        "tests/test_readme_plugin.py", "tests/test_plugin_isolation.py",
-                        "tests/test_contract.py"),
-    "zoo/imaging.py": ("tests/test_imaging.py", "tests/test_data_integrity.py"),
-    "zoo/deploy.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
-                      "tests/test_pretrained.py", "tests/test_bundle_pinning.py"),
-    "zoo/exporter.py": ("tests/test_export.py", "tests/test_behaviour.py",
-                        "tests/test_export_formats.py", "tests/test_export_location.py"),
-    "zoo/bundle.py": ("tests/test_bundle.py",),
-    "zoo/manifest.py": ("tests/test_bundle.py", "tests/test_export.py"),
-    "zoo/pipeline.py": ("tests/test_pipeline.py", "tests/test_crosscheck.py",
-                        "tests/test_recipe.py", "tests/test_trainer.py"),
-    "zoo/checkpoint.py": ("tests/test_behaviour.py", "tests/test_trainer.py",
-                          "tests/test_run_integrity.py"),
-    "zoo/progress.py": ("tests/test_behaviour.py",),
-    "zoo/config.py": ("tests/test_trainer.py", "tests/test_recipe.py"),
-    "zoo/trainer.py": ("tests/test_recipe.py", "tests/test_behaviour.py",
-                       "tests/test_trainer.py"),
+    "zoo/spec/architecture.py": ("tests/test_spec.py", "tests/test_registry.py"),
+    "zoo/spec/provenance.py": ("tests/test_spec.py", "tests/test_registry.py"),
+    "zoo/host/registry.py": ("tests/test_registry.py", "tests/test_cli_catalog.py",
+                             "tests/test_readme_plugin.py", "tests/test_plugin_isolation.py",
+                             "tests/test_contract.py", "tests/test_export_formats.py"),
+    "zoo/host/plugins.py": ("tests/test_registry.py", "tests/test_hook_calls.py",
+                            "tests/test_plugin_isolation.py", "tests/test_train_hooks.py"),
+    "zoo/util/imaging.py": ("tests/test_imaging.py", "tests/test_data_integrity.py"),
+    "zoo/deploy/predictor.py": ("tests/test_deploy.py", "tests/test_crosscheck.py",
+                                "tests/test_pretrained.py", "tests/test_bundle_pinning.py"),
+    "zoo/deploy/runtime.py": ("tests/test_deploy.py", "tests/test_bundle_pinning.py"),
+    "zoo/exporter/write.py": ("tests/test_export.py", "tests/test_behaviour.py",
+                              "tests/test_export_formats.py", "tests/test_export_location.py"),
+    "zoo/exporter/onnx.py": ("tests/test_export.py", "tests/test_export_formats.py"),
+    "zoo/exporter/formats.py": ("tests/test_export_formats.py", "tests/test_export.py"),
+    "zoo/exporter/verify.py": ("tests/test_bundle.py", "tests/test_export_formats.py"),
+    "zoo/models/load.py": ("tests/test_bundle.py",),
+    "zoo/models/statedict.py": ("tests/test_bundle.py",),
+    "zoo/spec/manifest.py": ("tests/test_bundle.py", "tests/test_export.py"),
+    "zoo/bundles/integrity.py": ("tests/test_bundle.py", "tests/test_bundle_pinning.py"),
+    "zoo/trainer/pipeline.py": ("tests/test_pipeline.py", "tests/test_crosscheck.py",
+                                "tests/test_recipe.py", "tests/test_trainer.py"),
+    "zoo/trainer/checkpoint.py": ("tests/test_behaviour.py", "tests/test_trainer.py",
+                                  "tests/test_run_integrity.py"),
+    "zoo/trainer/progress.py": ("tests/test_behaviour.py",),
+    "zoo/spec/training.py": ("tests/test_trainer.py", "tests/test_recipe.py"),
+    "zoo/trainer/loop.py": ("tests/test_recipe.py", "tests/test_behaviour.py",
+                            "tests/test_trainer.py"),
     "plugins/zoo_chapter8/models.py": ("tests/test_reference.py",
                                        "tests/test_architectures.py"),
     "plugins/zoo_chapter8/specs.py": ("tests/test_architectures.py",),
@@ -232,7 +244,7 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
 
 @nox.session(venv_backend="none")
 def mutation(session: nox.Session) -> None:
-    """Mutation testing (mutmut) of one module or more: ``nox -s mutation -- zoo/spec.py``.
+    """Mutation testing (mutmut) of one module or more: ``nox -s mutation -- zoo/spec/run.py``.
 
     ``--budget=SECONDS``: the tests each mutant runs, fastest first (default 30; 0: all).
 

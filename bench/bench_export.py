@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 import zoo
-from zoo.exporter import Exporter, export
+from zoo.exporter.onnx import Exporter
+from zoo.exporter.write import export
 
 
 def time_export(name: str, out: Path, exporter: Exporter) -> tuple[float, float, float]:

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 
 import zoo
-from zoo.deploy import default_threads, ort_session
-from zoo.exporter import export
-from zoo.manifest import INPUT_NAME, ONNX_FILE
+from zoo.deploy.runtime import ort_session
+from zoo.exporter.write import export
+from zoo.spec.manifest import INPUT_NAME, ONNX_FILE
+from zoo.util.threads import default_threads
 
 RUNS = {1: 300, 256: 12}
 

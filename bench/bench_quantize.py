@@ -30,11 +30,11 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import zoo
-from zoo.datasets import DatasetRequest
-from zoo.deploy import ort_session
-from zoo.exporter import export
-from zoo.imaging import normalize
-from zoo.manifest import INPUT_NAME, ONNX_FILE
+from zoo.deploy.runtime import ort_session
+from zoo.exporter.write import export
+from zoo.spec.dataset import DatasetRequest
+from zoo.spec.manifest import INPUT_NAME, ONNX_FILE
+from zoo.util.imaging import normalize
 
 
 class Reader(CalibrationDataReader):  # type: ignore[misc]

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from zoo_chapter8.specs import BOOK_VAL_ACC
 
 import zoo
-from zoo.config import TrainConfig
-from zoo.modeltable import BOOK_VAL_ACC
+from zoo.spec.training import TrainConfig
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar2" / "train"
 

@@ -18,7 +18,7 @@ All three train on the same images (a CIFAR-2-sized synthetic set, or
 steps only (no validation): the best timed epoch after a warm-up one. The CPU
 may be shared, so the three run in turn, ``--rounds`` times, each keeping its
 best round. The book's loops run in a child process of their own, with the C
-allocator as a reader's process has it (the trainer tunes it: zoo.allocator);
+allocator as a reader's process has it (the trainer tunes it: zoo.trainer.allocator);
 ``--tuned-book`` tunes it for them too, to show that share of the speed-up.
 
     python bench/bench_train_throughput.py [--arch Net ...] [--device cuda] [--rounds 3]
@@ -41,11 +41,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import zoo
-from zoo.allocator import retain_freed_memory
-from zoo.config import TrainConfig
-from zoo.datasets import DatasetRequest
-from zoo.pipeline import compute_normalization
-from zoo.trainer import select_device
+from zoo.spec.dataset import DatasetRequest
+from zoo.spec.training import TrainConfig
+from zoo.trainer.allocator import retain_freed_memory
+from zoo.trainer.loop import select_device
+from zoo.trainer.pipeline import compute_normalization
 
 sys.path.insert(0, str(Path(__file__).parent))
 from book_ch8 import BOOK_MODELS

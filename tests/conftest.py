@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.registry import reset_default_registry
+from zoo.host.registry import reset_default_registry
 
 MakeDist = Callable[..., Path]
 

@@ -1,6 +1,6 @@
 """Helpers of the export, bundle and deploy tests: run directories and image files.
 
-``make_run`` writes a run directory exactly as :mod:`zoo.run` defines it
+``make_run`` writes a run directory exactly as :mod:`zoo.spec.run` defines it
 (run.json, checkpoints/best.pt and last.pt, val_samples.npy), with weights that
 are not the architecture's seeded initialization, so the tests do not depend
 on the trainer being installed.
@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 import zoo
-from zoo.run import (
+from zoo.spec.run import (
     BEST_CHECKPOINT,
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from zoo.allocator import is_glibc
+from zoo.trainer.allocator import is_glibc
 
 glibc = pytest.mark.skipif(not is_glibc(), reason="glibc only")
 
@@ -18,7 +18,7 @@ PROBE = textwrap.dedent("""
     import torch
     import torch.nn.functional as F
     import zoo
-    from zoo.allocator import retain_freed_memory
+    from zoo.trainer.allocator import retain_freed_memory
 
     torch.set_num_threads(1)
     model = zoo.create_model("Net").to(memory_format=torch.channels_last)
@@ -52,7 +52,7 @@ def test_tuned_allocator_stops_the_page_faults_of_each_step() -> None:
 
 @glibc
 def test_environment_thresholds_are_respected() -> None:
-    code = "from zoo.allocator import retain_freed_memory; print(retain_freed_memory())"
+    code = "from zoo.trainer.allocator import retain_freed_memory; print(retain_freed_memory())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={"PATH": "/usr/bin:/bin",
                                           "MALLOC_TRIM_THRESHOLD_": "131072"})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-import zoo.fsutil as fsutil
-from zoo.fsutil import atomic_directory, atomic_write_text, clean_stale_temporaries, exchange
+import zoo.util.fsutil as fsutil
+from zoo.util.fsutil import atomic_directory, atomic_write_text, clean_stale_temporaries, exchange
 
 
 def _dead_pid() -> int:

@@ -12,10 +12,10 @@ from torch import nn
 
 import zoo
 from zoo import Registry
-from zoo.batchsplit import BatchSplitter, auto_parts, split_blocker
 from zoo.cli import main
 from zoo.errors import TrainingError
-from zoo.run import read_summary
+from zoo.spec.run import read_summary
+from zoo.trainer.batchsplit import BatchSplitter, auto_parts, split_blocker
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 2},

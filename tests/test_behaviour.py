@@ -22,14 +22,15 @@ from export_helpers import make_run
 
 import zoo
 from zoo import DatasetRequest
-from zoo.bundle import load_bundle
+from zoo.bundles.integrity import file_entry
 from zoo.errors import BundleError, ExportError, TrainingError, ZooError
-from zoo.exporter import export
-from zoo.imaging import normalize
-from zoo.manifest import file_entry
-from zoo.progress import Progress
-from zoo.run import EpochMetrics, RunSummary, read_summary
-from zoo.trainer import select_device, train
+from zoo.exporter.write import export
+from zoo.host.contract import load_dataset
+from zoo.models.load import load_bundle
+from zoo.spec.run import EpochMetrics, RunSummary, read_summary
+from zoo.trainer.loop import select_device, train
+from zoo.trainer.progress import Progress
+from zoo.util.imaging import normalize
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 200, "num_classes": 2},  # 180 train, 20 val
@@ -51,7 +52,7 @@ def _val_split(summary: RunSummary, tmp_path: Path) -> tuple[torch.Tensor, torch
                              val_split=cfg["val_split"], seed=summary.seed,
                              image_size=(shape.height, shape.width), channels=shape.channels,
                              cache_dir=tmp_path / "cache")
-    data = spec.load(request, **cfg["dataset_options"])
+    data = load_dataset(spec, request, **cfg["dataset_options"])
     x = normalize(data.val.images, summary.normalization.mean, summary.normalization.std)
     return torch.from_numpy(x), torch.from_numpy(data.val.labels)
 
@@ -156,7 +157,7 @@ def _tamper(weights: dict[str, torch.Tensor], change: str) -> None:
 def _tamper_checkpoint(path: Path, change: str) -> None:
     """A checkpoint whose weights miss or add a key, re-saved with a valid digest: only the
     strict loading can catch it."""
-    from zoo.checkpoint import DIGEST_KEY, save_checkpoint
+    from zoo.trainer.checkpoint import DIGEST_KEY, save_checkpoint
 
     state = torch.load(path, weights_only=True)
     state.pop(DIGEST_KEY, None)

@@ -7,20 +7,26 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import MakeDist, tiny_plugin
 from export_helpers import make_run
+from PIL import Image
 
 import zoo
-from zoo.bundle import load_bundle, load_state_dict, strip_prefix
+from zoo.bundles.integrity import bundle_sha256, file_entry, read_manifest
+from zoo.bundles.store import pretrained_bundles, resolve_bundle
 from zoo.cli import main
 from zoo.errors import BundleError
-from zoo.exporter import export, verify_bundle
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, file_entry, read_manifest
-from zoo.pretrained import pretrained_bundles, resolve_bundle
-from zoo.registry import Registry
+from zoo.exporter.verify import verify_bundle
+from zoo.exporter.write import export
+from zoo.host.registry import Registry
+from zoo.models.load import load_bundle
+from zoo.models.statedict import load_state_dict, strip_prefix
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +303,59 @@ def test_resolve_bundle_by_path_bundle_name_and_architecture(
 
 def test_default_exports_dir_is_the_repository_exports_folder(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from zoo.pretrained import exports_dir
+    from zoo.bundles.store import exports_dir
 
     monkeypatch.delenv("ZOO_EXPORTS", raising=False)
     assert exports_dir() == Path(zoo.__file__).resolve().parent.parent / "exports"
+
+
+def test_zoo_verify_hashes_each_file_and_builds_the_model_once(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import collections
+
+    import zoo.bundles.integrity as integrity
+
+    read: collections.Counter[str] = collections.Counter()
+    builds: list[str] = []
+    real_read, real_build = integrity._read_member, Registry.build
+
+    def count_read(bundle: Path, name: str, *args: Any, **kwargs: Any) -> bytes:
+        read[name] += 1
+        return real_read(bundle, name, *args, **kwargs)
+
+    def count_build(self: Registry, config: Any) -> Any:
+        builds.append(config.architecture)
+        return real_build(self, config)
+
+    monkeypatch.setattr(integrity, "_read_member", count_read)
+    monkeypatch.setattr(Registry, "build", count_build)
+    assert main(["verify", "NetBatchNorm"]) == 0
+    files = read_manifest(pretrained_bundles()["NetBatchNorm"]).files
+    assert len(files) == 5 and read == dict.fromkeys(files, 1)  # every file hashed once
+    assert builds == ["NetBatchNorm"]
+    out = capsys.readouterr().out
+    digest = bundle_sha256(pretrained_bundles()["NetBatchNorm"])
+    assert out.startswith(f"bundle sha256 {digest}\n")
+
+
+def test_the_commands_resolve_names_with_the_command_lines_plugins(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``-p no:NAME`` reaches the name lookups of zoo compare, inspect and verify."""
+    import zoo.bundles.store as store
+
+    seen: list[list[str]] = []
+    real = store.declared_bundle
+
+    def spy(name: str, weights: str | None = None, *, registry: Any = None) -> Any:
+        seen.append(sorted(i.name for i in registry.plugins() if i.status == "blocked"))
+        return real(name, weights, registry=registry)
+
+    monkeypatch.setattr(store, "declared_bundle", spy)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(image)
+    for argv in (["compare", "Net", "--out", str(tmp_path / "c.png")],
+                 ["inspect", "Net", str(image), "--out", str(tmp_path / "i")],
+                 ["verify", "Net"]):
+        seen.clear()
+        assert main(["-p", "no:tensorboard", *argv]) == 0, argv
+        assert seen and all(blocked == ["tensorboard"] for blocked in seen), (argv, seen)

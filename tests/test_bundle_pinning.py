@@ -17,13 +17,15 @@ import pytest
 from export_helpers import make_run, write_images
 
 import zoo
+from zoo.bundles.integrity import bundle_sha256, file_entry, open_bundle
+from zoo.bundles.store import resolve_bundle
 from zoo.cli import main
 from zoo.deploy import OnnxClassifier
+from zoo.deploy.onnxscan import OnnxScanError, external_data_files
 from zoo.errors import BundleError, ExportError, ZooError
-from zoo.exporter import export, verify_bundle
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, bundle_sha256, file_entry, open_bundle
-from zoo.onnxscan import OnnxScanError, external_data_files
-from zoo.pretrained import resolve_bundle
+from zoo.exporter.verify import verify_bundle
+from zoo.exporter.write import export
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE
 
 
 @pytest.fixture(scope="module")

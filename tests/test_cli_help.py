@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from zoo.cli import build_parser, main
-from zoo.config import TrainConfig, load_config_file, validate_config
+from zoo.spec.training import TrainConfig, load_config_file, validate_config
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -12,13 +12,13 @@ from PIL import Image
 from zoo_chapter8.specs import BOOK_VAL_ACC
 
 import zoo
+from zoo.analysis.compare import compare, plugin_references, render_comparison
+from zoo.bundles.integrity import open_bundle
+from zoo.bundles.store import resolve_bundle
 from zoo.cli import main
-from zoo.compare import compare, plugin_references, render_comparison
 from zoo.errors import ZooError
-from zoo.manifest import open_bundle
-from zoo.pretrained import resolve_bundle
-from zoo.registry import Registry
-from zoo.run import read_summary
+from zoo.host.registry import Registry
+from zoo.spec.run import read_summary
 
 
 def test_runs_and_shipped_bundles(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from test_datasets import _fake_cifar, _folder
 
 import zoo
 from zoo.errors import ConformanceError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 from zoo.testing import check_architecture, check_dataset
 
 BOOK = ["Net", "NetBatchNorm", "NetDepth", "NetDropout", "NetRes", "NetResDeep", "NetWidth"]

@@ -12,10 +12,10 @@ import torch
 from conftest import tiny_plugin
 
 import zoo
-from zoo.contract import check_model
-from zoo.datasets import DatasetRequest
 from zoo.errors import BundleError, ContractError, PluginError
-from zoo.registry import Registry
+from zoo.host.contract import check_model, load_dataset
+from zoo.host.registry import Registry
+from zoo.spec.dataset import DatasetRequest
 
 # Correct in PyTorch, one logit too many in the exported graph.
 TRACING_LIES = '''
@@ -164,7 +164,7 @@ def test_the_exported_graph_must_give_one_logit_per_class(registry: Registry,
 def test_loader_mistakes_are_one_plugin_error(registry: Registry, fault: str, seen: str) -> None:
     spec = registry.get_dataset("faulty")
     with pytest.raises(PluginError) as info:
-        spec.load(DatasetRequest(image_size=(8, 8)), fault=fault)
+        load_dataset(spec, DatasetRequest(image_size=(8, 8)), fault=fault)
     text = str(info.value)
     assert seen in text and "'faulty' from contract-nets 0.1 (plugin 'contract')" in text
 
@@ -172,20 +172,21 @@ def test_loader_mistakes_are_one_plugin_error(registry: Registry, fault: str, se
 def test_a_good_loader_passes_and_unused_options_are_warned(
         registry: Registry, capsys: pytest.CaptureFixture[str]) -> None:
     spec = registry.get_dataset("faulty")
-    data = spec.load(DatasetRequest(image_size=(8, 8), channels=1, val_split=0.3))
+    data = load_dataset(spec, DatasetRequest(image_size=(8, 8), channels=1, val_split=0.3))
     assert data.train.images.shape == (6, 1, 8, 8)
     assert capsys.readouterr().err == ""
-    spec.load(DatasetRequest(data_dir=Path("somewhere"), strict=True))
+    load_dataset(spec, DatasetRequest(data_dir=Path("somewhere"), strict=True))
     assert capsys.readouterr().err == ("zoo: warning: dataset 'faulty' does not use --data-dir, "
                                        "--strict; ignored\n")
-    spec.load(DatasetRequest(data_dir=Path("somewhere"), quiet=True))
+    load_dataset(spec, DatasetRequest(data_dir=Path("somewhere"), quiet=True))
     assert capsys.readouterr().err == ""
 
 
 def test_builtin_synthetic_warns_about_data_dir(capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
     spec = zoo.default_registry().get_dataset("synthetic")
-    data = spec.load(DatasetRequest(data_dir=tmp_path, image_size=(8, 8), cache_dir=tmp_path),
+    data = load_dataset(spec, DatasetRequest(data_dir=tmp_path, image_size=(8, 8),
+                                             cache_dir=tmp_path),
                      size=20)
     assert data.train.images.dtype == np.uint8
     assert "dataset 'synthetic' does not use --data-dir; ignored" in capsys.readouterr().err
@@ -195,4 +196,4 @@ def test_a_loader_must_give_the_class_count_its_spec_declares(registry: Registry
     spec = registry.get_dataset("faulty").model_copy(update={"num_classes": 3})
     with pytest.raises(ContractError, match=r"its spec declares 3 classes; the loader gave 2 "
                                             r"\(a, b\)"):
-        spec.load(DatasetRequest())
+        load_dataset(spec, DatasetRequest())

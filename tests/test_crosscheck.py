@@ -19,12 +19,13 @@ import torch
 from PIL import Image
 
 from zoo import DatasetRequest, default_registry
-from zoo.datasets import LoadedDataset
 from zoo.deploy import OnnxClassifier
-from zoo.exporter import export
-from zoo.pipeline import DeviceData, compute_normalization
-from zoo.run import RunSummary, read_summary
-from zoo.trainer import train
+from zoo.exporter.write import export
+from zoo.host.contract import load_dataset
+from zoo.spec.dataset import LoadedDataset
+from zoo.spec.run import RunSummary, read_summary
+from zoo.trainer.loop import train
+from zoo.trainer.pipeline import DeviceData, compute_normalization
 
 CLASSES = ("plane", "sky")
 #: name, PIL mode, (width, height): RGB, JPEG, grey, RGBA, palette, odd sizes
@@ -78,7 +79,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Trained:
         export(result.run_dir, out=tmp / "bundle")
         request = DatasetRequest(data_dir=tmp / "train", val_dir=tmp / "val",
                                  image_size=(32, 32), channels=3, cache_dir=tmp / "cache")
-        data = default_registry().get_dataset("imagefolder").load(request)
+        data = load_dataset(default_registry().get_dataset("imagefolder"), request)
     return Trained(result.run_dir, read_summary(result.run_dir), data, val_files,
                    OnnxClassifier(tmp / "bundle"))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from zoo.curves import PANELS, best_epoch, draw_curves, write_curves
-from zoo.run import CURVES_PNG, EpochMetrics
+from zoo.spec.run import CURVES_PNG, EpochMetrics
+from zoo.trainer.curves import PANELS, best_epoch, draw_curves, write_curves
 
 
 def _metrics(val_accs: list[float]) -> list[EpochMetrics]:

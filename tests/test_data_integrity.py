@@ -12,7 +12,8 @@ from PIL import Image
 from zoo import DatasetRequest, Registry
 from zoo.cli import main
 from zoo.errors import DataError, ZooError
-from zoo.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from zoo.host.contract import load_dataset
+from zoo.util.imaging import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_a_poisoned_or_misplaced_cache_entry_is_rebuilt(
         registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     spec = registry.get_dataset("imagefolder")
     root = _folder(tmp_path / "data")
-    genuine = spec.load(_req(tmp_path, root))
+    genuine = load_dataset(spec, _req(tmp_path, root))
     (entry,) = (tmp_path / "cache" / "imagefolder").glob("*.npz")
     capsys.readouterr()
     with np.load(entry) as npz:
@@ -48,7 +49,7 @@ def test_a_poisoned_or_misplaced_cache_entry_is_rebuilt(
                     labels=1 - stored["labels"])
     with entry.open("wb") as fh:
         np.savez(fh, **poisoned)
-    again = spec.load(_req(tmp_path, root))
+    again = load_dataset(spec, _req(tmp_path, root))
     assert np.array_equal(again.train.images, genuine.train.images)
     assert np.array_equal(again.train.labels, genuine.train.labels)
     err = capsys.readouterr().err
@@ -56,14 +57,14 @@ def test_a_poisoned_or_misplaced_cache_entry_is_rebuilt(
     # a genuine entry of other data, copied under this key
     other = _folder(tmp_path / "other")
     Image.new("RGB", (12, 10), (1, 2, 3)).save(other / "cat" / "extra.png")
-    spec.load(_req(tmp_path, other))
+    load_dataset(spec, _req(tmp_path, other))
     (other_entry,) = [p for p in (tmp_path / "cache" / "imagefolder").glob("*.npz")
                       if p != entry]
     entry.write_bytes(other_entry.read_bytes())
-    third = spec.load(_req(tmp_path, root))
+    third = load_dataset(spec, _req(tmp_path, root))
     assert np.array_equal(third.train.images, genuine.train.images)
     assert "rebuilding" in capsys.readouterr().err
-    spec.load(_req(tmp_path, root))  # the rebuilt entry is used quietly
+    load_dataset(spec, _req(tmp_path, root))  # the rebuilt entry is used quietly
     assert capsys.readouterr().err == ""
 
 
@@ -99,10 +100,10 @@ def test_training_skips_and_predict_reports_an_oversized_image(
     monkeypatch.setenv("ZOO_MAX_IMAGE_PIXELS", "10000")  # 100x100, to keep the test quick
     root = _folder(tmp_path / "data")
     _huge_png(root / "cat" / "bomb.png", side=101)
-    data = registry.get_dataset("imagefolder").load(_req(tmp_path, root))
+    data = load_dataset(registry.get_dataset("imagefolder"), _req(tmp_path, root))
     assert len(data.train) + len(data.val) == 8
     assert any("bomb.png" in s and "over the limit" in s for s in data.skipped)
-    from zoo.exporter import export
+    from zoo.exporter.write import export
 
     export("Net", out=tmp_path / "bundle")
     good = root / "dog" / "0.png"
@@ -124,7 +125,7 @@ def test_an_unreadable_data_dir_is_a_clear_error(registry: Registry, tmp_path: P
 
     monkeypatch.setattr(os, "walk", walk)
     with pytest.raises(DataError, match=r"--data-dir .* cannot be read: .*dog: Permission denied"):
-        registry.get_dataset("imagefolder").load(_req(tmp_path, root))
+        load_dataset(registry.get_dataset("imagefolder"), _req(tmp_path, root))
 
 
 def test_the_pixel_limit_counts_every_pixel_down_to_one(tmp_path: Path,

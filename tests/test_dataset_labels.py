@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from zoo import DatasetRequest, Registry
+from zoo.host.contract import load_dataset
 
 CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
          "truck")
@@ -42,7 +43,7 @@ def test_imagefolder_labels_follow_the_sorted_class_folders(registry: Registry,
         (tmp_path / "data" / name).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (20 + i, 18), colour).save(tmp_path / "data" / name / f"{i}.png")
-    data = registry.get_dataset("imagefolder").load(
+    data = load_dataset(registry.get_dataset("imagefolder"),
         _req(tmp_path, data_dir=tmp_path / "data", val_split=0.25, image_size=(8, 8)))
     assert data.classes == ("ant", "moth", "zebra")
     for split in (data.train, data.val):
@@ -80,7 +81,7 @@ def fake_cifar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cifar_labels_follow_the_class_names(registry: Registry, fake_cifar: Path,
                                              tmp_path: Path, dataset: str,
                                              kept: tuple[str, ...]) -> None:
-    data = registry.get_dataset(dataset).load(
+    data = load_dataset(registry.get_dataset(dataset),
         _req(tmp_path, data_dir=fake_cifar, download=False))
     assert data.classes == kept
     assert len(data.train) == 5 * 3 * len(kept) and len(data.val) == 3 * len(kept)
@@ -93,7 +94,7 @@ def test_cifar_labels_follow_the_class_names(registry: Registry, fake_cifar: Pat
 def test_grey_cifar_is_pillows_grey_of_the_same_image(registry: Registry, fake_cifar: Path,
                                                       tmp_path: Path) -> None:
     """Training on grey CIFAR sees what deployment sees after Pillow's ``L`` conversion."""
-    data = registry.get_dataset("cifar10").load(
+    data = load_dataset(registry.get_dataset("cifar10"),
         _req(tmp_path, data_dir=fake_cifar, download=False, channels=1))
     assert data.train.images.shape[1:] == (1, 32, 32)
     for image, label in zip(data.val.images, data.val.labels, strict=True):
@@ -125,7 +126,7 @@ def _fill_ratio(image: np.ndarray) -> float:
 
 def test_synthetic_labels_follow_the_shape_names(registry: Registry, tmp_path: Path) -> None:
     """A square fills its bounding box, a circle pi/4 of it, a cross about half."""
-    data = registry.get_dataset("synthetic").load(
+    data = load_dataset(registry.get_dataset("synthetic"),
         _req(tmp_path, image_size=(48, 48), val_split=0.25), size=120, num_classes=3, noise=0.0)
     assert data.classes == ("cross", "circle", "square")
     expected = {"square": 1.0, "circle": np.pi / 4, "cross": 0.51}

@@ -15,6 +15,7 @@ from PIL import Image
 
 from zoo import DatasetRequest, Registry
 from zoo.errors import DataError, UnknownDatasetError, ZooError
+from zoo.host.contract import load_dataset
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +46,11 @@ def test_unknown_dataset_suggests(registry: Registry) -> None:
 
 def test_synthetic_is_deterministic_and_balanced(registry: Registry, tmp_path: Path) -> None:
     spec = registry.get_dataset("synthetic")
-    a = spec.load(_req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
+    a = load_dataset(spec, _req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
                   num_classes=3)
-    b = spec.load(_req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
+    b = load_dataset(spec, _req(tmp_path, seed=3, image_size=(16, 20), val_split=0.25), size=120,
                   num_classes=3)
-    c = spec.load(_req(tmp_path, seed=4, image_size=(16, 20), val_split=0.25), size=120,
+    c = load_dataset(spec, _req(tmp_path, seed=4, image_size=(16, 20), val_split=0.25), size=120,
                   num_classes=3)
     assert a.train.images.shape == (90, 3, 16, 20) and a.train.images.dtype == np.uint8
     assert a.val.images.shape == (30, 3, 16, 20)
@@ -59,16 +60,16 @@ def test_synthetic_is_deterministic_and_balanced(registry: Registry, tmp_path: P
     assert not np.array_equal(a.train.images, c.train.images)
     assert a.classes == ("cross", "circle", "square")
     assert np.bincount(a.val.labels).tolist() == [10, 10, 10]  # stratified
-    grey = spec.load(_req(tmp_path, channels=1), size=20, num_classes=2)
+    grey = load_dataset(spec, _req(tmp_path, channels=1), size=20, num_classes=2)
     assert grey.train.images.shape[1] == 1
 
 
 def test_synthetic_bad_options(registry: Registry, tmp_path: Path) -> None:
     spec = registry.get_dataset("synthetic")
     with pytest.raises(ZooError, match="num_classes"):
-        spec.load(_req(tmp_path), num_classes=9)
+        load_dataset(spec, _req(tmp_path), num_classes=9)
     with pytest.raises(ZooError, match="accepted options"):
-        spec.load(_req(tmp_path), colour="red")
+        load_dataset(spec, _req(tmp_path), colour="red")
 
 
 # -- imagefolder ----------------------------------------------------------------------------
@@ -96,14 +97,16 @@ def _folder(root: Path, per_class: int = 5) -> Path:
 def test_imagefolder_decodes_and_splits(registry: Registry, tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
     spec = registry.get_dataset("imagefolder")
-    ds = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
+    ds = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
     assert ds.classes == ("cat", "dog")
     assert len(ds.train) + len(ds.val) == 12
     assert ds.train.images.shape[1:] == (3, 8, 8)
     assert sorted(np.bincount(ds.val.labels).tolist()) == [1, 1]
-    again = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=1))
+    again = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2,
+                                    seed=1))
     assert np.array_equal(ds.train.images, again.train.images)
-    other = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2, seed=2))
+    other = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.2,
+                                    seed=2))
     assert not np.array_equal(ds.val.images, other.val.images)
 
 
@@ -115,7 +118,7 @@ def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path:
     root = _folder(tmp_path / "data")
     spec = registry.get_dataset("imagefolder")
     req = _req(tmp_path, data_dir=root, image_size=(8, 8))
-    first = spec.load(req)
+    first = load_dataset(spec, req)
     assert list((tmp_path / "cache" / "imagefolder").glob("*.npz"))
 
     def boom(*a: object, **k: object) -> None:
@@ -124,25 +127,25 @@ def test_imagefolder_cache_is_used_and_invalidated(registry: Registry, tmp_path:
     monkeypatch.setattr(imf, "decode_image", boom)
     digest = cache_module.file_digest
     monkeypatch.setattr(cache_module, "file_digest", boom)  # unchanged files are not re-read
-    cached = spec.load(req)
+    cached = load_dataset(spec, req)
     assert np.array_equal(first.train.images, cached.train.images)
     assert cached.content_key == first.content_key
     monkeypatch.setattr(cache_module, "file_digest", digest)
     # a copy elsewhere has the same content: the same key, and no decoding
     copy = tmp_path / "copy"
     shutil.copytree(root, copy)
-    moved = spec.load(_req(tmp_path, data_dir=copy, image_size=(8, 8)))
+    moved = load_dataset(spec, _req(tmp_path, data_dir=copy, image_size=(8, 8)))
     assert moved.content_key == first.content_key
     monkeypatch.undo()
     # the same size and modification time, other pixels: still a new key, decoded again
     bmp = root / "cat" / "3.bmp"
     _image(bmp, (10, 20, 30))
-    before = spec.load(req)
+    before = load_dataset(spec, req)
     stat = bmp.stat()
     _image(bmp, (200, 100, 0))
     os.utime(bmp, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert bmp.stat().st_size == stat.st_size and bmp.stat().st_mtime_ns == stat.st_mtime_ns
-    changed = spec.load(req)
+    changed = load_dataset(spec, req)
     assert changed.content_key not in (first.content_key, before.content_key)
     pixels = np.concatenate([changed.train.images, changed.val.images]).reshape(-1, 3, 64)
     assert any((p[:, 0] == (200, 100, 0)).all() for p in pixels)
@@ -152,7 +155,7 @@ def test_imagefolder_unreadable_file_is_reported_not_a_crash(registry: Registry,
                                                               tmp_path: Path) -> None:
     root = _folder(tmp_path / "data")
     (root / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
-    ds = registry.get_dataset("imagefolder").load(_req(tmp_path, data_dir=root,
+    ds = load_dataset(registry.get_dataset("imagefolder"), _req(tmp_path, data_dir=root,
                                                        image_size=(8, 8)))
     assert len(ds.skipped) == 1 and "gone.png" in ds.skipped[0]
     digests = list((tmp_path / "cache" / "digests").glob("*.json"))
@@ -166,11 +169,11 @@ def test_imagefolder_corrupt_file_skipped_or_strict(registry: Registry, tmp_path
     bad = root / "dog" / "broken.jpg"
     bad.write_bytes(b"definitely not a jpeg")
     spec = registry.get_dataset("imagefolder")
-    ds = spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8)))
+    ds = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8)))
     assert len(ds.skipped) == 1 and str(bad) in ds.skipped[0]
     assert "skipped 1 unreadable" in capsys.readouterr().err
     with pytest.raises(DataError, match=r"broken\.jpg"):
-        spec.load(_req(tmp_path, data_dir=root, image_size=(8, 8), strict=True))
+        load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8), strict=True))
 
 
 
@@ -179,7 +182,7 @@ def test_imagefolder_quiet_request_prints_nothing(registry: Registry, tmp_path: 
     # what the trainer asks on every distributed rank but 0: only rank 0 warns
     root = _folder(tmp_path / "data")
     (root / "dog" / "broken.jpg").write_bytes(b"definitely not a jpeg")
-    ds = registry.get_dataset("imagefolder").load(
+    ds = load_dataset(registry.get_dataset("imagefolder"),
         _req(tmp_path, data_dir=root, image_size=(8, 8), quiet=True))
     assert len(ds.skipped) == 1
     assert capsys.readouterr().err == ""
@@ -187,16 +190,16 @@ def test_imagefolder_quiet_request_prints_nothing(registry: Registry, tmp_path: 
 def test_imagefolder_bad_directories(registry: Registry, tmp_path: Path) -> None:
     spec = registry.get_dataset("imagefolder")
     with pytest.raises(DataError, match="does not exist"):
-        spec.load(_req(tmp_path, data_dir=tmp_path / "missing"))
+        load_dataset(spec, _req(tmp_path, data_dir=tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):
-        spec.load(_req(tmp_path, data_dir=tmp_path / "empty"))
+        load_dataset(spec, _req(tmp_path, data_dir=tmp_path / "empty"))
     _image(tmp_path / "one" / "a" / "x.png", (1, 2, 3))
     _image(tmp_path / "one" / "a" / "y.png", (1, 2, 3))
     with pytest.raises(DataError, match="at least 2"):
-        spec.load(_req(tmp_path, data_dir=tmp_path / "one"))
+        load_dataset(spec, _req(tmp_path, data_dir=tmp_path / "one"))
     with pytest.raises(ZooError, match="needs --data-dir"):
-        spec.load(_req(tmp_path))
+        load_dataset(spec, _req(tmp_path))
 
 
 def test_imagefolder_val_dir(registry: Registry, tmp_path: Path) -> None:
@@ -204,11 +207,11 @@ def test_imagefolder_val_dir(registry: Registry, tmp_path: Path) -> None:
     val = tmp_path / "val"
     _image(val / "dog" / "v.png", (0, 0, 255))
     spec = registry.get_dataset("imagefolder")
-    ds = spec.load(_req(tmp_path, data_dir=root, val_dir=val, image_size=(8, 8)))
+    ds = load_dataset(spec, _req(tmp_path, data_dir=root, val_dir=val, image_size=(8, 8)))
     assert len(ds.train) == 12 and ds.val.labels.tolist() == [1]
     _image(tmp_path / "val2" / "horse" / "h.png", (0, 0, 0))
     with pytest.raises(DataError, match="horse"):
-        spec.load(_req(tmp_path, data_dir=root, val_dir=tmp_path / "val2"))
+        load_dataset(spec, _req(tmp_path, data_dir=root, val_dir=tmp_path / "val2"))
 
 
 # -- cifar ----------------------------------------------------------------------------------
@@ -232,10 +235,10 @@ def _fake_cifar(root: Path, per_batch: int = 20) -> Path:
 
 def test_cifar_reads_a_local_copy(registry: Registry, tmp_path: Path) -> None:
     root = _fake_cifar(tmp_path / "c")
-    c10 = registry.get_dataset("cifar10").load(_req(tmp_path, data_dir=root, download=False))
+    c10 = registry.load_dataset("cifar10", _req(tmp_path, data_dir=root, download=False))
     assert c10.train.images.shape == (100, 3, 32, 32) and len(c10.val) == 20
     assert len(c10.classes) == 10 and "official" in c10.split_description
-    c2 = registry.get_dataset("cifar2").load(_req(tmp_path, data_dir=root, download=False,
+    c2 = load_dataset(registry.get_dataset("cifar2"), _req(tmp_path, data_dir=root, download=False,
                                                   image_size=(16, 16)))
     assert c2.classes == ("airplane", "bird")
     assert set(c2.train.labels.tolist()) == {0, 1} and len(c2.train) == 20
@@ -246,7 +249,7 @@ def test_cifar_offline_without_copy_is_a_clear_error(registry: Registry, tmp_pat
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"imagefolder.*synthetic"):
-        registry.get_dataset("cifar2").load(_req(tmp_path, data_dir=tmp_path / "empty",
+        load_dataset(registry.get_dataset("cifar2"), _req(tmp_path, data_dir=tmp_path / "empty",
                                                  download=False))
     from torchvision.datasets import CIFAR10
 
@@ -255,4 +258,4 @@ def test_cifar_offline_without_copy_is_a_clear_error(registry: Registry, tmp_pat
 
     monkeypatch.setattr(CIFAR10, "download", offline)
     with pytest.raises(DataError, match="download failed: network is unreachable"):
-        registry.get_dataset("cifar10").load(_req(tmp_path, data_dir=tmp_path / "empty"))
+        load_dataset(registry.get_dataset("cifar10"), _req(tmp_path, data_dir=tmp_path / "empty"))

@@ -18,10 +18,11 @@ from pydantic import ValidationError
 
 import zoo
 from zoo.cli import main
-from zoo.deploy import OnnxClassifier, Prediction, check_threads, default_threads, softmax
+from zoo.deploy import OnnxClassifier, Prediction, softmax
 from zoo.errors import BundleError, ZooError
-from zoo.imaging import decode_image, normalize
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE
+from zoo.util.imaging import decode_image, normalize
+from zoo.util.threads import check_threads, default_threads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained-looking bundle (3 classes, real normalization) and a folder of images."""
-    from zoo.exporter import export
+    from zoo.exporter.write import export
 
     root = tmp_path_factory.mktemp("deploy")
     make_run(root / "run", "NetDepth")
@@ -193,7 +194,7 @@ def test_importing_and_predicting_never_imports_torch(bundle: Path, images: list
         clf = OnnxClassifier({str(bundle)!r})
         preds = clf.predict({[str(p) for p in images]!r}, top_k=2)
         assert len(preds) == {len(images)}
-        import zoo.cli.predict, zoo.cli.export, zoo.pretrained, zoo.manifest
+        import zoo.cli.predict, zoo.cli.export, zoo.bundles.store, zoo.spec.manifest
         roots = ("torch", "torchvision", "onnx")
         heavy = sorted(m for m in sys.modules if m.split(".")[0] in roots)
         print("heavy:", heavy)
@@ -332,7 +333,7 @@ def test_arrays_in_every_layout_preprocess_like_the_same_image(bundle: Path,
 def test_a_non_square_input_and_the_defaults(tmp_path: Path, images: list[Path]) -> None:
     """Images are resized to (height, width) as the manifest says, not to a square; a
     prediction is the top class alone unless more are asked for; floats are refused."""
-    from zoo.exporter import export
+    from zoo.exporter.write import export
 
     result = export("Net", overrides={"in_height": 16, "in_width": 24}, out=tmp_path / "wide")
     clf = OnnxClassifier(result.path)

@@ -17,7 +17,7 @@ import zoo_testnets
 from zoo_chapter8 import fused
 
 from zoo import Registry
-from zoo.trainer import train
+from zoo.trainer.loop import train
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="torch.distributed is not available")
@@ -107,7 +107,7 @@ def test_two_ranks_match_one_process_and_resume(tmp_path: Path,
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2
     # metrics are all-reduced over the ranks: the same global numbers as one process
-    from zoo.run import EpochMetrics
+    from zoo.spec.run import EpochMetrics
 
     ddp_last = EpochMetrics.model_validate_json(lines[-1])
     assert ddp_last.val_acc == single.metrics[-1].val_acc

@@ -16,10 +16,10 @@ from export_helpers import CLASSES, make_run
 from PIL import Image
 
 import zoo
+from zoo.analysis.evaluation import CONFUSION_PNG, EVALUATION_JSON, evaluate, labelled_files
 from zoo.cli import main
 from zoo.deploy import OnnxClassifier
 from zoo.errors import DataError
-from zoo.evaluation import CONFUSION_PNG, EVALUATION_JSON, evaluate, labelled_files
 
 
 def write_class_images(folder: Path, n: int, seed: int, *, sky: bool) -> list[Path]:
@@ -86,7 +86,7 @@ def test_onnxruntime_and_torch_agree_and_batches_do_not_matter(labelled: Path) -
     assert torch_result.confusion == ort.confusion
     assert torch_result.per_class == ort.per_class
     assert evaluate("Net", labelled, batch_size=1).confusion == ort.confusion
-    bundle = zoo.pretrained.resolve_bundle("NetBatchNorm")
+    bundle = zoo.bundles.store.resolve_bundle("NetBatchNorm")
     assert (evaluate(bundle, labelled).confusion
             == evaluate(bundle, labelled, backend="torch", batch_size=7).confusion)
 
@@ -221,8 +221,8 @@ def test_predict_and_evaluate_pick_a_weight_set(labelled: Path,
 @pytest.mark.parametrize("backend", ["onnxruntime", "torch"])
 def test_evaluate_refuses_any_bundle_but_the_pinned_one(labelled: Path, backend: str,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from zoo.manifest import bundle_sha256
-    from zoo.pretrained import resolve_bundle
+    from zoo.bundles.integrity import bundle_sha256
+    from zoo.bundles.store import resolve_bundle
 
     digest = bundle_sha256(resolve_bundle("Net"))
     assert evaluate("Net", labelled, backend=backend, expect_sha256=digest).images > 0

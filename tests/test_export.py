@@ -17,22 +17,23 @@ import torch
 from export_helpers import CLASSES, MEAN, STD, make_run
 
 import zoo
-import zoo.imaging
+import zoo.util.imaging
+from zoo.bundles.integrity import bundle_sha256, sha256_file
 from zoo.cli import main
 from zoo.errors import ExportError, HyperparameterError, UnknownArchitectureError, ZooError
-from zoo.exporter import check_tolerances, export, opset_range
-from zoo.manifest import (
+from zoo.exporter.checks import check_tolerances
+from zoo.exporter.modelcard import CARD_FILE
+from zoo.exporter.onnx import opset_range
+from zoo.exporter.write import export
+from zoo.spec.manifest import (
     MANIFEST_FILE,
     ONNX_FILE,
     SCHEMA_PATH,
     WEIGHTS_FILE,
     Manifest,
     VerificationError,
-    bundle_sha256,
-    sha256_file,
 )
-from zoo.modelcard import CARD_FILE
-from zoo.run import VAL_SAMPLES
+from zoo.spec.run import VAL_SAMPLES
 
 ARCHITECTURES = zoo.list_models()
 
@@ -125,7 +126,7 @@ def test_export_from_a_run_records_training_and_checks_real_samples(
 
 
 def test_export_from_a_real_training_run(tmp_path: Path) -> None:
-    pytest.importorskip("zoo.trainer")
+    pytest.importorskip("zoo.trainer.loop")
     from zoo.deploy import OnnxClassifier
 
     trained = zoo.train("Net", dataset="synthetic", epochs=1, out=tmp_path / "run",
@@ -144,7 +145,7 @@ def test_export_from_a_real_training_run(tmp_path: Path) -> None:
     norm = m.normalization
     with torch.no_grad():
         logits = zoo.load(result.path)(torch.from_numpy(
-            zoo.imaging.normalize(samples, norm.mean, norm.std)))
+            zoo.util.imaging.normalize(samples, norm.mean, norm.std)))
     assert predicted == logits.argmax(1).tolist()
 
 
@@ -197,7 +198,7 @@ def test_force_never_replaces_a_directory_that_is_not_a_bundle(tmp_path: Path) -
                                            (errno.EACCES, "Permission denied")])
 def test_a_write_that_fails_is_one_line_and_leaves_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, why: str) -> None:
-    import zoo.exporter as exporter
+    import zoo.exporter.onnx as exporter
 
     def refuse(*args: Any, **kwargs: Any) -> float:
         raise OSError(code, os.strerror(code), "model.onnx")
@@ -210,7 +211,7 @@ def test_a_write_that_fails_is_one_line_and_leaves_nothing(
 
 
 def _export_a_different_model(monkeypatch: pytest.MonkeyPatch) -> None:
-    import zoo.exporter as exporter
+    import zoo.exporter.onnx as exporter
 
     original = exporter.export_onnx
 
@@ -259,7 +260,8 @@ def test_cli_failed_verification_prints_report_and_exits_non_zero(
     ("Net", {"overrides": {"n_hidden": 0}}, HyperparameterError, "n_hidden"),
     ("Net", {"overrides": {"depth": 3}}, HyperparameterError, "no hyperparameter 'depth'"),
     ("missing/run", {}, ExportError, "run directory 'missing/run' does not exist"),
-    ("Net", {"exporter": "tflite"}, ExportError, "unknown exporter 'tflite'"),
+    ("Net", {"exporter": "tflite"}, ExportError,
+     r"invalid option onnx.exporter='tflite': Input should be 'torchscript' or 'dynamo'"),
     ("Net", {"atol": -1.0}, ExportError, "tolerances must be finite and non-negative"),
     ("Net", {"rtol": float("nan")}, ExportError, "tolerances must be finite and non-negative"),
 ])
@@ -329,8 +331,13 @@ def test_manifest_files_are_in_the_package_data() -> None:
 
     pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     setuptools = pyproject["tool"]["setuptools"]
-    assert "zoo.schemas" in setuptools["packages"]
-    assert "*.json" in setuptools["package-data"]["zoo.schemas"]
+    root = Path(__file__).parents[1]
+    # every package of the source tree is in the wheel: one left out would be missing
+    packages = {".".join(p.parent.relative_to(root).parts)
+                for p in (root / "zoo").rglob("__init__.py")}
+    assert packages <= set(setuptools["packages"])
+    assert (root / "zoo" / "spec" / "manifest.schema.json").is_file()
+    assert "*.json" in setuptools["package-data"]["zoo.spec"]
 
 
 def test_untrained_exports_are_reproducible(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import zoo
+from zoo.bundles.store import exports_dir, resolve_bundle, search_dirs, user_exports_dir
 from zoo.cli import main
 from zoo.errors import BundleError
-from zoo.exporter import default_destination
-from zoo.pretrained import exports_dir, resolve_bundle, search_dirs, user_exports_dir
+from zoo.exporter.write import default_destination
 
 
 def test_user_exports_dir_follows_xdg_and_zoo_exports(tmp_path: Path,
@@ -53,7 +53,7 @@ def test_export_then_predict_by_name_from_another_folder(
     Image.fromarray(image).save(elsewhere / "black.png")
     assert main(["predict", "NetDepth-mine", "black.png"]) == 0
     assert capsys.readouterr().out.startswith("black.png\t")
-    from zoo.bundle import load_bundle
+    from zoo.models.load import load_bundle
 
     assert load_bundle("NetDepth-mine").path == bundle
     assert zoo.load("NetDepth-mine").training is False  # an nn.Module in eval mode

@@ -6,7 +6,7 @@ milliseconds, not an interpreter start) that kills itself with SIGKILL at a chos
 point: just before or just after the k-th rename that publishes a file (every atomic
 write ends in one), inside the k-th fsync of a checkpoint being written, or after a
 random delay. Nothing of the zoo is changed for the test: the child wraps ``os.replace``,
-``os.fsync`` and ``zoo.fsutil.exchange``.
+``os.fsync`` and ``zoo.util.fsutil.exchange``.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from typing import Any
 import pytest
 import torch
 
-import zoo.fsutil
+import zoo.util.fsutil
+from zoo.bundles.integrity import open_bundle
 from zoo.deploy import OnnxClassifier
-from zoo.exporter import export, verify_bundle
-from zoo.manifest import WEIGHTS_FILE, open_bundle
-from zoo.trainer import train
+from zoo.exporter.verify import verify_bundle
+from zoo.exporter.write import export
+from zoo.spec.manifest import WEIGHTS_FILE
+from zoo.trainer.loop import train
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux",
@@ -80,7 +82,7 @@ def _arm(mode: str, k: int, delay: float) -> None:
 
         os.fsync = fsync
     elif mode == "in-exchange":
-        real_exchange = zoo.fsutil.exchange
+        real_exchange = zoo.util.fsutil.exchange
 
         def exchange(a: Any, b: Any) -> bool:
             if k % 2:
@@ -89,7 +91,7 @@ def _arm(mode: str, k: int, delay: float) -> None:
             _kill()
             return done
 
-        zoo.fsutil.exchange = exchange
+        zoo.util.fsutil.exchange = exchange
     else:
         timer = threading.Timer(delay, _kill)
         timer.daemon = True

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.fsutil import atomic_directory, atomic_path, atomic_write_text
+from zoo.util.fsutil import atomic_directory, atomic_path, atomic_write_text
 
 
 @pytest.fixture(params=[0o022, 0o027])

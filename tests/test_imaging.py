@@ -1,4 +1,4 @@
-"""zoo.imaging, the decoder training and deployment share: modes, alpha, sizes, scaling."""
+"""zoo.util.imaging, the decoder training and deployment share: modes, alpha, sizes, scaling."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image, normalize, to_mode
+from zoo.util.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image, normalize, to_mode
 
 
 def _save(path: Path, image: Image.Image) -> Path:

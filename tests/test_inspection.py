@@ -15,12 +15,12 @@ from export_helpers import make_run
 from PIL import Image
 
 import zoo
+from zoo.analysis.filters import KERNELS, MAX_SIDE, apply_kernel, filter_demo, render_demo
+from zoo.analysis.inspection import InspectionError, inspect_model, write_inspection
+from zoo.bundles.store import pretrained_bundles
 from zoo.cli import main
 from zoo.errors import BundleError
-from zoo.filters import KERNELS, MAX_SIDE, apply_kernel, filter_demo, render_demo
-from zoo.inspection import InspectionError, inspect_model, write_inspection
-from zoo.pretrained import pretrained_bundles
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 
 def _png_std(path: Path) -> float:
@@ -39,8 +39,8 @@ def image_file(tmp_path: Path) -> Path:
 
 
 def _normalized(run: Path, image: Path) -> torch.Tensor:
-    from zoo.imaging import decode_image, normalize
-    from zoo.run import read_summary
+    from zoo.spec.run import read_summary
+    from zoo.util.imaging import decode_image, normalize
 
     norm = read_summary(run).normalization
     pixels = decode_image(image, 3, (32, 32))
@@ -54,7 +54,7 @@ def test_net_arrays_are_the_blocks_of_the_book(tmp_path: Path, image_file: Path)
     assert result.architecture == "Net" and result.trained
     assert [fm.title for fm in result.feature_maps] == [
         "conv1 16×32×32 → pool 16×16×16", "conv2 8×16×16 → pool 8×8×8"]
-    from zoo.bundle import load_state_dict
+    from zoo.models.statedict import load_state_dict
 
     net = zoo.create_model("Net", num_classes=3).eval()
     net.load_state_dict(load_state_dict(run / "checkpoints" / "best.pt"))
@@ -207,3 +207,17 @@ def test_readme_pictures_are_committed_and_small() -> None:
         path = root / name
         assert path.is_file() and path.stat().st_size < 200 * 1024, name
         assert _png_std(path) > 0
+
+
+def test_shipped_weights_that_fail_their_pin_are_an_error_not_an_untrained_model(
+        image_file: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import zoo.bundles.hub
+
+    monkeypatch.setattr(zoo.bundles.hub, "bundle_sha256", lambda path: "0" * 64)
+    for attempt in (lambda: zoo.load("Net"), lambda: inspect_model("Net", image_file)):
+        with pytest.raises(BundleError, match=r"has SHA-256 0{64}, not the [0-9a-f]{64} its "
+                                              r"spec declares"):
+            attempt()
+    assert main(["inspect", "Net", str(image_file), "--out", str(image_file.parent)]) == 1
+    assert "its spec declares" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zoo.checkpoint import load_checkpoint
+from zoo.trainer.checkpoint import load_checkpoint
 
 
 def _train_then_interrupt(tmp_path: Path, *gaps: float) -> tuple[int, float, str]:

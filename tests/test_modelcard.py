@@ -15,10 +15,11 @@ from export_helpers import make_run
 from PIL import Image
 
 import zoo
+from zoo.bundles.integrity import open_bundle
+from zoo.bundles.store import pretrained_bundles
 from zoo.deploy import OnnxClassifier
 from zoo.errors import BundleError
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, Manifest, open_bundle
-from zoo.modelcard import (
+from zoo.exporter.modelcard import (
     CARD_FILE,
     CONFUSION_PNG,
     CURVES_PNG,
@@ -26,8 +27,8 @@ from zoo.modelcard import (
     exported_metrics,
     render_card,
 )
-from zoo.pretrained import pretrained_bundles
-from zoo.run import read_summary
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, Manifest
+from zoo.spec.run import read_summary
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 3},
@@ -149,3 +150,20 @@ def test_shipped_bundles_cards_state_their_manifests_numbers(arch: str) -> None:
     assert CARD_FILE in manifest.files  # every shipped bundle carries its card, hashed
     assert_card_matches((bundle / CARD_FILE).read_text(), manifest)
     assert {"confusion.png", "curves.png"} <= set(manifest.files)
+
+
+def test_the_curves_come_from_the_run_whatever_plugins_wrote(tmp_path: Path) -> None:
+    """The trainer's own record (run.json) holds every epoch: a run trained without the
+    metrics-files plugin still ships its curves, of the same epochs."""
+    from zoo.host.registry import Registry
+
+    run = tmp_path / "run"
+    zoo.train("Net", epochs=3, out=run, cache_dir=tmp_path / "cache",
+              registry=Registry(blocked=["metricsfiles"]), **FAST)
+    assert not (run / "metrics.jsonl").exists()
+    summary = read_summary(run)
+    assert [m.epoch for m in summary.history] == [1, 2, 3]
+    assert summary.history[-1] == summary.last and summary.best in summary.history
+    manifest = zoo.export(run, out=tmp_path / "b").manifest
+    assert CURVES_PNG in manifest.files
+    assert f"]({CURVES_PNG})" in (tmp_path / "b" / CARD_FILE).read_text()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from zoo.cli import main
-from zoo.registry import reset_default_registry
+from zoo.host.registry import reset_default_registry
 
 
 def test_new_plugin_refuses_bad_names_and_existing_folders(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler
 
-from zoo.distributed import Dist
-from zoo.pipeline import DeviceData, augment, epoch_permutation, rank_batches, shard_indices
-from zoo.run import Normalization
+from zoo.spec.run import Normalization
+from zoo.trainer.distributed import Dist
+from zoo.trainer.pipeline import DeviceData, augment, epoch_permutation, rank_batches, shard_indices
 
 
 def test_the_epoch_order_is_fixed_by_seed_and_epoch() -> None:

@@ -11,7 +11,7 @@ from conftest import MakeDist, tiny_plugin
 
 from zoo.cli import main
 from zoo.errors import DuplicateNameError, PluginError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 MORE = '''
 
@@ -188,9 +188,9 @@ def test_listing_warns_about_a_plugin_importing_a_heavy_module(
         make_dist: MakeDist, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     # torch is imported in this process already: a stand-in heavy module shows the mechanism
-    import zoo.registry
+    import zoo.host.plugins
 
-    monkeypatch.setattr(zoo.registry, "HEAVY_MODULES", ("zoo_fake_heavy", "zoo_fake_heavy2"))
+    monkeypatch.setattr(zoo.host.plugins, "HEAVY_MODULES", ("zoo_fake_heavy", "zoo_fake_heavy2"))
     make_dist("fake-heavy", "zoo_fake_heavy", "", entry_points={})
     make_dist("fake-heavy2", "zoo_fake_heavy2", "", entry_points={})
     monkeypatch.delitem(sys.modules, "zoo_fake_heavy", raising=False)

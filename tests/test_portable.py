@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from export_helpers import make_run
 
-from zoo.exporter import export
-from zoo.manifest import MANIFEST_FILE
-from zoo.portable import is_machine_path, portable_recipe, portable_source
-from zoo.run import SUMMARY_FILE
+from zoo.exporter.write import export
+from zoo.spec.manifest import MANIFEST_FILE
+from zoo.spec.run import SUMMARY_FILE
+from zoo.util.portable import is_machine_path, portable_recipe, portable_source
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,15 +10,18 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from zoo_chapter8.specs import BOOK_VAL_ACC
 
-from zoo.bundle import load_bundle
+from zoo.bundles.integrity import open_bundle
+from zoo.bundles.modeltable import main, render
+from zoo.bundles.store import exports_dir, pretrained_bundles, resolve_bundle
 from zoo.cli import main as cli_main
 from zoo.deploy import OnnxClassifier
-from zoo.exporter import verify_onnx
-from zoo.imaging import normalize
-from zoo.manifest import MANIFEST_FILE, ONNX_FILE, open_bundle
-from zoo.modeltable import BOOK_VAL_ACC, main, render
-from zoo.pretrained import exports_dir, pretrained_bundles, resolve_bundle
+from zoo.exporter.checks import verification_inputs
+from zoo.exporter.onnx import verify_onnx
+from zoo.models.load import load_bundle
+from zoo.spec.manifest import MANIFEST_FILE, ONNX_FILE
+from zoo.util.imaging import normalize
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -128,8 +131,9 @@ def test_shipped_verification_is_recomputed(arch: str) -> None:
     recorded = manifest.verification
     images, _ = _fixture()
     samples = normalize(images, manifest.normalization.mean, manifest.normalization.std)
-    report = verify_onnx(loaded.model, loaded.path / ONNX_FILE, manifest.model, samples=samples,
-                         atol=recorded.atol, rtol=recorded.rtol, latency_runs=0)
+    report = verify_onnx(loaded.model, loaded.path / ONNX_FILE, manifest.model,
+                         verification_inputs(manifest.model, samples), atol=recorded.atol,
+                         rtol=recorded.rtol, latency_runs=0)
     assert report.passed, report
     names = [c.name for c in report.checks]
     assert names == [c.name for c in recorded.checks[:2]] + ["val samples (64)"]

@@ -134,7 +134,7 @@ def _fenced(language: str) -> list[str]:
 
 
 def test_the_readme_config_file_is_one_zoo_train_reads(tmp_path: Path) -> None:
-    from zoo.config import load_config_file, validate_config
+    from zoo.spec.training import load_config_file, validate_config
 
     [text] = [body for body in _fenced("toml") if "--config" in body.splitlines()[0]]
     path = tmp_path / "recipe.toml"

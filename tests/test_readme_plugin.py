@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from zoo.registry import reset_default_registry
+from zoo.host.registry import reset_default_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>\S+) -->\n```\w*\n(?P<body>.*?)```", re.S)
@@ -105,13 +105,14 @@ def test_dataset_plugin_output_is_what_the_readme_shows(installed_example: Path)
 def test_dataset_plugin_keeps_the_loader_contract(installed_example: Path) -> None:
     code = (
         "import zoo\n"
-        "spec = zoo.default_registry().get_dataset('stripes')\n"
+        "registry = zoo.default_registry()\n"
         "req = zoo.DatasetRequest(image_size=(12, 20), channels=3, val_split=0.25, seed=4)\n"
-        "d = spec.load(req, size=40)\n"
+        "d = registry.load_dataset('stripes', req, size=40)\n"
         "print(d.train.images.shape, d.val.images.shape, d.classes, d.train.labels.dtype)\n"
-        "print(spec.load(req, size=40).content_key == d.content_key, (d.train.images[0] ==\n"
-        "      spec.load(req, size=40).train.images[0]).all())\n"
-        "spec.load(zoo.DatasetRequest(data_dir='x'), size=8)\n"
+        "again = registry.load_dataset('stripes', req, size=40)\n"
+        "print(again.content_key == d.content_key, (d.train.images[0] ==\n"
+        "      again.train.images[0]).all())\n"
+        "registry.load_dataset('stripes', zoo.DatasetRequest(data_dir='x'), size=8)\n"
     )
     proc = run(installed_example, "-c", code)
     assert proc.returncode == 0, proc.stderr

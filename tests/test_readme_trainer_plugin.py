@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from zoo.cli import main
-from zoo.registry import reset_default_registry
+from zoo.host.registry import reset_default_registry
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FILE_BLOCK = re.compile(r"<!-- file: (?P<path>zoo-epochlog/\S+) -->\n```\w*\n(?P<body>.*?)```",

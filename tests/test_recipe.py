@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import zoo
-from zoo.trainer import train
+from zoo.trainer.loop import train
 
 ONE_STEP: dict[str, Any] = {
     "dataset_options": {"size": 40, "num_classes": 2},  # 36 train, 4 val
@@ -175,7 +175,7 @@ def test_amp_on_cpu_is_full_precision(tmp_path: Path) -> None:
 
 
 def test_flips_happen_at_half_the_rate_and_crops_shift_by_the_padding() -> None:
-    from zoo.pipeline import augment
+    from zoo.trainer.pipeline import augment
 
     n = 4000
     x = torch.arange(n * 4, dtype=torch.uint8).view(n, 1, 1, 4) % 250 + 1  # asymmetric rows

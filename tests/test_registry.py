@@ -18,7 +18,8 @@ from zoo.errors import (
     UnknownArchitectureError,
     UnknownDatasetError,
 )
-from zoo.registry import Registry, suggest
+from zoo.host.registry import Registry
+from zoo.util.suggest import suggest
 
 #: In the book's (and the plugin's) order.
 BOOK_ORDER = ["Net", "NetWidth", "NetDropout", "NetBatchNorm", "NetDepth", "NetRes", "NetResDeep"]
@@ -328,7 +329,7 @@ def test_plugin_registered_directly_for_embedders() -> None:
         assert info.model_dump() == {
             "name": "inline", "distribution": None, "version": None, "status": "loaded",
             "error": None, "problems": (), "warnings": (), "architectures": ("Inline",),
-            "datasets": ()}
+            "datasets": (), "formats": (), "hooks": ("zoo_architectures",), "core": False}
         with pytest.raises(ValidationError):
             info.status = "error"  # read-only: the registry's record, not a scratch copy
         with pytest.raises(DuplicateNameError, match="plugin name 'inline' is used by both "

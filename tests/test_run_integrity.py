@@ -14,7 +14,12 @@ import pytest
 import torch
 
 import zoo
-from zoo.checkpoint import (
+from zoo.cli import main
+from zoo.errors import TrainingError, ZooError
+from zoo.exporter.write import export
+from zoo.spec.run import read_summary
+from zoo.spec.training import MAX_SEED, load_config_file
+from zoo.trainer.checkpoint import (
     CheckpointError,
     best_epoch,
     checkpoint_position,
@@ -22,13 +27,8 @@ from zoo.checkpoint import (
     repair_best,
     save_checkpoint,
 )
-from zoo.cli import main
-from zoo.config import MAX_SEED, load_config_file
-from zoo.errors import TrainingError, ZooError
-from zoo.exporter import export
-from zoo.run import read_summary
-from zoo.runlock import RunLock, RunLockedError
-from zoo.trainer import train
+from zoo.trainer.loop import train
+from zoo.trainer.rundir import RunLock, RunLockedError
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 160, "num_classes": 2},
@@ -117,7 +117,7 @@ def test_a_crash_between_last_and_best_is_detected_then_repaired_on_resume(
                       if m.val_acc > max(x.val_acc for x in whole.metrics[:m.epoch - 1])]
     assert improved_later, "the test needs an epoch after the first that improves"
     calls = []
-    real_copy = zoo.trainer.copy_checkpoint
+    real_copy = zoo.trainer.loop.copy_checkpoint
 
     def copy_then_die(src: Path, dest: Path) -> None:
         calls.append(dest)
@@ -125,11 +125,11 @@ def test_a_crash_between_last_and_best_is_detected_then_repaired_on_resume(
             raise _Killed  # last.pt of this epoch is written, best.pt and run.json are not
         real_copy(src, dest)
 
-    monkeypatch.setattr(zoo.trainer, "copy_checkpoint", copy_then_die)
+    monkeypatch.setattr(zoo.trainer.loop, "copy_checkpoint", copy_then_die)
     run = tmp_path / "run"
     with pytest.raises(_Killed):
         train("Net", out=run, **cfg)
-    monkeypatch.setattr(zoo.trainer, "copy_checkpoint", real_copy)
+    monkeypatch.setattr(zoo.trainer.loop, "copy_checkpoint", real_copy)
     killed_in = improved_later[0]
     assert read_summary(run).epochs_completed == killed_in - 1
     with pytest.raises(CheckpointError, match=rf"last.pt holds epoch {killed_in} but .*"
@@ -153,7 +153,7 @@ def test_a_crash_between_last_and_best_is_detected_then_repaired_on_resume(
 def test_resume_repairs_run_json_of_a_run_killed_after_its_last_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = tmp_path / "run"
-    real = zoo.trainer._Trainer._write_records
+    real = zoo.trainer.loop._Trainer._write_records
     count = []
 
     def die_on_second(self: Any, epochs_done: int) -> None:
@@ -162,10 +162,10 @@ def test_resume_repairs_run_json_of_a_run_killed_after_its_last_checkpoint(
             raise _Killed
         real(self, epochs_done)
 
-    monkeypatch.setattr(zoo.trainer._Trainer, "_write_records", die_on_second)
+    monkeypatch.setattr(zoo.trainer.loop._Trainer, "_write_records", die_on_second)
     with pytest.raises(_Killed):
         train("Net", epochs=2, out=run, **FAST)
-    monkeypatch.setattr(zoo.trainer._Trainer, "_write_records", real)
+    monkeypatch.setattr(zoo.trainer.loop._Trainer, "_write_records", real)
     assert read_summary(run).epochs_completed == 1
     train("Net", epochs=2, resume=run)  # nothing left to train: only the records
     assert read_summary(run).epochs_completed == 2
@@ -201,7 +201,7 @@ def test_a_run_killed_in_its_first_epoch_resumes_from_the_start(
     def die(path: Path, state: dict[str, Any]) -> str:
         raise _Killed
 
-    monkeypatch.setattr(zoo.trainer, "save_checkpoint", die)
+    monkeypatch.setattr(zoo.trainer.loop, "save_checkpoint", die)
     with pytest.raises(_Killed):
         train("Net", epochs=2, out=tmp_path / "run", **FAST)
     monkeypatch.undo()
@@ -219,9 +219,9 @@ def test_a_run_killed_before_it_began_can_be_started_again(tmp_path: Path,
         (self.run_dir / "config.json").write_text("{}")
         raise _Killed
 
-    monkeypatch.setattr(zoo.trainer._Trainer, "_create_run_dir", die)
+    monkeypatch.setattr(zoo.trainer.loop._Trainer, "_create_run_dir", die)
     # as after a SIGKILL: no cleanup runs
-    monkeypatch.setattr(zoo.trainer._Trainer, "_drop_unstarted", lambda self: None)
+    monkeypatch.setattr(zoo.trainer.loop._Trainer, "_drop_unstarted", lambda self: None)
     with pytest.raises(_Killed):
         train("Net", epochs=1, out=tmp_path / "run", **FAST)
     monkeypatch.undo()
@@ -395,7 +395,7 @@ def test_rng_states_round_trip_and_a_cuda_state_is_ignored_on_the_cpu(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import random
 
-    from zoo.checkpoint import rng_state, set_rng_state
+    from zoo.trainer.checkpoint import rng_state, set_rng_state
 
     cpu = torch.device("cpu")
     state = rng_state(cpu)
@@ -413,7 +413,7 @@ def test_rng_states_round_trip_and_a_cuda_state_is_ignored_on_the_cpu(
 
 
 def test_a_schedule_cannot_be_stretched_on_resume(tmp_path: Path) -> None:
-    from zoo.checkpoint import check_resumable
+    from zoo.trainer.checkpoint import check_resumable
 
     state = {"steps_per_epoch": 10, "total_steps": 30}
     check_resumable(state, tmp_path, steps=10, epochs=3, schedule="onecycle", scheduled=True)
@@ -432,7 +432,7 @@ def test_a_schedule_cannot_be_stretched_on_resume(tmp_path: Path) -> None:
 def test_a_run_checkpoint_that_does_not_fit_names_every_key(tmp_path: Path) -> None:
     from export_helpers import make_run
 
-    from zoo.checkpoint import load_run_model
+    from zoo.trainer.checkpoint import load_run_model
 
     run = tmp_path / "run"
     make_run(run, "Net")

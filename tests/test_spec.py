@@ -14,18 +14,16 @@ import pytest
 from pydantic import Field, ValidationError
 
 from zoo.errors import HyperparameterError, InputShapeError, PluginError
-from zoo.spec import (
+from zoo.spec.architecture import (
     SHAPE_KEYS,
     ArchitectureSpec,
     HParams,
     InputShape,
     ModelConfig,
-    Provenance,
     Recipe,
-    import_object,
-    load_callable,
     resolve_config,
 )
+from zoo.spec.provenance import Provenance, import_object, load_callable
 
 IN_CHANNELS, HEIGHT, WIDTH, NUM_CLASSES = SHAPE_KEYS
 
@@ -206,7 +204,7 @@ def test_every_declared_field_is_described(model: type[Any]) -> None:
 def test_a_recipe_accepts_what_the_training_config_accepts_at_the_edges(
         field: str, edges: tuple[float, float | None]) -> None:
     """A recipe changes TrainConfig's defaults: its bounds are TrainConfig's, edge for edge."""
-    from zoo.config import TrainConfig
+    from zoo.spec.training import TrainConfig
 
     low, high = edges
     for value, ok in [(low, True), (low - 1, False)] + ([(high, True), (high + 1, False)]

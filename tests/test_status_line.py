@@ -11,6 +11,7 @@ from PIL import Image
 from zoo_datasets.status import StatusLine
 
 from zoo import DatasetRequest, Registry
+from zoo.host.contract import load_dataset
 
 
 class Terminal(io.StringIO):
@@ -80,12 +81,12 @@ def test_imagefolder_shows_decoding_once_then_reads_the_cache(
     root = _folder(tmp_path / "data", per_class=40)
     spec = Registry().get_dataset("imagefolder")
     request = DatasetRequest(data_dir=root, image_size=(8, 8), cache_dir=tmp_path / "cache")
-    spec.load(request)
+    load_dataset(spec, request)
     err = capsys.readouterr().err.splitlines()
     assert f"zoo: decoding 80 images of {str(root)!r}..." in err
     assert f"zoo: hashing 80 files of {str(root)!r}..." in err
     assert any(line.startswith(f"zoo: decoded 80 images of {str(root)!r} in ") for line in err)
-    spec.load(request)  # cached: the files' digests and images are not computed again
+    load_dataset(spec, request)  # cached: the files' digests and images are not computed again
     assert capsys.readouterr().err == ""
-    spec.load(request.model_copy(update={"cache_dir": tmp_path / "other", "quiet": True}))
+    load_dataset(spec, request.model_copy(update={"cache_dir": tmp_path / "other", "quiet": True}))
     assert capsys.readouterr().err == ""

@@ -9,10 +9,10 @@ import pytest
 
 import zoo
 from zoo.builtin.earlystop import stale_epochs, stop_request
-from zoo.events import StopRequest, TrainingRun
-from zoo.registry import Registry
-from zoo.run import EpochMetrics, RunSummary, read_summary
-from zoo.trainer import train
+from zoo.host.events import StopRequest, TrainingRun
+from zoo.host.registry import Registry
+from zoo.spec.run import EpochMetrics, RunSummary, read_summary
+from zoo.trainer.loop import train
 
 FAST: dict[str, Any] = {
     "dataset_options": {"size": 240, "num_classes": 2},
@@ -171,7 +171,7 @@ def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
 def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> None:
     import torch
 
-    from zoo.checkpoint import load_checkpoint
+    from zoo.trainer.checkpoint import load_checkpoint
 
     first = train("Net", epochs=1, out=tmp_path / "first", **FAST)
     with pytest.raises(zoo.ZooError, match=rf"start a new run from its best weights: "
@@ -195,7 +195,7 @@ def test_core_plugins_keep_listing_free_of_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, zoo.registry\nzoo.registry.Registry().list_models()\n"
+    code = ("import sys, zoo.host.registry\nzoo.host.registry.Registry().list_models()\n"
             "print(sorted(m for m in ('torch', 'matplotlib', 'tensorboard') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
@@ -206,8 +206,8 @@ def test_the_progress_eta_leaves_out_the_first_steps_warm_up(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import io
 
-    from zoo import progress as progress_module
-    from zoo.progress import Progress
+    from zoo.trainer import progress as progress_module
+    from zoo.trainer.progress import Progress
 
     clock = [100.0]
     monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])

@@ -13,14 +13,14 @@ import zoo_testnets
 
 import zoo
 from zoo import Registry
-from zoo.checkpoint import save_checkpoint
 from zoo.cli import main
-from zoo.config import TrainConfig
-from zoo.distributed import Dist
 from zoo.errors import DataError, TrainingError
-from zoo.pipeline import augment, rank_batches, shard_indices
-from zoo.run import read_summary
-from zoo.trainer import train
+from zoo.spec.run import read_summary
+from zoo.spec.training import TrainConfig
+from zoo.trainer.checkpoint import save_checkpoint
+from zoo.trainer.distributed import Dist
+from zoo.trainer.loop import train
+from zoo.trainer.pipeline import augment, rank_batches, shard_indices
 
 # tiny and fast: 16x16 images, a few hundred samples
 FAST: dict[str, Any] = {
@@ -44,7 +44,7 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def _metrics(result: zoo.trainer.TrainResult) -> list[dict[str, float]]:
+def _metrics(result: zoo.trainer.loop.TrainResult) -> list[dict[str, float]]:
     return [m.model_dump(exclude={"images_per_s", "seconds"}) for m in result.metrics]
 
 
@@ -224,8 +224,8 @@ def test_book_recipe_is_a_config() -> None:
 
 
 def test_device_data_uint8_and_float_paths_agree() -> None:
-    from zoo.pipeline import DeviceData
-    from zoo.run import Normalization
+    from zoo.spec.run import Normalization
+    from zoo.trainer.pipeline import DeviceData
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 3, 6, 6), dtype=np.uint8)

@@ -23,28 +23,18 @@ from pathlib import Path
 import pytest
 import torch
 from zoo_chapter8 import specs as chapter8_specs
+from zoo_chapter8.specs import BOOK_VAL_ACC
 
 import zoo
-from zoo.download import DownloadError
-from zoo.manifest import (
-    MANIFEST_FILE,
-    WEIGHTS_FILE,
-    bundle_sha256,
-    open_bundle,
-    read_manifest,
-)
-from zoo.modeltable import BOOK_VAL_ACC
-from zoo.pretrained import (
-    WeightsError,
-    accuracy_split,
-    create_pretrained,
-    exports_dir,
-    fetch_weights,
-    resolve_bundle,
-)
-from zoo.registry import Registry
-from zoo.weights import WeightSet, parse_weights
-from zoo.weightsync import main as weightsync
+from zoo.bundles.hub import WeightsError, fetch_weights
+from zoo.bundles.integrity import bundle_sha256, open_bundle, read_manifest
+from zoo.bundles.store import exports_dir, resolve_bundle
+from zoo.bundles.weightsync import main as weightsync
+from zoo.host.registry import Registry
+from zoo.models.pretrained import create_pretrained
+from zoo.spec.manifest import MANIFEST_FILE, WEIGHTS_FILE
+from zoo.spec.weights import WeightSet, parse_weights
+from zoo.util.download import DownloadError
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_JSON = ROOT / "plugins" / "zoo_chapter8" / "weights.json"
@@ -73,7 +63,7 @@ def test_declaration_matches_the_shipped_bundle(arch: str) -> None:
                                              manifest.normalization.std)
     exported = manifest.training.exported
     assert exported is not None and declared.metrics == {"val_acc": exported.val_acc}
-    assert declared.split == accuracy_split(manifest.training) == \
+    assert declared.split == manifest.training.accuracy_split == \
         "10% of the training images, seed 0"
     assert fetch_weights(arch, declared) == resolve_bundle(arch)
 
@@ -391,7 +381,7 @@ def test_readme_weight_set_example_validates() -> None:
 
 
 def test_download_progress_is_one_line_on_a_terminal() -> None:
-    from zoo.download import DownloadProgress
+    from zoo.util.download import DownloadProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

@@ -64,11 +64,14 @@ def dependency_links(dest: Path) -> Path:
     # the standard library and its lib-dynload, but not a venv's site-packages, which lies
     # under its platstdlib (sys.exec_prefix/lib/pythonX.Y)
     stdlib = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "platstdlib")}
+    # this interpreter's own environment may lie inside the checkout (nox's .nox/dev)
+    prefix = Path(sys.prefix).resolve()
     for entry in sys.path:
         place = Path(entry or ".").resolve()
+        in_checkout = (place == ROOT or ROOT in place.parents) and not (
+            place == prefix or prefix in place.parents)
         if (not place.is_dir() or place in stdlib
-                or (place.parent in stdlib and place.name != "site-packages")
-                or place == ROOT or ROOT in place.parents):
+                or (place.parent in stdlib and place.name != "site-packages") or in_checkout):
             continue
         for item in place.iterdir():
             name = item.name
@@ -110,7 +113,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
         else:
             tf.extractall(tmp_path / "unpacked")  # our own sdist
     required = {"pyproject.toml", "README.md", "LICENSE", "zoo/cli/__init__.py",
-                "zoo/cli/evaluate.py", "zoo/schemas/manifest.schema.json",
+                "zoo/cli/evaluate.py", "zoo/spec/manifest.schema.json",
                 "plugins/zoo_chapter8/fused.c", "plugins/zoo_chapter8/weights.json",
                 "exports/__init__.py", "tests/conftest.py", "noxfile.py",
                 *(f"exports/{a}-cifar2/{f}" for a in ARCHITECTURES for f in BUNDLE_FILES)}
@@ -119,7 +122,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
     assert "Deprecat" not in log, log
     with zipfile.ZipFile(wheel) as zf:
         members = set(zf.namelist())
-    required = {"zoo/cli/__init__.py", "zoo/cli/predict.py", "zoo/schemas/manifest.schema.json",
+    required = {"zoo/cli/__init__.py", "zoo/cli/predict.py", "zoo/spec/manifest.schema.json",
                 "zoo/py.typed", "zoo_chapter8/fused.c", "zoo_chapter8/weights.json",
                 "zoo-0.1.0.dist-info/licenses/LICENSE",
                 *(f"zoo_chapter8/weights/{a}-cifar2/{f}" for a in ARCHITECTURES
@@ -168,7 +171,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
             "    ref = zoo.load(name)\n"
             "    x = torch.rand(2, 3, 32, 32)\n"
             "    assert torch.equal(m.eval()(x), ref(x)), name\n"
-            "print(zoo.pretrained.resolve_bundle('NetRes'))\n")
+            "print(zoo.bundles.store.resolve_bundle('NetRes'))\n")
     lines = run(str(python), "-c", code).splitlines()
     for line in lines:
         assert Path(line).is_relative_to(site), lines  # the wheel's files, not the checkout's

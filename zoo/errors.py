@@ -55,6 +55,10 @@ class BundleError(ExportError):
     """A bundle directory that is missing, tampered with, or of an unknown format."""
 
 
+class BundleNotFoundError(BundleError, LookupError):
+    """A name or path that is no bundle: neither a directory nor a declared or exported name."""
+
+
 #: Lines of library errors that say nothing about this failure: torch's weights-only
 #: preamble and footer, and load_state_dict's header before the keys it names.
 _BOILERPLATE = ("Weights only load failed", "Please file an issue", "Check the documentation",

@@ -35,10 +35,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from zoo.datasets import DatasetRequest, LoadedDataset
 from zoo.errors import ConformanceError, ZooError
-from zoo.registry import Registry, default_registry
-from zoo.spec import ArchitectureSpec, InputShape, ModelConfig
+from zoo.host.contract import load_dataset
+from zoo.host.registry import Registry, default_registry
+from zoo.spec.architecture import ArchitectureSpec, InputShape, ModelConfig
+from zoo.spec.dataset import DatasetRequest, LoadedDataset
 
 if TYPE_CHECKING:
     import torch
@@ -178,10 +179,10 @@ def _export_and_reload(name: str, registry: Registry, config: ModelConfig,
     import numpy as np
     import torch
 
-    from zoo.bundle import load_bundle
-    from zoo.deploy import ort_session
-    from zoo.exporter import export
-    from zoo.manifest import INPUT_NAME, ONNX_FILE
+    from zoo.deploy.runtime import ort_session
+    from zoo.exporter.write import export
+    from zoo.models.load import load_bundle
+    from zoo.spec.manifest import INPUT_NAME, ONNX_FILE
 
     with _workdir(tmp_dir) as work:
         dest = work / f"{name}-conformance"
@@ -222,7 +223,7 @@ def check_dataset(
     opts = dict(options or {})
     checks: list[str] = []
     try:
-        spec.load(DatasetRequest(), **{**opts, UNKNOWN_KEY: 1})
+        load_dataset(spec, DatasetRequest(), **{**opts, UNKNOWN_KEY: 1})
     except ZooError:
         checks.append("refuses an unknown option")
     else:
@@ -236,7 +237,7 @@ def check_dataset(
         loaded: list[LoadedDataset] = []
         for request in requests:
             try:
-                loaded.append(spec.load(request, **opts))
+                loaded.append(load_dataset(spec, request, **opts))
             except ZooError as exc:
                 raise _fail(name, f"it does not load {request.image_size} x "
                                   f"{request.channels} channel(s)", exc) from exc
@@ -247,7 +248,7 @@ def check_dataset(
             checks.append(f"loads {request.channels}x{request.image_size} with seed "
                           f"{request.seed}: {len(data.train)} + {len(data.val)} images, "
                           f"{len(data.classes)} classes")
-        again = spec.load(requests[1], **opts)
+        again = load_dataset(spec, requests[1], **opts)
         _same(name, loaded[1], again)
         checks.append("the same request gives the same data and content key")
     _dataset_train_step(name, loaded[0])

@@ -11,8 +11,8 @@ and is imported when a model is built.
 
 from __future__ import annotations
 
-from zoo import ArchitectureSpec, hookimpl
-from zoo_chapter8.specs import ARCHITECTURES, book_val_acc
+from zoo import ArchitectureSpec, ReferenceAccuracy, hookimpl
+from zoo_chapter8.specs import ARCHITECTURES, SOURCE, book_val_acc
 
 
 @hookimpl
@@ -20,6 +20,8 @@ def zoo_architectures() -> list[ArchitectureSpec]:
     return list(ARCHITECTURES)
 
 
-def zoo_reference_accuracy() -> dict[str, float]:
-    """The book's validation accuracies, which ``zoo compare`` marks (see :mod:`zoo.compare`)."""
-    return book_val_acc()
+@hookimpl
+def zoo_reference_accuracies() -> list[ReferenceAccuracy]:
+    """The book's validation accuracies, which ``zoo compare`` and the model table show."""
+    return [ReferenceAccuracy(architecture=name, value=value, metric="val_acc", source=SOURCE)
+            for name, value in book_val_acc().items()]

@@ -94,7 +94,7 @@ static inline void store_idx(uint8_t *p, vi k) {
 static inline vi load_idx(const uint8_t *p) {
     vb kb;
     memcpy(&kb, p, sizeof kb);
-    return __builtin_convertvector(kb, vi);
+    return __builtin_convertvector(kb, vi) & 3; /* a window position, whatever idx holds */
 }
 
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
@@ -262,7 +262,8 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
  * output channels and groups of taps outside, windows inside, so that a group's weights and
  * weight-gradient sums stay in registers. zs and at (h/2 x w/2 x cout each) are scratch for
  * each output's gradient and the offset of its winning input pixel. An output whose gradient
- * is zero is skipped (ReLU's often are). */
+ * is zero is skipped (ReLU's often are). Pooling indices are read modulo 4 here and in every
+ * kernel: a window position whatever the byte holds, so a read never leaves the image. */
 static inline __attribute__((always_inline)) void conv_backward_images(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *wr,
     float *gx, float *dxp, float *zs, int32_t *at, float *dwr, float *db, int64_t h,
@@ -281,8 +282,8 @@ static inline __attribute__((always_inline)) void conv_backward_images(
             }
             const int64_t window = 2 * (i / w2) * row + 2 * (i % w2) * cin;
             for (int64_t co = 0; co < cout; co++) {
-                const int k = idx[out + co];
-                at[i * cout + co] = (int32_t)(window + (k >> 1) * row + (k & 1) * cin);
+                const int k = idx[out + co]; /* its low two bits: a window position */
+                at[i * cout + co] = (int32_t)(window + ((k >> 1) & 1) * row + (k & 1) * cin);
             }
         }
         if (gx != NULL) memset(dxp, 0, sizeof(float) * padded);
@@ -422,9 +423,10 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
     return 0;
 }
 
-/* The layer's backward pass (cin a multiple of 8). gx may be NULL (no input gradient). dwr
- * and db must be zero-filled, `chunks` times over, as for zoo_stem_backward; chunk t takes
- * images [t*n/chunks, (t+1)*n/chunks). -1 for shapes it does not take, -2 out of memory. */
+/* The layer's backward pass (cin a multiple of 8). gx may be NULL (no input gradient; wr is
+ * read all the same). dwr and db must be zero-filled, `chunks` times over, as for
+ * zoo_stem_backward; chunk t takes images [t*n/chunks, (t+1)*n/chunks). -1 for shapes it does
+ * not take, -2 out of memory. */
 int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
                                const uint8_t *idx, const float *wr, float *gx, float *dwr,
                                float *db, int64_t n, int64_t h, int64_t w, int64_t cin,

@@ -22,17 +22,32 @@ layers run as plain PyTorch.
 It serves training steps only (a module in training mode, gradients on, a
 CPU float32 channels_last input with even height and width; channel counts in
 ``_conv_fusable`` and ``_fusable``). Every tensor handed to C is checked for
-what it is (type, dtype, device, its own shape, layout); the kernels allocate
-float32 on the input's device. Evaluation, export and tracing run the plain
-PyTorch layers, so a trained model computes exactly what its ONNX graph does;
-so does anything the kernels would bypass (a ``Conv2d`` subclass, hooks,
-torch.func transforms, forward-mode AD, autocast, dispatch modes; see
-``_eager`` and ``_conv_fusable``). Pooling and the gradients' routing are
-exactly ATen's; the sums run in another order (equal to rounding for finite
-inputs), and the tanh is Eigen's rational approximation, within 5 ulp of the
-correctly rounded value with FMA, 7 without, and exact (so exactly ±1 where it
-saturates) from 7.81 on. There is no second derivative: a backward pass with
-``create_graph=True`` raises.
+what it is (type, dtype, device, its own shape, layout), in both passes. The
+forward pass checks its input, weight and bias (``_conv_fusable``). The
+backward pass checks the incoming gradient and, as autograd gives them back,
+the tensors the forward pass saved (a saved-tensor hook such as
+``save_on_cpu`` may give back other tensors) and the weight as it is then
+(``conv.weight.data = ...`` replaces it, as for the plain layers), against the
+forward pass's shapes: another layout is copied into the one the kernel reads;
+another dtype, device or shape raises RuntimeError, as the plain layers'
+backward operators raise (a float16 or bfloat16 weight is read as float32, as
+the plain convolution reads it; the weight is checked only where the input's
+gradient needs it); a gradient or saved tensor C cannot read (vmap's batched
+gradients from ``is_grads_batched=True`` or ``jacobian(vectorize=True)``, a
+tensor subclass) and a backward pass under a torch.func transform or a mode
+get the plain layers' backward operators (:mod:`zoo_chapter8.fused_checks`).
+C reads a pooling index modulo 4, so no byte a hook stores there moves a read
+out of its image. The kernels allocate float32 on the input's device.
+Evaluation, export and tracing run the plain PyTorch layers, so a trained
+model computes exactly what its ONNX graph does; so does anything the kernels
+would bypass (a ``Conv2d`` subclass, hooks, torch.func transforms,
+forward-mode AD, autocast, dispatch modes; see ``fused_checks.eager`` and
+``_conv_fusable``). Pooling and the gradients' routing are exactly ATen's; the
+sums run in another order (equal to rounding for finite inputs), and the tanh
+is Eigen's rational approximation, within 5 ulp of the correctly rounded value
+with FMA, 7 without, and exact (so exactly ±1 where it saturates) from 7.81
+on. There is no second derivative: a backward pass with ``create_graph=True``
+raises.
 """
 
 from __future__ import annotations
@@ -53,18 +68,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.autograd import forward_ad
-from torch.utils._device import DeviceContext
 
+from zoo.util.paths import cache_dir
+from zoo_chapter8 import fused_checks as checks
 from zoo_chapter8 import kernel_cache
+from zoo_chapter8.fused_checks import CL, F32
 from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
-TANH, RELU = 0, 1
+TANH, RELU = checks.TANH, checks.RELU
 _SOURCE = Path(__file__).with_name("fused.c")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _WHAT = "the chapter-8 CPU kernels"
-F32 = torch.float32
 
 
 def _first_derivative_only() -> None:
@@ -96,8 +111,7 @@ def _arch_flags() -> list[str]:
 
 
 def _cache_dir() -> Path:
-    root = os.environ.get("ZOO_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "zoo") / "kernels"
+    return cache_dir("kernels")
 
 
 def _build(compiler: list[str], dest: Path) -> None:
@@ -149,6 +163,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 
 _LOADING = threading.Lock()
+_CF = torch.contiguous_format
 
 
 def _loaded() -> tuple[ctypes.CDLL | None, str]:
@@ -181,18 +196,6 @@ def status() -> str:
         f"fused chapter-8 kernels off: {where}"
 
 
-def _incoming(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """The gradient of ``out`` as the backward kernels read it: float32 channels_last NCHW."""
-    grad = grad.resolve_neg().contiguous(memory_format=torch.channels_last)
-    if not _c_readable(grad, tuple(out.shape)):
-        raise RuntimeError(f"the fused chapter-8 kernels got a gradient they cannot read "
-                           f"({type(grad).__name__}, {grad.dtype}, {grad.device}, shape "
-                           f"{tuple(grad.shape)}; expected float32 on cpu, shape "
-                           f"{tuple(out.shape)}); set ZOO_FUSED=0 to train with the plain "
-                           f"PyTorch layers")
-    return grad
-
-
 class _PoolAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, act: int) -> torch.Tensor:
@@ -205,65 +208,36 @@ class _PoolAct(torch.autograd.Function):
         lib.zoo_pool2_act_forward(x.data_ptr(), y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
                                   torch.get_num_threads())
         ctx.save_for_backward(y, idx)
-        ctx.act, ctx.size = act, (h, w)
+        ctx.act, ctx.dims = act, (n, c, h, w)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         _first_derivative_only()
-        lib = library()
-        assert lib is not None
+        n, c, h, w = ctx.dims
         y, idx = ctx.saved_tensors
-        n, c = y.shape[:2]
-        h, w = ctx.size
-        grad = _incoming(grad, y)
-        gx = torch.empty((n, c, h, w), dtype=F32, device=y.device,
-                         memory_format=torch.channels_last)
-        lib.zoo_pool2_act_backward(grad.data_ptr(), y.data_ptr(), idx.data_ptr(), gx.data_ptr(),
+        y = checks.saved(y, "output", (n, c, h // 2, w // 2))
+        idx = checks.saved(idx, "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
+        lib = library()
+        g = checks.incoming(grad, (n, c, h // 2, w // 2))
+        ready = checks.kernel_layouts((y, CL), (idx, _CF)) if g is not None else None
+        if lib is None or g is None or ready is None:
+            return checks.plain_pool_backward(grad, y, idx, ctx.act), None
+        yc, idxc = ready
+        gx = torch.empty((n, c, h, w), dtype=F32, device=y.device, memory_format=CL)
+        lib.zoo_pool2_act_backward(g.data_ptr(), yc.data_ptr(), idxc.data_ptr(), gx.data_ptr(),
                                    n, h, w, c, ctx.act, torch.get_num_threads())
         return gx, None
 
 
-_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # offsets within one padded image are int32 in the layer's backward kernel
 _MAX_IMAGE = 2**31 - 1
 
 
-def _c_readable(t: torch.Tensor, shape: tuple[int, ...]) -> bool:
-    """A tensor whose memory C may read as float32 of exactly ``shape``: a plain strided CPU
-    tensor (no subclass, functorch wrapper or lazy negation)."""
-    return (type(t) in _TENSOR_TYPES and t.layout == torch.strided and t.device.type == "cpu"
-            and t.dtype == F32 and tuple(t.shape) == shape and not t.is_neg()
-            and not torch._C._functorch.is_functorch_wrapped_tensor(t))
-
-
-def _eager() -> bool:
-    """False where the kernels would bypass something: the JIT tracer (the ONNX exporter's),
-    torch.compile, torch.export, a torch.func transform (grad, vmap...), forward-mode AD,
-    CPU autocast, a torch function mode (other than torch.set_default_device's) or a
-    dispatch mode. Those get the plain PyTorch layers."""
-    return not (torch._C._get_tracing_state() is not None or torch.compiler.is_compiling()
-                or torch.onnx.is_in_onnx_export()
-                or torch._C._functorch.peek_interpreter_stack() is not None
-                or forward_ad._current_level >= 0
-                or torch.is_autocast_enabled("cpu")
-                or _modes_active())
-
-
-def _modes_active() -> bool:
-    """A dispatch mode, or a torch function mode other than torch.set_default_device's."""
-    if torch._C._len_torch_dispatch_stack() > 0:
-        return True
-    if torch._C._len_torch_function_stack() == 0:
-        return False
-    modes = torch.overrides._get_current_function_mode_stack()  # type: ignore[no-untyped-call]
-    return not all(isinstance(mode, DeviceContext) for mode in modes)
-
-
 def _training_input(x: torch.Tensor, training: bool) -> bool:
     """A CPU training step's float32 channels_last NCHW input, even-sized, and a kernel."""
-    return (training and torch.is_grad_enabled() and x.dim() == 4 and _eager()
-            and _c_readable(x, tuple(x.shape))
+    return (training and torch.is_grad_enabled() and x.dim() == 4 and checks.eager()
+            and checks.c_readable(x, tuple(x.shape))
             and x.numel() > 0 and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0
             and x.is_contiguous(memory_format=torch.channels_last)
             and library() is not None)
@@ -324,7 +298,7 @@ class _ConvPool(torch.autograd.Function):
                                          torch.get_num_threads())
         assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
         ctx.save_for_backward(xp, y, idx, weight)
-        ctx.act, ctx.has_bias = act, bias is not None
+        ctx.act, ctx.has_bias, ctx.dims = act, bias is not None, (n, cin, h, w, cout)
         ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
                              else torch.channels_last)
         return y
@@ -333,24 +307,36 @@ class _ConvPool(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
                                                         torch.Tensor | None, None]:
         _first_derivative_only()
+        n, cin, h, w, cout = ctx.dims
+        saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
+        xp = checks.saved(saved[0], "padded input", (n, h + 2, w + 2, cin))
+        y = checks.saved(saved[1], "output", (n, cout, h // 2, w // 2))
+        idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, cout), torch.uint8)
+        weight = checks.saved_weight(saved[3], (cout, cin, 3, 3), read=ctx.needs_input_grad[0])
         lib = library()
-        assert lib is not None
-        xp, y, idx, weight = ctx.saved_tensors
-        n, h, w, cin = xp.shape[0], xp.shape[1] - 2, xp.shape[2] - 2, xp.shape[3]
-        cout = y.shape[1]
-        grad = _incoming(grad, y)
+        g = checks.incoming(grad, (n, cout, h // 2, w // 2))
+        ready = checks.kernel_layouts((xp, _CF), (y, CL), (idx, _CF)) if g is not None else None
+        if lib is None or g is None or ready is None or (
+                weight is not None and not checks.unwrapped(weight)):
+            mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+                    ctx.has_bias and ctx.needs_input_grad[2])
+            return (*checks.plain_conv_backward(grad, xp, y, idx, weight, ctx.act, mask), None)
+        xp, y, idx = ready
         gx = None
         if cin % 8 == 0:
             chunks = max(1, min(torch.get_num_threads(), n))
-            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy
-            wr = weight.detach().permute(0, 2, 3, 1).contiguous()
-            if ctx.needs_input_grad[0]:
+            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy; zeros
+            # where the input's gradient is not asked for (the kernel reads them, unused)
+            if weight is not None:
+                wr = weight.detach().permute(0, 2, 3, 1).contiguous()
                 gx = torch.empty((n, cin, h, w), dtype=F32, device=y.device,
                                  memory_format=torch.channels_last)
+            else:
+                wr = torch.zeros((cout, 3, 3, cin), dtype=F32, device=y.device)
             dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
             db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
             done = lib.zoo_conv_pool_backward(
-                xp.data_ptr(), grad.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
+                xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
                 gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
                 n, h, w, cin, cout, ctx.act, chunks)
             if done == -2:
@@ -360,7 +346,7 @@ class _ConvPool(torch.autograd.Function):
             chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
             dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
             db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
-            done = lib.zoo_stem_backward(xp.data_ptr(), grad.data_ptr(), y.data_ptr(),
+            done = lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(),
                                          idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
                                          cin, cout, ctx.act, chunks)
             dweight = _chunk_sum(dw).permute(3, 2, 0, 1)
@@ -395,8 +381,8 @@ def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> boo
     cout = weight.shape[0] if weight.dim() == 4 else 0
     return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and not x.requires_grad))
             and 0 < cout <= 64 and cout % 8 == 0
-            and _c_readable(weight, (cout, cin, 3, 3))
-            and (bias is None or _c_readable(bias, (cout,)))
+            and checks.c_readable(weight, (cout, cin, 3, 3))
+            and (bias is None or checks.c_readable(bias, (cout,)))
             and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
             and conv.groups == 1 and conv.padding_mode == "zeros"
             and (x.shape[2] + 2) * (x.shape[3] + 2) * cin <= _MAX_IMAGE

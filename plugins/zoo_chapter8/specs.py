@@ -3,7 +3,7 @@
 Their pretrained weights are declared in ``weights.json``, generated from the
 shipped bundles' manifests (``exports/``, installed as ``zoo_chapter8.weights``)::
 
-    python -m zoo.weightsync --write plugins/zoo_chapter8/weights.json \
+    python -m zoo.bundles.weightsync --write plugins/zoo_chapter8/weights.json \
         --package zoo_chapter8.weights
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field
 
 from zoo import ArchitectureSpec, HParams, Recipe
-from zoo.weights import read_weights_file
+from zoo.spec.weights import read_weights_file
 
 SOURCE = "Deep Learning with PyTorch (Stevens, Antiga, Viehmann), chapter 8"
 _BUILDERS = "zoo_chapter8.models"

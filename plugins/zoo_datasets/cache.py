@@ -27,18 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.fsutil import atomic_path, atomic_write_text
-
-ENV_CACHE_DIR = "ZOO_CACHE_DIR"
+from zoo.util.fsutil import atomic_path, atomic_write_text
+from zoo.util.paths import cache_dir
 
 
 def cache_root(explicit: Path | None) -> Path:
-    if explicit is not None:
-        return Path(explicit)
-    env = os.environ.get(ENV_CACHE_DIR)
-    if env:
-        return Path(env)
-    return Path.home() / ".cache" / "zoo"
+    return Path(explicit) if explicit is not None else cache_dir()
 
 
 def hash_parts(parts: Iterable[str]) -> str:

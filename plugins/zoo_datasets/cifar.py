@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
+from zoo.spec.dataset import DatasetRequest, LoadedDataset, Split
 from zoo_datasets import CifarOptions
 from zoo_datasets.cache import cache_root, digest_index, file_digests, hash_parts
 from zoo_datasets.common import convert_channels, resize_images

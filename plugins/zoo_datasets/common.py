@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from zoo.datasets import Split
+from zoo.spec.dataset import Split
 
 
 def stratified_split(labels: np.ndarray, fraction: float,

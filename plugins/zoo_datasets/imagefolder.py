@@ -1,6 +1,6 @@
 """``imagefolder``: a directory of class folders (``DIR/CLASS/IMAGE``), decoded once and cached.
 
-Images are decoded by :func:`zoo.imaging.decode_image` (the decoder deployment
+Images are decoded by :func:`zoo.util.imaging.decode_image` (the decoder deployment
 uses too) at the requested size and channels. Unreadable files are reported
 with their path and skipped, or are an error under ``strict``. The decoded
 uint8 arrays are cached under a key hashing every file's content and its path
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.datasets import DatasetRequest, LoadedDataset, Split
 from zoo.errors import DataError
-from zoo.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
+from zoo.spec.dataset import DatasetRequest, LoadedDataset, Split
+from zoo.util.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from zoo_datasets import ImageFolderOptions
 from zoo_datasets.cache import (
     cache_root,

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from zoo.datasets import DatasetRequest, LoadedDataset
 from zoo.errors import DataError
+from zoo.spec.dataset import DatasetRequest, LoadedDataset
 from zoo_datasets import SHAPES, SyntheticOptions
 from zoo_datasets.common import stratified_split, take
 

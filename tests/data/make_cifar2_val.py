@@ -17,7 +17,7 @@ import numpy as np
 from zoo_datasets.common import stratified_split
 from zoo_datasets.imagefolder import scan
 
-from zoo.imaging import decode_image
+from zoo.util.imaging import decode_image
 
 PER_CLASS = 32
 OUT = Path(__file__).with_name("cifar2_val.npz")

@@ -1,17 +1,8 @@
-"""The zoo's core plugins: the trainer's writers, early stopping and export formats.
+"""The zoo's core plugins: the trainer's writers, early stopping and the export formats.
 
-The :class:`~zoo.registry.Registry` registers each under its short name (see
-:data:`CORE_PLUGINS`); ``-p no:NAME`` blocks one. None imports torch at import time.
+Each is a plugin of the same hooks a third party implements (:mod:`zoo.host.hookspecs`),
+registered by every :class:`~zoo.host.registry.Registry` under its short name
+(:data:`zoo.host.plugins.CORE_PLUGINS`, which names them as strings: nothing imports
+this package). ``-p no:NAME`` blocks one, but ``formats``, which every bundle needs.
+None imports torch at import time.
 """
-
-from __future__ import annotations
-
-#: Short name -> module of every core plugin, in registration order.
-CORE_PLUGINS: dict[str, str] = {
-    "metricsfiles": "zoo.builtin.metricsfiles",
-    "curveplot": "zoo.builtin.curveplot",
-    "progressdisplay": "zoo.builtin.progressdisplay",
-    "earlystop": "zoo.builtin.earlystop",
-    "tensorboard": "zoo.builtin.tensorboard",
-    "formats": "zoo.builtin.formats",
-}

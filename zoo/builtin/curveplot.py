@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import sys
 
-from zoo.events import RunStatus, TrainingRun
-from zoo.hookspecs import hookimpl
-from zoo.run import CURVES_PNG, RunSummary
+from zoo.host.events import RunStatus, TrainingRun
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.run import CURVES_PNG, RunSummary
 
 
 @hookimpl
 def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> None:
     if status == "interrupted":
         return
-    from zoo.curves import write_curves
+    from zoo.trainer.curves import write_curves
 
     try:
         write_curves(run.run_dir, run.history, run.title)

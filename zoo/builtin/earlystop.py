@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zoo.events import StopRequest, TrainingRun
-from zoo.hookspecs import hookimpl
-from zoo.run import EpochMetrics
+from zoo.host.events import StopRequest, TrainingRun
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.run import EpochMetrics
 
 #: The metrics early stopping may watch, and whether higher is better.
 STOP_METRICS: dict[str, bool] = {"val_acc": True, "val_loss": False,

@@ -1,18 +1,37 @@
-"""Core plugin: the zoo's own export formats, ``onnx`` and ``pt2``."""
+"""Core plugin: the zoo's own export formats, ``onnx`` (every bundle's) and ``pt2``.
+
+Declared through ``zoo_export_formats`` like any plugin's formats, and written and
+verified through the same path (:mod:`zoo.exporter.formats`). It cannot be blocked
+(``-p no:formats`` is refused): every bundle holds the ONNX graph its readers load.
+"""
 
 from __future__ import annotations
 
-from zoo.exportformats import ExportFormat
-from zoo.hookspecs import hookimpl
+from typing import Literal
+
+from pydantic import Field
+
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.exportformat import ExportFormat, FormatOptions
+
+
+class OnnxOptions(FormatOptions):
+    """The ``onnx`` format's options (``zoo export --opset N --exporter NAME``)."""
+
+    opset: int | None = Field(None, ge=1, le=100, description="ONNX opset (default: 17, or "
+                              "the lowest the exporter produces above it).")
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript", description="torch.onnx.export with dynamo=False (torchscript: 20-30x "
+        "faster here) or dynamo=True (opsets 18 and up).")
 
 
 @hookimpl
 def zoo_export_formats() -> list[ExportFormat]:
     return [
         ExportFormat(name="onnx", summary="ONNX graph with a dynamic batch axis (onnxruntime)",
-                     files=("model.onnx",), writer="zoo.exporter:write_onnx_format",
-                     verifier="zoo.exporter:verify_onnx_format"),
+                     files=("model.onnx",), writer="zoo.exporter.onnx:write_onnx",
+                     verifier="zoo.exporter.onnx:verify_onnx_format", options=OnnxOptions),
         ExportFormat(name="pt2", summary="torch.export ExportedProgram (torch.export.load)",
-                     files=("model.pt2",), writer="zoo.pt2:write_pt2",
-                     verifier="zoo.pt2:verify_pt2"),
+                     files=("model.pt2",), writer="zoo.exporter.pt2:write_pt2",
+                     verifier="zoo.exporter.pt2:verify_pt2"),
     ]

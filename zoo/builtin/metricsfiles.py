@@ -8,10 +8,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.events import TrainingRun
-from zoo.fsutil import atomic_write_text
-from zoo.hookspecs import hookimpl
-from zoo.run import METRICS_CSV, METRICS_JSONL, EpochMetrics
+from zoo.host.events import TrainingRun
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.run import METRICS_CSV, METRICS_JSONL, EpochMetrics
+from zoo.util.fsutil import atomic_write_text
 
 
 def write_metrics(run_dir: Path, metrics: Sequence[EpochMetrics]) -> None:
@@ -38,7 +38,7 @@ def iter_metrics(run_dir: Path) -> Iterator[EpochMetrics]:
 
 
 def _write(run: TrainingRun) -> None:
-    from zoo.checkpoint import write_failure  # imports torch: not while listing plugins
+    from zoo.trainer.checkpoint import write_failure
 
     try:
         write_metrics(run.run_dir, run.history)

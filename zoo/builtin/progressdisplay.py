@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from zoo.events import TrainingRun
-from zoo.hookspecs import hookimpl
-from zoo.progress import Progress
-from zoo.run import EpochMetrics
+from zoo.host.events import TrainingRun
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.run import EpochMetrics
+from zoo.trainer.progress import Progress
 
 _KEY = "progressdisplay"
 

@@ -13,9 +13,9 @@ import warnings
 from typing import Any
 
 from zoo.errors import TrainingError
-from zoo.events import RunStatus, TrainingRun
-from zoo.hookspecs import hookimpl
-from zoo.run import EpochMetrics, RunSummary
+from zoo.host.events import RunStatus, TrainingRun
+from zoo.host.hookspecs import hookimpl
+from zoo.spec.run import EpochMetrics, RunSummary
 
 #: The folder of the event files inside the run directory.
 TENSORBOARD_DIR = "tensorboard"

@@ -13,11 +13,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from zoo import __version__
 from zoo.cli import catalog
 from zoo.cli.help import ZooArgumentParser
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
+from zoo.util.version import __version__
 
 ENV_TRACEBACK = "ZOO_TRACEBACK"
 COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict",

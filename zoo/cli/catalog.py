@@ -8,9 +8,10 @@ import json
 import sys
 from typing import Any
 
-from zoo.datasets import USER_OPTIONS, DatasetSpec
-from zoo.registry import Registry
-from zoo.spec import ArchitectureSpec
+from zoo.host.plugins import LISTING_HOOKS
+from zoo.host.registry import Registry
+from zoo.spec.architecture import ArchitectureSpec
+from zoo.spec.dataset import USER_OPTIONS, DatasetSpec
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -186,8 +187,11 @@ def plugins_command(args: argparse.Namespace, registry: Registry) -> int:
             elif i.status == "error":
                 detail = f"ERROR: {i.error}"
             else:
-                provides = ", ".join([*i.architectures, *(f"dataset:{d}" for d in i.datasets)])
-                detail = provides or "(nothing)"
+                provides = ", ".join([*i.architectures, *(f"dataset:{d}" for d in i.datasets),
+                                      *(f"format:{f}" for f in i.formats)])
+                hooks = [h.removeprefix("zoo_") for h in i.hooks if h not in LISTING_HOOKS]
+                detail = ", ".join(filter(None, [provides, "hooks: " + " ".join(hooks)
+                                                 if hooks else ""])) or "(nothing)"
             rows.append([i.name, i.distribution or "-", i.version or "-", i.status, detail])
         print(_table(rows, ["PLUGIN", "DISTRIBUTION", "VERSION", "STATUS", "PROVIDES"]))
         conflicts = registry.conflicts

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 SHELLS = ("bash", "zsh", "fish")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def evaluate_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.evaluation import CONFUSION_PNG, EVALUATION_JSON, evaluate, print_skip
+    from zoo.analysis.evaluation import CONFUSION_PNG, EVALUATION_JSON, evaluate, print_skip
 
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")

@@ -63,7 +63,7 @@ class ZooArgumentParser(argparse.ArgumentParser):
 
 def train_default(field: str) -> str:
     """``(default: X)`` for a ``TrainConfig`` field, read from the model (no torch import)."""
-    from zoo.config import TrainConfig
+    from zoo.spec.training import TrainConfig
 
     info = TrainConfig.model_fields[field]
     value = info.get_default(call_default_factory=True)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.inspection import DEFAULT_OUT, inspect_model, write_inspection
+    from zoo.analysis.inspection import DEFAULT_OUT, inspect_model, write_inspection
 
     if args.top_k < 1:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
@@ -75,7 +75,7 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.filters import DEMO_PNG, filter_demo, render_demo
+    from zoo.analysis.filters import DEMO_PNG, filter_demo, render_demo
 
     demo = filter_demo(args.image)
     path = args.out / DEMO_PNG
@@ -85,7 +85,7 @@ def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def compare_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.compare import compare, render_comparison
+    from zoo.analysis.compare import compare, render_comparison
 
     comparison = compare(args.sources, registry=registry)
     render_comparison(comparison, args.out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def new_plugin_command(args: argparse.Namespace, registry: Registry) -> int:
-    from zoo.scaffold import names, new_plugin
+    from zoo.cli.scaffold import names, new_plugin
 
     values = names(args.plugin)
     dest = new_plugin(args.plugin, args.dir)

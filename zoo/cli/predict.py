@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 if TYPE_CHECKING:
     from zoo.deploy import Prediction
@@ -43,7 +43,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def collect_inputs(paths: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files to classify, and (path, problem) for inputs that cannot be used."""
-    from zoo.imagefiles import find_images
+    from zoo.util.imagefiles import find_images
 
     files: list[Path] = []
     problems: list[tuple[str, str]] = []
@@ -65,17 +65,17 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
     import numpy as np
 
     from zoo.deploy import OnnxClassifier
-    from zoo.imaging import ImageDecodeError
+    from zoo.util.imaging import ImageDecodeError
 
     if args.top_k < 1:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if args.batch_size < 1:
         raise ZooError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.threads is not None:
-        from zoo.deploy import check_threads
+        from zoo.util.threads import check_threads
 
         check_threads(args.threads, "--threads")
-    from zoo.pretrained import resolve_bundle
+    from zoo.bundles.store import resolve_bundle
 
     bundle = resolve_bundle(args.bundle, weights=args.weights, registry=registry)
     classifier = OnnxClassifier(bundle, threads=args.threads, expect_sha256=args.expect_sha256)

@@ -11,7 +11,7 @@ from typing import Any
 from zoo.cli.help import train_default
 from zoo.cli.options import parse_pairs
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 # flag name -> TrainConfig field, for the options with a plain value
 _VALUE_FLAGS = ("dataset", "data_dir", "val_dir", "val_split", "epochs", "batch_size",
@@ -137,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields the command line sets (file first, then flags)."""
-    from zoo.config import TrainConfig, load_config_file
+    from zoo.spec.training import TrainConfig, load_config_file
 
     fields: dict[str, Any] = {}
     if args.book:
@@ -164,8 +164,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def print_config(name: str, fields: dict[str, Any], registry: Registry) -> None:
     """Print the TrainConfig ``zoo train NAME`` would run with, as TOML for ``--config``."""
-    from zoo.config import validate_config
-    from zoo.configfile import apply_recipe, config_toml
+    from zoo.spec.training import apply_recipe, config_toml, validate_config
 
     config = validate_config(fields, "training config")
     registry.resolve(name, **config.model)
@@ -194,11 +193,11 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
         if args.resume is None:
             raise ZooError("zoo train needs an architecture NAME (see 'zoo list'), "
                            "or --resume RUN_DIR")
-        from zoo.run import read_summary
+        from zoo.spec.run import read_summary
 
         name = read_summary(args.resume).model.architecture
     elif args.resume is None:  # bad values fail here, before the trainer imports torch
-        from zoo.config import validate_config
+        from zoo.spec.training import validate_config
 
         config = validate_config(fields, "training config")
         registry.resolve(name, **config.model)
@@ -207,7 +206,7 @@ def train_command(args: argparse.Namespace, registry: Registry) -> int:
             and os.environ.get("RANK", "0") == "0"):
         # importing torch takes seconds on a cold start: nothing may wait silently
         print("zoo: loading PyTorch…", file=sys.stderr, flush=True)
-    from zoo.trainer import train
+    from zoo.trainer.loop import train
 
     try:
         result = train(name, registry=registry, **fields)
