@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from serve_support import call, post_json
 
+from zoo.bundles.integrity import bundle_sha256
+from zoo.bundles.store import resolve_bundle
 from zoo.cli import main
-from zoo.manifest import bundle_sha256
-from zoo.pretrained import resolve_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Run the zoo CLI with some modules made unimportable (sys.modules[name] = None).

@@ -27,8 +27,8 @@ from serve_support import (
     thread_server,
 )
 
+from zoo.bundles.integrity import bundle_sha256
 from zoo.deploy import OnnxClassifier
-from zoo.manifest import bundle_sha256
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

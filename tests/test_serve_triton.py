@@ -12,10 +12,10 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from zoo.bundles.integrity import open_bundle
+from zoo.bundles.store import resolve_bundle
 from zoo.cli import main
 from zoo.errors import BundleError, ZooError
-from zoo.manifest import open_bundle
-from zoo.pretrained import resolve_bundle
 from zoo.serve.triton import (
     TRITON_ARCHIVE,
     TritonModel,

@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from zoo.errors import ZooError
-from zoo.registry import Registry
+from zoo.host.registry import Registry
 
 if TYPE_CHECKING:
     from zoo.serve.models import ServeSettings
@@ -161,7 +161,7 @@ def serve_command(args: argparse.Namespace, registry: Registry) -> int:
 
 def _write_triton(args: argparse.Namespace, sources: list[ModelSource], pins: dict[str, str],
                   registry: Registry) -> int:
-    from zoo.pretrained import resolve_bundle
+    from zoo.bundles.store import resolve_bundle
     from zoo.serve.triton import triton_problems, write_triton_bundle
 
     if args.max_batch_size < 1:

@@ -40,7 +40,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zoo import __version__
 from zoo.serve.batching import LoopLag
 from zoo.serve.metrics import ServeMetrics
 from zoo.serve.models import ServedModel, ServeSettings
@@ -64,6 +63,7 @@ from zoo.serve.transport import (
     send_bytes,
     send_error,
 )
+from zoo.util.version import __version__
 
 log = logging.getLogger("zoo.serve")
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from zoo.bundles.integrity import bundle_sha256
 from zoo.errors import ZooError
-from zoo.manifest import bundle_sha256
 from zoo.serve.models import ServedModel, ServeSettings
 
 if TYPE_CHECKING:
-    from zoo.registry import Registry
+    from zoo.host.registry import Registry
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -77,8 +77,8 @@ def load_models(sources: Sequence[ModelSource], settings: ServeSettings, *,
                 pins: Mapping[str, str] | None = None, registry: Registry | None = None
                 ) -> list[ServedModel]:
     """Resolve, check and load every bundle; a bad name, bundle or pin is a ZooError."""
+    from zoo.bundles.store import resolve_bundle
     from zoo.deploy import OnnxClassifier
-    from zoo.pretrained import resolve_bundle
 
     if not sources:
         raise ZooError("no bundle to serve; accepted: one or more bundle names or directories")

@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 
 from zoo.errors import BundleError, ExportError, ZooError
-from zoo.manifest import INPUT_NAME, MANIFEST_FILE, ONNX_FILE, OUTPUT_NAME, CheckResult, Manifest
+from zoo.spec.manifest import (
+    INPUT_NAME,
+    MANIFEST_FILE,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    CheckResult,
+    Manifest,
+)
 
 PLATFORM = "onnxruntime_onnx"
 CONFIG_FILE = "config.pbtxt"
@@ -135,7 +142,7 @@ def write_triton_bundle(bundle: Path | str, repository: Path | str, *, name: str
                         expect_sha256: str | None = None, force: bool = False,
                         **settings: Any) -> Path:
     """Write a Triton model of a bundle (checked file by file first) into ``repository``."""
-    from zoo.manifest import open_bundle
+    from zoo.bundles.integrity import open_bundle
 
     manifest = open_bundle(bundle, expect_sha256=expect_sha256)
     onnx = (Path(bundle) / ONNX_FILE).read_bytes()
