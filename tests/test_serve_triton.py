@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -137,3 +138,10 @@ def test_export_format_hooks_write_and_verify_triton_tar(tmp_path: Path) -> None
     assert all(c.max_abs_diff == 0 for c in checks)
     (tmp_path / "manifest.json").rename(bundle / "manifest.json")  # zoo verify: read from it
     assert verify_triton_format(None, bundle, manifest.model, inputs, 1e-4, 1e-3)[0].passed
+    # what the export hook passes: the bundle's name and classes (ExportTarget)
+    target = SimpleNamespace(name="Net-cifar2", classes=manifest.classes)
+    write_triton_format(None, bundle, manifest.model, target=target)
+    with tarfile.open(bundle / TRITON_ARCHIVE) as tar:
+        assert "Net-cifar2/config.pbtxt" in tar.getnames()
+    assert verify_triton_format(None, bundle, manifest.model, inputs, 1e-4, 1e-3,
+                                target=target)[1].passed

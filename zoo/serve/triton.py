@@ -18,7 +18,8 @@ The export-format hooks (``zoo export --format triton``) are
 :func:`write_triton_format` and :func:`verify_triton_format`: bundles hold plain
 files only, so the format is one archive, ``triton.tar``, of that repository
 (``tar -xf triton.tar -C models/``). Both need the class names, which the export
-hook does not pass yet (``classes=``; else they are read from the bundle's manifest).
+hook may pass as ``target`` (the bundle's name and classes) or ``classes``; else they are
+read from the bundle's manifest (``zoo verify``).
 """
 
 from __future__ import annotations
@@ -267,34 +268,41 @@ def triton_archive(model: TritonModel, onnx: bytes) -> bytes:
     return out.getvalue()
 
 
-def write_triton_format(model: Any, directory: Path, config: Any, *,
+def write_triton_format(model: Any, directory: Path, config: Any, *, target: Any = None,
                         classes: Sequence[str] | None = None) -> None:
     """Export-format writer: ``directory/triton.tar`` from ``directory/model.onnx``.
 
-    ``config`` is the bundle's :class:`~zoo.spec.ModelConfig`; ``model`` is unused (the
-    graph is the verified ``model.onnx`` already in ``directory``).
+    ``config`` is the bundle's :class:`~zoo.spec.ModelConfig`; ``target`` (the bundle's
+    ``name`` and ``classes``, as the export hook passes them by keyword) or ``classes``
+    name the labels; ``model`` is unused (the graph is the verified ``model.onnx``).
     """
-    triton = TritonModel(name=config.architecture, classes=_classes(directory, classes),
-                         input_dims=config.input_shape.as_tuple())
+    name = getattr(target, "name", None) or config.architecture
+    names = tuple(target.classes) if target is not None else _classes(directory, classes)
+    triton = TritonModel(name=name, classes=names, input_dims=config.input_shape.as_tuple())
     (directory / TRITON_ARCHIVE).write_bytes(triton_archive(triton,
                                                             (directory / ONNX_FILE).read_bytes()))
 
 
 def verify_triton_format(model: Any, directory: Path, config: Any,
                          inputs: list[tuple[str, np.ndarray]], atol: float, rtol: float, *,
-                         classes: Sequence[str] | None = None) -> list[CheckResult]:
+                         target: Any = None, classes: Sequence[str] | None = None
+                         ) -> list[CheckResult]:
     """Export-format verifier: unpack ``triton.tar``, :func:`verify_triton` it, and run its
     graph on ``inputs`` against the bundle's verified ``model.onnx``."""
     from zoo.deploy import ort_session
 
-    names = _classes(directory, classes)
+    names = tuple(target.classes) if target is not None else _classes(directory, classes)
     with tempfile.TemporaryDirectory() as tmp, \
             tarfile.open(directory / TRITON_ARCHIVE) as tar:
+        tops = {m.name.split("/")[0] for m in tar.getmembers()}
+        if len(tops) != 1:
+            raise BundleError(f"{directory / TRITON_ARCHIVE} holds {sorted(tops)}; expected "
+                              "one model directory")
         if hasattr(tarfile, "data_filter"):
             tar.extractall(tmp, filter="data")
         else:  # pragma: no cover - Python < 3.10.12
             tar.extractall(tmp)
-        model_dir = Path(tmp) / config.architecture
+        model_dir = Path(tmp) / tops.pop()
         verify_triton(model_dir, classes=names)
         theirs = ort_session((model_dir / VERSION / ONNX_FILE).read_bytes(), threads=1)
     ours = ort_session(directory / ONNX_FILE, threads=1)
