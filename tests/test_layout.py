@@ -116,7 +116,7 @@ def test_modules_stay_small_and_the_package_shows_its_parts() -> None:
     assert long == {}
     packages = sorted(p.name for p in (ROOT / "zoo").iterdir() if (p / "__init__.py").is_file())
     assert packages == ["analysis", "builtin", "bundles", "cli", "deploy", "exporter", "host",
-                        "models", "spec", "trainer", "util"]
+                        "models", "serve", "spec", "trainer", "util"]
 
 
 def test_the_facades_lazy_names_are_listed_and_stay_functions() -> None:

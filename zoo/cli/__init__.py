@@ -22,7 +22,7 @@ from zoo.util.version import __version__
 ENV_TRACEBACK = "ZOO_TRACEBACK"
 COMMAND_MODULES = ("zoo.cli.catalog", "zoo.cli.train", "zoo.cli.export", "zoo.cli.predict",
                    "zoo.cli.evaluate", "zoo.cli.inspect", "zoo.cli.newplugin",
-                   "zoo.cli.completion")
+                   "zoo.cli.completion", "zoo.cli.serve")
 
 EPILOG = """\
 examples:

@@ -1,0 +1,281 @@
+"""The dynamic batcher: coalescing, bounds, refusals, timeouts, draining; and over HTTP, a
+full queue is a 503 with Retry-After at once."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from serve_support import call, post_json, thread_server
+
+from zoo.serve.batching import (
+    BatcherClosedError,
+    DynamicBatcher,
+    LoopLag,
+    QueueFullError,
+    QueueWaitError,
+)
+from zoo.serve.models import ServeSettings
+
+
+class Worker:
+    """A compute function that records its batches; a job ``"plug"`` blocks it until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Any]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, payloads: Sequence[Any]) -> list[Any]:
+        if "plug" in payloads:
+            self.started.set()
+            self.release.wait(10)
+        self.batches.append(list(payloads))
+        return [ValueError(f"bad {p}") if p == "bad" else f"done {p}" for p in payloads]
+
+
+def run(main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(main())
+
+
+async def plugged(batcher: DynamicBatcher, worker: Worker) -> asyncio.Task[Any]:
+    """Start the batcher and occupy its worker with the plug job."""
+    batcher.start()
+    plug = asyncio.create_task(batcher.submit("plug", 1))
+    await asyncio.to_thread(worker.started.wait, 10)
+    return plug
+
+
+def test_queued_jobs_are_coalesced_up_to_the_max_batch_size_in_order() -> None:
+    worker = Worker()
+
+    async def main() -> list[Any]:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_rows=16)
+        plug = await plugged(batcher, worker)
+        jobs = [asyncio.create_task(batcher.submit(i, 1)) for i in range(9)]
+        await asyncio.sleep(0.02)
+        assert batcher.queued_rows == 9 and batcher.in_flight_rows == 10
+        worker.release.set()
+        results = await asyncio.gather(plug, *jobs)
+        await batcher.close()
+        return results
+
+    assert run(main) == ["done plug", *(f"done {i}" for i in range(9))]
+    assert worker.batches == [["plug"], [0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_jobs_of_several_rows_never_overfill_a_batch() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_rows=16)
+        plug = await plugged(batcher, worker)
+        jobs = [asyncio.create_task(batcher.submit(name, rows))
+                for name, rows in (("a", 3), ("b", 2), ("c", 2), ("d", 4))]
+        await asyncio.sleep(0.02)
+        worker.release.set()
+        await asyncio.gather(plug, *jobs)
+        with pytest.raises(ValueError, match="accepted: 1 to 4"):
+            await batcher.submit("e", 5)
+        await batcher.close()
+
+    run(main)
+    assert worker.batches[1:] == [["a"], ["b", "c"], ["d"]]
+
+
+def test_a_full_queue_refuses_at_once() -> None:
+    worker = Worker()
+
+    async def main() -> float:
+        batcher = DynamicBatcher(worker, max_batch_size=2, max_queue_rows=4)
+        plug = await plugged(batcher, worker)
+        queued = [asyncio.create_task(batcher.submit(i, 2)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        start = time.perf_counter()
+        with pytest.raises(QueueFullError):
+            await batcher.submit("late", 1)
+        refused_in = time.perf_counter() - start
+        worker.release.set()
+        await asyncio.gather(plug, *queued)
+        assert await batcher.submit("later", 1) == "done later"  # room again
+        await batcher.close()
+        return refused_in
+
+    assert run(main) < 0.01
+
+
+def test_a_job_past_its_timeout_fails_and_is_never_computed() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=4, timeout_s=0.05)
+        plug = await plugged(batcher, worker)  # the plug itself times out too
+        with pytest.raises(TimeoutError):
+            await batcher.submit("slow", 1)
+        worker.release.set()
+        with pytest.raises(TimeoutError):
+            await plug
+        assert await batcher.submit("fine", 1) == "done fine"
+        await batcher.close()
+
+    run(main)
+    assert ["slow"] not in worker.batches and ["fine"] in worker.batches
+
+
+def test_a_failing_job_fails_alone_and_a_failing_batch_fails_its_jobs_only() -> None:
+    calls = 0
+
+    def compute(payloads: Sequence[Any]) -> list[Any]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise RuntimeError("onnxruntime fell over")
+        return [ValueError("bad") if p == "bad" else p for p in payloads]
+
+    async def main() -> None:
+        batcher = DynamicBatcher(compute, max_batch_size=4)
+        batcher.start()
+        results = await asyncio.gather(batcher.submit("bad", 1), batcher.submit("ok", 1),
+                                       return_exceptions=True)
+        assert isinstance(results[0], ValueError) and results[1] == "ok"
+        with pytest.raises(RuntimeError, match="fell over"):
+            await batcher.submit("unlucky", 1)
+        assert await batcher.submit("again", 1) == "again"
+        await batcher.close()
+
+    run(main)
+
+
+def test_close_drains_the_queue_and_then_refuses() -> None:
+    worker = Worker()
+
+    async def main() -> list[Any]:
+        batcher = DynamicBatcher(worker, max_batch_size=2, max_queue_rows=8)
+        plug = await plugged(batcher, worker)
+        jobs = [asyncio.create_task(batcher.submit(i, 1)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0.01)
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit("too late", 1)
+        worker.release.set()
+        results = await asyncio.gather(plug, *jobs)
+        await closing
+        return results
+
+    assert run(main) == ["done plug", *(f"done {i}" for i in range(5))]
+
+
+def test_the_queue_delay_waits_for_more_unless_the_batch_is_full() -> None:
+    worker = Worker()
+
+    async def main() -> tuple[float, float]:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_delay_s=0.2)
+        batcher.start()
+        start = time.perf_counter()
+        await batcher.submit("alone", 1)
+        alone = time.perf_counter() - start
+        start = time.perf_counter()
+        await asyncio.gather(*(batcher.submit(i, 1) for i in range(4)))
+        full = time.perf_counter() - start
+        await batcher.close()
+        return alone, full
+
+    alone, full = run(main)
+    assert 0.15 < alone < 2 and full < 0.15
+    assert worker.batches == [["alone"], [0, 1, 2, 3]]
+
+
+def test_loop_lag_marks_a_busy_event_loop_overloaded() -> None:
+    async def main() -> tuple[bool, bool]:
+        lag = LoopLag(max_lag_s=0.02, interval_s=0.002)
+        lag.start()
+        await asyncio.sleep(0.02)
+        calm = lag.overloaded
+        for _ in range(6):
+            time.sleep(0.03)  # a busy loop: every timer runs late
+            await asyncio.sleep(0)
+        busy = lag.overloaded
+        await lag.stop()
+        return calm, busy
+
+    assert run(main) == (False, True)
+
+
+def test_over_http_a_full_queue_is_503_with_retry_after_and_a_slow_one_504() -> None:
+    settings = ServeSettings(max_batch_size=1, max_queue_rows=2, timeout_s=0.4,
+                             max_queue_wait_s=0, max_loop_lag_s=0)
+    data = {"inputs": [{"name": "input", "shape": [1, 3, 32, 32], "datatype": "FP32",
+                        "data": [0.0] * 3072}], "outputs": [{"name": "logits"}]}
+    with thread_server(["Net"], settings) as server:
+        batcher = server.models["Net"].batcher
+        release = threading.Event()
+        compute = batcher.compute
+
+        def slow(payloads: Sequence[Any]) -> Sequence[Any]:
+            release.wait(10)
+            return compute(payloads)
+
+        batcher.compute = slow
+        url = f"{server.url}v2/models/Net/infer"
+        replies: list[Any] = []
+        threads = [threading.Thread(target=lambda: replies.append(post_json(url, data)))
+                   for _ in range(3)]  # one computing, two queued: the queue is full
+        for t in threads:
+            t.start()
+            time.sleep(0.05)
+        start = time.perf_counter()
+        refused = post_json(url, data)
+        elapsed = time.perf_counter() - start
+        assert refused.status == 503 and refused.headers["retry-after"] == "1"
+        assert "over capacity" in refused.json()["error"] and elapsed < 0.1
+        for t in threads:
+            t.join()
+        assert sorted(r.status for r in replies) == [504, 504, 504]  # none released in time
+        release.set()
+        batcher.compute = compute
+        answer = post_json(url, data)
+        assert answer.status == 200 and np.isfinite(answer.json()["outputs"][0]["data"]).all()
+        metrics = call(f"{server.url}metrics").body.decode()
+        assert 'outcome="overloaded"' in metrics and 'outcome="timeout"' in metrics
+
+
+def test_a_job_queued_past_the_wait_limit_is_refused_not_computed() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_wait_s=0.05)
+        plug = await plugged(batcher, worker)
+        stale = asyncio.create_task(batcher.submit("stale", 1))
+        await asyncio.sleep(0.1)
+        worker.release.set()
+        with pytest.raises(QueueWaitError):
+            await stale
+        assert await plug == "done plug" and await batcher.submit("fresh", 1) == "done fresh"
+        await batcher.close()
+
+    run(main)
+    assert worker.batches == [["plug"], ["fresh"]]
+
+
+def test_flush_stops_waiting_for_a_batch_to_fill() -> None:
+    worker = Worker()
+
+    async def main() -> float:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_delay_s=5.0)
+        batcher.start()
+        job = asyncio.create_task(batcher.submit("waiting", 1))
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        batcher.flush()  # what SIGTERM does: the drain begins
+        assert await job == "done waiting"
+        flushed_in = time.perf_counter() - start
+        await batcher.close()
+        return flushed_in
+
+    assert run(main) < 1.0
