@@ -14,7 +14,7 @@ from zoo_chapter8.specs import BOOK_VAL_ACC
 
 from zoo.bundles.integrity import open_bundle
 from zoo.bundles.modeltable import main, render
-from zoo.bundles.store import source_exports_dir, pretrained_bundles, resolve_bundle
+from zoo.bundles.store import pretrained_bundles, resolve_bundle, source_exports_dir
 from zoo.cli import main as cli_main
 from zoo.deploy import OnnxClassifier
 from zoo.exporter.checks import verification_inputs

@@ -1,14 +1,11 @@
 """Triton model repositories: config.pbtxt parsed with Triton's own ModelConfig schema (from
-tritonclient) agrees with the graph; the export-format hooks write and verify triton.tar."""
+tritonclient) agrees with the graph, from zoo serve --triton-repository and the triton format."""
 
 from __future__ import annotations
 
 import shutil
-import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
@@ -16,17 +13,15 @@ from tritonclient.grpc import model_config_pb2
 from zoo.bundles.integrity import open_bundle
 from zoo.bundles.store import resolve_bundle
 from zoo.cli import main
-from zoo.errors import BundleError, ZooError
-from zoo.serve.triton import (
-    TRITON_ARCHIVE,
+from zoo.deploy.triton import (
     TritonModel,
     config_pbtxt,
     triton_problems,
     verify_triton,
-    verify_triton_format,
     write_triton_bundle,
-    write_triton_format,
 )
+from zoo.errors import BundleError, ZooError
+from zoo.exporter.write import export as export_bundle
 
 
 @pytest.fixture
@@ -115,33 +110,37 @@ def test_zoo_serve_writes_a_triton_repository(tmp_path: Path,
     assert "exists; pass --force" in capsys.readouterr().err
 
 
-def test_export_format_hooks_write_and_verify_triton_tar(tmp_path: Path) -> None:
-    bundle = tmp_path / "bundle"
-    shutil.copytree(resolve_bundle("Net"), bundle)
-    manifest = open_bundle(bundle)
-    (bundle / "manifest.json").rename(tmp_path / "manifest.json")  # as during zoo export
-    with pytest.raises(ZooError, match="needs the class names"):
-        write_triton_format(None, bundle, manifest.model)
-    write_triton_format(None, bundle, manifest.model, classes=manifest.classes)
-    first = (bundle / TRITON_ARCHIVE).read_bytes()
-    write_triton_format(None, bundle, manifest.model, classes=manifest.classes)
-    assert (bundle / TRITON_ARCHIVE).read_bytes() == first  # reproducible
-    with tarfile.open(bundle / TRITON_ARCHIVE) as tar:
-        assert sorted(m.name for m in tar.getmembers() if m.isfile()) == [
-            "Net/1/model.onnx", "Net/config.pbtxt", "Net/labels.txt"]
-    rng = np.random.default_rng(0)
-    inputs = [(f"random batch {n}", rng.standard_normal((n, 3, 32, 32)).astype(np.float32))
-              for n in (1, 7)]
-    checks = verify_triton_format(None, bundle, manifest.model, inputs, 1e-4, 1e-3,
-                                  classes=manifest.classes)
-    assert [c.batch_size for c in checks] == [1, 7] and all(c.passed for c in checks)
-    assert all(c.max_abs_diff == 0 for c in checks)
-    (tmp_path / "manifest.json").rename(bundle / "manifest.json")  # zoo verify: read from it
-    assert verify_triton_format(None, bundle, manifest.model, inputs, 1e-4, 1e-3)[0].passed
-    # what the export hook passes: the bundle's name and classes (ExportTarget)
-    target = SimpleNamespace(name="Net-cifar2", classes=manifest.classes)
-    write_triton_format(None, bundle, manifest.model, target=target)
-    with tarfile.open(bundle / TRITON_ARCHIVE) as tar:
-        assert "Net-cifar2/config.pbtxt" in tar.getnames()
-    assert verify_triton_format(None, bundle, manifest.model, inputs, 1e-4, 1e-3,
-                                target=target)[1].passed
+def test_zoo_export_writes_a_triton_repository_into_the_bundle(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The triton format, through the same hook as pt2: the shipped weights written again as
+    a bundle whose triton/ folder Triton serves, checked with Triton's own schema."""
+    assert main(["export", "Net", "--weights", "cifar2", "--format", "triton",
+                 "--format-option", "triton.max_batch_size=32", "--out",
+                 str(tmp_path / "Net-triton")]) == 0
+    assert "  triton: triton/Net-triton/config.pbtxt" in capsys.readouterr().out
+    bundle = tmp_path / "Net-triton"
+    manifest = open_bundle(bundle)  # the repository's files are hashed like the others
+    record = manifest.formats["triton"]
+    assert record.files == ("triton/Net-triton/config.pbtxt", "triton/Net-triton/1/model.onnx",
+                            "triton/Net-triton/labels.txt")
+    assert record.passed and all(c.max_abs_diff < 1e-4 for c in record.checks)
+    model_dir = bundle / "triton" / "Net-triton"
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((model_dir / "config.pbtxt").read_text(), config)
+    assert (config.name, config.max_batch_size) == ("Net-triton", 32)
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (bundle / "model.onnx").read_bytes()
+    assert (model_dir / "labels.txt").read_text().splitlines() == list(manifest.classes)
+    assert main(["verify", str(bundle)]) == 0
+    assert "  triton: triton/Net-triton/config.pbtxt" in capsys.readouterr().out
+    # a repository that no longer matches its graph fails zoo verify once re-hashed
+    with pytest.raises(BundleError, match=r"config\.pbtxt does not match its SHA-256"):
+        (model_dir / "config.pbtxt").write_text(
+            (model_dir / "config.pbtxt").read_text().replace("32", "16", 1))
+        open_bundle(bundle)
+    with pytest.raises(ZooError, match=r"invalid option triton.max_batch_size=0"):
+        export_bundle("Net", weights="cifar2", formats="triton", out=tmp_path / "bad",
+                      options={"triton": {"max_batch_size": 0}})
+    with pytest.raises(ZooError, match="the bundle name 'a b' cannot name a folder of export "
+                                       "format 'triton'"):
+        export_bundle("Net", weights="cifar2", formats="triton", out=tmp_path / "a b")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "a b").exists()

@@ -28,7 +28,7 @@ from zoo_chapter8.specs import BOOK_VAL_ACC
 import zoo
 from zoo.bundles.hub import WeightsError, fetch_weights
 from zoo.bundles.integrity import bundle_sha256, open_bundle, read_manifest
-from zoo.bundles.store import source_exports_dir, resolve_bundle
+from zoo.bundles.store import resolve_bundle, source_exports_dir
 from zoo.bundles.weightsync import main as weightsync
 from zoo.host.registry import Registry
 from zoo.models.pretrained import create_pretrained
@@ -72,7 +72,8 @@ def test_weights_file_is_generated_from_the_manifests(tmp_path: Path) -> None:
     assert weightsync(["--check", str(WEIGHTS_JSON), "--package", PACKAGE]) == 0
     # a bundle re-exported without regenerating the declarations fails the check
     exports = tmp_path / "exports"
-    shutil.copytree(source_exports_dir(), exports, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    shutil.copytree(source_exports_dir(), exports,
+                    ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     manifest = exports / "NetRes-cifar2" / MANIFEST_FILE
     raw = json.loads(manifest.read_text())
     raw["created"] = "2030-01-01T00:00:00Z"

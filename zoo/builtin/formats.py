@@ -1,4 +1,4 @@
-"""Core plugin: the zoo's own export formats, ``onnx`` (every bundle's) and ``pt2``.
+"""Core plugin: the zoo's own export formats, ``onnx`` (every bundle's), ``pt2`` and ``triton``.
 
 Declared through ``zoo_export_formats`` like any plugin's formats, and written and
 verified through the same path (:mod:`zoo.exporter.formats`). It cannot be blocked
@@ -25,6 +25,17 @@ class OnnxOptions(FormatOptions):
         "faster here) or dynamo=True (opsets 18 and up).")
 
 
+class TritonOptions(FormatOptions):
+    """The ``triton`` format's options: its ``config.pbtxt``'s batching and instances."""
+
+    max_batch_size: int = Field(64, ge=1, le=65536, description="Triton's max_batch_size.")
+    max_queue_delay_us: int = Field(
+        500, ge=0, le=10_000_000,
+        description="dynamic_batching's max_queue_delay_microseconds (how long Triton waits "
+                    "to fill a batch).")
+    instance_count: int = Field(1, ge=1, le=256, description="Model instances on the CPU.")
+
+
 @hookimpl
 def zoo_export_formats() -> list[ExportFormat]:
     return [
@@ -34,4 +45,11 @@ def zoo_export_formats() -> list[ExportFormat]:
         ExportFormat(name="pt2", summary="torch.export ExportedProgram (torch.export.load)",
                      files=("model.pt2",), writer="zoo.exporter.pt2:write_pt2",
                      verifier="zoo.exporter.pt2:verify_pt2"),
+        ExportFormat(name="triton",
+                     summary="Triton model repository (tritonserver --model-repository=BUNDLE/"
+                             "triton)",
+                     files=("triton/{name}/config.pbtxt", "triton/{name}/1/model.onnx",
+                            "triton/{name}/labels.txt"),
+                     writer="zoo.exporter.triton:write_triton_format",
+                     verifier="zoo.exporter.triton:verify_triton_format", options=TritonOptions),
     ]

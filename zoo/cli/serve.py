@@ -162,7 +162,7 @@ def serve_command(args: argparse.Namespace, registry: Registry) -> int:
 def _write_triton(args: argparse.Namespace, sources: list[ModelSource], pins: dict[str, str],
                   registry: Registry) -> int:
     from zoo.bundles.store import resolve_bundle
-    from zoo.serve.triton import triton_problems, write_triton_bundle
+    from zoo.deploy.triton import triton_problems, write_triton_bundle
 
     if args.max_batch_size < 1:
         raise ZooError(f"--max-batch-size must be at least 1, got {args.max_batch_size}")

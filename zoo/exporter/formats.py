@@ -125,18 +125,22 @@ def write_and_verify(spec: ExportFormat, model: Any, directory: Path, config: Mo
     (a :class:`~zoo.spec.manifest.VerificationError` with its report, for one that
     gives a report); nothing is written at the bundle's destination then.
     """
+    try:
+        files = spec.files_for(target.name)
+    except ValueError as exc:
+        raise ExportError(str(exc)) from None
     start = time.perf_counter()
     _call("writer", spec, spec.load_writer(), model, directory, config, options=options,
           target=target)
     written = time.perf_counter() - start
-    missing = [f for f in spec.files if not _written(directory, f)]
+    missing = [f for f in files if not _written(directory, f)]
     if missing:
         raise ExportError(f"export format {spec.name!r} did not write {', '.join(missing)} "
                           "(as regular files)")
     checks, report = run_verifier(spec, model, directory, config, inputs, atol, rtol,
                                   options=options, target=target)
     passed = bool(checks) and all(c.passed for c in checks) and (report is None or report.passed)
-    record = FormatRecord(files=spec.files, passed=passed, atol=atol, rtol=rtol, checks=checks,
+    record = FormatRecord(files=files, passed=passed, atol=atol, rtol=rtol, checks=checks,
                           export_seconds=written,
                           verify_seconds=time.perf_counter() - start - written)
     if not passed:
@@ -148,8 +152,8 @@ def write_and_verify(spec: ExportFormat, model: Any, directory: Path, config: Mo
         if report is not None:
             raise VerificationError(message, report)
         raise ExportError(message)
-    files = {f: file_entry(directory / f) for f in spec.files}
-    return FormatOutcome(record=record, report=report, files=files)
+    return FormatOutcome(record=record, report=report,
+                         files={f: file_entry(directory / f) for f in files})
 
 
 def installed_format(registry: Registry, name: str, where: str | os.PathLike[str]

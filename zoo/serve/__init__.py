@@ -8,7 +8,7 @@
 * :mod:`zoo.serve.metrics`: Prometheus metrics;
 * :mod:`zoo.serve.app`: the ASGI application (endpoints, web page, errors, access log);
 * :mod:`zoo.serve.server`: uvicorn, JSON-lines logs, draining on SIGTERM;
-* :mod:`zoo.serve.triton`: Triton model repositories for the same bundles.
+* :mod:`zoo.deploy.triton`: Triton model repositories for the same bundles.
 
 The server modules need the ``serve`` extra (``pip install "zoo[serve]"``); importing
 this package imports none of them, and nothing here imports torch.

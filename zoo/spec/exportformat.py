@@ -25,6 +25,7 @@ which every bundle holds, and ``pt2``. Nothing here imports torch or numpy.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -35,9 +36,12 @@ from zoo.spec.provenance import Provenance, load_callable
 
 #: The format every bundle has: its readers (zoo.load, the ONNX predictor) load model.onnx.
 REQUIRED_FORMAT = "onnx"
-#: A format's file: a relative path of plain names (none starting with a dot) joined by "/".
+#: A bundle's file: a relative path of plain names (none starting with a dot) joined by "/".
 FILE_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$"
-BundlePath = Annotated[str, Field(pattern=FILE_PATTERN, max_length=255)]
+_PART = r"([A-Za-z0-9_][A-Za-z0-9_.\-]*|\{name\})"
+#: A format's declared file: the same, where a folder may be ``{name}``, the bundle's name.
+DECLARED_FILE_PATTERN = rf"^{_PART}(/{_PART})*$"
+BundlePath = Annotated[str, Field(pattern=DECLARED_FILE_PATTERN, max_length=255)]
 
 
 class FormatOptions(BaseModel):
@@ -66,7 +70,7 @@ class ExportFormat(BaseModel):
                          description="One line.")
     files: tuple[BundlePath, ...] = Field(
         min_length=1, description="The files it adds to a bundle: relative paths, '/' between "
-        "folders, no '..'.")
+        "folders, no '..'; a folder named {name} is the bundle's name.")
     writer: str = Field(pattern=IMPORT_PATTERN, description="'module:function' writing them.")
     verifier: str = Field(pattern=IMPORT_PATTERN,
                           description="'module:function' checking them against the model.")
@@ -74,6 +78,16 @@ class ExportFormat(BaseModel):
         FormatOptions, description="Its own options' pydantic model (--format-option "
         "NAME.KEY=VALUE).")
     provenance: Provenance | None = Field(None, description="Set by the registry.")
+
+    def files_for(self, bundle: str) -> tuple[str, ...]:
+        """Its files in the bundle named ``bundle`` (``{name}`` replaced), or a ValueError
+        when that name cannot be a folder's."""
+        files = tuple(f.replace("{name}", bundle) for f in self.files)
+        bad = [f for f in files if not re.fullmatch(FILE_PATTERN, f)]
+        if bad:
+            raise ValueError(f"the bundle name {bundle!r} cannot name a folder of export format "
+                             f"{self.name!r}; accepted: letters, digits, '_', '-', '.'")
+        return files
 
     def load_writer(self) -> Callable[..., Any]:
         """Import and return the writer function (a PluginError naming the plugin if it fails)."""
@@ -86,4 +100,5 @@ class ExportFormat(BaseModel):
                              self.provenance)
 
 
-__all__ = ["FILE_PATTERN", "REQUIRED_FORMAT", "ExportFormat", "ExportTarget", "FormatOptions"]
+__all__ = ["DECLARED_FILE_PATTERN", "FILE_PATTERN", "REQUIRED_FORMAT", "ExportFormat",
+           "ExportTarget", "FormatOptions"]

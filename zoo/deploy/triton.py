@@ -14,45 +14,35 @@ verified bundle; :func:`verify_triton` parses ``config.pbtxt`` with Triton's own
 ``ModelConfig`` protobuf schema (from ``tritonclient[grpc]``) and checks it against
 the graph as onnxruntime loads it.
 
-The export-format hooks (``zoo export --format triton``) are
-:func:`write_triton_format` and :func:`verify_triton_format`: bundles hold plain
-files only, so the format is one archive, ``triton.tar``, of that repository
-(``tar -xf triton.tar -C models/``). Both need the class names, which the export
-hook may pass as ``target`` (the bundle's name and classes) or ``classes``; else they are
-read from the bundle's manifest (``zoo verify``).
+``zoo serve BUNDLE --triton-repository DIR`` writes one from any bundle, and the
+``triton`` export format (:mod:`zoo.exporter.triton`, ``zoo export --format triton``)
+writes one into the bundle itself: ``tritonserver --model-repository=BUNDLE/triton``.
+Torch-free; checking needs ``tritonclient[grpc]`` (``pip install "zoo[triton]"``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib
-import io
 import json
-import shutil
-import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from zoo.errors import BundleError, ExportError, ZooError
+from zoo.errors import BundleError, ZooError
 from zoo.spec.manifest import (
     INPUT_NAME,
-    MANIFEST_FILE,
     ONNX_FILE,
     OUTPUT_NAME,
-    CheckResult,
     Manifest,
 )
+from zoo.util.fsutil import atomic_directory
 
 PLATFORM = "onnxruntime_onnx"
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 VERSION = "1"
-TRITON_ARCHIVE = "triton.tar"
 DEFAULT_MAX_QUEUE_DELAY_US = 2000
 _ORT_TYPES = {"tensor(float)": "TYPE_FP32"}
 
@@ -120,6 +110,13 @@ def config_pbtxt(model: TritonModel) -> str:
     return "\n".join(lines) + "\n"
 
 
+def model_files(model: TritonModel, onnx: bytes) -> dict[str, bytes]:
+    """The files of ``model``'s directory, by path inside it."""
+    return {CONFIG_FILE: config_pbtxt(model).encode("utf-8"),
+            LABELS_FILE: "".join(f"{c}\n" for c in model.classes).encode("utf-8"),
+            f"{VERSION}/{ONNX_FILE}": onnx}
+
+
 def write_triton(repository: Path | str, model: TritonModel, onnx: bytes, *,
                  force: bool = False) -> Path:
     """Write ``REPOSITORY/NAME`` (config, ``1/model.onnx``, labels); returns that directory.
@@ -127,15 +124,15 @@ def write_triton(repository: Path | str, model: TritonModel, onnx: bytes, *,
     An existing ``REPOSITORY/NAME`` is refused unless ``force`` (then it is replaced).
     """
     target = Path(repository) / model.name
-    if target.exists():
-        if not force:
-            raise ZooError(f"{target} exists; pass --force to replace it")
-        shutil.rmtree(target)
-    (target / VERSION).mkdir(parents=True)
-    (target / CONFIG_FILE).write_text(config_pbtxt(model), encoding="utf-8")
-    (target / LABELS_FILE).write_text("".join(f"{c}\n" for c in model.classes),
-                                      encoding="utf-8")
-    (target / VERSION / ONNX_FILE).write_bytes(onnx)
+    if target.exists() and not force:
+        raise ZooError(f"{target} exists; pass --force to replace it")
+    try:
+        with atomic_directory(target, replace=force) as tmp:  # all of it, or nothing
+            (tmp / VERSION).mkdir()
+            for name, data in model_files(model, onnx).items():
+                (tmp / name).write_bytes(data)
+    except OSError as exc:
+        raise ZooError(f"cannot write Triton model {target}: {exc.strerror or exc}") from None
     return target
 
 
@@ -167,7 +164,7 @@ def _schema() -> Any:
 def triton_problems(model_dir: Path | str, *, classes: Sequence[str] | None = None
                     ) -> tuple[Any, list[str]]:
     """The parsed ``ModelConfig`` (or None) and every way the model directory is wrong."""
-    from zoo.deploy import ort_session
+    from zoo.deploy.runtime import ort_session
 
     pb = _schema()
     text_format = importlib.import_module("google.protobuf.text_format")
@@ -237,89 +234,6 @@ def verify_triton(model_dir: Path | str, *, classes: Sequence[str] | None = None
     return config
 
 
-# -- the export format (zoo export --format triton) ---------------------------------------
-
-
-def _classes(directory: Path, classes: Sequence[str] | None) -> tuple[str, ...]:
-    if classes is not None:
-        return tuple(classes)
-    if (directory / MANIFEST_FILE).is_file():  # zoo verify: the bundle is complete
-        return tuple(Manifest.model_validate_json((directory / MANIFEST_FILE).read_bytes())
-                     .classes)
-    raise ExportError("the triton format needs the class names (classes=), which the export "
-                      "hook does not pass")
-
-
-def triton_archive(model: TritonModel, onnx: bytes) -> bytes:
-    """The repository of ``model`` as an uncompressed tar, byte for byte reproducible."""
-    members = {f"{model.name}/{CONFIG_FILE}": config_pbtxt(model).encode(),
-               f"{model.name}/{LABELS_FILE}": "".join(f"{c}\n" for c in model.classes).encode(),
-               f"{model.name}/{VERSION}/{ONNX_FILE}": onnx}
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in (model.name, f"{model.name}/{VERSION}"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for path, data in members.items():
-            info = tarfile.TarInfo(path)
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return out.getvalue()
-
-
-def write_triton_format(model: Any, directory: Path, config: Any, *, target: Any = None,
-                        classes: Sequence[str] | None = None) -> None:
-    """Export-format writer: ``directory/triton.tar`` from ``directory/model.onnx``.
-
-    ``config`` is the bundle's :class:`~zoo.spec.ModelConfig`; ``target`` (the bundle's
-    ``name`` and ``classes``, as the export hook passes them by keyword) or ``classes``
-    name the labels; ``model`` is unused (the graph is the verified ``model.onnx``).
-    """
-    name = getattr(target, "name", None) or config.architecture
-    names = tuple(target.classes) if target is not None else _classes(directory, classes)
-    triton = TritonModel(name=name, classes=names, input_dims=config.input_shape.as_tuple())
-    (directory / TRITON_ARCHIVE).write_bytes(triton_archive(triton,
-                                                            (directory / ONNX_FILE).read_bytes()))
-
-
-def verify_triton_format(model: Any, directory: Path, config: Any,
-                         inputs: list[tuple[str, np.ndarray]], atol: float, rtol: float, *,
-                         target: Any = None, classes: Sequence[str] | None = None
-                         ) -> list[CheckResult]:
-    """Export-format verifier: unpack ``triton.tar``, :func:`verify_triton` it, and run its
-    graph on ``inputs`` against the bundle's verified ``model.onnx``."""
-    from zoo.deploy import ort_session
-
-    names = tuple(target.classes) if target is not None else _classes(directory, classes)
-    with tempfile.TemporaryDirectory() as tmp, \
-            tarfile.open(directory / TRITON_ARCHIVE) as tar:
-        tops = {m.name.split("/")[0] for m in tar.getmembers()}
-        if len(tops) != 1:
-            raise BundleError(f"{directory / TRITON_ARCHIVE} holds {sorted(tops)}; expected "
-                              "one model directory")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(tmp, filter="data")
-        else:  # pragma: no cover - Python < 3.10.12
-            tar.extractall(tmp)
-        model_dir = Path(tmp) / tops.pop()
-        verify_triton(model_dir, classes=names)
-        theirs = ort_session((model_dir / VERSION / ONNX_FILE).read_bytes(), threads=1)
-    ours = ort_session(directory / ONNX_FILE, threads=1)
-    checks = []
-    for name, x in inputs:
-        expected = np.asarray(ours.run(None, {INPUT_NAME: x})[0])
-        actual = np.asarray(theirs.run(None, {INPUT_NAME: x})[0])
-        diff = np.abs(actual.astype(np.float64) - expected)
-        scale = np.abs(expected.astype(np.float64))
-        checks.append(CheckResult(
-            name=name, batch_size=int(x.shape[0]), max_abs_diff=float(diff.max(initial=0)),
-            max_rel_diff=float((diff / np.maximum(scale, 1e-38)).max(initial=0)),
-            top1_agreement=float((actual.argmax(1) == expected.argmax(1)).mean()),
-            passed=bool((diff <= atol + rtol * scale).all())))
-    return checks
-
-
-__all__ = ["CONFIG_FILE", "LABELS_FILE", "PLATFORM", "TRITON_ARCHIVE", "TritonModel",
-           "config_pbtxt", "triton_archive", "triton_problems", "verify_triton",
-           "verify_triton_format", "write_triton", "write_triton_bundle", "write_triton_format"]
+__all__ = ["CONFIG_FILE", "LABELS_FILE", "PLATFORM", "VERSION", "TritonModel", "config_pbtxt",
+           "model_files", "triton_problems", "verify_triton", "write_triton",
+           "write_triton_bundle"]
