@@ -1,18 +1,25 @@
 """SIGKILL at random points (seeded), many times: resumed training ends bitwise equal to an
 uninterrupted run, and an interrupted export leaves no bundle or a complete one.
 
-Each attempt runs in a forked child (torch is already imported, so an attempt costs
-milliseconds, not an interpreter start) that kills itself with SIGKILL at a chosen
-point: just before or just after the k-th rename that publishes a file (every atomic
-write ends in one), inside the k-th fsync of a checkpoint being written, or after a
-random delay. Nothing of the zoo is changed for the test: the child wraps ``os.replace``,
-``os.fsync`` and ``zoo.util.fsutil.exchange``.
+Each attempt runs in a child process that kills itself with SIGKILL at a chosen point:
+just before or just after the k-th rename that publishes a file (every atomic write ends
+in one), inside the k-th fsync of a checkpoint being written, or after a random delay.
+Nothing of the zoo is changed for the test: the child wraps ``os.replace``, ``os.fsync``
+and ``zoo.util.fsutil.exchange``.
+
+The children come from multiprocessing's fork server, which imports torch and the zoo
+once, before any thread exists: an attempt costs milliseconds, not an interpreter start,
+and no child inherits a lock that another thread of the test process (onnxruntime's or
+OpenMP's pools, a thread an earlier test left) held when it forked. Forking the test
+process itself could do that, and the child then waited forever. Every attempt and each
+test as a whole also have a deadline: a test never hangs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import signal
@@ -98,34 +105,59 @@ def _arm(mode: str, k: int, delay: float) -> None:
         timer.start()
 
 
-def _in_child(mode: str, k: int, delay: float, work: Callable[[], object]) -> int:
-    """Fork; the child arms its kill point and works. The child's fate: 'killed' or 0."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        code = 0
-        try:
-            torch.set_num_threads(1)
-            _arm(mode, k, delay)
-            work()
-        except BaseException:
-            traceback.print_exc()
-            code = 3
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + CHILD_TIMEOUT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            pytest.fail(f"attempt {mode} {k} {delay:.2f} hung")
-        time.sleep(0.01)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
+#: Fork server children: started clean (no threads), torch and the zoo already imported.
+_CONTEXT = multiprocessing.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["torch", "zoo.trainer.loop", "zoo.exporter.write",
+                                 "zoo_chapter8.models"])
+#: The most one test may take (it takes seconds): an attempt that hangs fails it, never waits.
+TEST_DEADLINE_S = 240.0
+
+
+def _child(mode: str, k: int, delay: float, environ: dict[str, str], job: str,
+           args: tuple[Any, ...]) -> None:  # pragma: no cover - the child
+    os.environ.clear()
+    os.environ.update(environ)
+    code = 0
+    try:
+        torch.set_num_threads(1)
+        _arm(mode, k, delay)
+        JOBS[job](*args)
+    except BaseException:
+        traceback.print_exc()
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def _train_job(run: Path) -> None:  # pragma: no cover - the child
+    if (run / "run.json").is_file():
+        train("Net", resume=run)
+    else:
+        train("Net", out=run, **CFG)
+
+
+def _export_job(run: Path, dest: Path) -> None:  # pragma: no cover - the child
+    export(run, out=dest, force=dest.exists())
+
+
+JOBS: dict[str, Callable[..., None]] = {"train": _train_job, "export": _export_job}
+
+
+def _in_child(mode: str, k: int, delay: float, deadline: float, job: str,
+              *args: Any) -> int:
+    """Run ``job`` in a fresh child that arms its kill point. Its fate: killed (-1) or 0."""
+    process = _CONTEXT.Process(target=_child, args=(mode, k, delay, dict(os.environ), job,
+                                                    args))
+    process.start()
+    process.join(max(0.0, min(CHILD_TIMEOUT_S, deadline - time.monotonic())))
+    if process.is_alive():
+        process.kill()
+        process.join()
+        pytest.fail(f"attempt {mode} {k} {delay:.2f} of {job} hung, or the test ran out "
+                    f"of time")
+    code = process.exitcode
+    if code == -signal.SIGKILL:
         return -1
-    code = os.WEXITSTATUS(status)
     assert code == 0, f"attempt {mode} {k} {delay:.2f} failed (see its traceback above)"
     return 0
 
@@ -161,6 +193,7 @@ def _records(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 def test_training_killed_at_random_points_resumes_bitwise_equal(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+    deadline = time.monotonic() + TEST_DEADLINE_S
     reference = tmp_path / "reference"
     train("Net", out=reference, **CFG)
     rng = random.Random(15)
@@ -173,13 +206,7 @@ def test_training_killed_at_random_points_resumes_bitwise_equal(
             attempts += 1
             assert attempts < 200, "no progress"
             mode, k, delay = _kill_point(rng, modes)
-
-            def work(run: Path = run) -> object:
-                if (run / "run.json").is_file():
-                    return train("Net", resume=run)
-                return train("Net", out=run, **CFG)
-
-            if _in_child(mode, k, delay, work) == 0:
+            if _in_child(mode, k, delay, deadline, "train", run) == 0:
                 break
             kills += 1
         for name in ("last.pt", "best.pt"):
@@ -196,6 +223,7 @@ def test_training_killed_at_random_points_resumes_bitwise_equal(
 def test_export_killed_at_random_points_leaves_no_bundle_or_a_complete_one(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+    deadline = time.monotonic() + TEST_DEADLINE_S
     run = tmp_path / "run"
     train("Net", out=run, **{**CFG, "epochs": 1})
     weights = hashlib.sha256(
@@ -211,8 +239,7 @@ def test_export_killed_at_random_points_leaves_no_bundle_or_a_complete_one(
         modes = ("in-exchange", "timer") if existed else ("before-rename", "after-rename",
                                                           "timer")
         mode, k, delay = _kill_point(rng, modes, writes=2 if existed else 1, seconds=0.25)
-        fate = _in_child(mode, k, delay,
-                         lambda: export(run, out=dest, force=dest.exists()))
+        fate = _in_child(mode, k, delay, deadline, "export", run, dest)
         kills += fate == -1
         if not dest.exists():
             assert not existed, f"attempt {attempt} ({mode}) lost the existing bundle"

@@ -81,7 +81,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0_without_torch() -> None:
 
 def test_serving_never_imports_torch() -> None:
     code = ("import sys\n"
-            "import zoo.cli.serve, zoo.serve.app, zoo.serve.server, zoo.serve.triton\n"
+            "import zoo.cli.serve, zoo.serve.app, zoo.serve.server, zoo.deploy.triton\n"
             "from zoo.serve.repository import load_models, parse_sources\n"
             "from zoo.serve.models import ServeSettings\n"
             "from zoo.serve.app import ServeApp\n"
