@@ -54,7 +54,8 @@ def _dev_run(session: nox.Session, *args: str, **kwargs: Any) -> Any:
 
 @nox.session(venv_backend="none")
 def tests(session: nox.Session) -> None:
-    """Run the test suite (offline, under five minutes)."""
+    """Run the test suite (offline, under five minutes), the documentation's examples and
+    the layering contracts (import-linter, tests/test_layout.py) included."""
     _dev(session)
     _dev_run(session, "pytest", *_posargs(session))
 
@@ -66,6 +67,16 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", "zoo", "plugins", "tests", "bench", "noxfile.py")
     # grimp reads the sources; it finds the package in the working directory
     session.run("lint-imports", env={"PYTHONPATH": str(Path(__file__).resolve().parent)})
+
+
+@nox.session(venv_backend="none")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site into .nox/site: mkdocs-material, the API reference from
+    the docstrings (mkdocstrings), warnings as errors (``mkdocs build --strict``)."""
+    _dev(session)
+    _dev_run(session, "mkdocs", "build", "--strict", "--site-dir",
+             str(DEV_ENV.parent / "site"), *_posargs(session),
+             env={"NO_MKDOCS_2_WARNING": "1"})  # no banner about a future MkDocs 2
 
 
 @nox.session(venv_backend="none")

@@ -1,63 +1,96 @@
-"""The README's plugin example really works: built, pip-installed, listed and built.
+"""The documentation's example plugins really work: built, pip-installed, listed, used.
 
-The files are taken from the README itself, installed with pip into a folder
-(real distribution metadata and entry points, no direct ``register`` call),
-and a fresh interpreter with that folder on its path finds the architecture.
+The files are taken from the pages themselves (``<!-- file: PATH -->`` before a
+fence, in README.md and docs/: the LeNet-5 architecture, the stripes dataset and
+the npz export format, plus the conformance tests), installed with pip into a
+folder (real distribution metadata and entry points, no direct ``register``
+call), and used with that folder on the path: by fresh interpreters, and by the
+console blocks the pages mark for this module, run in this process.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_readme_console import (
+    BLOCKS,
+    Block,
+    doc_files,
+    example_files,
+    in_process,
+    isolate,
+    matches,
+    shell,
+)
 
 from zoo.host.registry import reset_default_registry
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-FILE_BLOCK = re.compile(r"<!-- file: (?P<path>\S+) -->\n```\w*\n(?P<body>.*?)```", re.S)
-
-
-def readme_files() -> dict[str, str]:
-    return {m["path"]: m["body"] for m in FILE_BLOCK.finditer(README.read_text())}
+#: The example distributions installed here (zoo-epochlog: tests/test_readme_trainer_plugin.py).
+DISTRIBUTIONS = ("zoo-lenet", "zoo-stripes", "zoo-npz")
+#: Their top-level packages, forgotten after each test that imports them in this process.
+PACKAGES = ("zoo_lenet", "zoo_stripes", "zoo_npz")
+#: The console blocks run here: those whose skip marker names this module.
+PLUGIN_BLOCKS = [b for b in BLOCKS if b.skip and "test_readme_plugin.py" in b.skip]
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("readme")
-    files = readme_files()
+    root = tmp_path_factory.mktemp("examples")
+    files = example_files()
     assert {"zoo-lenet/pyproject.toml", "zoo-lenet/zoo_lenet/__init__.py",
             "zoo-lenet/zoo_lenet/model.py", "zoo-stripes/pyproject.toml",
-            "zoo-stripes/zoo_stripes/__init__.py", "zoo-stripes/zoo_stripes/data.py"} <= set(files)
+            "zoo-stripes/zoo_stripes/__init__.py", "zoo-stripes/zoo_stripes/data.py",
+            "zoo-npz/pyproject.toml", "zoo-npz/zoo_npz/__init__.py",
+            "zoo-npz/zoo_npz/archive.py", "plugin-tests/test_conformance.py"} <= set(files)
     for rel, body in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(body)
     site = root / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--no-index", "--target", str(site), str(root / "zoo-lenet"), str(root / "zoo-stripes")],
+         "--no-index", "--target", str(site), *(str(root / d) for d in DISTRIBUTIONS)],
         check=True, capture_output=True, text=True, timeout=300,
     )
-    assert list(site.glob("zoo_lenet-1.0.0.dist-info/entry_points.txt"))
-    assert list(site.glob("zoo_stripes-1.0.0.dist-info/entry_points.txt"))
+    for dist in DISTRIBUTIONS:
+        assert list(site.glob(f"{dist.replace('-', '_')}-1.0.0.dist-info/entry_points.txt"))
     return site
 
 
-def readme_console(command: str) -> str:
-    """The output the README shows for ``$ command`` (up to the next ``$`` line)."""
-    text = README.read_text()
-    start = text.index(f"$ {command}\n") + len(command) + 3
-    lines = []
-    for line in text[start:].splitlines():
-        if line.startswith(("$ ", "```")):
-            break
-        lines.append(line)
-    return "\n".join(lines) + "\n"
+@pytest.fixture
+def on_path(installed_example: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The installed examples on this process's path, for the default registry."""
+    monkeypatch.syspath_prepend(str(installed_example))
+    reset_default_registry()
+    try:
+        yield installed_example
+    finally:
+        reset_default_registry()
+        for module in [m for m in sys.modules if m.startswith(PACKAGES)]:
+            del sys.modules[module]
+
+
+def page_console(command: str) -> str:
+    """The output a page shows for ``$ command`` (up to the next ``$`` line)."""
+    for page in doc_files():
+        text = page.read_text(encoding="utf-8")
+        if f"$ {command}\n" not in text:
+            continue
+        start = text.index(f"$ {command}\n") + len(command) + 3
+        lines = []
+        for line in text[start:].splitlines():
+            if line.startswith(("$ ", "```")):
+                break
+            lines.append(line)
+        return "\n".join(lines) + "\n"
+    raise AssertionError(f"no page shows '$ {command}'")
 
 
 def run(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -95,11 +128,11 @@ def test_installed_plugin_builds_through_create_model(installed_example: Path) -
                                "'activation'")
 
 
-def test_dataset_plugin_output_is_what_the_readme_shows(installed_example: Path) -> None:
+def test_dataset_plugin_output_is_what_the_docs_show(installed_example: Path) -> None:
     for command in ("zoo datasets", "zoo datasets show stripes"):
         proc = run(installed_example, "-m", "zoo", *command.split()[1:])
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout == readme_console(command)
+        assert proc.stdout == page_console(command)
 
 
 def test_dataset_plugin_keeps_the_loader_contract(installed_example: Path) -> None:
@@ -121,36 +154,34 @@ def test_dataset_plugin_keeps_the_loader_contract(installed_example: Path) -> No
     assert proc.stderr == "zoo: warning: dataset 'stripes' does not use --data-dir; ignored\n"
 
 
-def test_the_readme_conformance_tests_pass_on_both_plugins(
-        installed_example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # in this process (torch is imported already): the installed site on the path
-    tests = installed_example.parent / "plugin-tests" / "test_conformance.py"
-    monkeypatch.syspath_prepend(str(installed_example))
-    reset_default_registry()
+def test_the_docs_conformance_tests_pass_on_both_plugins(on_path: Path, tmp_path: Path) -> None:
+    # in this process (torch is imported already), the installed site on the path
+    tests = on_path.parent / "plugin-tests" / "test_conformance.py"
     namespace: dict[str, Any] = {}
-    try:
-        exec(compile(tests.read_text(), str(tests), "exec"), namespace)
-        namespace["test_lenet_conforms"](tmp_path / "lenet")
-        namespace["test_stripes_conforms"](tmp_path / "stripes")
-    finally:
-        for module in [m for m in sys.modules if m.startswith(("zoo_lenet", "zoo_stripes"))]:
-            del sys.modules[module]
+    exec(compile(tests.read_text(), str(tests), "exec"), namespace)
+    namespace["test_lenet_conforms"](tmp_path / "lenet")
+    namespace["test_stripes_conforms"](tmp_path / "stripes")
 
 
-def test_readme_console_blocks_of_the_example_plugins(installed_example: Path) -> None:
-    """The console blocks tests/test_readme_console.py leaves to this module, as shown."""
-    import shlex
+def test_the_plugin_blocks_are_found() -> None:
+    assert len(PLUGIN_BLOCKS) >= 3  # the architecture, the dataset and the export format
+    assert all(command.split()[0] in ("pip", "zoo", "python")
+               for block in PLUGIN_BLOCKS for command, _ in block.commands)
 
-    from test_readme_console import BLOCKS, matches
 
-    blocks = [b for b in BLOCKS if b.skip and "test_readme_plugin.py" in b.skip]
-    assert len(blocks) == 2
-    for block in blocks:
-        for command, shown in block.commands:
-            if not shown:
-                continue
-            words = shlex.split(command)
-            assert words[0] == "zoo", command
-            proc = run(installed_example, "-m", "zoo", *words[1:])
-            assert matches(shown, proc.stdout + proc.stderr), (
-                f"README.md:{block.line}: '$ {command}' printed\n{proc.stdout}{proc.stderr}")
+@pytest.mark.parametrize("block", PLUGIN_BLOCKS, ids=[b.where for b in PLUGIN_BLOCKS])
+def test_console_blocks_of_the_example_plugins(block: Block, on_path: Path, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console blocks tests/test_readme_console.py leaves to this module, as shown:
+    ``zoo`` in this process, with the examples installed; ``python`` with them on its path
+    (``pip install`` has no output shown, and was done by the fixture)."""
+    isolate(tmp_path, monkeypatch)
+    path = os.pathsep.join([str(on_path), os.environ.get("PYTHONPATH", "")])
+    for command, shown in block.commands:
+        if not shown:
+            continue
+        words = shlex.split(command)
+        output = (in_process(words[1:]) if words[0] == "zoo"
+                  else shell(command, tmp_path, {"PYTHONPATH": path}))
+        assert matches(shown, output), (
+            f"{block.where}: '$ {command}' printed\n{output}\ninstead of\n" + "\n".join(shown))

@@ -1,4 +1,5 @@
-"""The README's trainer plugin (zoo-epochlog), pip-installed, in real ``zoo train`` runs.
+"""The docs' trainer plugin (zoo-epochlog, docs/plugins/training-hooks.md), pip-installed,
+in real ``zoo train`` runs.
 
 It must receive every epoch's metrics, in one process and under ``torchrun`` with
 2 processes (rank 0 only), and stop a run early through ``zoo_train_should_stop``.
@@ -8,19 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_readme_console import example_files
 
 from zoo.cli import main
 from zoo.host.registry import reset_default_registry
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-FILE_BLOCK = re.compile(r"<!-- file: (?P<path>zoo-epochlog/\S+) -->\n```\w*\n(?P<body>.*?)```",
-                        re.S)
 TRAIN = ["train", "Net", "--option", "size=200", "--set", "in_height=16", "--set",
          "in_width=16", "--batch-size", "32", "--num-threads", "1", "--progress", "log"]
 
@@ -28,7 +26,8 @@ TRAIN = ["train", "Net", "--option", "size=200", "--set", "in_height=16", "--set
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("epochlog")
-    files = {m["path"]: m["body"] for m in FILE_BLOCK.finditer(README.read_text())}
+    files = {path: body for path, body in example_files().items()
+             if path.startswith("zoo-epochlog/")}
     assert set(files) == {"zoo-epochlog/pyproject.toml", "zoo-epochlog/zoo_epochlog/__init__.py"}
     for rel, body in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
