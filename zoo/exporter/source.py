@@ -71,10 +71,6 @@ def load_source(source: str | Path, overrides: Mapping[str, Any], registry: Regi
             except (ValueError, OSError, EOFError) as exc:  # damaged, or pickled objects
                 raise ExportError(f"{sample_path} is not a plain array of images: "
                                   f"{reason(exc)}") from None
-            if not isinstance(samples, np.ndarray):  # an .npz archive
-                samples.close()
-                raise ExportError(f"{sample_path} is not a plain array of images: it is an "
-                                  "archive of arrays")
             expected = summary.model.input_shape.as_tuple()
             if samples.ndim != 4 or samples.shape[1:] != expected or samples.dtype != np.uint8:
                 raise ExportError(f"{sample_path} holds {samples.dtype} {samples.shape}; expected "
