@@ -28,7 +28,6 @@ import pytest
 
 from zoo.bundles.hub import fetch_weights
 from zoo.bundles.integrity import bundle_sha256, read_manifest
-from zoo.bundles.store import exports_dir
 from zoo.spec.manifest import MANIFEST_FILE
 from zoo.spec.weights import WeightSet
 from zoo.util import download as download_module
@@ -36,6 +35,7 @@ from zoo.util.archive import ArchiveLimits
 from zoo.util.download import DownloadError
 
 Route = Callable[[socket.socket, threading.Event], None]
+SHIPPED = Path(__file__).resolve().parents[1] / "exports" / "Net-cifar2"
 
 
 class Hostile:
@@ -122,7 +122,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return Path(shutil.copytree(exports_dir() / "Net-cifar2",
+    return Path(shutil.copytree(SHIPPED,
                                 tmp_path_factory.mktemp("dl") / "Net-cifar2"))
 
 
