@@ -75,8 +75,7 @@ def _plant(library: Path, data: bytes) -> None:
 
 def _record(library: Path) -> None:
     """What an attacker who can write the folder could do: a digest matching their file."""
-    kernel_cache.digest_path(library).write_text(
-        hashlib.sha256(library.read_bytes()).hexdigest() + "\n")
+    kernel_cache.record_digest(library, hashlib.sha256(library.read_bytes()).hexdigest())
 
 
 def test_first_build_is_private_recorded_and_announced_once(
@@ -84,10 +83,10 @@ def test_first_build_is_private_recorded_and_announced_once(
     library = tmp_path / "cache" / "kernels" / "k.so"
     assert _load(library) == 42
     assert capfd.readouterr().err == "zoo: compiling the test kernels (first use, a few seconds)…\n"
-    sidecar = kernel_cache.digest_path(library)
-    assert sidecar.read_text() == hashlib.sha256(library.read_bytes()).hexdigest() + "\n"
-    assert (_mode(library.parent), _mode(library), _mode(sidecar)) == (0o700, 0o700, 0o600)
-    assert sorted(p.name for p in library.parent.iterdir()) == ["k.so", "k.so.sha256"]
+    index = kernel_cache.index_path(library)
+    assert kernel_cache.recorded_digest(library) == hashlib.sha256(library.read_bytes()).hexdigest()
+    assert (_mode(library.parent), _mode(library), _mode(index)) == (0o700, 0o700, 0o600)
+    assert sorted(p.name for p in library.parent.iterdir()) == ["index.json", "k.so"]
     inode = os.stat(library).st_ino
     assert _load(library) == 42
     assert capfd.readouterr().err == ""  # loaded as built: nothing said, nothing rebuilt
@@ -119,7 +118,7 @@ def test_group_or_world_writable_files_are_refused(
     evil, marker = _planted(tmp_path)
     os.replace(evil, library)
     _record(library)
-    path = {"library": library, "digest": kernel_cache.digest_path(library),
+    path = {"library": library, "digest": kernel_cache.index_path(library),
             "folder": library.parent}[target]
     os.chmod(path, 0o777 if target == "folder" else 0o666)
     capfd.readouterr()
@@ -196,7 +195,7 @@ def test_failed_build_leaves_the_cache_as_it_was(tmp_path: Path) -> None:
     _plant(library, b"garbage")  # a rebuild that fails keeps nothing half-written either
     with pytest.raises(KernelBuildError):
         kernel_cache.load(library, failing, what="the test kernels")
-    assert sorted(p.name for p in library.parent.iterdir()) == ["k.so", "k.so.sha256"]
+    assert sorted(p.name for p in library.parent.iterdir()) == ["index.json", "k.so"]
     assert library.read_bytes() == b"garbage" and kernel_cache.untrusted(library) is not None
 
 

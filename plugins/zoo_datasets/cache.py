@@ -11,7 +11,8 @@ Each entry also stores its own key and the SHA-256 of its arrays
 (:func:`arrays_digest`), checked on every read: a damaged entry, or a valid
 one copied or written under another key, is rebuilt with one line on stderr.
 This catches accidents and misplaced files, not someone who can write the
-cache and recompute the digest.
+cache and recompute the digest. An entry is never unpickled (``allow_pickle=False``,
+under :func:`zoo.util.pickleguard.strict_unpickling`): a planted pickle is a damaged entry.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from zoo.util.fsutil import atomic_path, atomic_write_text
 from zoo.util.paths import cache_dir
+from zoo.util.pickleguard import strict_unpickling
 
 
 def cache_root(explicit: Path | None) -> Path:
@@ -144,10 +146,10 @@ def arrays_digest(arrays: Arrays) -> str:
 def _read_entry(path: Path, key: str) -> Arrays | None:
     """The entry's arrays if it is readable, holds ``key`` and matches its digest; else None."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with strict_unpickling(), np.load(path, allow_pickle=False) as npz:
             stored = {name: npz[name] for name in npz.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
-        return None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, AttributeError, TypeError):
+        return None  # damaged, or not an .npz (an .npy or a pickle, never unpickled)
     meta_key, meta_digest = stored.pop(_KEY_FIELD, None), stored.pop(_DIGEST_FIELD, None)
     if meta_key is None or meta_digest is None or str(meta_key) != key:
         return None

@@ -4,7 +4,9 @@ The data is looked for in ``--data-dir`` (the folder holding
 ``cifar-10-batches-py``, or that folder itself), else in the zoo cache
 directory, and downloaded there by torchvision when downloading is allowed.
 A local copy whose md5 sums torchvision rejects (a re-packed or test copy) is
-read from its python-pickle batches directly, in the same format.
+read from its python-pickle batches directly, in the same format. The batches are
+pickles: they are only ever unpickled accepting numpy arrays and plain data
+(:mod:`zoo.util.pickleguard`), torchvision's reads included.
 ``cifar2`` keeps airplane and bird, relabelled 0 and 1, as the book does.
 """
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from zoo.errors import DataError
 from zoo.spec.dataset import DatasetRequest, LoadedDataset, Split
+from zoo.util.pickleguard import NUMPY_ARRAY_GLOBALS, load_restricted, strict_unpickling
 from zoo_datasets import CifarOptions
 from zoo_datasets.cache import cache_root, digest_index, file_digests, hash_parts
 from zoo_datasets.common import convert_channels, resize_images
@@ -54,10 +57,11 @@ def _read_batches(folder: Path, files: tuple[str, ...]) -> tuple[np.ndarray, np.
     for name in files:
         try:
             with (folder / name).open("rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
+                entry = load_restricted(fh, NUMPY_ARRAY_GLOBALS, encoding="latin1")
             data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError,
+                TypeError) as exc:
             raise DataError(f"{folder / name} is not a readable CIFAR-10 batch ({exc}); "
                             "delete the folder to download it again") from None
     return np.concatenate(data), np.asarray(labels, dtype=np.int64)
@@ -67,8 +71,9 @@ def _read(root: Path, train: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10
 
     try:
-        ds = CIFAR10(str(root), train=train, download=False)
-    except RuntimeError:  # md5 mismatch: a local copy torchvision does not recognise
+        with strict_unpickling(NUMPY_ARRAY_GLOBALS):  # torchvision unpickles the batches
+            ds = CIFAR10(str(root), train=train, download=False)
+    except (RuntimeError, pickle.UnpicklingError):  # md5 mismatch: a copy torchvision rejects
         return _read_batches(root / BASE_FOLDER, TRAIN_FILES if train else TEST_FILES)
     images = np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2))
     return images, np.asarray(ds.targets, dtype=np.int64)
@@ -82,7 +87,8 @@ def _load(request: DatasetRequest, name: str, keep: tuple[int, ...]) -> LoadedDa
         try:
             from torchvision.datasets import CIFAR10
 
-            CIFAR10(str(root), train=True, download=True)
+            with strict_unpickling(NUMPY_ARRAY_GLOBALS):  # it reads what it downloaded
+                CIFAR10(str(root), train=True, download=True)
         except Exception as exc:  # no network, proxy, disk full: all say the same to a user
             raise _offline_error(root, name, f"download failed: {exc}") from None
     parts: list[Split] = []

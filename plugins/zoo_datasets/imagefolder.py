@@ -18,6 +18,7 @@ import numpy as np
 
 from zoo.errors import DataError
 from zoo.spec.dataset import DatasetRequest, LoadedDataset, Split
+from zoo.spec.manifest import unprintable
 from zoo.util.imaging import IMAGE_SUFFIXES, ImageDecodeError, decode_image
 from zoo_datasets import ImageFolderOptions
 from zoo_datasets.cache import (
@@ -53,6 +54,12 @@ def _raise(exc: OSError) -> None:
 
 def _scan(root: Path, what: str) -> tuple[list[str], list[tuple[Path, int]]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for index, name in enumerate(classes):  # class names are printed, and become a bundle's
+        found = unprintable(name)
+        if found is not None:
+            raise DataError(f"{what} {str(root)!r} has class folder {index} {name!r}, which "
+                            f"holds the control character {found!r}; accepted: printable names "
+                            "(rename the folder)")
     files: list[tuple[Path, int]] = []
     for index, name in enumerate(classes):
         for dirpath, dirnames, filenames in os.walk(root / name, onerror=_raise):

@@ -6,6 +6,13 @@ another SHA-256 where one is expected), checks that the manifest agrees with
 itself, and checks every file it lists against its size and SHA-256.
 :func:`read_checked` then gives a reader the very bytes it checked. No torch, no
 numpy.
+
+No member is read through a symbolic link (``O_NOFOLLOW`` on every component of its
+path, the manifest included): a member that is a link, even to a file inside the
+bundle, is refused. The bundle directory itself may be a link (the user named it;
+its identity is its manifest's digest, whatever path reaches it). A manifest whose
+text holds control characters (a class name with a newline or an escape sequence)
+is refused before anything prints it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from zoo.errors import BundleError
+from zoo.spec.architecture import NAME_PATTERN
 from zoo.spec.exportformat import FILE_PATTERN
 from zoo.spec.manifest import (
     BUNDLE_FILES,
@@ -32,9 +40,12 @@ from zoo.spec.manifest import (
     FileEntry,
     Manifest,
     check_normalization,
+    unprintable,
 )
 
 _CHUNK = 1 << 20
+#: The largest manifest.json read (a real one is a few KiB).
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 def sha256_file(path: Path) -> str:
@@ -48,9 +59,10 @@ def sha256_file(path: Path) -> str:
 def bundle_sha256(bundle_dir: Path) -> str:
     """A bundle's identity: the SHA-256 hex digest of its manifest.json's bytes.
 
-    The manifest lists every other file's SHA-256, so this one digest pins the bundle.
+    The manifest lists every other file's SHA-256, so this one digest pins the bundle. The
+    manifest is read through no symbolic link (:func:`read_member`).
     """
-    return hashlib.sha256((Path(bundle_dir) / MANIFEST_FILE).read_bytes()).hexdigest()
+    return hashlib.sha256(read_member(bundle_dir, MANIFEST_FILE, MAX_MANIFEST_BYTES)).hexdigest()
 
 
 def file_entry(path: Path) -> FileEntry:
@@ -82,16 +94,19 @@ def _read_manifest(bundle: Path, expect_sha256: str | None) -> tuple[Manifest, s
         raise BundleError(f"bundle {str(bundle)!r} is not a directory; a bundle is a directory "
                           f"holding {MANIFEST_FILE}, {WEIGHTS_FILE} and {ONNX_FILE}")
     path = bundle / MANIFEST_FILE
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise BundleError(f"{str(bundle)!r} is not a bundle: it has no {MANIFEST_FILE}")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BundleError(f"cannot read {path}: {exc.strerror or exc}") from None
+    data = read_member(bundle, MANIFEST_FILE, MAX_MANIFEST_BYTES)  # never through a link
     digest = hashlib.sha256(data).hexdigest()
     if expected is not None and digest != expected:
         raise BundleError(f"bundle {str(bundle)!r} is not the one expected: its manifest's "
                           f"SHA-256 is {digest}, expected {expected}")
+    return parse_manifest(data, path), digest
+
+
+def parse_manifest(data: bytes, path: Path | str) -> Manifest:
+    """Validate the bytes of a ``manifest.json`` (read from ``path``): JSON, a supported
+    format version, printable text only, the :class:`Manifest` schema."""
     try:
         raw = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
@@ -105,8 +120,9 @@ def _read_manifest(bundle: Path, expect_sha256: str | None) -> tuple[Manifest, s
         accepted = ", ".join(str(v) for v in SUPPORTED_FORMAT_VERSIONS)
         raise BundleError(f"{path} has format_version {version!r}, which this zoo cannot read; "
                           f"accepted: {accepted} (upgrade zoo to read newer bundles)")
+    _check_printable(raw, path)
     try:
-        return Manifest.model_validate(raw), digest
+        return Manifest.model_validate(raw)
     except RecursionError:
         raise BundleError(f"{path} is not a bundle manifest: it is nested too deeply") from None
     except ValidationError as exc:
@@ -116,6 +132,42 @@ def _read_manifest(bundle: Path, expect_sha256: str | None) -> tuple[Manifest, s
         raise BundleError(f"{path} does not validate as a bundle manifest: {problems}") from None
 
 
+def _unprintable_in(value: object, where: str) -> tuple[str, str, str] | None:
+    """(JSON path, text, character) of the first text in ``value`` holding a control
+    character, keys included; None if there is none."""
+    stack: list[tuple[object, str]] = [(value, where)]
+    while stack:
+        item, at = stack.pop()
+        if isinstance(item, str):
+            found = unprintable(item)
+            if found is not None:
+                return at or "(root)", item, found
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and (found := unprintable(key)) is not None:
+                    return f"a key of {at or '(root)'}", key, found  # never shown raw
+                stack.append((child, f"{at}.{key}".lstrip(".")))
+        elif isinstance(item, list):
+            stack.extend((child, f"{at}.{i}".lstrip(".")) for i, child in enumerate(item))
+    return None
+
+
+def _check_printable(raw: dict[str, object], path: Path | str) -> None:
+    """Refuse control characters anywhere in a manifest's text: printed raw (a class name
+    in ``zoo predict``'s output, an architecture in an error) they would forge lines or
+    drive the terminal."""
+    classes = raw.get("classes")
+    for index, name in enumerate(classes if isinstance(classes, list) else []):
+        if isinstance(name, str) and (found := unprintable(name)) is not None:
+            raise BundleError(f"{path} names class {index} {name!r}, which holds the control "
+                              f"character {found!r}; accepted: printable text")
+    hit = _unprintable_in(raw, "")
+    if hit is not None:
+        at, text, found = hit
+        raise BundleError(f"{path} holds the control character {found!r} in {at} ({text!r}); "
+                          "accepted: printable text")
+
+
 def check_consistency(bundle: Path | str, manifest: Manifest) -> None:
     """Check that the manifest agrees with itself: classes, shape and a usable normalization."""
     where = f"manifest of {str(bundle)!r}"
@@ -123,6 +175,9 @@ def check_consistency(bundle: Path | str, manifest: Manifest) -> None:
     if len(manifest.classes) != model.num_classes:
         raise BundleError(f"{where} names {len(manifest.classes)} classes but its model has "
                           f"{model.num_classes} outputs")
+    if not re.fullmatch(NAME_PATTERN, manifest.architecture):
+        raise BundleError(f"{where} names architecture {manifest.architecture!r}; accepted: a "
+                          "name of letters, digits, '_', '.' and '-' that starts with a letter")
     if manifest.architecture != model.architecture:
         raise BundleError(f"{where} says architecture {manifest.architecture!r} but its model "
                           f"is {model.architecture!r}")
@@ -161,6 +216,21 @@ def _open_member(bundle: Path, name: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_member(bundle: Path | str, name: str, max_bytes: int) -> bytes:
+    """The bytes of bundle member ``name`` (no hash: for a manifest, or a file not listed
+    yet), read through no symbolic link; more than ``max_bytes`` is a :class:`BundleError`."""
+    bundle = Path(bundle)
+    fd = _open_member(bundle, name)
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read {bundle / name}: {exc.strerror or exc}") from None
+    if len(data) > max_bytes:
+        raise BundleError(f"{bundle / name} is larger than the {max_bytes} bytes accepted")
+    return data
 
 
 def _read_member(bundle: Path, name: str, entry: FileEntry, *, keep: bool) -> bytes:
@@ -247,6 +317,7 @@ def open_bundle(bundle: Path | str, *, expect_sha256: str | None = None) -> Mani
     return check_bundle(bundle, expect_sha256=expect_sha256).manifest
 
 
-__all__ = ["CheckedBundle", "bundle_sha256", "check_bundle", "check_consistency",
-           "check_expected_sha256", "check_files",
-           "file_entry", "open_bundle", "read_checked", "read_manifest", "sha256_file"]
+__all__ = ["MAX_MANIFEST_BYTES", "CheckedBundle", "bundle_sha256", "check_bundle",
+           "check_consistency", "check_expected_sha256", "check_files", "file_entry",
+           "open_bundle", "parse_manifest", "read_checked", "read_manifest", "read_member",
+           "sha256_file"]

@@ -1,11 +1,16 @@
 """onnxruntime sessions of bundle graphs: tuned for latency, loaded from checked bytes only.
 
 Torch-free: onnxruntime, and :mod:`zoo.deploy.onnxscan` to refuse graphs that
-would read files no digest covers.
+would read files no digest covers. A graph is checked against its manifest: its input
+and output shapes, and the identity the exporter stamped in its ``metadata_props``
+(architecture, hyperparameters, input shape, classes: :func:`zoo.spec.manifest.graph_metadata`,
+read through onnxruntime's model metadata, not the ``onnx`` package). Graphs of older
+exports carry no identity and are checked by their shapes alone.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnxruntime as ort
@@ -13,7 +18,7 @@ import onnxruntime as ort
 from zoo.bundles.integrity import read_checked
 from zoo.deploy.onnxscan import OnnxScanError, external_data_files
 from zoo.errors import BundleError, ZooError, reason
-from zoo.spec.manifest import ONNX_FILE, Manifest
+from zoo.spec.manifest import GRAPH_METADATA_KEYS, ONNX_FILE, Manifest, graph_metadata
 from zoo.util.threads import check_threads
 
 
@@ -78,6 +83,30 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path)
     if len(outputs) != 1 or len(out) != 2 or out[1] != len(manifest.classes):
         raise BundleError(f"{where} gives outputs of shape {out} ({len(outputs)} output(s)), but "
                           f"the manifest names {len(manifest.classes)} classes")
+    check_identity(session, manifest, bundle)
 
 
-__all__ = ["check_graph", "load_graph", "ort_session"]
+def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Path) -> None:
+    """The identity stamped in the graph's metadata, where it has one, is the manifest's."""
+    try:
+        recorded = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # onnxruntime's own exception types
+        raise BundleError(f"onnxruntime cannot read the metadata of {bundle / ONNX_FILE}: "
+                          f"{reason(exc)}") from None
+    expected = graph_metadata(manifest.model)
+    for key in GRAPH_METADATA_KEYS:
+        got = recorded.get(key)
+        if got is None or got == expected[key]:
+            continue
+        if key == "zoo.hparams":
+            try:
+                if json.loads(got) == manifest.model.hparams:
+                    continue
+            except ValueError:
+                pass
+        what = key.removeprefix("zoo.").replace("_", " ")
+        raise BundleError(f"{bundle / ONNX_FILE} is a graph of {what} {got!r}, but the manifest "
+                          f"says {expected[key]!r}: the graph is not the manifest's model")
+
+
+__all__ = ["check_graph", "check_identity", "load_graph", "ort_session"]

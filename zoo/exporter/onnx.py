@@ -12,6 +12,11 @@ format's ``exporter`` option (``zoo export --exporter dynamo``, opsets 18 and up
 selects the other; the manifest records which one was used
 (``bench/bench_export.py`` measures both).
 
+The graph carries the model's identity in its ``metadata_props`` (architecture,
+hyperparameters, input shape, number of classes: :func:`zoo.spec.manifest.graph_metadata`),
+which readers check against the manifest (:func:`zoo.deploy.runtime.check_identity`).
+Class names that hold control characters are refused before anything is written.
+
 The verification is the ``onnx.checker`` full check, a probe batch that must give
 one logit per class, then onnxruntime against the PyTorch model in eval mode on
 the verification inputs, and the median onnxruntime latency at batch 1.
@@ -39,7 +44,15 @@ from zoo.exporter.checks import check_outputs, check_tolerances
 from zoo.host.contract import PROBE_BATCH
 from zoo.spec.architecture import ModelConfig
 from zoo.spec.exportformat import ExportTarget
-from zoo.spec.manifest import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, ExportInfo, VerificationReport
+from zoo.spec.manifest import (
+    INPUT_NAME,
+    ONNX_FILE,
+    OUTPUT_NAME,
+    ExportInfo,
+    VerificationReport,
+    graph_metadata,
+    unprintable,
+)
 from zoo.util.threads import default_threads
 
 Exporter = Literal["torchscript", "dynamo"]
@@ -105,12 +118,36 @@ def export_onnx(model: torch.nn.Module, path: Path, config: ModelConfig, *, opse
     except Exception as exc:  # the exporters raise many types; one clear error
         raise ExportError(f"the {exporter} exporter failed on {config.architecture} at opset "
                           f"{opset}: {reason(exc)}") from None
+    stamp_identity(path, config)
     return time.perf_counter() - start
 
 
+def stamp_identity(path: Path, config: ModelConfig) -> None:
+    """Record ``config``'s identity in the graph at ``path`` (its ``metadata_props``)."""
+    graph = onnx.load(str(path))
+    stamp = graph_metadata(config)
+    kept = [(p.key, p.value) for p in graph.metadata_props if p.key not in stamp]
+    del graph.metadata_props[:]
+    for key, value in [*kept, *sorted(stamp.items())]:
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, str(path))
+
+
+def check_class_names(classes: tuple[str, ...], architecture: str) -> None:
+    """Class names printable, or an ExportError naming the first that is not (``repr``)."""
+    for index, name in enumerate(classes):
+        found = unprintable(name)
+        if found is not None:
+            raise ExportError(f"cannot export {architecture}: class {index} {name!r} holds the "
+                              f"control character {found!r}; accepted: printable text (rename "
+                              "the class)")
+
+
 def write_onnx(model: torch.nn.Module, directory: Path, config: ModelConfig, *,
-               options: Any) -> None:
+               options: Any, target: ExportTarget | None = None) -> None:
     """The ``onnx`` format's writer: ``model.onnx`` with the options' exporter and opset."""
+    if target is not None:
+        check_class_names(target.classes, config.architecture)
     export_onnx(model, directory / ONNX_FILE, config,
                 opset=check_opset(options.opset, options.exporter), exporter=options.exporter)
 
@@ -200,6 +237,6 @@ def verify_onnx_format(model: torch.nn.Module, directory: Path, config: ModelCon
     return verify_onnx(model, directory / ONNX_FILE, config, inputs, atol=atol, rtol=rtol)
 
 
-__all__ = ["DEFAULT_EXPORTER", "DEFAULT_OPSET", "EXPORTERS", "Exporter", "check_onnx_output",
-           "check_opset", "export_info", "export_onnx", "opset_range", "verify_onnx",
-           "verify_onnx_format", "write_onnx"]
+__all__ = ["DEFAULT_EXPORTER", "DEFAULT_OPSET", "EXPORTERS", "Exporter", "check_class_names",
+           "check_onnx_output", "check_opset", "export_info", "export_onnx", "opset_range",
+           "stamp_identity", "verify_onnx", "verify_onnx_format", "write_onnx"]

@@ -37,7 +37,7 @@ def create_pretrained(registry: Registry, name: str, *, weights: str | bool | No
     if overrides:
         registry.resolve(name, **overrides)  # unknown keys and bad values: the usual error
     path = fetch_weights(spec.name, chosen)
-    loaded = load_bundle(path, registry=registry)
+    loaded = load_bundle(path, registry=registry, expect_sha256=chosen.sha256)  # no swap between
     config = loaded.manifest.model
     if config.architecture != spec.name:
         raise WeightsError(f"{spec.name} weights {chosen.tag!r} at {path} hold a "

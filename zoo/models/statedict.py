@@ -1,4 +1,5 @@
-"""State dicts: read safely (``weights_only=True``) and without training-time key prefixes."""
+"""State dicts: read safely (``weights_only=True``, under
+:func:`zoo.util.pickleguard.strict_unpickling`) and without training-time key prefixes."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from zoo.errors import BundleError, reason
+from zoo.util.pickleguard import strict_unpickling
 
 
 def strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
@@ -27,7 +29,8 @@ def load_state_dict(path: Path, data: bytes | None = None) -> dict[str, Any]:
     """
     try:
         source: Any = io.BytesIO(data) if data is not None else path
-        state = torch.load(source, map_location="cpu", weights_only=True)
+        with strict_unpickling():
+            state = torch.load(source, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             TypeError) as exc:
         raise BundleError(f"refusing {path}: it is not a plain tensor state_dict that loads with "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -51,6 +52,16 @@ OUTPUT_NAME = "logits"
 
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
+#: Characters a manifest's text may not hold: C0 and C1 controls (newlines, ESC and the
+#: terminal sequences it starts), line and paragraph separators, bidirectional overrides.
+#: Printed raw, they would forge output lines or rewrite the terminal.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def unprintable(text: str) -> str | None:
+    """The first control character of ``text`` (see :data:`_UNPRINTABLE`), or None."""
+    found = _UNPRINTABLE.search(text)
+    return found.group() if found else None
 
 
 class VerificationError(ExportError):
@@ -244,6 +255,20 @@ def manifest_schema() -> dict[str, Any]:
 def write_schema(path: Path = SCHEMA_PATH) -> None:
     """Regenerate the published schema file (``python -m zoo.spec.manifest``)."""
     atomic_write_text(path, json.dumps(manifest_schema(), indent=2, sort_keys=True) + "\n")
+
+
+#: The keys of the identity the exporter stamps in an ONNX graph's ``metadata_props``.
+GRAPH_METADATA_KEYS = ("zoo.architecture", "zoo.hparams", "zoo.input_shape", "zoo.num_classes")
+
+
+def graph_metadata(config: ModelConfig) -> dict[str, str]:
+    """What the exporter records of ``config`` in its ONNX graph's ``metadata_props``, and
+    what a reader checks against the manifest (:func:`zoo.deploy.runtime.check_graph`)."""
+    shape = config.input_shape
+    return {"zoo.architecture": config.architecture,
+            "zoo.hparams": json.dumps(config.hparams, sort_keys=True, separators=(",", ":")),
+            "zoo.input_shape": f"{shape.channels}x{shape.height}x{shape.width}",
+            "zoo.num_classes": str(config.num_classes)}
 
 
 def check_normalization(norm: Normalization, channels: int, where: str) -> None:

@@ -12,7 +12,8 @@ the directory ``Net-cifar2`` inside package ``zoo_chapter8.weights``) or at an
 into ``$ZOO_CACHE_DIR/weights`` (:mod:`zoo.bundles.store`). ``sha256`` is the bundle's
 identity, :func:`zoo.spec.manifest.bundle_sha256`: the SHA-256 of its ``manifest.json``,
 which in turn lists the SHA-256 of every other file; a URL also pins the archive's
-own SHA-256, checked before anything is extracted.
+own SHA-256, checked before anything is extracted, and may declare its size
+(``archive_size``), which caps the download (with a margin; 1 GiB where none is declared).
 
 A plugin keeps its declarations in a JSON file generated from its bundles'
 manifests (``{"Net": [WeightSet, ...], ...}``), read with :func:`read_weights_file`::
@@ -41,6 +42,8 @@ TAG_PATTERN = r"^[a-z0-9][a-z0-9_.\-]*$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 RESOURCE_PATTERN = re.compile(r"^(?P<package>[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):(?P<path>[^:]+)$")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz")
+#: The largest archive_size a weight set may declare (64 GiB).
+MAX_ARCHIVE_SIZE = 1 << 36
 
 #: How :meth:`WeightSet.describe_metrics` names the usual metrics.
 METRIC_NAMES = {"val_acc": "val accuracy", "acc": "accuracy", "top1": "top-1 accuracy",
@@ -74,6 +77,10 @@ class WeightSet(BaseModel):
     archive_sha256: str | None = Field(
         None, pattern=SHA256_PATTERN,
         description="For a URL: SHA-256 of the archive, checked before it is extracted.")
+    archive_size: int | None = Field(
+        None, ge=1, le=MAX_ARCHIVE_SIZE,
+        description="For a URL: the archive's size in bytes. The download stops past it (plus "
+        "a margin); without it, past 1 GiB.")
     dataset: str = Field(min_length=1, description="The dataset the weights were trained on.")
     split: str = Field(min_length=1,
                        description="The held-out images the metrics were measured on, "
@@ -103,6 +110,9 @@ class WeightSet(BaseModel):
                 raise ValueError(f"weight set {self.tag!r}: URL {self.location!r} needs the "
                                  "archive's archive_sha256")
             return self
+        if self.archive_size is not None:
+            raise ValueError(f"weight set {self.tag!r}: archive_size applies to a URL, not to "
+                             f"package resource {self.location!r}")
         match = RESOURCE_PATTERN.match(self.location)
         path = PurePosixPath(match["path"]) if match else None
         if path is None or path.is_absolute() or ".." in path.parts or "\\" in str(path):

@@ -28,6 +28,7 @@ import torch
 from zoo.errors import DataError, TrainingError, ZooError, reason
 from zoo.spec.run import BEST_CHECKPOINT, LAST_CHECKPOINT, RunSummary
 from zoo.util.fsutil import atomic_path
+from zoo.util.pickleguard import strict_unpickling
 
 if TYPE_CHECKING:
     from zoo.host.registry import Registry
@@ -105,7 +106,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot resume from {str(path.parent.parent)!r}: it has no "
                               f"{path.parent.name}/{path.name} (no epoch was completed)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with strict_unpickling():  # weights_only's unpickler, and no fallback to another
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError,
             TypeError, OSError, KeyError, IndexError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: "
