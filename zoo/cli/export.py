@@ -78,6 +78,11 @@ def format_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def export_command(args: argparse.Namespace, registry: Registry) -> int:
+    from zoo.exporter import formats
+
+    options = format_options(args.format_options)
+    # bad --format and --format-option values fail here, before the exporter imports torch
+    formats.format_options(formats.parse_formats(args.formats, registry), options)
     from zoo.exporter.write import export
     from zoo.spec.manifest import VerificationError
 
@@ -86,7 +91,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
                         seed=args.seed, registry=registry, formats=args.formats,
-                        options=format_options(args.format_options), weights=args.weights)
+                        options=options, weights=args.weights)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise

@@ -180,8 +180,21 @@ def _own_process() -> bool:
         entry == "__main__.py" and Path(sys.argv[0]).parent.name == "zoo")
 
 
+def check_flags(args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    """Refuse flags that would be silently ignored or misused (no torch import)."""
+    if args.early_stop_patience is not None and fields.get("early_stop_metric") is None \
+            and args.resume is None:
+        raise ZooError(f"--early-stop-patience {args.early_stop_patience} does nothing without "
+                       "--early-stop-metric; add --early-stop-metric val_acc (or val_loss, "
+                       "train_acc, train_loss), or drop it")
+    from zoo.spec.training import check_cache_dir
+
+    check_cache_dir(fields.get("cache_dir"))
+
+
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
     fields = config_fields(args)
+    check_flags(args, fields)
     name = args.name
     if args.print_config:
         if name is None:
