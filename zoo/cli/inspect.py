@@ -8,6 +8,7 @@ from pathlib import Path
 from zoo.cli.options import add_weights_option
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
+from zoo.util.fsutil import check_output_file, check_output_folder, output_folder, write_error
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,8 +61,9 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if not args.image.is_file():
         raise ZooError(f"image {str(args.image)!r} does not exist")
-    result = inspect_model(args.model, args.image, registry=registry, weights=args.weights)
     out = args.out or DEFAULT_OUT / Path(args.model).name
+    check_output_folder(out, "inspection folder --out")
+    result = inspect_model(args.model, args.image, registry=registry, weights=args.weights)
     report = write_inspection(result, out, layer=args.layer, top_k=args.top_k,
                               image_name=str(args.image))
     if args.json:
@@ -80,9 +82,11 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
 def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.analysis.filters import DEMO_PNG, filter_demo, render_demo
 
+    check_output_folder(args.out, "folder --out")
     demo = filter_demo(args.image)
     path = args.out / DEMO_PNG
-    render_demo(demo, path)
+    with output_folder(args.out, "folder --out"):
+        render_demo(demo, path)
     print(f"{path}: input, {', '.join(demo.outputs)}")
     return 0
 
@@ -90,8 +94,12 @@ def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
 def compare_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.analysis.compare import compare, render_comparison
 
+    check_output_file(args.out, "chart --out")
     comparison = compare(args.sources, registry=registry, weights=args.weights)
-    render_comparison(comparison, args.out)
+    try:
+        render_comparison(comparison, args.out)
+    except OSError as exc:
+        raise write_error(args.out, exc, "chart --out") from None
     if args.json:
         print(comparison.model_dump_json(indent=2))
     else:

@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from zoo.errors import ZooError
+
 
 def _umask() -> int:
     """The process's umask, without changing it where the platform allows.
@@ -78,6 +80,51 @@ def clean_stale_temporaries(dest: Path | str) -> list[Path]:
                 entry.unlink()
         removed.append(entry)
     return removed
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError, what: str = "output") -> ZooError:
+    """One sentence for an :class:`OSError` writing the ``what`` at ``path``: a file where a
+    folder must be, a full disk, a permission."""
+    path = Path(path)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or (
+            path.exists() and not path.is_dir()):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        return ZooError(f"cannot write the {what} {str(path)!r}: {str(blocker)!r} is a file; "
+                        "accepted: a folder, or a path where one can be created")
+    why = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else exc.strerror or str(exc))
+    return ZooError(f"cannot write the {what} {str(path)!r}: {why}")
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> None:
+    """Fail early, before any work, when ``path`` or one of its parents is a file."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise write_error(path, NotADirectoryError(errno.ENOTDIR, "Not a directory"), what)
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "output file") -> None:
+    """Fail early, before any work, when ``path`` is a folder or one of its parents a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ZooError(f"cannot write the {what} {str(path)!r}: it is a folder; accepted: a "
+                       "file path, e.g. " + str(path / "compare.png"))
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise write_error(path, NotADirectoryError(errno.ENOTDIR, "Not a directory"), what)
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str],
+                  what: str = "output folder") -> Iterator[Path]:
+    """Create folder ``path`` (and its parents) and yield it; an :class:`OSError` raised
+    creating it or writing into it becomes one :class:`~zoo.errors.ZooError` sentence."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    except OSError as exc:
+        raise write_error(path, exc, what) from None
 
 
 _AT_FDCWD = -100
