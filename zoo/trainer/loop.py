@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ZooError
+from zoo.host.calls import one_line
 from zoo.host.events import StopRequest, TrainingRun
-from zoo.host.plugins import one_line
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.run import BEST_CHECKPOINT, LAST_CHECKPOINT, EpochMetrics, RunSummary
 from zoo.spec.training import TrainConfig, apply_recipe
