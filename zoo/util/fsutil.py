@@ -3,7 +3,8 @@
 Temporaries are made beside their destination and named
 ``.<dest>.zoo-<pid>-<random>.tmp`` (``.old`` for a replaced folder on its way
 out). A process killed mid-write leaves its temporary behind; the next write to
-the same destination removes those whose process is gone.
+the same destination removes those whose process is gone, and the next folder
+written (:func:`atomic_directory`: an export) those of any destination beside it.
 
 Replacing a folder (:func:`atomic_directory` with ``replace=True``) swaps the
 new folder and the old one in one ``renameat2(RENAME_EXCHANGE)`` call on Linux
@@ -60,10 +61,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(dest: Path | str) -> list[Path]:
-    """Remove the temporaries of writes to ``dest`` whose process has died; return them."""
+def clean_stale_temporaries(dest: Path | str, *, any_name: bool = False) -> list[Path]:
+    """Remove the temporaries of writes to ``dest`` whose process has died; return them.
+
+    ``any_name``: those of writes to any destination in ``dest``'s folder (a killed
+    export's folder stays forever otherwise, when its destination is never written again).
+    """
     dest = Path(dest)
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.zoo-(\d+)-[^/]*\.(tmp|old)$")
+    name = r"[^/]+" if any_name else re.escape(dest.name)
+    pattern = re.compile(rf"^\.{name}\.zoo-(\d+)-[^/]*\.(tmp|old)$")
     removed: list[Path] = []
     try:
         entries = list(dest.parent.iterdir())
@@ -194,7 +200,7 @@ def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Pat
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(dest)
+    clean_stale_temporaries(dest, any_name=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
