@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoo.cli import completers
 from zoo.cli.options import add_weights_option
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
@@ -17,9 +18,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run IMAGE through MODEL and draw the first convolution's filters "
         "(filters.png) and the feature maps after every convolution block "
         "(features-NN-LAYER.png); print the top-k probabilities.")
-    p.add_argument("model", metavar="MODEL",
-                   help="a shipped name (Net), a bundle directory, a run directory or an "
-                        "architecture name (untrained)")
+    completers.attach(p.add_argument(
+        "model", metavar="MODEL",
+        help="a shipped name (Net), a bundle directory, a run directory or an architecture "
+             "name (untrained)"), completers.models)
     p.add_argument("image", metavar="IMAGE", type=Path, help="an image file")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where the PNGs go (default ./inspect/MODEL)")
@@ -45,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Train and validation accuracy of runs, bundles or shipped models as a "
         "grouped bar chart, with the reference accuracy their plugin publishes marked, and "
         "a Markdown table on stdout.")
-    p.add_argument("sources", nargs="+", metavar="RUN_OR_BUNDLE",
-                   help="run directories, bundle directories or shipped names")
+    completers.attach(p.add_argument("sources", nargs="+", metavar="RUN_OR_BUNDLE",
+                                     help="run directories, bundle directories or shipped names"),
+                      completers.bundles)
     p.add_argument("--out", type=Path, metavar="FILE", default=Path("compare.png"),
                    help="the chart")
     add_weights_option(p, "each RUN_OR_BUNDLE")
