@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import PositiveInt
 
 import zoo
 from zoo.cli import main
@@ -91,6 +92,16 @@ def test_booleans_are_refused_for_numbers_everywhere(tmp_path: Path,
     with pytest.raises(ValueError, match="image_size\n  Input should be an integer, not true"):
         zoo.DatasetRequest.model_validate({"image_size": [True, 20]})
     assert TrainConfig(model={"n_hidden": 8}).model == {"n_hidden": 8}
+
+    class Plugins(zoo.HParams):  # what a plugin may declare
+        width: PositiveInt | None = None
+        sizes: tuple[float, ...] = (1.0,)
+        either: int | bool = 0
+
+    for key, value in (("width", True), ("sizes", [0.5, False])):
+        with pytest.raises(ValueError, match=f"{key}\n  Input should be an? "):
+            Plugins.model_validate({key: value})
+    assert Plugins.model_validate({"either": True}).either is True  # it takes booleans
 
 
 # -- the API ---------------------------------------------------------------------------------

@@ -26,6 +26,8 @@ def number_kind(annotation: Any) -> str | None:
         return "an integer"
     if annotation is float:
         return "a number"
+    if typing.get_origin(annotation) is typing.Annotated:  # Optional[PositiveInt], say
+        return number_kind(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = typing.get_args(annotation)
         kinds = {number_kind(a) for a in args}
