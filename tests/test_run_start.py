@@ -7,6 +7,7 @@ import errno
 import io
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,25 @@ def test_deleting_run_lock_lets_no_second_writer_in(finished: Path, tmp_path: Pa
         with pytest.raises(RunLockedError, match="is in use by another process"):
             train("Net", epochs=1, out=fresh, **FAST)
     assert list(fresh.iterdir()) == []
+
+
+def test_where_a_folder_cannot_be_locked_run_lock_alone_holds_the_lock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.trainer import rundir
+
+    real = rundir.fcntl.flock
+
+    def nfs(fd: int, operation: int) -> None:  # NFS: no lock on a folder opened read-only
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd, operation)
+
+    monkeypatch.setattr(rundir.fcntl, "flock", nfs)
+    with RunLock(tmp_path, command="zoo train") as lock:
+        assert lock.held
+        with pytest.raises(RunLockedError, match=r"in use by zoo train \(pid"):
+            RunLock(tmp_path, command="zoo train").acquire()
+    RunLock(tmp_path, command="zoo train").acquire_and_release()  # released
 
 
 def test_a_full_disk_at_run_start_is_one_line_and_leaves_nothing(

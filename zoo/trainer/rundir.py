@@ -93,11 +93,18 @@ class RunLock:
             return
         cloexec = getattr(os, "O_CLOEXEC", 0)
         try:
-            self._lock(os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
-                               | cloexec))
+            folder = os.open(self.run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | cloexec)
         except OSError as exc:
             raise TrainingError(f"cannot lock run directory {str(self.run_dir)!r}: "
                                 f"{exc.strerror or exc}") from None
+        try:
+            self._lock(folder)
+        except RunLockedError:
+            raise
+        except OSError:
+            # a filesystem that cannot lock a folder (NFS locks need a file open for
+            # writing): run.lock alone holds the lock, as in older zoos
+            self._close()
         created = False
         try:
             if self.shared:
