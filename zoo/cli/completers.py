@@ -26,17 +26,12 @@ def attach(action: argparse.Action, completer: Completer) -> argparse.Action:
     return action
 
 
-@functools.cache
-def _registry(blocked: tuple[str, ...]) -> Registry:
-    from zoo.host.registry import Registry
-
-    return Registry(blocked=blocked)
-
-
 def _registry_of(parsed_args: argparse.Namespace | None) -> Registry:
     """The registry the command would use: ``-p no:NAME`` blocks honoured."""
+    from zoo.host.registry import Registry
+
     options = getattr(parsed_args, "plugin_options", None) or []
-    return _registry(tuple(o[3:] for o in options if o.startswith("no:") and len(o) > 3))
+    return Registry(blocked=[o[3:] for o in options if o.startswith("no:") and len(o) > 3])
 
 
 def _safe(function: Callable[[str, argparse.Namespace | None], Iterable[str]]) -> Completer:
