@@ -25,8 +25,11 @@ def test_builtin_architectures_conform(name: str, tmp_path: Path) -> None:
     fields = zoo.get_spec(name).hparams.model_fields
     hparams = {k: v for k, v in NON_DEFAULT.items() if k in fields}
     report = check_architecture(name, hparams=hparams, tmp_dir=tmp_path)
-    assert report.checks[1] == f"builds at (1, 40, 36) -> 3 classes with {hparams}"
-    assert "refuses n_hidden=0, 4097, 'not a number'" in report.checks
+    size = zoo.get_spec(name).min_input_size
+    assert report.checks[1] == (f"takes its declared minimum input, {size}x{size}, and refuses "
+                                "one pixel less")
+    assert report.checks[2] == f"builds at (1, 40, 36) -> 3 classes with {hparams}"
+    assert "refuses n_hidden=0, 4097, 'not a number', True" in report.checks
     assert report.checks[-1] == "reloads it with zoo.load and matches its ONNX graph"
 
 
@@ -49,6 +52,10 @@ def test_the_pytest_plugin_gives_a_fresh_registry(zoo_registry: Registry) -> Non
 BREAKS = {
     "ignores in_channels": tiny_plugin("Fixed", "kit_bad").replace(
         "nn.Conv2d(input_shape.channels,", "nn.Conv2d(3,"),
+    "too small": tiny_plugin("Small", "kit_bad").replace(
+        'source="tests",', 'source="tests", min_input_size=2,').replace(
+        "nn.ReLU(), nn.AdaptiveAvgPool2d(1),",
+        "nn.ReLU(), nn.MaxPool2d(4), nn.AdaptiveAvgPool2d(1),"),
     "frozen": tiny_plugin("Frozen", "kit_bad").replace(
         "    return nn.Sequential(", "    return nn.Sequential(").replace(
         "nn.Linear(hparams.n_filters, num_classes),\n    )",
@@ -73,6 +80,9 @@ def bad_registry(request: pytest.FixtureRequest) -> Iterator[Registry]:
     ("ignores in_channels", "Fixed", r"Fixed does not conform: it does not build with .*"
                                      r"in_channels': 1.*breaks the model contract"),
     ("frozen", "Frozen", "Frozen does not conform: the model has no trainable parameters"),
+    ("too small", "Small", r"^Small does not conform: it declares min_input_size=2 but does not "
+                           r"take 2x2 inputs \(declare the smallest size it takes\): "
+                           r"architecture 'Small' .* breaks the model contract"),
 ], indirect=["bad_registry"])
 def test_the_kit_catches_a_broken_architecture(bad_registry: Registry, name: str,
                                                message: str) -> None:

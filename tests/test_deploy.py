@@ -100,7 +100,7 @@ def test_predict_accepts_paths_pil_images_and_arrays(bundle: Path, images: list[
                                clf.probabilities([rgba]), atol=1e-6)
     with pytest.raises(ZooError, match="must be uint8"):
         clf.predict(hwc.astype(np.float32))
-    with pytest.raises(ZooError, match="cannot classify a dict"):
+    with pytest.raises(ZooError, match=r"cannot classify \{'not': 'an image'\} \(a dict\)"):
         clf.predict([{"not": "an image"}])  # type: ignore[list-item]
 
 

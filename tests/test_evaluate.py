@@ -109,8 +109,8 @@ def test_class_folders_are_matched_by_name(labelled: Path, tmp_path: Path) -> No
         evaluate("Net", flat)
     with pytest.raises(DataError, match="is not a directory"):
         evaluate("Net", tmp_path / "nowhere")
-    folders, files = labelled_files(labelled, ("airplane", "bird"))
-    assert folders == ["airplane", "bird"]
+    folders, files, left_out = labelled_files(labelled, ("airplane", "bird"))
+    assert folders == ["airplane", "bird"] and left_out == []
     assert (labelled / "airplane" / "more" / "img000.jpg", 0) in files
 
 

@@ -236,5 +236,10 @@ def test_a_failing_training_hook_is_a_plugin_error_naming_it(tmp_path: Path) -> 
                              r"cannot log epoch 1"):
         train("Net", registry=reg, epochs=2, out=tmp_path / "run", **FAST)
     summary = read_summary(tmp_path / "run")  # the epoch's checkpoint and record are intact
-    assert summary.epochs_completed == 1 and summary.status == "running"
+    assert summary.epochs_completed == 1 and summary.status == "failed"
+    assert summary.failure == ("zoo_train_epoch_end() of plugin 'broken' raised ValueError: "
+                               "cannot log epoch 1")
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    resumed = train("Net", resume=tmp_path / "run")  # fixed: the failed run goes on
+    assert resumed.summary.epochs_completed == 2 and resumed.summary.status == "completed"
+    assert read_summary(tmp_path / "run").failure is None

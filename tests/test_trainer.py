@@ -247,7 +247,8 @@ def test_device_data_uint8_and_float_paths_agree() -> None:
 def test_resume_without_a_checkpoint_or_with_a_corrupt_config(tmp_path: Path) -> None:
     train("Net", epochs=1, out=tmp_path / "run", **FAST)
     (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
-    with pytest.raises(TrainingError, match=r"has no checkpoints/last.pt"):
+    with pytest.raises(TrainingError, match=r"its checkpoints/last\.pt is missing, though "
+                                            r"run\.json records 1 completed epoch"):
         train("Net", epochs=1, resume=tmp_path / "run")
     (tmp_path / "run" / "config.json").write_text("{not json")
     with pytest.raises(TrainingError, match=r"config.json is unreadable"):

@@ -10,10 +10,12 @@ Use it in a plugin's tests::
     def test_my_data_conforms():
         check_dataset("my-data", options={"size": 40})
 
-:func:`check_architecture` builds the architecture at its default input shape and at
-another one (other channels, size and class count), checks each model's output
-contract, checks that out-of-range, mistyped and unknown hyperparameters are
-rejected, runs one training step, exports and verifies a bundle and reloads it.
+:func:`check_architecture` builds the architecture at its default input shape, at
+its declared smallest input (``min_input_size``: one pixel less must be refused)
+and at another shape (other channels, size and class count), checks each model's
+output contract, checks that out-of-range, mistyped (booleans for numbers
+included) and unknown hyperparameters are rejected, runs one training step,
+exports and verifies a bundle and reloads it.
 :func:`check_dataset` loads the dataset at two requests (size, channels, seed),
 checks the loader contract and that the same request gives the same data, that
 unknown options are rejected, and runs one training step on a batch of it.
@@ -35,11 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from zoo.errors import ConformanceError, ZooError
+from zoo.errors import ConformanceError, InputShapeError, ZooError
 from zoo.host.contract import load_dataset
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.architecture import ArchitectureSpec, InputShape, ModelConfig
 from zoo.spec.dataset import DatasetRequest, LoadedDataset
+from zoo.spec.numbers import number_kind
 
 if TYPE_CHECKING:
     import torch
@@ -91,8 +94,8 @@ def _bad_values(spec: ArchitectureSpec) -> dict[str, list[Any]]:
                 bound = getattr(meta, attr, None)
                 if isinstance(bound, (int, float)) and not isinstance(bound, bool):
                     bad.append(bound + step)
-        if field.annotation in (int, float):
-            bad.append("not a number")
+        if number_kind(field.annotation) is not None:
+            bad += ["not a number", True]
         if bad:
             out[name] = bad
     return out
@@ -140,6 +143,7 @@ def check_architecture(
     except ZooError as exc:
         raise _fail(name, "it does not build at its defaults", exc) from exc
     checks.append(f"builds at {default.input_shape.as_tuple()} -> {default.num_classes} classes")
+    checks.append(_check_min_input_size(name, spec, registry))
     shape, classes = other_shape(spec)
     overrides = {**dict(hparams or {}), "in_channels": shape.channels,
                  "in_height": shape.height, "in_width": shape.width, "num_classes": classes}
@@ -172,6 +176,27 @@ def check_architecture(
     if export:
         checks += _export_and_reload(name, registry, config, overrides, tmp_dir)
     return ConformanceReport(name=name, checks=tuple(checks))
+
+
+def _check_min_input_size(name: str, spec: ArchitectureSpec, registry: Registry) -> str:
+    """The architecture builds and runs at its declared ``min_input_size``, and the spec
+    refuses one pixel less in height or width."""
+    size = spec.min_input_size
+    try:
+        registry.build(registry.resolve(name, in_height=size, in_width=size))
+    except ZooError as exc:
+        raise _fail(name, f"it declares min_input_size={size} but does not take {size}x{size} "
+                          "inputs (declare the smallest size it takes)", exc) from exc
+    if size == 1:
+        return "takes its declared minimum input, 1x1"
+    for smaller in ({"in_height": size - 1, "in_width": size},
+                    {"in_height": size, "in_width": size - 1}):
+        try:
+            registry.resolve(name, **smaller)
+        except InputShapeError:
+            continue
+        raise _fail(name, f"{smaller} was accepted, below its min_input_size={size}")
+    return f"takes its declared minimum input, {size}x{size}, and refuses one pixel less"
 
 
 def _export_and_reload(name: str, registry: Registry, config: ModelConfig,

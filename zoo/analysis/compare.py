@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -127,9 +128,18 @@ def compare(sources: Sequence[str | os.PathLike[str]], *, registry: Registry | N
 
 def render_comparison(comparison: Comparison, path: Path) -> int:
     """The grouped bar chart (train and val accuracy, reference marked); return the groups."""
+    save_png(comparison_figure(comparison), path)
+    return len(comparison.rows)
+
+
+def comparison_figure(comparison: Comparison) -> Any:
+    """The grouped bar chart as a matplotlib Figure, laid out: every label inside it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     rows = comparison.rows
     n = len(rows)
     fig = new_figure(max(5.0, 1.1 * n + 1.5), 4.0)
+    FigureCanvasAgg(fig)  # a renderer, to measure the title
     ax = fig.add_subplot(1, 1, 1)
     width = 0.38
     xs = list(range(n))
@@ -154,19 +164,35 @@ def render_comparison(comparison: Comparison, path: Path) -> int:
                        rotation=20 if n > 4 else 0, ha="right" if n > 4 else "center",
                        fontsize=8)
     ax.set_ylabel("accuracy")
-    ax.set_title("Train and validation accuracy" + (
+    title = "Train and validation accuracy" + (
         f" (reference: {'; '.join(sorted(set(comparison.reference_sources.values())))})"
-        if comparison.reference_sources else ""), fontsize=8)
+        if comparison.reference_sources else "")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    save_png(fig, path)
-    return n
+    _fit_title(fig, ax, title, fontsize=8)
+    fig.tight_layout()  # room for the title's lines
+    return fig
+
+
+def _fit_title(fig: Any, ax: Any, title: str, *, fontsize: float) -> None:
+    """``title`` wrapped onto as few lines as fit the figure's width (at most 3 lines,
+    then a smaller font). It is centred over the axes: it has twice the room on the
+    narrower side of their centre."""
+    renderer = fig.canvas.get_renderer()
+    centre = ax.get_window_extent(renderer).x0 + ax.get_window_extent(renderer).width / 2
+    room = 2 * min(centre, fig.bbox.width - centre) - 4
+    for size in (fontsize, fontsize - 1, fontsize - 2):
+        for lines in (1, 2, 3):
+            text = textwrap.fill(title, width=math.ceil(len(title) / lines) + 4)
+            artist = ax.set_title(text, fontsize=size)
+            if artist.get_window_extent(renderer).width <= room:
+                return
 
 
 def _unique_archs(rows: Sequence[CompareRow]) -> bool:
     return len({r.architecture for r in rows}) == len(rows)
 
 
-__all__ = ["CompareRow", "Comparison", "compare", "plugin_references",
+__all__ = ["CompareRow", "Comparison", "compare", "comparison_figure", "plugin_references",
            "render_comparison"]

@@ -5,9 +5,12 @@ Named ``evaluation`` so that the module does not shadow the function ``zoo.evalu
 The model is a bundle directory, a shipped name (``Net``, ``Net-cifar2``: see
 :func:`zoo.bundles.store.resolve_bundle`) or a run directory. ``DIR`` holds one folder
 per class (``DIR/airplane/*.jpg``, images found recursively); folder names are
-matched to the model's class names, a folder naming a class the model does not
-know is an error, and a model class without a folder is fine. Images are decoded
-and classified one batch at a time, so memory stays flat in the number of images.
+matched to the model's class names, and a model class without a folder is fine.
+A folder naming a class the model does not know is an error, unless there is a
+folder for every class of the model (a larger labelled set, such as the CIFAR-10
+test folders for a model of two of its classes): the others are then left out,
+and named. Images are decoded and classified one batch at a time, so memory
+stays flat in the number of images.
 
 A bundle runs on onnxruntime by default (torch-free) or on PyTorch
 (``backend="torch"``); both see the same preprocessed pixels. A run directory has
@@ -22,13 +25,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoo.errors import DataError, ZooError
-from zoo.util.fsutil import atomic_path, atomic_write_text
+from zoo.util.fsutil import atomic_path, atomic_write_text, check_output_folder, output_folder
 from zoo.util.imagefiles import find_images
 from zoo.util.imaging import ImageDecodeError, decode_image, normalize
 
@@ -82,13 +85,19 @@ class Evaluation(BaseModel):
     confusion: tuple[tuple[int, ...], ...] = Field(
         description="confusion[true][predicted]: image counts, in the order of classes.")
     skipped: tuple[SkippedFile, ...] = ()
+    left_out: tuple[str, ...] = Field(
+        (), description="Folders of data_dir that are not classes of the model: not scored.")
     seconds: float
 
     def format(self) -> str:
         """The report as text: accuracy, per-class table and confusion matrix."""
         name = f"{self.bundle} ({self.architecture})" if self.bundle else self.model
         lines = [f"{name} on {self.data_dir}, {self.backend}: {self.images} images",
-                 f"accuracy {self.accuracy:.4f} ({self.correct} of {self.images})", ""]
+                 f"accuracy {self.accuracy:.4f} ({self.correct} of {self.images})"]
+        if self.left_out:
+            lines.append(f"left out {len(self.left_out)} folder(s) that are not classes of "
+                         f"{self.architecture}: {', '.join(self.left_out)}")
+        lines.append("")
         rows = [[c.name, str(c.images), str(c.correct),
                  "-" if c.accuracy is None else f"{c.accuracy:.4f}"] for c in self.per_class]
         lines += _table(["class", "images", "correct", "accuracy"], rows)
@@ -111,30 +120,52 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
             for row in [header, *rows]]
 
 
-def labelled_files(data_dir: Path, classes: Sequence[str],
-                   architecture: str = "the model") -> tuple[list[str], list[tuple[Path, int]]]:
-    """The class folders of ``data_dir`` and its images as (path, index into ``classes``).
+class LabelledFiles(NamedTuple):
+    """The class folders of a labelled folder that are scored, their images, and the rest."""
 
-    A folder that is not one of ``classes`` is a :class:`DataError` naming it and them.
+    folders: list[str]
+    files: list[tuple[Path, int]]
+    left_out: list[str]
+
+
+def labelled_files(data_dir: Path, classes: Sequence[str],
+                   architecture: str = "the model") -> LabelledFiles:
+    """The class folders of ``data_dir``, its images as (path, index into ``classes``), and
+    the folders left out.
+
+    Folders are matched to ``classes`` by name; a class without a folder is fine. A
+    folder that is not one of ``classes`` is a :class:`DataError` naming it and them,
+    unless every class has its folder: then ``data_dir`` is a larger labelled set (the
+    CIFAR-10 test folders for a model of two of its classes), whose other folders are
+    left out.
     """
     if not data_dir.is_dir():
         raise DataError(f"{str(data_dir)!r} is not a directory; zoo evaluate needs a folder of "
                         "class folders (DIR/CLASS/image.jpg)")
-    folders = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
+    try:
+        found = sorted(p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"cannot read {str(data_dir)!r}: {exc.strerror or exc}; zoo evaluate "
+                        "needs a readable folder of class folders") from None
+    if not found:
         raise DataError(f"{str(data_dir)!r} holds no class folders; zoo evaluate needs a folder "
                         f"of class folders named after the classes ({', '.join(classes)})")
     index = {name: i for i, name in enumerate(classes)}
-    unknown = [p.name for p in folders if p.name not in index]
-    if unknown:
-        raise DataError(f"class folder(s) {', '.join(map(repr, unknown))} in {str(data_dir)!r} "
-                        f"are not classes of {architecture}; its classes: {', '.join(classes)}")
+    folders = [p for p in found if p.name in index]
+    left_out = [p.name for p in found if p.name not in index]
+    missing = sorted(set(classes) - {p.name for p in folders}, key=index.__getitem__)
+    if left_out and (missing or not folders):
+        names = ", ".join(map(repr, left_out[:10])) + (", ..." if len(left_out) > 10 else "")
+        hint = (f"; a folder of more classes is scored on the model's classes only when it "
+                f"has a folder for each (missing: {', '.join(missing)})" if folders else "")
+        raise DataError(f"class folder(s) {names} in {str(data_dir)!r} are not classes of "
+                        f"{architecture}; its classes: {', '.join(classes)}{hint}")
     files: list[tuple[Path, int]] = []
     for folder in folders:
-        files += [(p, index[folder.name]) for p in find_images(folder)]
+        files += [(p, index[folder.name]) for p in find_images(folder, strict=True)]
     if not files:
         raise DataError(f"the class folders of {str(data_dir)!r} hold no image files")
-    return [p.name for p in folders], files
+    return LabelledFiles([p.name for p in folders], files, left_out)
 
 
 @dataclass
@@ -240,10 +271,13 @@ def evaluate(
     """
     if batch_size < 1:
         raise ZooError(f"batch size must be at least 1, got {batch_size}")
+    if out is not None:
+        check_output_folder(out, "evaluation folder --out")
     start = time.perf_counter()
     loaded, used = load_model(model, backend, weights=weights, threads=threads,
                               registry=registry, expect_sha256=expect_sha256)
-    folders, files = labelled_files(Path(data_dir), loaded.classes, loaded.architecture)
+    folders, files, left_out = labelled_files(Path(data_dir), loaded.classes,
+                                              loaded.architecture)
     n = len(loaded.classes)
     confusion = np.zeros((n, n), dtype=np.int64)
     skipped: list[SkippedFile] = []
@@ -280,7 +314,8 @@ def evaluate(
         backend=used, data_dir=os.fspath(data_dir), classes=loaded.classes, images=total,
         correct=correct, accuracy=correct / total, per_class=tuple(per_class),
         confusion=tuple(tuple(int(v) for v in row) for row in confusion),
-        skipped=tuple(skipped), seconds=round(time.perf_counter() - start, 3))
+        skipped=tuple(skipped), left_out=tuple(left_out),
+        seconds=round(time.perf_counter() - start, 3))
     if out is not None:
         write_outputs(result, Path(out))
     return result
@@ -296,7 +331,11 @@ def write_outputs(result: Evaluation, out: Path) -> None:
     except ImportError:
         raise ZooError("writing the confusion-matrix PNG needs matplotlib "
                        "(pip install matplotlib)") from None
-    out.mkdir(parents=True, exist_ok=True)
+    with output_folder(out, "evaluation folder --out"):
+        _write_outputs(result, out, plt)
+
+
+def _write_outputs(result: Evaluation, out: Path, plt: Any) -> None:
     atomic_write_text(out / EVALUATION_JSON, result.model_dump_json(indent=2) + "\n")
     matrix = np.asarray(result.confusion, dtype=np.float64)
     rows = matrix.sum(axis=1, keepdims=True)
@@ -319,10 +358,12 @@ def write_outputs(result: Evaluation, out: Path) -> None:
     name = result.bundle or result.model
     ax.set_title(f"{name} on {Path(result.data_dir).name}: accuracy {result.accuracy:.4f} "
                  f"({result.backend})")
-    fig.tight_layout()
-    with atomic_path(out / CONFUSION_PNG) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        fig.tight_layout()
+        with atomic_path(out / CONFUSION_PNG) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def print_skip(skip: SkippedFile) -> None:

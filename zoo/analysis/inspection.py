@@ -33,6 +33,7 @@ from zoo.spec.manifest import MANIFEST_FILE
 from zoo.spec.run import BEST_CHECKPOINT, SUMMARY_FILE
 from zoo.trainer.checkpoint import load_run_model
 from zoo.util.figures import min_max, mosaic, new_figure, save_png, show_mosaic
+from zoo.util.fsutil import output_folder
 from zoo.util.imaging import ImageDecodeError, decode_image, normalize, to_mode
 
 FILTERS_PNG = "filters.png"
@@ -346,13 +347,14 @@ def write_inspection(result: InspectionResult, out_dir: Path, *, layer: str | No
     out_dir = Path(out_dir)
     blocks = [result.feature_map(layer)] if layer is not None else list(result.feature_maps)
     filters_path = out_dir / FILTERS_PNG
-    tiles = render_filters(result, filters_path)
     pictures = []
-    for fm in blocks:
-        index = result.feature_maps.index(fm) + 1
-        path = out_dir / feature_map_file(index, fm)
-        pictures.append(Picture(path=str(path), title=fm.title,
-                                tiles=render_feature_map(fm, path, result.image)))
+    with output_folder(out_dir, "inspection folder --out"):
+        tiles = render_filters(result, filters_path)
+        for fm in blocks:
+            index = result.feature_maps.index(fm) + 1
+            path = out_dir / feature_map_file(index, fm)
+            pictures.append(Picture(path=str(path), title=fm.title,
+                                    tiles=render_feature_map(fm, path, result.image)))
     return InspectionReport(
         source=result.source, architecture=result.architecture, trained=result.trained,
         image=image_name, top=tuple(result.top(top_k)),

@@ -13,7 +13,8 @@ _KEY = "progressdisplay"
 def _progress(run: TrainingRun) -> Progress:
     progress = run.state.get(_KEY)
     if progress is None:
-        progress = run.state[_KEY] = Progress(run.config.progress, True)
+        progress = run.state[_KEY] = Progress(
+            run.config.progress, True, images_per_step=run.config.batch_size * run.world_size)
     return progress
 
 

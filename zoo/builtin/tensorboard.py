@@ -43,9 +43,12 @@ def zoo_train_start(run: TrainingRun) -> None:
         raise TrainingError("--log tensorboard needs the tensorboard package; install it with "
                             "pip install 'zoo[tensorboard]' (or pip install tensorboard)"
                             ) from None
+    folder = run.run_dir / TENSORBOARD_DIR
+    if folder.exists() and not folder.is_dir():
+        raise TrainingError(f"--log tensorboard writes into {folder}, which is a file; move it "
+                            "away, or train without --log tensorboard")
     # purge_step drops events of epochs a resumed run trains again after a crash
-    writer = SummaryWriter(str(run.run_dir / TENSORBOARD_DIR),
-                           purge_step=len(run.history) + 1 if run.resumed else None)
+    writer = SummaryWriter(str(folder), purge_step=len(run.history) + 1 if run.resumed else None)
     run.state[_KEY] = writer
     if not run.resumed:
         writer.add_text("run", f"{run.title}, {run.data.train_size} train / "
@@ -80,27 +83,53 @@ def _add_graph(writer: Any, run: TrainingRun) -> None:
             module.train(training)
 
 
+def _writer(run: TrainingRun) -> Any:
+    """The run's writer, or None (not logging, or given up): a folder that is no longer
+    one is checked before writing, as the writer's own thread would fail on it."""
+    writer = run.state.get(_KEY)
+    if writer is not None and not (run.run_dir / TENSORBOARD_DIR).is_dir():
+        _give_up(run, "it is no longer a folder")
+        return None
+    return writer
+
+
+def _give_up(run: TrainingRun, why: str) -> None:
+    """Stop logging to TensorBoard for the rest of the session; training goes on. The
+    writer is dropped unclosed: closing would write to the folder again."""
+    run.state.pop(_KEY, None)
+    print(f"zoo: warning: tensorboard: cannot write {run.run_dir / TENSORBOARD_DIR} ({why}); "
+          "TensorBoard logging is off for the rest of this run, which goes on",
+          file=sys.stderr)
+
+
 @hookimpl
 def zoo_train_epoch_end(run: TrainingRun, metrics: EpochMetrics) -> None:
-    writer = run.state.get(_KEY)
+    writer = _writer(run)
     if writer is None:
         return
     m, step = metrics, metrics.epoch
-    for tag, value in (("loss/train", m.train_loss), ("loss/val", m.val_loss),
-                       ("accuracy/train", m.train_acc), ("accuracy/val", m.val_acc),
-                       ("lr", m.lr), ("images_per_s", m.images_per_s)):
-        writer.add_scalar(tag, value, step)
-    writer.flush()
+    try:
+        for tag, value in (("loss/train", m.train_loss), ("loss/val", m.val_loss),
+                           ("accuracy/train", m.train_acc), ("accuracy/val", m.val_acc),
+                           ("lr", m.lr), ("images_per_s", m.images_per_s)):
+            writer.add_scalar(tag, value, step)
+        writer.flush()
+    except OSError as exc:
+        _give_up(run, exc.strerror or str(exc))
 
 
 @hookimpl
 def zoo_train_end(run: TrainingRun, summary: RunSummary, status: RunStatus) -> None:
-    writer = run.state.pop(_KEY, None)
+    writer = _writer(run)
     if writer is None:
         return
+    run.state.pop(_KEY, None)
     best = summary.best
-    if best is not None:
-        writer.add_hparams(_hparams(run), {"hparam/best_val_acc": best.val_acc,
-                                           "hparam/best_val_loss": best.val_loss},
-                           run_name=".")
-    writer.close()
+    try:
+        if best is not None:
+            writer.add_hparams(_hparams(run), {"hparam/best_val_acc": best.val_acc,
+                                               "hparam/best_val_loss": best.val_loss},
+                               run_name=".")
+        writer.close()
+    except OSError as exc:
+        _give_up(run, exc.strerror or str(exc))

@@ -71,6 +71,9 @@ def file_entry(path: Path) -> FileEntry:
 
 def check_expected_sha256(expect_sha256: str) -> str:
     """``expect_sha256`` as 64 lowercase hex digits, or a :class:`BundleError`."""
+    if not isinstance(expect_sha256, str):
+        raise BundleError(f"expected SHA-256 {expect_sha256!r} is not a string of 64 "
+                          "hexadecimal digits (as zoo export and zoo verify print it)")
     text = expect_sha256.strip().lower()
     if not re.fullmatch(r"[0-9a-f]{64}", text):
         raise BundleError(f"expected SHA-256 {expect_sha256!r} is not 64 hexadecimal digits")

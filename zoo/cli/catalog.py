@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from zoo.cli import completers
 from zoo.host.plugins import LISTING_HOOKS
 from zoo.host.registry import Registry
 from zoo.spec.architecture import ArchitectureSpec
@@ -24,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=list_command)
 
     p = subparsers.add_parser("show", help="show one architecture and its hyperparameters")
-    p.add_argument("name", metavar="NAME", help="an architecture, see 'zoo list'")
+    completers.attach(p.add_argument("name", metavar="NAME",
+                                     help="an architecture, see 'zoo list'"),
+                      completers.architectures)
     p.add_argument("--schema", action="store_true",
                    help="print the JSON Schema of its hyperparameters")
     p.add_argument("--json", action="store_true", help="print the spec as JSON")
@@ -42,7 +45,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(handler=datasets_command, dataset_name=None, schema=False)
     sub = p.add_subparsers(dest="datasets_command", metavar="show")
     s = sub.add_parser("show", help="show one dataset and its options")
-    s.add_argument("dataset_name", metavar="NAME", help="a dataset, see 'zoo datasets'")
+    completers.attach(s.add_argument("dataset_name", metavar="NAME",
+                                     help="a dataset, see 'zoo datasets'"), completers.datasets)
     s.add_argument("--schema", action="store_true", help="print the JSON Schema of its options")
     s.add_argument("--json", action="store_true", help="print the spec as JSON")
 

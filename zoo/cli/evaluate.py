@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from zoo.cli import completers
 from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
@@ -20,10 +21,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "evaluate", help="score a model on a folder of class folders",
         description="Accuracy, per-class accuracy and confusion matrix of a bundle, a shipped "
         "model or a run on DIR, a folder holding one folder of images per class (named after "
-        "the model's classes). Exit 0 if every image was read, 1 if any could not be.")
-    p.add_argument("model", metavar="MODEL",
-                   help="a bundle directory, a shipped name (e.g. Net or Net-cifar2) or a run "
-                   "directory")
+        "the model's classes; a folder of more classes, such as CIFAR-10's test set, is "
+        "scored on the model's classes and the others are named as left out). Exit 0 if "
+        "every image was read, 1 if any could not be.")
+    completers.attach(p.add_argument(
+        "model", metavar="MODEL",
+        help="a bundle directory, a shipped name (e.g. Net or Net-cifar2) or a run directory"),
+        completers.bundles)
     p.add_argument("data_dir", metavar="DIR", help="a folder of class folders")
     p.add_argument("--backend", choices=["onnxruntime", "torch"], default=None,
                    help="onnxruntime (default for bundles) or torch (the only one for a run)")

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from zoo.cli import completers
+from zoo.cli.help import set_help_tail
 from zoo.cli.options import add_weights_option, parse_pairs
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
@@ -17,12 +19,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "export", help="export a run or an architecture to a verified ONNX bundle",
         description="Write a bundle (model.pt, model.onnx, manifest.json) after checking the "
         "ONNX graph against PyTorch with onnxruntime; a bundle that fails is never written.")
-    p.add_argument("source", metavar="RUN_DIR|BUNDLE|ARCH",
-                   help="a training run directory; a bundle (a directory, or a declared name "
-                        "such as Net-cifar2: written again, in other formats say); or an "
-                        "architecture name (fresh weights)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="hyperparameter or shape override for an architecture name (repeatable)")
+    completers.attach(p.add_argument(
+        "source", metavar="RUN_DIR|BUNDLE|ARCH",
+        help="a training run directory; a bundle (a directory, or a declared name such as "
+             "Net-cifar2: written again, in other formats say); or an architecture name "
+             "(fresh weights)"), completers.models)
+    completers.attach(p.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="hyperparameter or shape override for an architecture name (repeatable)"),
+        completers.set_keys)
     p.add_argument("--out", metavar="DIR",
                    help="bundle directory (default: EXPORTS/NAME, NAME identifying the source: "
                         "the run's folder, <bundle>-<formats>, <Arch>-untrained-seed<N>; "
@@ -44,19 +49,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="seed of the initial weights when exporting an architecture")
     add_weights_option(p, "ARCH")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    p.add_argument("--format", dest="formats", default="onnx", metavar="F[,F]",
-                   help="export formats besides onnx (always written), comma-separated, each "
-                        "verified; 'zoo plugins' lists the installed ones (e.g. pt2: "
-                        "torch.export's ExportedProgram)")
-    p.add_argument("--format-option", dest="format_options", action="append", default=[],
-                   metavar="F.KEY=VALUE",
-                   help="an option of export format F (repeatable), e.g. onnx.opset=18")
+    completers.attach(p.add_argument(
+        "--format", dest="formats", default="onnx", metavar="F[,F]",
+        help="export formats besides onnx (always written), comma-separated, each verified: "
+             "see 'installed formats' below"), completers.formats)
+    completers.attach(p.add_argument(
+        "--format-option", dest="format_options", action="append", default=[],
+        metavar="F.KEY=VALUE",
+        help="an option of export format F (repeatable), e.g. onnx.opset=18"),
+        completers.format_options)
     p.set_defaults(handler=export_command)
+    set_help_tail(p, installed_formats)
 
     p = subparsers.add_parser(
         "verify", help="re-check a bundle: checksums, manifest, ONNX vs PyTorch")
-    p.add_argument("bundle", metavar="BUNDLE",
-                   help="a bundle directory or name (e.g. Net or Net-cifar2)")
+    completers.attach(p.add_argument("bundle", metavar="BUNDLE",
+                                     help="a bundle directory or name (e.g. Net or Net-cifar2)"),
+                      completers.bundles)
     add_weights_option(p, "BUNDLE")
     p.add_argument("--atol", type=float, help="absolute tolerance (default: the manifest's)")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")
@@ -64,6 +73,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="refuse the bundle unless its manifest has this SHA-256")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=verify_command)
+
+
+def installed_formats() -> str:
+    """The ``installed formats`` section of ``zoo export --help``: name, summary, options."""
+    from zoo.host.registry import default_registry
+    from zoo.spec.exportformat import REQUIRED_FORMAT
+
+    specs = default_registry().formats()
+    width = max((len(name) for name in specs), default=0)
+    lines = ["installed formats (--format NAME, --format-option NAME.KEY=VALUE):"]
+    for name, spec in sorted(specs.items(), key=lambda item: item[0] != REQUIRED_FORMAT):
+        prov = spec.provenance
+        where = f"; {prov.describe()}" if prov and prov.distribution != "zoo" else ""
+        options = ", ".join(spec.options.model_fields) or "none"
+        always = " (always written)" if name == REQUIRED_FORMAT else ""
+        lines.append(f"  {name:<{width}}  {spec.summary}{always}")
+        lines.append(f"  {'':<{width}}  options: {options}{where}")
+    return "\n".join(lines)
 
 
 def format_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -78,6 +105,11 @@ def format_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def export_command(args: argparse.Namespace, registry: Registry) -> int:
+    from zoo.exporter import formats
+
+    options = format_options(args.format_options)
+    # bad --format and --format-option values fail here, before the exporter imports torch
+    formats.format_options(formats.parse_formats(args.formats, registry), options)
     from zoo.exporter.write import export
     from zoo.spec.manifest import VerificationError
 
@@ -86,7 +118,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
                         seed=args.seed, registry=registry, formats=args.formats,
-                        options=format_options(args.format_options), weights=args.weights)
+                        options=options, weights=args.weights)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise

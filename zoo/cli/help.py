@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
 from typing import Any
 
 
@@ -54,11 +55,34 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 class ZooArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose help (and its sub-commands' help) uses :class:`HelpFormatter`."""
+    """An ArgumentParser whose help (and its sub-commands' help) uses :class:`HelpFormatter`.
+
+    ``help_tail``, if set, is called when the help is printed (and only then) for text
+    shown after the epilog: what is installed, which parsing must not pay for.
+    """
+
+    help_tail: Callable[[], str] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.help_tail is not None:
+            try:
+                tail = self.help_tail()
+            except Exception as exc:  # help must print whatever the plugins do
+                tail = f"(cannot list them: {type(exc).__name__}: {exc})"
+            text = text.rstrip("\n") + "\n\n" + tail.rstrip("\n") + "\n"
+        return text
+
+
+def set_help_tail(parser: argparse.ArgumentParser, tail: Callable[[], str]) -> None:
+    """Show ``tail()`` at the end of ``parser``'s help, computed when it is printed."""
+    if not isinstance(parser, ZooArgumentParser):
+        raise TypeError(f"a help tail needs a ZooArgumentParser, got {type(parser).__name__}")
+    parser.help_tail = tail
 
 
 def train_default(field: str) -> str:

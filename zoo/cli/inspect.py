@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from zoo.cli import completers
 from zoo.cli.options import add_weights_option
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
+from zoo.util.fsutil import check_output_file, check_output_folder, output_folder, write_error
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -16,9 +18,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run IMAGE through MODEL and draw the first convolution's filters "
         "(filters.png) and the feature maps after every convolution block "
         "(features-NN-LAYER.png); print the top-k probabilities.")
-    p.add_argument("model", metavar="MODEL",
-                   help="a shipped name (Net), a bundle directory, a run directory or an "
-                        "architecture name (untrained)")
+    completers.attach(p.add_argument(
+        "model", metavar="MODEL",
+        help="a shipped name (Net), a bundle directory, a run directory or an architecture "
+             "name (untrained)"), completers.models)
     p.add_argument("image", metavar="IMAGE", type=Path, help="an image file")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="where the PNGs go (default ./inspect/MODEL)")
@@ -44,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Train and validation accuracy of runs, bundles or shipped models as a "
         "grouped bar chart, with the reference accuracy their plugin publishes marked, and "
         "a Markdown table on stdout.")
-    p.add_argument("sources", nargs="+", metavar="RUN_OR_BUNDLE",
-                   help="run directories, bundle directories or shipped names")
+    completers.attach(p.add_argument("sources", nargs="+", metavar="RUN_OR_BUNDLE",
+                                     help="run directories, bundle directories or shipped names"),
+                      completers.bundles)
     p.add_argument("--out", type=Path, metavar="FILE", default=Path("compare.png"),
                    help="the chart")
     add_weights_option(p, "each RUN_OR_BUNDLE")
@@ -60,8 +64,9 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
         raise ZooError(f"--top-k must be at least 1, got {args.top_k}")
     if not args.image.is_file():
         raise ZooError(f"image {str(args.image)!r} does not exist")
-    result = inspect_model(args.model, args.image, registry=registry, weights=args.weights)
     out = args.out or DEFAULT_OUT / Path(args.model).name
+    check_output_folder(out, "inspection folder --out")
+    result = inspect_model(args.model, args.image, registry=registry, weights=args.weights)
     report = write_inspection(result, out, layer=args.layer, top_k=args.top_k,
                               image_name=str(args.image))
     if args.json:
@@ -80,9 +85,11 @@ def inspect_command(args: argparse.Namespace, registry: Registry) -> int:
 def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.analysis.filters import DEMO_PNG, filter_demo, render_demo
 
+    check_output_folder(args.out, "folder --out")
     demo = filter_demo(args.image)
     path = args.out / DEMO_PNG
-    render_demo(demo, path)
+    with output_folder(args.out, "folder --out"):
+        render_demo(demo, path)
     print(f"{path}: input, {', '.join(demo.outputs)}")
     return 0
 
@@ -90,8 +97,12 @@ def filters_demo_command(args: argparse.Namespace, registry: Registry) -> int:
 def compare_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.analysis.compare import compare, render_comparison
 
+    check_output_file(args.out, "chart --out")
     comparison = compare(args.sources, registry=registry, weights=args.weights)
-    render_comparison(comparison, args.out)
+    try:
+        render_comparison(comparison, args.out)
+    except OSError as exc:
+        raise write_error(args.out, exc, "chart --out") from None
     if args.json:
         print(comparison.model_dump_json(indent=2))
     else:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from zoo.cli import completers
 from zoo.cli.options import add_bundle_options
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
@@ -29,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "predict", help="classify images with a bundle on onnxruntime (no torch)",
         description="Classify image files with a bundle's ONNX graph, using the preprocessing "
         "its manifest records. Exit 0 if every input was predicted, 1 if any could not be read.")
-    p.add_argument("bundle", metavar="BUNDLE",
-                   help="a bundle directory, or a shipped bundle name (e.g. Net or Net-cifar2)")
+    completers.attach(p.add_argument(
+        "bundle", metavar="BUNDLE",
+        help="a bundle directory, or a shipped bundle name (e.g. Net or Net-cifar2)"),
+        completers.bundles)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     p.add_argument("--top-k", type=int, default=1, metavar="K",
                    help="show the K most probable classes")

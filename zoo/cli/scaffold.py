@@ -15,8 +15,10 @@ from zoo.errors import ZooError
 from zoo.util.fsutil import atomic_directory
 from zoo.util.version import __version__
 
-#: A plugin name: lower-case letters, digits and underscores, starting with a letter.
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+#: A plugin name: lower-case letters, digits and single underscores between them, starting
+#: with a letter (it becomes a package, an entry point and, with "-", a distribution name,
+#: which may not end in "-").
+PLUGIN_NAME = re.compile(r"[a-z](?:_?[a-z0-9]){0,39}")
 #: Entry-point names of the zoo's own plugins, which no other distribution may take.
 RESERVED = ("chapter8", "datasets")
 
@@ -27,9 +29,10 @@ class PluginNameError(ZooError, ValueError):
 
 def names(plugin: str) -> dict[str, str]:
     """The names a plugin called ``plugin`` gets: distribution, package and architecture."""
-    if not PLUGIN_NAME.match(plugin):
-        raise PluginNameError(f"plugin name {plugin!r} is not valid; use lower-case letters, "
-                              "digits and underscores, starting with a letter (e.g. tiny_vgg)")
+    if not isinstance(plugin, str) or len(plugin) > 40 or not PLUGIN_NAME.fullmatch(plugin):
+        raise PluginNameError(f"plugin name {plugin!r} is not valid; use up to 40 lower-case "
+                              "letters and digits, starting with a letter, with single "
+                              "underscores between them (e.g. tiny_vgg)")
     if plugin in RESERVED:
         raise PluginNameError(f"plugin name {plugin!r} is taken by the zoo's built-in plugin; "
                               f"choose another (reserved: {', '.join(RESERVED)})")

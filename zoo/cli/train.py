@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from zoo.cli import completers
 from zoo.cli.help import train_default
 from zoo.cli.options import parse_pairs
 from zoo.errors import ZooError
@@ -35,8 +36,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                "  zoo train NetWidth --dataset imagefolder --data-dir data/cifar2/train\n"
                "  zoo train Net --print-config > net.toml && zoo train Net --config net.toml\n"
                "  zoo train --resume runs/Net-synthetic-20250101-120000")
-    p.add_argument("name", metavar="NAME", nargs="?",
-                   help="architecture, see 'zoo list' (optional with --resume)")
+    completers.attach(p.add_argument(
+        "name", metavar="NAME", nargs="?",
+        help="architecture, see 'zoo list' (optional with --resume)"), completers.architectures)
     g = p.add_argument_group("configuration")
     g.add_argument("--config", type=Path, metavar="FILE",
                    help="TrainConfig as JSON (.json) or TOML (any other suffix); flags override it")
@@ -47,14 +49,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="the book's recipe: SGD lr 1e-2, batch 64, no momentum/augmentation, "
                         "100 epochs (flags still override)")
     g = p.add_argument_group("model")
-    g.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="model hyperparameter or shape key (in_channels, in_height, in_width, "
-                        "num_classes), e.g. n_chans1=16 (repeatable)")
+    completers.attach(g.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        help="model hyperparameter or shape key (in_channels, in_height, in_width, "
+             "num_classes), e.g. n_chans1=16 (repeatable)"), completers.set_keys)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", metavar="D",
-                   help=f"dataset name, see 'zoo datasets' {d('dataset')}")
-    g.add_argument("--option", dest="dataset_opts", action="append", default=[],
-                   metavar="KEY=VALUE", help="dataset option, e.g. size=500 (repeatable)")
+    completers.attach(g.add_argument("--dataset", metavar="D",
+                                     help=f"dataset name, see 'zoo datasets' {d('dataset')}"),
+                      completers.datasets)
+    completers.attach(g.add_argument("--option", dest="dataset_opts", action="append",
+                                     default=[], metavar="KEY=VALUE",
+                                     help="dataset option, e.g. size=500 (repeatable)"),
+                      completers.dataset_options)
     g.add_argument("--data-dir", type=Path, metavar="DIR",
                    help="data directory: class folders for imagefolder, the download location "
                         f"for cifar {d('data_dir')}")
@@ -180,8 +186,21 @@ def _own_process() -> bool:
         entry == "__main__.py" and Path(sys.argv[0]).parent.name == "zoo")
 
 
+def check_flags(args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    """Refuse flags that would be silently ignored or misused (no torch import)."""
+    if args.early_stop_patience is not None and fields.get("early_stop_metric") is None \
+            and args.resume is None:
+        raise ZooError(f"--early-stop-patience {args.early_stop_patience} does nothing without "
+                       "--early-stop-metric; add --early-stop-metric val_acc (or val_loss, "
+                       "train_acc, train_loss), or drop it")
+    from zoo.spec.training import check_cache_dir
+
+    check_cache_dir(fields.get("cache_dir"))
+
+
 def train_command(args: argparse.Namespace, registry: Registry) -> int:
     fields = config_fields(args)
+    check_flags(args, fields)
     name = args.name
     if args.print_config:
         if name is None:

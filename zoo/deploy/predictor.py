@@ -17,6 +17,7 @@ normalization (:func:`zoo.util.imaging.normalize`).
 from __future__ import annotations
 
 import os
+import reprlib
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ from zoo.deploy.runtime import load_graph
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
 from zoo.spec.manifest import ONNX_FILE, Manifest
-from zoo.util.imaging import decode_image, normalize, to_mode
+from zoo.util.imaging import ENV_MAX_PIXELS, decode_image, max_image_pixels, normalize, to_mode
 from zoo.util.threads import check_threads
 
 #: What :meth:`OnnxClassifier.predict` accepts as one image.
@@ -138,13 +139,15 @@ class OnnxClassifier:
             if array.ndim not in (2, 3):
                 raise ZooError(f"an image array must have 2 or 3 dimensions, got shape "
                                f"{array.shape}")
+            _check_pixels(array.shape[1], array.shape[0], "an image array")
             image = Image.fromarray(np.ascontiguousarray(array))
         if not isinstance(image, Image.Image):
-            raise ZooError(f"cannot classify a {type(image).__name__}; accepted: a path, a PIL "
-                           "image or a uint8 numpy array")
+            raise ZooError(f"cannot classify {reprlib.repr(image)} (a {type(image).__name__}); "
+                           "accepted: a path, a PIL image or a uint8 numpy array")
         if image.width == 0 or image.height == 0:
             raise ZooError(f"an image is empty ({image.width}x{image.height}); accepted: at "
                            "least one pixel")
+        _check_pixels(image.width, image.height, "an image")
         converted = to_mode(image, self.channels)
         if (converted.height, converted.width) != self.size:
             converted = converted.resize((self.size[1], self.size[0]),
@@ -180,6 +183,7 @@ class OnnxClassifier:
         """Logits ``(N, num_classes)``, computed ``batch_size`` images at a time."""
         if batch_size < 1:
             raise ZooError(f"batch size must be at least 1, got {batch_size}")
+        images = _as_sequence(images)
         n = len(images)
         chunks = [self.run(self.preprocess(images[i:i + batch_size]))
                   for i in range(0, n, batch_size)]
@@ -222,12 +226,24 @@ class OnnxClassifier:
         return results
 
 
+def _check_pixels(width: int, height: int, what: str) -> None:
+    """The pixel limit of image files (:func:`zoo.util.imaging.max_image_pixels`), for
+    in-memory images: resizing a huge one would take as long and as much memory."""
+    limit = max_image_pixels()
+    if width * height > limit:
+        raise ZooError(f"{what} of {width}x{height} is {width * height} pixels, over the limit "
+                       f"of {limit} per image (set ${ENV_MAX_PIXELS} to allow more)")
+
+
 def _as_sequence(images: Any) -> Any:
     if isinstance(images, (str, os.PathLike, Image.Image)):
         return [images]
     if isinstance(images, np.ndarray):
         return images if images.ndim == 4 else [images]
-    if isinstance(images, Iterable) and not isinstance(images, Sequence):
+    if isinstance(images, (bytes, bytearray)) or not isinstance(images, Iterable):
+        raise ZooError(f"cannot classify {reprlib.repr(images)} (a {type(images).__name__}); "
+                       "accepted: a path, a PIL image, a uint8 numpy array, or a sequence of them")
+    if not isinstance(images, Sequence):
         return list(images)
     return images
 

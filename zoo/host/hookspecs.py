@@ -26,6 +26,10 @@ The listing hooks (``zoo_architectures``, ``zoo_datasets``, ``zoo_export_formats
   ``hookwrapper=True``) on one of them is refused with a problem line.
 * They must be cheap and must not import torch: ``zoo list`` and ``zoo show``
   call them. Point at heavy code lazily, with ``"module:attribute"`` strings.
+  Each runs in a thread of its own with a deadline (10 s,
+  ``PluginHost.listing_timeout``): a plugin whose hook has not returned by then
+  contributes nothing and is reported as failed, and its other listing hooks
+  are not called.
   A plugin whose import or hook imports a heavy module (torch, torchvision,
   onnx, onnxruntime, matplotlib, numpy) is named in a warning.
 * A builder, loader, format writer or verifier must live in the plugin's own

@@ -19,18 +19,24 @@ from __future__ import annotations
 
 import importlib
 import os
-import reprlib
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import metadata
-from types import ModuleType, TracebackType
+from types import ModuleType
 from typing import Any, Literal
 
 import pluggy
 from pydantic import BaseModel, ConfigDict
 
-from zoo.errors import DuplicateNameError, PluginError, ZooError, reason
-from zoo.host import hookspecs
+from zoo.errors import DuplicateNameError, PluginError, ZooError
+from zoo.host import calls, hookspecs
+from zoo.host.calls import (
+    HookTimeout,
+    call_with_deadline,
+    hook_failure,
+    one_line,
+    raising_impl,
+)
 from zoo.spec.provenance import Provenance
 from zoo.util.suggest import suggest
 from zoo.util.version import __version__
@@ -109,11 +115,6 @@ def heavy_modules() -> set[str]:
     return {name for name in HEAVY_MODULES if name in sys.modules}
 
 
-def one_line(exc: BaseException) -> str:
-    """``"TypeName: its first informative line"``."""
-    return f"{type(exc).__name__}: {reason(exc)}"
-
-
 def _split_env(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
 
@@ -123,7 +124,8 @@ class PluginHost:
 
     ``autoload=None`` reads ``ZOO_DISABLE_PLUGIN_AUTOLOAD``; ``blocked`` adds to
     ``ZOO_BLOCK_PLUGINS``. Pass ``entry_points=False`` to load nothing but the core
-    plugins and those given to :meth:`register`.
+    plugins and those given to :meth:`register`. ``listing_timeout``: the seconds a
+    listing hook may take (:meth:`call_each`).
     """
 
     def __init__(
@@ -133,8 +135,14 @@ class PluginHost:
         autoload: bool | None = None,
         blocked: Iterable[str] = (),
         environ: Mapping[str, str] | None = None,
+        listing_timeout: float | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
+        #: Seconds a listing hook may take before its plugin is reported as failed
+        #: (default: :data:`zoo.host.calls.LISTING_TIMEOUT_S`).
+        self.listing_timeout = (calls.LISTING_TIMEOUT_S if listing_timeout is None
+                                else listing_timeout)
+        self._hung: set[str] = set()  # plugins whose listing hook never returned
         blocked = list(blocked)
         self._blocked = set(_split_env(env.get(ENV_BLOCK))) | set(blocked)
         for name in sorted(self._blocked & set(ESSENTIAL_PLUGINS)):
@@ -186,7 +194,7 @@ class PluginHost:
         except ZooError:
             raise
         except Exception as exc:
-            impl = _raising_impl(caller.get_hookimpls(), exc.__traceback__)
+            impl = raising_impl(caller.get_hookimpls(), exc.__traceback__)
             if impl is None:  # pluggy's own error: a call that does not fit the spec
                 raise
             raise PluginError(f"{name}() of {self.describe(impl.plugin_name)} raised "
@@ -201,22 +209,29 @@ class PluginHost:
         """Call listing hook ``hook_name`` on every plugin separately: ``{plugin: items}``.
 
         A plugin whose hook raises or returns something other than a list contributes
-        nothing to it, and the problem is recorded against the plugin.
+        nothing to it, and the problem is recorded against the plugin. One whose hook does
+        not return within :attr:`listing_timeout` seconds is left running in its thread
+        and contributes nothing more (its other listing hooks are not called).
         """
         results: dict[str, list[Any]] = {}
         for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
             plugin = impl.plugin_name
+            if plugin in self._hung:
+                continue
             before = heavy_modules()
             try:
-                returned = impl.function()
+                returned = call_with_deadline(impl.function, self.listing_timeout,
+                                              f"{hook_name}()")
                 if returned is None:
                     returned = []
                 if isinstance(returned, (str, bytes)) or not isinstance(returned, Sequence):
                     raise TypeError(f"{hook_name}() must return a list, "
                                     f"got {type(returned).__name__}")
             except Exception as exc:
+                if isinstance(exc, HookTimeout):
+                    self._hung.add(plugin)
                 self._exceptions[plugin] = exc
-                self.add_problems(plugin, [_hook_failure(hook_name, exc)])
+                self.add_problems(plugin, [hook_failure(hook_name, exc)])
                 continue
             finally:
                 self._note_heavy(plugin, before, f"calling {hook_name}()")
@@ -372,29 +387,6 @@ class PluginHost:
         return [f"{where.replace('NAME', name)}: no installed plugin is named {name!r}, so "
                 f"it changes nothing (installed: {installed})"
                 for where, names in self._named.items() for name in names if name not in known]
-
-
-def _hook_failure(hook_name: str, exc: BaseException) -> str:
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):  # a spec the plugin failed to construct
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "(spec)"
-        return (f"{hook_name}() raised while building an invalid {exc.title}: {loc}: "
-                f"{err['msg']} (got {reprlib.repr(err.get('input'))}); nothing from this hook "
-                "was registered")
-    return f"{hook_name}() raised {one_line(exc)}; nothing from this hook was registered"
-
-
-def _raising_impl(impls: Sequence[pluggy.HookImpl],
-                  tb: TracebackType | None) -> pluggy.HookImpl | None:
-    """The implementation whose frame is innermost in ``tb``: the one that raised."""
-    codes = {getattr(impl.function, "__code__", None): impl for impl in impls}
-    found = None
-    while tb is not None:
-        found = codes.get(tb.tb_frame.f_code, found)
-        tb = tb.tb_next
-    return found
 
 
 __all__ = ["CORE_PLUGINS", "ENV_BLOCK", "ENV_DISABLE_AUTOLOAD", "ENV_PLUGINS", "ESSENTIAL_PLUGINS",

@@ -59,6 +59,17 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']} (got {reprlib.repr(err.get('input'))})"
 
 
+def _strings(value: object, what: str, example: str) -> list[str]:
+    """A string or an iterable of strings as a list; a ZooError naming anything else."""
+    if isinstance(value, str):
+        return [value]
+    items = list(value) if isinstance(value, Iterable) and not isinstance(value, bytes) else None
+    if items is None or not all(isinstance(item, str) for item in items):
+        raise ZooError(f"{what} are a string or a list of strings, e.g. {example}, "
+                       f"got {value!r}")
+    return items
+
+
 class Registry(PluginHost):
     """Architectures, datasets and export formats from every plugin, each with its provenance.
 
@@ -239,7 +250,8 @@ class Registry(PluginHost):
 
     def _get(self, kind: str, name: str, error: type[ZooError]) -> Any:
         if not isinstance(name, str):
-            raise error(f"{kind} names are strings, got {name!r}")
+            raise error(f"{kind} names are strings, got {name!r}"
+                        f"{'; see zoo.list_models()' if kind == 'architecture' else ''}")
         found = self._collect()[kind]
         if name in found:
             return found[name]
@@ -257,10 +269,8 @@ class Registry(PluginHost):
         self, patterns: str | Iterable[str] = "*", *, tags: str | Iterable[str] = ()
     ) -> list[str]:
         """Names matching any shell-style pattern (case-insensitive) and carrying every tag."""
-        pats = [patterns] if isinstance(patterns, str) else list(patterns) or ["*"]
-        wanted = {tags.lower()} if isinstance(tags, str) else {t.lower() for t in tags}
-        if not all(isinstance(p, str) for p in pats):
-            raise ZooError(f"model name patterns are strings, got {patterns!r}")
+        pats = _strings(patterns, "model name patterns", "'NetRes*'") or ["*"]
+        wanted = {t.lower() for t in _strings(tags, "tags", "'dropout'")}
         names = [
             name for name, spec in self._collect()["architecture"].items()
             if any(fnmatch.fnmatchcase(name.lower(), p.lower()) for p in pats)

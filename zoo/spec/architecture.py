@@ -12,6 +12,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from zoo.errors import HyperparameterError, InputShapeError
+from zoo.spec.numbers import NoBoolNumbers
 from zoo.spec.provenance import Provenance, load_callable
 from zoo.spec.weights import WeightSets
 
@@ -26,7 +27,7 @@ SHAPE_KEYS = ("in_channels", "in_height", "in_width", "num_classes")
 OLD_SHAPE_KEYS = {"height": "in_height", "width": "in_width"}
 
 
-class InputShape(BaseModel):
+class InputShape(NoBoolNumbers):
     """The shape of one input image: channels, height, width."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,13 +40,13 @@ class InputShape(BaseModel):
         return (self.channels, self.height, self.width)
 
 
-class HParams(BaseModel):
+class HParams(NoBoolNumbers):
     """Base class of every architecture's hyperparameters: frozen, and unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class Recipe(BaseModel):
+class Recipe(NoBoolNumbers):
     """What an architecture changes in the default training recipe (``TrainConfig``'s defaults).
 
     The trainer applies these under everything a user sets (a config file, flags,

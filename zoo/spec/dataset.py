@@ -16,19 +16,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoo.errors import ZooError
 from zoo.spec.architecture import IMPORT_PATTERN, NAME_PATTERN
+from zoo.spec.numbers import NoBoolNumbers
 from zoo.spec.provenance import Provenance
 
 if TYPE_CHECKING:  # numpy stays out of the import path of `zoo list` (tests/test_layout.py)
     import numpy as np
 
 
-class DatasetOptions(BaseModel):
+class DatasetOptions(NoBoolNumbers):
     """Base class of a dataset's own options: frozen, unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class DatasetRequest(BaseModel):
+class DatasetRequest(NoBoolNumbers):
     """What the trainer asks of a dataset loader; each field says what the loader must do."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

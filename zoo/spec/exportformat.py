@@ -32,6 +32,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from zoo.spec.architecture import IMPORT_PATTERN
+from zoo.spec.numbers import NoBoolNumbers
 from zoo.spec.provenance import Provenance, load_callable
 
 #: The format every bundle has: its readers (zoo.load, the ONNX predictor) load model.onnx.
@@ -44,7 +45,7 @@ DECLARED_FILE_PATTERN = rf"^{_PART}(/{_PART})*$"
 BundlePath = Annotated[str, Field(pattern=DECLARED_FILE_PATTERN, max_length=255)]
 
 
-class FormatOptions(BaseModel):
+class FormatOptions(NoBoolNumbers):
     """Base class of an export format's own options: frozen, unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -105,8 +105,10 @@ class RunSummary(BaseModel):
         None, description="Validation confusion matrix of the last epoch (rows: true class).")
     zoo_version: str
     torch_version: str
-    status: Literal["running", "completed", "stopped", "interrupted"] | None = Field(
+    status: Literal["running", "completed", "stopped", "interrupted", "failed"] | None = Field(
         None, description="How the run's last session ended (None: a run of an older zoo).")
+    failure: str | None = Field(
+        None, description="Why the last session failed (status failed): the error it raised.")
     stop_reason: str | None = Field(
         None, description="Why a stop request ended the run before its last epoch.")
     init_from: str | None = Field(

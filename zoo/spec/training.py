@@ -11,15 +11,18 @@ null, so an unset field is written as a comment line, and ``grad_clip = None``
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
 import tomllib
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from zoo.errors import ZooError
 from zoo.spec.architecture import Recipe
+from zoo.spec.numbers import NoBoolNumbers
 from zoo.util.threads import max_threads
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
@@ -27,7 +30,11 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 #: The largest seed: the trainer derives its generators' seeds as about seed x 1e6,
 #: which must stay below 2**64 (torch's limit).
 MAX_SEED = 2**44 - 1
-class TrainConfig(BaseModel):
+#: The largest config file :func:`load_config_file` reads.
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class TrainConfig(NoBoolNumbers):
     """A training run's configuration; unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -123,12 +130,42 @@ def validate_config(data: dict[str, Any], where: str = "config") -> TrainConfig:
 
 
 def load_config_file(path: Path) -> dict[str, Any]:
-    """Read a JSON (``.json``) or TOML (any other suffix) config file into a dict."""
+    """Read a JSON (``.json``) or TOML (any other suffix) config file into a dict.
+
+    Only a regular file of at most :data:`MAX_CONFIG_BYTES` is read: a device, a pipe
+    or a folder is refused before anything is read from it.
+    """
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        # O_NONBLOCK: opening a named pipe must not wait for a writer
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise ZooError(f"cannot read config file {str(path)!r}: {exc.strerror}") from None
+        raise ZooError(f"cannot read config file {str(path)!r}: "
+                       f"{exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+            raise ZooError(f"config file {str(path)!r} is {kind}; accepted: a JSON or TOML file")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, MAX_CONFIG_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        raw = b"".join(chunks)
+    except OSError as exc:
+        raise ZooError(f"cannot read config file {str(path)!r}: "
+                       f"{exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ZooError(f"config file {str(path)!r} is larger than "
+                       f"{MAX_CONFIG_BYTES // 2**20} MiB; accepted: a JSON or TOML file of "
+                       "training options (a few hundred bytes)")
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ZooError(f"config file {str(path)!r} is not UTF-8 text (byte {exc.start}: "
                        f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
@@ -140,6 +177,18 @@ def load_config_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ZooError(f"config file {str(path)!r} must hold a table of options")
     return data
+
+
+def check_cache_dir(path: Path | str | None) -> None:
+    """Refuse a cache directory that is a file (the cache would silently not be kept)."""
+    if path is None:
+        return
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        where = "it is a file" if blocker == path else f"{str(blocker)!r} is a file"
+        raise ZooError(f"cache directory {str(path)!r} cannot be used: {where}; accepted: a "
+                       "folder, or a path where one can be created")
 
 
 def apply_recipe(config: TrainConfig, explicit: set[str], recipe: Recipe) -> TrainConfig:

@@ -8,12 +8,13 @@ from zoo.host.registry import Registry
 from zoo.spec.architecture import ModelConfig
 from zoo.spec.dataset import DatasetRequest, LoadedDataset
 from zoo.spec.run import DataInfo
-from zoo.spec.training import TrainConfig
+from zoo.spec.training import TrainConfig, check_cache_dir
 
 
 def load_run_data(registry: Registry, config: TrainConfig, model_config: ModelConfig, *,
                   quiet: bool = False) -> LoadedDataset:
     spec = registry.get_dataset(config.dataset)
+    check_cache_dir(config.cache_dir)
     shape = model_config.input_shape
     request = DatasetRequest(data_dir=config.data_dir, val_dir=config.val_dir,
                              val_split=config.val_split, seed=config.seed,

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.errors import TrainingError
+from zoo.errors import ZooError
+from zoo.host.calls import one_line
 from zoo.host.events import StopRequest, TrainingRun
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.run import BEST_CHECKPOINT, LAST_CHECKPOINT, EpochMetrics, RunSummary
@@ -46,6 +47,7 @@ from zoo.trainer.distributed import (
 from zoo.trainer.interrupt import StopFlag
 from zoo.trainer.pipeline import epoch_permutation, shard_indices
 from zoo.trainer.resume import Position, merge_config
+from zoo.trainer.rundir import record_failure
 from zoo.trainer.state import RunState
 from zoo.trainer.validation import validate_epoch
 
@@ -146,6 +148,9 @@ class _Trainer(RunState):
         except KeyboardInterrupt:
             self.status = "interrupted"
             raise
+        except BaseException as exc:
+            self.failure = str(exc) if isinstance(exc, ZooError) else one_line(exc)
+            raise
         finally:
             if self.splitter is not None:
                 self.splitter.close()
@@ -196,9 +201,13 @@ class _Trainer(RunState):
 
     def _end(self) -> None:
         """Record how the session ended and tell the plugins (rank 0, once the run began)."""
-        if not (self.started and self.dist.main):
+        if not self.dist.main:
             return
-        if self.status != "failed":  # a failed run's records stay those of its last epoch
+        if self.status == "failed" and (self.started or self.created):
+            record_failure(self.run_dir, self.failure or "unknown error")
+        if not self.started:
+            return
+        if self.status != "failed":
             self._write_records(len(self.pos.metrics))
         try:
             self.registry.call_hook("zoo_train_end", run=self.events, status=self.status,
@@ -221,6 +230,7 @@ class _Trainer(RunState):
             return
         if not self.resuming:
             self._create_run_dir(self._summary(0))
+            self.created = True
         for extra in self.registry.call_hook("zoo_train_start", run=self.events)[::-1]:
             self.extras.update(extra or {})
         self.started = True
@@ -387,14 +397,6 @@ class _Trainer(RunState):
                                     epoch=m.epoch, best=improved)
             self._write_records(m.epoch)
             self.registry.call_hook("zoo_train_epoch_end", run=self.events, metrics=m)
-
-    def _non_finite(self, epoch: int, step: int, lr: float) -> NoReturn:
-        last = self.ckpt_dir / LAST_CHECKPOINT
-        kept = (f"the last good checkpoint {last} is intact" if last.is_file()
-                else "no epoch completed, so no checkpoint was written")
-        raise TrainingError(
-            f"the training loss became non-finite in epoch {epoch + 1} (by step {step + 1}, "
-            f"lr {lr:.3g}); {kept}; lower --lr or use a schedule with warm-up")
 
 
 __all__ = ["TrainConfig", "TrainResult", "select_device", "train"]

@@ -6,11 +6,12 @@ restored from a checkpoint on resume, and saved as checkpoints and ``run.json``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import random
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -54,7 +55,15 @@ from zoo.trainer.distributed import all_gather_object, broadcast_object, dist_fr
 from zoo.trainer.optim import make_optimizer, make_scheduler
 from zoo.trainer.pipeline import DeviceData, compute_normalization, rank_batches
 from zoo.trainer.resume import Position
-from zoo.trainer.rundir import RunLock, default_out, drop_unstarted, probe_writable, reusable
+from zoo.trainer.rundir import (
+    RunLock,
+    RunLockedError,
+    check_resumable_files,
+    default_out,
+    drop_unstarted,
+    probe_writable,
+    reusable,
+)
 from zoo.util.fsutil import atomic_write_bytes, atomic_write_text
 from zoo.util.version import __version__
 
@@ -106,6 +115,8 @@ class RunState:
         self.init_from: str | None = None
         self.extras: dict[str, Any] = {}
         self.started = False  # the run directory is ready and zoo_train_start was called
+        self.created = False  # this session wrote the new run's run.json
+        self.failure: str | None = None  # why this session failed
 
     # setup ------------------------------------------------------------------------------
 
@@ -134,6 +145,7 @@ class RunState:
                     raise TrainingError(f"cannot resume {str(out)!r}: it has no {SUMMARY_FILE} "
                                         "(it stopped before its first epoch began: run the same "
                                         "command without --resume)")
+                check_resumable_files(out, self.architecture)  # before the data is loaded
             elif out.exists() and (not out.is_dir() or not reusable(out)):
                 if out.is_dir():  # a trainer at work there is named
                     RunLock(out, command="zoo train", shared=True).acquire_and_release()
@@ -144,7 +156,15 @@ class RunState:
             out.mkdir(parents=True, exist_ok=True)
             # one writer per run directory, for the whole run
             self.lock = RunLock(out, command="zoo train")
-            self.lock.acquire()
+            try:
+                self.lock.acquire()
+            except RunLockedError:
+                raise
+            except TrainingError:  # the lock record could not be written: undo the folder
+                if self._made_dir:
+                    with contextlib.suppress(OSError):
+                        out.rmdir()
+                raise
 
     def _drop_unstarted(self) -> None:
         """After a failure before the run began (no run.json), leave no trace of it."""
@@ -234,7 +254,7 @@ class RunState:
         cfg = self.config
         self._resumed_state = None
         last = self.ckpt_dir / LAST_CHECKPOINT
-        if not last.is_file() and read_summary(self.run_dir).epochs_completed == 0:
+        if not check_resumable_files(self.run_dir, self.architecture):
             if self.dist.main:
                 self.progress_note = (f"zoo: {str(self.run_dir)!r} stopped before its first "
                                       "checkpoint; starting it again from the beginning")
@@ -295,6 +315,14 @@ class RunState:
             atomic_write_text(run_dir / SUMMARY_FILE, first.model_dump_json(indent=2))
         except OSError as exc:
             raise write_failure(run_dir, exc, "nothing of the run was kept") from None
+
+    def _non_finite(self, epoch: int, step: int, lr: float) -> NoReturn:
+        last = self.ckpt_dir / LAST_CHECKPOINT
+        kept = (f"the last good checkpoint {last} is intact" if last.is_file()
+                else "no epoch completed, so no checkpoint was written")
+        raise TrainingError(
+            f"the training loss became non-finite in epoch {epoch + 1} (by step {step + 1}, "
+            f"lr {lr:.3g}); {kept}; lower --lr or use a schedule with warm-up")
 
     # state ------------------------------------------------------------------------------
 

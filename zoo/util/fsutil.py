@@ -3,7 +3,8 @@
 Temporaries are made beside their destination and named
 ``.<dest>.zoo-<pid>-<random>.tmp`` (``.old`` for a replaced folder on its way
 out). A process killed mid-write leaves its temporary behind; the next write to
-the same destination removes those whose process is gone.
+the same destination removes those whose process is gone, and the next folder
+written (:func:`atomic_directory`: an export) those of any destination beside it.
 
 Replacing a folder (:func:`atomic_directory` with ``replace=True``) swaps the
 new folder and the old one in one ``renameat2(RENAME_EXCHANGE)`` call on Linux
@@ -24,6 +25,8 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from zoo.errors import ZooError
 
 
 def _umask() -> int:
@@ -58,10 +61,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def clean_stale_temporaries(dest: Path | str) -> list[Path]:
-    """Remove the temporaries of writes to ``dest`` whose process has died; return them."""
+def clean_stale_temporaries(dest: Path | str, *, any_name: bool = False) -> list[Path]:
+    """Remove the temporaries of writes to ``dest`` whose process has died; return them.
+
+    ``any_name``: those of writes to any destination in ``dest``'s folder (a killed
+    export's folder stays forever otherwise, when its destination is never written again).
+    """
     dest = Path(dest)
-    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.zoo-(\d+)-[^/]*\.(tmp|old)$")
+    name = r"[^/]+" if any_name else re.escape(dest.name)
+    pattern = re.compile(rf"^\.{name}\.zoo-(\d+)-[^/]*\.(tmp|old)$")
     removed: list[Path] = []
     try:
         entries = list(dest.parent.iterdir())
@@ -78,6 +86,51 @@ def clean_stale_temporaries(dest: Path | str) -> list[Path]:
                 entry.unlink()
         removed.append(entry)
     return removed
+
+
+def write_error(path: str | os.PathLike[str], exc: OSError, what: str = "output") -> ZooError:
+    """One sentence for an :class:`OSError` writing the ``what`` at ``path``: a file where a
+    folder must be, a full disk, a permission."""
+    path = Path(path)
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) or (
+            path.exists() and not path.is_dir()):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), path)
+        return ZooError(f"cannot write the {what} {str(path)!r}: {str(blocker)!r} is a file; "
+                        "accepted: a folder, or a path where one can be created")
+    why = ("the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+           else exc.strerror or str(exc))
+    return ZooError(f"cannot write the {what} {str(path)!r}: {why}")
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> None:
+    """Fail early, before any work, when ``path`` or one of its parents is a file."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise write_error(path, NotADirectoryError(errno.ENOTDIR, "Not a directory"), what)
+
+
+def check_output_file(path: str | os.PathLike[str], what: str = "output file") -> None:
+    """Fail early, before any work, when ``path`` is a folder or one of its parents a file."""
+    path = Path(path)
+    if path.is_dir():
+        raise ZooError(f"cannot write the {what} {str(path)!r}: it is a folder; accepted: a "
+                       "file path, e.g. " + str(path / "compare.png"))
+    if any(p.exists() and not p.is_dir() for p in path.parents):
+        raise write_error(path, NotADirectoryError(errno.ENOTDIR, "Not a directory"), what)
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str],
+                  what: str = "output folder") -> Iterator[Path]:
+    """Create folder ``path`` (and its parents) and yield it; an :class:`OSError` raised
+    creating it or writing into it becomes one :class:`~zoo.errors.ZooError` sentence."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+    except OSError as exc:
+        raise write_error(path, exc, what) from None
 
 
 _AT_FDCWD = -100
@@ -147,7 +200,7 @@ def atomic_directory(dest: Path | str, *, replace: bool = False) -> Iterator[Pat
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temporaries(dest)
+    clean_stale_temporaries(dest, any_name=True)
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(dest), suffix=".tmp", dir=dest.parent))
     try:
         yield tmp

@@ -13,11 +13,23 @@ from pathlib import Path
 from zoo.util.imaging import IMAGE_SUFFIXES
 
 
-def find_images(root: Path | str) -> list[Path]:
-    """The image files (by suffix) under ``root``, recursively, sorted by path."""
+def find_images(root: Path | str, *, strict: bool = False) -> list[Path]:
+    """The image files (by suffix) under ``root``, recursively, sorted by path.
+
+    ``strict``: a folder that cannot be read is a :class:`~zoo.errors.DataError` naming
+    it (by default it is passed over, as ``os.walk`` does).
+    """
     found: list[Path] = []
     seen: set[tuple[int, int]] = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        if strict:
+            from zoo.errors import DataError
+
+            raise DataError(f"cannot read the folder {str(exc.filename or root)!r}: "
+                            f"{exc.strerror or exc}") from None
+
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=unreadable):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
             dirs[:] = []
