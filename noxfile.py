@@ -288,9 +288,9 @@ def mutation(session: nox.Session) -> None:
     work = Path(session.create_tmp()).resolve()
     src = work / "src"
     shutil.rmtree(src, ignore_errors=True)
-    for part in ("zoo", "plugins", "tests", "bench", "exports"):
+    for part in ("zoo", "plugins", "tests", "bench", "exports", "docs"):
         shutil.copytree(part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md", "LICENSE"):  # the tests read them too
+    for name in ("pyproject.toml", "README.md", "LICENSE", "mkdocs.yml"):  # the tests read them
         shutil.copy(name, src / name)
     for hook in ("mutmut_config.py", "sitecustomize.py"):
         shutil.copy(f"tests/mutation/{hook}", src / hook)

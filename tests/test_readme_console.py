@@ -100,12 +100,16 @@ def console_blocks(text: str, path: str = "README.md") -> list[Block]:
 
 
 def fenced(language: str) -> list[tuple[str, str]]:
-    """``(PATH:LINE, body)`` of every fenced block of ``language`` in the pages."""
+    """``(PATH:LINE, body)`` of every fenced block of ``language`` in the pages, but those
+    marked ``<!-- doctest: skip (why) -->``."""
     found = []
     for page in doc_files():
         text = page.read_text(encoding="utf-8")
         for m in re.finditer(rf"^[ \t]*```{language}\n(.*?)^[ \t]*```", text,
                              flags=re.DOTALL | re.MULTILINE):
+            before = text[:m.start()].rstrip().rpartition("\n")[2]
+            if SKIP.search(before):
+                continue
             found.append((f"{relative(page)}:{text.count(chr(10), 0, m.start()) + 1}",
                           m.group(1)))
     return found

@@ -5,8 +5,8 @@ Architectures, datasets and export formats come from plugins (the contract is
 the heavy ones (``train``, ``export``, ``load``, ``verify``, ``evaluate``,
 ``OnnxClassifier``, ``TrainConfig``) loaded on first use, so that importing ``zoo``
 imports neither torch nor numpy. The package's layers, from the bottom up:
-``util``, ``spec``, ``host``, ``bundles``, ``deploy``, ``models``, ``train``,
-``export``, ``analysis``; then ``builtin``, ``cli`` and ``testing`` (see
+``util``, ``spec``, ``host``, ``bundles``, ``deploy``, then ``models`` and ``serve``,
+``trainer``, ``exporter``, ``analysis``; then ``builtin``, ``cli`` and ``testing`` (see
 ``docs/architecture.md``).
 """
 

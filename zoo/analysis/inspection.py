@@ -35,6 +35,7 @@ from zoo.trainer.checkpoint import load_run_model
 from zoo.util.figures import min_max, mosaic, new_figure, save_png, show_mosaic
 from zoo.util.fsutil import output_folder
 from zoo.util.imaging import ImageDecodeError, decode_image, normalize, to_mode
+from zoo.util.paths import is_bare_name
 
 FILTERS_PNG = "filters.png"
 #: Where the pictures go when no --out is given.
@@ -131,7 +132,7 @@ def _load(source: str | os.PathLike[str], registry: Registry,
         return _Loaded(model, text, summary.model.architecture,
                        summary.model.input_shape.as_tuple(), norm.mean, norm.std,
                        tuple(summary.data.classes), True)
-    if path.exists() and not (path / MANIFEST_FILE).is_file():
+    if not is_bare_name(source) and path.exists() and not (path / MANIFEST_FILE).is_file():
         raise InspectionError(f"{text!r} is neither a run directory (no {SUMMARY_FILE}) nor a "
                               f"bundle (no {MANIFEST_FILE})")
     try:

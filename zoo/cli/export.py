@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--force", action="store_true", help="replace an existing bundle atomically")
     p.add_argument("--opset", type=int, metavar="N",
                    help="ONNX opset (default 17); the same as --format-option onnx.opset=N")
-    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+    p.add_argument("--exporter", choices=("torchscript", "dynamo"), default=None,
                    help="torch.onnx exporter (torchscript is 20-30x faster here); the same as "
                         "--format-option onnx.exporter=NAME")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best",

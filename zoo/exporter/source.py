@@ -93,6 +93,9 @@ def _samples(run_dir: Path, summary: RunSummary) -> np.ndarray | None:
         samples = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:  # damaged, or pickled objects
         raise ExportError(f"{path} is not a plain array of images: {reason(exc)}") from None
+    if not isinstance(samples, np.ndarray):  # an .npz archive under the .npy name
+        samples.close()
+        raise ExportError(f"{path} is not a plain array of images: it is an .npz archive")
     expected = summary.model.input_shape.as_tuple()
     if samples.ndim != 4 or samples.shape[1:] != expected or samples.dtype != np.uint8:
         raise ExportError(f"{path} holds {samples.dtype} {samples.shape}; expected "

@@ -90,6 +90,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *, atol: float | None = None,
         records[name] = FormatRecord(
             files=manifest.formats[name].files, atol=use_atol, rtol=use_rtol, checks=checks,
             passed=bool(checks) and all(c.passed for c in checks),
+            export_seconds=manifest.formats[name].export_seconds,
             verify_seconds=time.perf_counter() - start)
     assert onnx_report is not None
     passed = onnx_report.passed and all(r.passed for r in records.values())

@@ -30,7 +30,7 @@ from zoo.errors import ExportError
 from zoo.exporter.checks import check_tolerances, verification_inputs
 from zoo.exporter.formats import format_options, parse_formats, write_and_verify
 from zoo.exporter.modelcard import write_card
-from zoo.exporter.onnx import DEFAULT_EXPORTER, Exporter, export_info
+from zoo.exporter.onnx import Exporter, export_info
 from zoo.exporter.source import MAX_EXPORT_PIXELS, checked_classes_and_normalization, load_source
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.exportformat import REQUIRED_FORMAT, ExportTarget
@@ -92,7 +92,7 @@ def export(
     out: str | Path | None = None,
     force: bool = False,
     opset: int | None = None,
-    exporter: Exporter = DEFAULT_EXPORTER,
+    exporter: Exporter | None = None,
     atol: float = DEFAULT_ATOL,
     rtol: float = DEFAULT_RTOL,
     checkpoint: str = "best",
@@ -123,8 +123,8 @@ def export(
     specs = parse_formats(formats, registry)
     given = {name: dict(values) for name, values in (options or {}).items()}
     onnx_given = given.setdefault(REQUIRED_FORMAT, {})
-    for key, value, default in (("opset", opset, None), ("exporter", exporter, DEFAULT_EXPORTER)):
-        if value != default:
+    for key, value in (("opset", opset), ("exporter", exporter)):
+        if value is not None:
             if onnx_given.get(key, value) != value:
                 raise ExportError(f"{key}={value!r} and the onnx option {key}="
                                   f"{onnx_given[key]!r} disagree; give one of them")

@@ -10,7 +10,7 @@ A bundle lives either in an installed package (``"zoo_chapter8.weights:Net-cifar
 the directory ``Net-cifar2`` inside package ``zoo_chapter8.weights``) or at an
 ``https://`` URL of a ``.zip`` or ``.tar.gz`` archive of the bundle, downloaded once
 into ``$ZOO_CACHE_DIR/weights`` (:mod:`zoo.bundles.store`). ``sha256`` is the bundle's
-identity, :func:`zoo.spec.manifest.bundle_sha256`: the SHA-256 of its ``manifest.json``,
+identity, :func:`zoo.bundles.integrity.bundle_sha256`: the SHA-256 of its ``manifest.json``,
 which in turn lists the SHA-256 of every other file; a URL also pins the archive's
 own SHA-256, checked before anything is extracted, and may declare its size
 (``archive_size``), which caps the download (with a margin; 1 GiB where none is declared).
@@ -73,7 +73,7 @@ class WeightSet(BaseModel):
     sha256: str = Field(
         pattern=SHA256_PATTERN,
         description="The bundle's identity: SHA-256 of its manifest.json "
-        "(zoo.spec.manifest.bundle_sha256), which lists every other file's SHA-256.")
+        "(zoo.bundles.integrity.bundle_sha256), which lists every other file's SHA-256.")
     archive_sha256: str | None = Field(
         None, pattern=SHA256_PATTERN,
         description="For a URL: SHA-256 of the archive, checked before it is extracted.")
