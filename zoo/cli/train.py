@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                     "(JSON or TOML), then flags; --set sets model hyperparameters. Defaults "
                     "shown are TrainConfig's; an architecture's recipe may change lr, epochs, "
                     "batch size, weight decay, gradient clipping and crop padding "
-                    "(--print-config shows the result). Run under torchrun --nproc_per_node=N -m zoo train ... for DDP.",
+                    "(--print-config shows the result). Run under torchrun "
+                    "--nproc_per_node=N -m zoo train ... for DDP.",
         epilog="examples:\n"
                "  zoo train Net --epochs 3\n"
                "  zoo train NetWidth --dataset imagefolder --data-dir data/cifar2/train\n"
