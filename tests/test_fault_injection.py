@@ -107,8 +107,9 @@ def _arm(mode: str, k: int, delay: float) -> None:
 
 #: Fork server children: started clean (no threads), torch and the zoo already imported.
 _CONTEXT = multiprocessing.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["torch", "zoo.trainer.loop", "zoo.exporter.write",
-                                 "zoo_chapter8.models"])
+_CONTEXT.set_forkserver_preload([
+    "torch", "zoo.trainer.loop", "zoo.exporter.write", "zoo_chapter8.models",
+    "zoo_datasets.synthetic", "matplotlib.pyplot", "zoo.trainer.curves", "torch._dynamo"])
 #: The most one test may take (it takes seconds): an attempt that hangs fails it, never waits.
 TEST_DEADLINE_S = 240.0
 

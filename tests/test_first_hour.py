@@ -93,10 +93,12 @@ def test_export_help_lists_the_installed_formats(capsys: pytest.CaptureFixture[s
     tail = out[out.index("\ninstalled formats (") + 1:].splitlines()
     assert tail == [
         "installed formats (--format NAME, --format-option NAME.KEY=VALUE):",
-        "  onnx  ONNX graph with a dynamic batch axis (onnxruntime) (always written)",
-        "        options: opset, exporter",
-        "  pt2   torch.export ExportedProgram (torch.export.load)",
-        "        options: none"]
+        "  onnx    ONNX graph with a dynamic batch axis (onnxruntime) (always written)",
+        "          options: opset, exporter",
+        "  pt2     torch.export ExportedProgram (torch.export.load)",
+        "          options: none",
+        "  triton  Triton model repository (tritonserver --model-repository=BUNDLE/triton)",
+        "          options: max_batch_size, max_queue_delay_us, instance_count"]
 
 
 def test_export_help_is_computed_only_when_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,7 +127,7 @@ def test_completers_name_what_is_installed(tmp_path: Path, monkeypatch: pytest.M
     assert completers.set_keys("", _args("name=NoSuchNet")) == []  # never an error
     assert completers.dataset_options("", _args("dataset=synthetic")) == [
         "noise=", "num_classes=", "size="]
-    assert completers.formats("onnx,", _args()) == ["onnx,pt2"]
+    assert completers.formats("onnx,", _args()) == ["onnx,pt2", "onnx,triton"]
     assert completers.format_options("onnx.o", _args()) == ["onnx.opset="]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Net-run").mkdir()

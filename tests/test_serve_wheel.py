@@ -49,7 +49,9 @@ def dependency_links(dest: Path) -> Path:
         place = Path(entry or ".").resolve()
         if (not place.is_dir() or place in stdlib
                 or (place.parent in stdlib and place.name != "site-packages")
-                or place == ROOT or ROOT in place.parents):
+                # the checkout itself, but not a virtual environment kept inside it
+                or ((place == ROOT or ROOT in place.parents)
+                    and place.name not in ("site-packages", "dist-packages"))):
             continue
         for item in place.iterdir():
             name = item.name
