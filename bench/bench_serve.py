@@ -1,45 +1,52 @@
 """`zoo serve` under bounded load on loopback, side by side with OnnxClassifier in-process.
 
-    python bench/bench_serve.py [--bundle Net] [--seconds 3] [--payload tensor image]
-                                [--concurrency 1 8 64] [--json OUT]
+    python bench/bench_serve.py [--bundle Net] [--seconds 4] [--payload tensor image]
+                                [--concurrency 1 8 64] [--workers 1 2] [--client auto]
+                                [--json OUT]
 
 For each payload (``tensor``: one preprocessed FP32 image per request, sent with the
-binary tensor extension; ``image``: one JPEG per request as a BYTES input), the
-server (``python -m zoo serve BUNDLE --port 0 --no-access-log``, a subprocess) is
-driven by a minimal async HTTP/1.1 client (asyncio streams on uvloop, keep-alive
-connections, closed loop: each request waits for the previous answer) at each
-concurrency, once with dynamic batching (the defaults) and once without
-(``--max-batch-size 1``). The same bundle is then called in-process through
-:class:`zoo.deploy.OnnxClassifier` with batches of the same sizes (``run`` + ``softmax``
-for tensors, ``probabilities`` of the decoded JPEGs for images): the limit a network
-server approaches. Ratios: server / in-process at the same batch size, and batching /
-no batching. The floor: a do-nothing ASGI app on the same uvicorn, driven the same way
+binary tensor extension; ``image``: one JPEG per request as a BYTES input) and each
+number of worker processes, the server (``python -m zoo serve BUNDLE --port 0
+--workers W --no-access-log``, a subprocess) is driven at each concurrency in a closed
+loop (each connection sends its next request when answered), once with dynamic
+batching (the defaults) and once without (``--max-batch-size 1``). The load comes
+from wrk where it is installed (``apt-get install wrk``: a C client, so that the load
+generator takes little of the CPU it shares with the server), else from an asyncio
+client (:mod:`serve_load`). The same bundle is called in-process through
+:class:`zoo.deploy.OnnxClassifier` with batches of the same sizes (``run`` +
+``softmax`` for tensors, ``probabilities`` of the decoded JPEGs for images), with the
+server's onnxruntime threads: the limit one server process approaches. The floor: a
+do-nothing ASGI app on the same uvicorn, in as many processes, driven the same way
 (the most any server on this stack answers, whatever its model).
 
-Last, an overload run: requests arrive open-loop at twice the measured capacity
-(batched, concurrency 64) for ``--seconds`` over 512 connections; every request must be
-answered (200) or refused (503 with Retry-After) within 100 ms of its arrival, none may
-hang (5 s client timeout), and the server's RSS must stay bounded (sampled from /proc).
-The client and the server share the machine's cores.
+Ratios: one worker against in-process (both one onnxruntime call at a time), and
+batching against no batching at the same number of workers.
+
+Last, for each number of workers, an overload run: requests arrive open-loop at twice
+the measured capacity (batched, top concurrency) for ``--seconds`` over 512
+connections (h2load ``--rps`` where installed, ``apt-get install nghttp2-client``;
+else asyncio); every request must be answered (200) or refused (503 with
+Retry-After) within 100 ms, none may hang (5 s), and the server's resident memory
+(every worker) must stay bounded. Client and server share the machine's cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image
+from serve_load import closed_loop, open_loop, percentile, tools
 
 from zoo.deploy import OnnxClassifier, softmax
 
@@ -76,14 +83,16 @@ def make_bodies(clf: OnnxClassifier, payload: str, n: int = 64
     return bodies, headers, inputs
 
 
-def start_server(bundle: str, *extra: str, floor: bool = False
+def start_server(bundle: str, *extra: str, workers: int = 1, floor: bool = False
                  ) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(ROOT / "plugins"), os.environ.get("PYTHONPATH", "")])}
-    command = ([sys.executable, "-c", FLOOR_APP] if floor else
+    command = ([sys.executable, "-c", FLOOR_APP, str(workers)] if floor else
                [sys.executable, "-m", "zoo", "serve", bundle, "--port", "0", "--no-access-log",
-                "--log-level", "warning", *extra])
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+                "--log-level", "warning", "--workers", str(workers), *extra])
+    # a session of its own: the floor's forked processes stop with it (stop())
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if " at http" not in line:
@@ -92,10 +101,11 @@ def start_server(bundle: str, *extra: str, floor: bool = False
     return proc, line.split(" at ")[1].split()[0]
 
 
-#: The floor: a do-nothing ASGI app on the same uvicorn (httptools, uvloop), answering every
-#: request with 2 bytes after reading its body. No server on this stack can do better.
+#: The floor: a do-nothing ASGI app on the same uvicorn (httptools, uvloop) in N processes
+#: sharing the port (SO_REUSEPORT, as zoo serve's workers), answering every request with
+#: 2 bytes after reading its body. No server on this stack can do better.
 FLOOR_APP = """
-import socket, sys, uvicorn
+import os, socket, sys, uvicorn
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -109,153 +119,32 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
     await send({"type": "http.response.body", "body": b"{}"})
-sock = socket.socket()
-sock.bind(("127.0.0.1", 0))
-sock.listen(2048)
-print(f"floor at http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+def listen(port):
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(2048)
+    return sock
+sock = listen(0)
+port = sock.getsockname()[1]
+for _ in range(int(sys.argv[1]) - 1):
+    if os.fork() == 0:
+        sock.close()
+        sock = listen(port)
+        break
+else:
+    print(f"floor at http://127.0.0.1:{port}/", flush=True)
 uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 """
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection sending prepared POSTs: a minimal client, so that
-    the load generator takes little of the CPU the server shares with it on loopback."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, url: str) -> Connection:
-        parts = urlsplit(url)
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        return cls(reader, writer)
-
-    async def request(self, raw: bytes) -> tuple[int, dict[str, str]]:
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                key, _, value = line.partition(":")
-                headers[key.strip().lower()] = value.strip()
-        await self.reader.readexactly(int(headers.get("content-length", "0")))
-        return status, headers
-
-    def close(self) -> None:
-        self.writer.close()
-
-
-def http_requests(url: str, bodies: list[bytes], headers: list[dict[str, str]]) -> list[bytes]:
-    """The full HTTP/1.1 requests, prepared once."""
-    parts = urlsplit(url)
-    out = []
-    for body, extra in zip(bodies, headers, strict=True):
-        lines = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.netloc}",
-                 f"Content-Length: {len(body)}", *(f"{k}: {v}" for k, v in extra.items())]
-        out.append(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
-    return out
-
-
-async def closed_loop(url: str, requests: list[bytes], concurrency: int,
-                      seconds: float) -> dict[str, Any]:
-    """``concurrency`` clients, each sending its next request when answered, for ``seconds``."""
-    latencies: list[float] = []
-    failures = 0
-    connections = [await Connection.open(url) for _ in range(concurrency)]
-
-    async def client(k: int, until: float, record: bool) -> None:
-        nonlocal failures
-        i, connection = k, connections[k]
-        while time.perf_counter() < until:
-            start = time.perf_counter()
-            status, _ = await connection.request(requests[i % len(requests)])
-            if record:
-                latencies.append(time.perf_counter() - start)
-                failures += status != 200
-            i += concurrency
-
-    warm = time.perf_counter() + min(1.0, seconds / 3)
-    await asyncio.gather(*(client(k, warm, False) for k in range(concurrency)))
-    start = time.perf_counter()
-    await asyncio.gather(*(client(k, start + seconds, True) for k in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    for connection in connections:
-        connection.close()
-    return {"throughput": len(latencies) / elapsed, "p50_ms": percentile(latencies, 0.5) * 1e3,
-            "p99_ms": percentile(latencies, 0.99) * 1e3, "requests": len(latencies),
-            "failures": failures}
-
-
-async def open_loop(url: str, requests: list[bytes], rate: float, seconds: float,
-                    pid: int, connections: int = 512) -> dict[str, Any]:
-    """Requests at ``rate`` per second whatever the answers, for ``seconds``, over a pool of
-    ``connections`` keep-alive connections; latency counts from each request's scheduled
-    start, so time spent waiting for a free connection counts too."""
-    results: list[tuple[int, float]] = []
-    wire: list[float] = []  # from writing the request to the answer: the server's part
-    rss = [rss_mib(pid)]
-    idle: asyncio.Queue[Connection] = asyncio.Queue()
-    for _ in range(connections):
-        idle.put_nowait(await Connection.open(url))
-
-    async def one(i: int, scheduled: float) -> None:
-        connection = await idle.get()
-        sent = time.perf_counter()
-        try:
-            status, headers = await asyncio.wait_for(
-                connection.request(requests[i % len(requests)]), 5.0)
-            if status == 503 and "retry-after" not in headers:
-                status = -503
-            idle.put_nowait(connection)
-        except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            status = -1
-            connection.close()
-            idle.put_nowait(await Connection.open(url))
-        results.append((status, time.perf_counter() - scheduled))
-        wire.append(time.perf_counter() - sent)
-
-    tasks = []
-    begin = time.perf_counter()
-    n = int(rate * seconds)
-    for i in range(n):
-        scheduled = begin + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, scheduled)))
-        if i % 500 == 0:
-            rss.append(rss_mib(pid))
-    offered = n / (time.perf_counter() - begin)
-    await asyncio.gather(*tasks)
-    rss.append(rss_mib(pid))
-    while not idle.empty():
-        idle.get_nowait().close()
-    ok = [s for st, s in results if st == 200]
-    refused = [s for st, s in results if st == 503]
-    return {"offered_rate": offered, "requests": len(results), "answered": len(ok),
-            "refused_503": len(refused), "other": sum(st not in (200, 503) for st, _ in results),
-            "hung": sum(st == -1 for st, _ in results), "connections": connections,
-            "answered_p99_ms": percentile(ok, 0.99) * 1e3,
-            "answered_max_ms": max(ok, default=float("nan")) * 1e3,
-            "refused_max_ms": max(refused, default=0.0) * 1e3,
-            "over_100ms": sum(s > 0.1 for _, s in results),
-            "wire_p50_ms": percentile(wire, 0.5) * 1e3, "wire_p99_ms": percentile(wire, 0.99) * 1e3,
-            "wire_over_100ms": sum(s > 0.1 for s in wire),
-            "rss_start_mib": rss[0], "rss_max_mib": max(rss), "rss_end_mib": rss[-1]}
+def stop(proc: subprocess.Popen[str], group: bool = False) -> int:
+    """SIGTERM to the server (zoo serve stops its own workers), or to its whole group."""
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.terminate()
+    return proc.wait(timeout=60)
 
 
 def in_process(clf: OnnxClassifier, payload: str, inputs: list[Any], batch: int,
@@ -281,95 +170,106 @@ def in_process(clf: OnnxClassifier, payload: str, inputs: list[Any], batch: int,
             "p50_ms": percentile(times, 0.5) * 1e3, "p99_ms": percentile(times, 0.99) * 1e3}
 
 
-def run(coroutine: Any) -> Any:
-    """asyncio.run, on uvloop where it is installed (a lighter client)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coroutine)
-    return uvloop.run(coroutine)
-
-
 def run_payload(args: argparse.Namespace, payload: str, log: Callable[[str], None]
                 ) -> dict[str, Any]:
     clf = OnnxClassifier(args.bundle, threads=args.threads)
     bodies, headers, inputs = make_bodies(clf, payload)
-    rows: dict[str, Any] = {"server": {}, "in_process": {}}
-    for mode, extra in (("batching", []), ("no batching", ["--max-batch-size", "1"])):
-        proc, base = start_server(args.bundle, "--threads", str(args.threads), *extra)
+    body, header = bodies[0], headers[0]
+    rows: dict[str, Any] = {"server": {}, "in_process": {}, "floor": {}, "overload": {},
+                            "exit_codes": {}}
+    for c in args.concurrency:
+        rows["in_process"][str(c)] = in_process(clf, payload, inputs, c, args.seconds / 2)
+    for workers in args.workers:
+        for mode, extra in (("batching", []), ("no batching", ["--max-batch-size", "1"])):
+            proc, base = start_server(args.bundle, "--threads", str(args.threads), *extra,
+                                      workers=workers)
+            url = f"{base}v2/models/{args.bundle}/infer"
+            try:
+                for c in args.concurrency:
+                    result = closed_loop(url, body, header, c, args.seconds, args.closed)
+                    rows["server"][f"{workers}/{mode}/{c}"] = result
+                    log(f"  {payload} w={workers} {mode:<11} c={c:<3} "
+                        f"{result['throughput']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+                        f"p99 {result['p99_ms']:6.2f} ms  failures {result['failures']}")
+                if mode == "batching":
+                    top = max(args.concurrency)
+                    capacity = rows["server"][f"{workers}/batching/{top}"]["throughput"]
+                    over = open_loop(url, body, header, 2 * capacity, args.seconds, proc.pid,
+                                     args.open)
+                    rows["overload"][str(workers)] = over
+                    log(f"  {payload} w={workers} overload: {json.dumps(over)}")
+            finally:
+                rows["exit_codes"][f"{workers}/{mode}"] = stop(proc)
+        proc, base = start_server(args.bundle, floor=True, workers=workers)
         url = f"{base}v2/models/{args.bundle}/infer"
-        requests = http_requests(url, bodies, headers)
         try:
             for c in args.concurrency:
-                result = run(closed_loop(url, requests, c, args.seconds))
-                rows["server"][f"{mode}/{c}"] = result
-                log(f"  {payload} {mode:<11} c={c:<3} {result['throughput']:8.0f} req/s  "
-                    f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms")
-            if mode == "batching":
-                capacity = rows["server"][f"batching/{max(args.concurrency)}"]["throughput"]
-                rows["overload"] = run(open_loop(url, requests, 2 * capacity, args.seconds,
-                                                 proc.pid))
-                log(f"  {payload} overload: {json.dumps(rows['overload'])}")
+                rows["floor"][f"{workers}/{c}"] = closed_loop(url, body, header, c,
+                                                              args.seconds / 2, args.closed)
         finally:
-            proc.terminate()
-            rows.setdefault("exit_codes", []).append(proc.wait(timeout=30))
-    for c in args.concurrency:
-        rows["in_process"][c] = in_process(clf, payload, inputs, c, args.seconds / 2)
-    proc, base = start_server(args.bundle, floor=True)
-    url = f"{base}v2/models/{args.bundle}/infer"
-    try:
-        rows["floor"] = {c: run(closed_loop(url, http_requests(url, bodies, headers), c,
-                                            args.seconds / 2)) for c in args.concurrency}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            stop(proc, group=True)
     return rows
 
 
-def format_table(payload: str, rows: dict[str, Any], concurrency: list[int]) -> str:
+def _cell(r: dict[str, Any]) -> str:
+    return f"{r['throughput']:,.0f} ({r['p50_ms']:.2f} / {r['p99_ms']:.2f})"
+
+
+def format_table(payload: str, rows: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [f"payload: {payload}",
-             "| concurrency = batch | server, batching req/s (p50 / p99 ms) | server, no batching "
-             "req/s (p50 / p99 ms) | in-process img/s (p50 ms per batch) | uvicorn floor req/s "
-             "| batching / in-process | batching / no batching |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in concurrency:
-        b, n = rows["server"][f"batching/{c}"], rows["server"][f"no batching/{c}"]
-        p = rows["in_process"][c]
-        lines.append(f"| {c} | {b['throughput']:,.0f} ({b['p50_ms']:.2f} / {b['p99_ms']:.2f}) | "
-                     f"{n['throughput']:,.0f} ({n['p50_ms']:.2f} / {n['p99_ms']:.2f}) | "
-                     f"{p['throughput']:,.0f} ({p['p50_ms']:.2f}) | "
-                     f"{rows['floor'][c]['throughput']:,.0f} | "
-                     f"{b['throughput'] / p['throughput']:.0%} | "
-                     f"{b['throughput'] / n['throughput']:.1f}x |")
-    o = rows["overload"]
-    lines.append(f"overload at 2x capacity ({o['offered_rate']:,.0f} req/s offered, "
-                 f"{o['requests']} requests): {o['answered']} answered (p99 "
-                 f"{o['answered_p99_ms']:.1f} ms, max {o['answered_max_ms']:.1f} ms), "
-                 f"{o['refused_503']} refused 503 (max {o['refused_max_ms']:.1f} ms), "
-                 f"{o['other']} other, {o['hung']} hung, {o['over_100ms']} over 100 ms from "
-                 f"their arrival; on the wire (request written to answer read) p50 "
-                 f"{o['wire_p50_ms']:.1f} ms, p99 {o['wire_p99_ms']:.1f} ms, "
-                 f"{o['wire_over_100ms']} over 100 ms; server "
-                 f"RSS {o['rss_start_mib']:.0f} -> max {o['rss_max_mib']:.0f} -> "
-                 f"{o['rss_end_mib']:.0f} MiB; exit codes after SIGTERM {rows['exit_codes']}")
+             "| workers | concurrency = batch | server, batching req/s (p50 / p99 ms) | "
+             "server, no batching req/s (p50 / p99 ms) | in-process img/s, one process "
+             "(p50 ms per batch) | uvicorn floor req/s | batching / in-process | "
+             "batching / no batching |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for workers in args.workers:
+        for c in args.concurrency:
+            b = rows["server"][f"{workers}/batching/{c}"]
+            n = rows["server"][f"{workers}/no batching/{c}"]
+            p = rows["in_process"][str(c)]
+            lines.append(f"| {workers} | {c} | {_cell(b)} | {_cell(n)} | "
+                         f"{p['throughput']:,.0f} ({p['p50_ms']:.2f}) | "
+                         f"{rows['floor'][f'{workers}/{c}']['throughput']:,.0f} | "
+                         f"{b['throughput'] / p['throughput']:.0%} | "
+                         f"{b['throughput'] / n['throughput']:.1f}x |")
+    for workers in args.workers:
+        o = rows["overload"][str(workers)]
+        lines.append(
+            f"\noverload, {workers} worker(s), {o['client']}: {o['target_rate']:,.0f} req/s "
+            f"asked, {o['offered_rate']:,.0f} offered, {o['requests']} requests over "
+            f"{o['connections']} connections: {o['answered']} answered (p50 "
+            f"{o['answered_p50_ms']:.1f}, p99 {o['answered_p99_ms']:.1f}, max "
+            f"{o['answered_max_ms']:.1f} ms), {o['refused']} refused 503 (p99 "
+            f"{o['refused_p99_ms']:.1f}, max {o['refused_max_ms']:.1f} ms), {o['other']} "
+            f"other, {o['hung']} hung, {o['over_100ms']} over 100 ms, {o['cut_off_at_end']} "
+            f"in flight when the run ended; server RSS {o['rss_start_mib']:.0f} -> max "
+            f"{o['rss_max_mib']:.0f} -> {o['rss_end_mib']:.0f} MiB")
+    codes = ", ".join(f"{k}: {v}" for k, v in rows["exit_codes"].items())
+    lines.append(f"\nexit statuses after SIGTERM: {codes}")
     return "\n".join(lines)
 
 
-def targets(payload: str, rows: dict[str, Any], concurrency: list[int]) -> list[str]:
+def targets(payload: str, rows: dict[str, Any], args: argparse.Namespace) -> list[str]:
     """The issue's done-when targets, each PASS or MISS, for one payload."""
+    concurrency = args.concurrency
     top, mid = max(concurrency), 8 if 8 in concurrency else concurrency[len(concurrency) // 2]
-    b, n = rows["server"][f"batching/{top}"], rows["server"][f"no batching/{top}"]
-    p8 = rows["server"][f"batching/{mid}"]
-    o = rows["overload"]
+    one = min(args.workers)
+    b, n = rows["server"][f"{one}/batching/{top}"], rows["server"][f"{one}/no batching/{top}"]
+    p8 = rows["server"][f"{one}/batching/{mid}"]
     checks = [
-        (f"batching at c={top} >= 50% of in-process batch {top}",
-         b["throughput"] >= 0.5 * rows["in_process"][top]["throughput"]),
-        (f"batching at c={top} >= 3x no batching", b["throughput"] >= 3 * n["throughput"]),
-        (f"p99 <= 3x p50 at c={mid}", p8["p99_ms"] <= 3 * p8["p50_ms"]),
-        ("overload: every request 200 or 503 within 100 ms, none hung",
-         o["other"] == 0 and o["hung"] == 0 and o["over_100ms"] == 0),
-        ("overload: server RSS grows < 50 MiB", o["rss_max_mib"] - o["rss_start_mib"] < 50),
+        (f"{one} worker, batching at c={top} >= 50% of in-process batch {top}",
+         b["throughput"] >= 0.5 * rows["in_process"][str(top)]["throughput"]),
+        (f"{one} worker, batching at c={top} >= 3x no batching",
+         b["throughput"] >= 3 * n["throughput"]),
+        (f"{one} worker, p99 <= 3x p50 at c={mid}", p8["p99_ms"] <= 3 * p8["p50_ms"]),
     ]
+    for workers in args.workers:
+        o = rows["overload"][str(workers)]
+        checks += [
+            (f"{workers} worker(s), overload: every request 200 or 503 within 100 ms, none "
+             "hung", o["other"] == 0 and o["hung"] == 0 and o["over_100ms"] == 0),
+            (f"{workers} worker(s), overload: server RSS grows < 50 MiB",
+             o["rss_max_mib"] - o["rss_start_mib"] < 50)]
     return [f"  {'PASS' if ok else 'MISS'} {payload}: {what}" for what, ok in checks]
 
 
@@ -377,24 +277,38 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="Net")
-    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     parser.add_argument("--payload", nargs="*", default=["tensor", "image"],
                         choices=("tensor", "image"))
     parser.add_argument("--concurrency", type=int, nargs="*", default=[1, 8, 64])
+    parser.add_argument("--workers", type=int, nargs="*", default=None,
+                        help="server processes (default: 1 and the number of CPUs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime threads, server and in-process (default 1)")
+    parser.add_argument("--client", choices=("auto", "tools", "asyncio"), default="auto",
+                        help="load generators: wrk and h2load (tools), the asyncio client, "
+                             "or the tools where installed (auto)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
+    cpus = os.cpu_count() or 1
+    args.workers = args.workers or sorted({1, cpus})
+    found = tools()
+    if args.client == "tools" and not all(found.values()):
+        parser.error("--client tools needs wrk and h2load: apt-get install wrk nghttp2-client")
+    use = args.client != "asyncio"
+    args.closed = "wrk" if use and found["wrk"] else "asyncio"
+    args.open = "h2load" if use and found["h2load"] else "asyncio"
     results = {}
     for payload in args.payload:
         results[payload] = run_payload(args, payload, lambda s: print(s, file=sys.stderr))
-    print(f"{args.bundle} on {os.cpu_count()} CPUs, onnxruntime threads {args.threads}, "
-          f"{args.seconds:g} s per measurement")
+    print(f"{args.bundle} on {cpus} CPUs, onnxruntime threads {args.threads}, "
+          f"{args.seconds:g} s per measurement, closed loop by {args.closed}, open loop by "
+          f"{args.open}")
     for payload, rows in results.items():
-        print(format_table(payload, rows, args.concurrency))
+        print(format_table(payload, rows, args))
     print("targets:")
     for payload, rows in results.items():
-        print("\n".join(targets(payload, rows, args.concurrency)))
+        print("\n".join(targets(payload, rows, args)))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 SERVE_MODULES = {"starlette": "starlette", "uvicorn": "uvicorn",
                  "prometheus_client": "prometheus-client", "orjson": "orjson"}
 INSTALL_HINT = 'pip install "zoo[serve]"'
+#: The most worker processes ``--workers`` accepts.
+MAX_WORKERS = 64
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="classes in top_labels when a request does not say (top_k)")
     g.add_argument("--threads", type=int, default=1, metavar="N",
                    help="onnxruntime intra-op threads per model")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the port (SO_REUSEPORT), each with its own "
+                        "copy of the models: one per core to use")
     p.add_argument("--expect-sha256", action="append", default=[], metavar="[NAME=]HEX",
                    help="refuse a bundle whose manifest has another SHA-256 (repeatable: "
                         "NAME=HEX per model; a bare HEX when one bundle is served)")
@@ -149,14 +154,26 @@ def serve_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.serve.repository import load_models
     from zoo.serve.server import serve
 
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ZooError(f"--workers must be from 1 to {MAX_WORKERS}, got {args.workers}")
     models = load_models(sources, settings, pins=pins, registry=registry)
+    served = ", ".join(f"{m.name} ({m.version})" for m in models)
+    workers = f" with {args.workers} workers" if args.workers > 1 else ""
 
     def announce(url: str) -> None:
-        served = ", ".join(f"{m.name} ({m.version})" for m in models)
-        print(f"zoo serve: {served} at {url} (SIGTERM or Ctrl-C stops)", flush=True)
+        print(f"zoo serve: {served} at {url}{workers} (SIGTERM or Ctrl-C stops)", flush=True)
 
-    return serve(models, settings, host=args.host, port=args.port,
-                 log_access=not args.no_access_log, log_level=args.log_level, announce=announce)
+    if args.workers == 1:
+        return serve(models, settings, host=args.host, port=args.port,
+                     log_access=not args.no_access_log, log_level=args.log_level,
+                     announce=announce)
+    from zoo.serve.workers import BundleRef, serve_workers
+
+    bundles = [BundleRef.of(m) for m in models]
+    del models  # each worker loads its own: the parent keeps no onnxruntime session
+    return serve_workers(bundles, settings, workers=args.workers, host=args.host,
+                         port=args.port, log_access=not args.no_access_log,
+                         log_level=args.log_level, announce=announce)
 
 
 def _write_triton(args: argparse.Namespace, sources: list[ModelSource], pins: dict[str, str],

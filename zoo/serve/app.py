@@ -28,7 +28,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -41,7 +41,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from zoo.serve.batching import LoopLag
-from zoo.serve.metrics import ServeMetrics
+from zoo.serve.metrics import REFRESH_S, ServeMetrics
 from zoo.serve.models import ServedModel, ServeSettings
 from zoo.serve.protocol import (
     HEADER_LENGTH,
@@ -96,14 +96,14 @@ class ServeApp:
     """
 
     def __init__(self, models: Sequence[ServedModel], settings: ServeSettings, *,
-                 log_access: bool = True) -> None:
+                 log_access: bool = True, on_ready: Callable[[], None] | None = None) -> None:
         self.models = {m.name: m for m in models}
         self.settings = settings
-        self.metrics = ServeMetrics(models, settings.max_batch_size)
         self.ready = False
+        self.on_ready = on_ready
         self.loop: asyncio.AbstractEventLoop | None = None
         self.lag = LoopLag(settings.max_loop_lag_s)
-        self.metrics.watch_lag(self.lag)
+        self.metrics = ServeMetrics(models, settings.max_batch_size, self.lag)
         self.static = {name: resources.files("zoo.serve").joinpath("static", name).read_bytes()
                        for name in STATIC}
         for model in models:
@@ -149,9 +149,13 @@ class ServeApp:
         for model in self.models.values():
             model.batcher.start()
         self.lag.start()
+        refresher = (asyncio.get_running_loop().create_task(self._refresh_metrics())
+                     if self.metrics.multiprocess else None)
         self.ready = True
         log.info("ready: %s", ", ".join(f"{n} (version {m.version})"
                                         for n, m in self.models.items()))
+        if self.on_ready is not None:
+            self.on_ready()
         try:
             yield
         finally:
@@ -159,6 +163,17 @@ class ServeApp:
             for model in self.models.values():
                 await model.batcher.close()
             await self.lag.stop()
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
+            self.metrics.refresh()
+
+    async def _refresh_metrics(self) -> None:
+        """With several workers, keep this one's gauges current for whichever renders."""
+        while True:
+            self.metrics.refresh()
+            await asyncio.sleep(REFRESH_S)
 
     def begin_drain(self) -> None:
         """Report not ready and stop waiting for batches to fill (safe in a signal handler)."""

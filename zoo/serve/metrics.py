@@ -12,12 +12,18 @@
 * ``zoo_serve_loop_lag_seconds``: how late the event loop runs (requests are refused
   while it is over ``--max-loop-lag-ms``);
 * ``zoo_serve_model_info{model, version, architecture}``: 1 per served model.
+
+With several worker processes (``zoo serve --workers N``) every worker writes its
+values to files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess
+mode, which ``zoo serve`` sets up) and ``/metrics``, whichever worker answers it, adds
+them up: counters and histograms over every worker, the queue gauges over the live
+ones, the loop lag as the largest of the live workers'.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
@@ -28,17 +34,24 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 if TYPE_CHECKING:
-    from zoo.serve.batching import DynamicBatcher, LoopLag
+    from zoo.serve.batching import LoopLag
     from zoo.serve.models import ServedModel
 
+#: prometheus-client's multiprocess mode is on when this names a folder (read at import).
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+#: How often each worker refreshes its gauges when several workers serve.
+REFRESH_S = 0.1
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
                    5.0, 10.0)
 
 
-def _rows(batcher: DynamicBatcher, in_flight: bool) -> float:
-    return float(batcher.in_flight_rows if in_flight else batcher.queued_rows)
+def multiprocess_dir() -> str | None:
+    """The folder of prometheus-client's multiprocess mode, or None (one process)."""
+    return os.environ.get(MULTIPROCESS_DIR) or None
 
 
 def outcome(status: int) -> str:
@@ -53,12 +66,21 @@ def outcome(status: int) -> str:
 
 
 class ServeMetrics:
-    """The server's collectors; :meth:`render` is the ``/metrics`` body."""
+    """The server's collectors; :meth:`render` is the ``/metrics`` body.
+
+    The gauges are set from the live state by :meth:`refresh`: at each rendering, and
+    (with several workers, whose values a rendering cannot read) every
+    :data:`REFRESH_S` seconds by the application.
+    """
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, models: Sequence[ServedModel], max_batch_size: int) -> None:
+    def __init__(self, models: Sequence[ServedModel], max_batch_size: int,
+                 lag: LoopLag | None = None) -> None:
+        self.multiprocess = multiprocess_dir() is not None
         self.registry = CollectorRegistry()
+        self._models = list(models)
+        self._lag = lag
         self._children: dict[tuple[str, str, int], tuple[Any, Any, Any]] = {}
         r = self.registry
         self.requests = Counter("zoo_serve_requests", "Requests by model, endpoint and outcome.",
@@ -75,24 +97,25 @@ class ServeMetrics:
         self.batch_seconds = Histogram("zoo_serve_batch_duration_seconds",
                                        "Time of one batch: decoding and onnxruntime.", ["model"],
                                        buckets=LATENCY_BUCKETS, registry=r)
-        queue = Gauge("zoo_serve_queue_rows", "Rows waiting for the batcher.", ["model"],
-                      registry=r)
-        in_flight = Gauge("zoo_serve_in_flight_rows", "Rows waiting or being computed.",
-                          ["model"], registry=r)
+        self.queue = Gauge("zoo_serve_queue_rows", "Rows waiting for the batcher.", ["model"],
+                           registry=r, multiprocess_mode="livesum")
+        self.in_flight = Gauge("zoo_serve_in_flight_rows", "Rows waiting or being computed.",
+                               ["model"], registry=r, multiprocess_mode="livesum")
+        self.loop_lag = Gauge("zoo_serve_loop_lag_seconds", "How late the event loop runs a "
+                              "timer; inference requests are refused while it exceeds the "
+                              "limit.", registry=r, multiprocess_mode="livemax")
         info = Gauge("zoo_serve_model_info", "The served models.",
-                     ["model", "version", "architecture"], registry=r)
+                     ["model", "version", "architecture"], registry=r, multiprocess_mode="max")
         for model in models:
-            batcher = model.batcher
-            queue.labels(model.name).set_function(partial(_rows, batcher, False))
-            in_flight.labels(model.name).set_function(partial(_rows, batcher, True))
             info.labels(model.name, model.version, model.manifest.architecture).set(1)
+        self.refresh()
 
-    def watch_lag(self, lag: LoopLag) -> None:
-        """Export the event loop's lag (``zoo_serve_loop_lag_seconds``)."""
-        gauge = Gauge("zoo_serve_loop_lag_seconds", "How late the event loop runs a timer; "
-                      "inference requests are refused while it exceeds the limit.",
-                      registry=self.registry)
-        gauge.set_function(lambda: lag.lag_s)
+    def refresh(self) -> None:
+        """Set the gauges (queue depths, loop lag) from the batchers and the loop now."""
+        for model in self._models:
+            self.queue.labels(model.name).set(model.batcher.queued_rows)
+            self.in_flight.labels(model.name).set(model.batcher.in_flight_rows)
+        self.loop_lag.set(self._lag.lag_s if self._lag is not None else 0.0)
 
     def observe_request(self, model: str, endpoint: str, status: int, seconds: float) -> None:
         """Count one request (and its error), and its latency when it reached a model."""
@@ -116,7 +139,14 @@ class ServeMetrics:
         self.batch_seconds.labels(model).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The exposition: this process's metrics, or every worker's added up."""
+        self.refresh()
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
 
 
-__all__ = ["LATENCY_BUCKETS", "ServeMetrics", "outcome"]
+__all__ = ["LATENCY_BUCKETS", "MULTIPROCESS_DIR", "REFRESH_S", "ServeMetrics", "multiprocess_dir",
+           "outcome"]

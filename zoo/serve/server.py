@@ -52,14 +52,27 @@ def configure_logging(level: str = "info", *, stream: object = None) -> None:
     logging.getLogger("uvicorn.access").disabled = True
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (port 0: a free one)."""
+def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True
+         ) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (port 0: a free one).
+
+    ``reuse_port``: with ``SO_REUSEPORT``, so that several workers' sockets share the
+    port and the kernel spreads connections over them; ``listen=False`` only holds the
+    port (a socket that does not listen gets no connections).
+    """
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(address)
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if listen:
+            sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
 
@@ -100,10 +113,12 @@ class _Server(uvicorn.Server):
 
 
 def make_server(models: Sequence[ServedModel], settings: ServeSettings, *,
-                log_access: bool = True, graceful_timeout_s: float | None = None
+                log_access: bool = True, graceful_timeout_s: float | None = None,
+                on_ready: Callable[[], None] | None = None
                 ) -> tuple[uvicorn.Server, ServeApp]:
-    """A uvicorn server running the application for ``models`` (not started)."""
-    app = ServeApp(models, settings, log_access=log_access)
+    """A uvicorn server running the application for ``models`` (not started);
+    ``on_ready`` is called once the models are ready to answer."""
+    app = ServeApp(models, settings, log_access=log_access, on_ready=on_ready)
     config = uvicorn.Config(
         app.asgi, lifespan="on", log_config=None, access_log=False, server_header=False,
         backlog=2048, timeout_keep_alive=30,
@@ -113,17 +128,19 @@ def make_server(models: Sequence[ServedModel], settings: ServeSettings, *,
 
 def serve(models: Sequence[ServedModel], settings: ServeSettings, *, host: str = "127.0.0.1",
           port: int = 8000, log_access: bool = True, log_level: str = "info",
-          announce: Callable[[str], None] | None = None) -> int:
+          announce: Callable[[str], None] | None = None, sock: socket.socket | None = None,
+          on_ready: Callable[[], None] | None = None) -> int:
     """Serve ``models`` until SIGTERM or Ctrl-C, then drain; returns the exit status (0).
 
-    ``announce`` gets the URL once the socket is bound (port 0 picks a free port).
+    ``announce`` gets the URL once the socket is bound (port 0 picks a free port);
+    ``sock``, a listening socket to serve on instead of binding ``host:port``.
     """
     configure_logging(log_level)
     gc.collect()
     gc.freeze()  # the models and modules loaded so far stay out of the collector's way
-    sock = bind(host, port)
+    sock = sock if sock is not None else bind(host, port)
     url = url_of(sock)
-    server, _ = make_server(models, settings, log_access=log_access)
+    server, _ = make_server(models, settings, log_access=log_access, on_ready=on_ready)
     log.info("listening on %s", url)
     if announce is not None:
         announce(url)

@@ -7,6 +7,7 @@ path); the other endpoints go through Starlette and use the same functions.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
@@ -118,6 +119,7 @@ class AccessLog:
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.pid = os.getpid()  # which worker answered (zoo serve --workers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not access_log.isEnabledFor(logging.INFO):
@@ -140,7 +142,8 @@ class AccessLog:
         finally:
             client = scope.get("client")
             entry: dict[str, Any] = {
-                "ts": round(time.time(), 6), "client": client[0] if client else None,
+                "ts": round(time.time(), 6), "pid": self.pid,
+                "client": client[0] if client else None,
                 "method": scope["method"], "path": scope["path"], "status": status,
                 "bytes": size, "ms": round((time.perf_counter() - start) * 1e3, 3)}
             access_log.info(orjson.dumps(entry).decode())
