@@ -62,6 +62,7 @@ from zoo.serve.transport import (
     read_image,
     send_bytes,
     send_error,
+    send_raw,
 )
 from zoo.util.version import __version__
 
@@ -70,6 +71,8 @@ log = logging.getLogger("zoo.serve")
 #: The inference endpoint, answered on plain ASGI (the hot path).
 INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 
+#: The headers of a 503 answered while the event loop is overloaded.
+OVERLOADED_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "zoo_web_page"]
 STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
           "style.css": "text/css; charset=utf-8"}
@@ -104,6 +107,9 @@ class ServeApp:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.lag = LoopLag(settings.max_loop_lag_s)
         self.metrics = ServeMetrics(models, settings.max_batch_size, self.lag)
+        self._overloaded_body = error_body(
+            f"the server is over capacity (its event loop runs over "
+            f"{settings.max_loop_lag_s * 1e3:g} ms late); retry after a second")
         self.static = {name: resources.files("zoo.serve").joinpath("static", name).read_bytes()
                        for name in STATIC}
         for model in models:
@@ -205,9 +211,11 @@ class ServeApp:
             model = self.model(name, version)
             label = model.name
             if self.lag.overloaded:
-                raise ProtocolError(
-                    f"the server is over capacity (its event loop is {self.lag.lag_s * 1e3:.0f} "
-                    "ms behind); retry after a second", 503, {"Retry-After": "1"})
+                # the cheapest answer there is: under overload, refusing must cost far less
+                # than answering, or the refusals alone saturate the event loop
+                status = 503
+                await send_raw(send, 503, self._overloaded_body, OVERLOADED_HEADERS)
+                return
             headers = header_map(scope)
             body = await read_body(receive, headers, self.settings.max_body_bytes)
             header_length = headers.get(HEADER_LENGTH.lower())

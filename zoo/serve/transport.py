@@ -110,6 +110,14 @@ async def send_bytes(send: Send, status: int, body: bytes,
     await send({"type": "http.response.body", "body": body})
 
 
+async def send_raw(send: Send, status: int, body: bytes,
+                   headers: list[tuple[bytes, bytes]]) -> None:
+    """One complete response with ready-made (lower-case) headers: the hot paths'."""
+    await send({"type": "http.response.start", "status": status,
+                "headers": [*headers, (b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_error(send: Send, exc: ProtocolError) -> None:
     await send_bytes(send, exc.status, error_body(exc.message), exc.headers)
 
@@ -150,4 +158,4 @@ class AccessLog:
 
 
 __all__ = ["AccessLog", "Disconnected", "header_map", "is_upload", "read_body", "read_image",
-           "send_bytes", "send_error"]
+           "send_bytes", "send_error", "send_raw"]
