@@ -18,6 +18,7 @@ import pytest
 from serve_support import binary_request, call, pixels
 
 from zoo.deploy import OnnxClassifier
+from zoo.serve.workers import MAX_RESTARTS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,6 +132,32 @@ def test_two_workers_share_the_port_add_up_metrics_and_restart_a_dead_one() -> N
         assert served >= workers - {victim}  # both original workers answered requests
         assert len(served) >= 2
         assert not any(_alive(pid) for pid in workers | replacement)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_that_keep_dying_stop_the_server_with_status_1() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "zoo", "serve", "Net", "--port", "0",
+                             "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert " with 2 workers " in proc.stdout.readline()
+        killed: set[int] = set()
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            for pid in _workers(proc.pid) - killed:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            time.sleep(0.05)
+        assert proc.wait(timeout=60) == 1
+        log = proc.stderr.read()
+        # five replacements, then the sixth death in a minute stops the server
+        assert log.count("started worker") == MAX_RESTARTS
+        assert f"{MAX_RESTARTS + 1} workers died within 60 s: stopping the server" in log
+        assert not any(_alive(pid) for pid in killed)
     finally:
         if proc.poll() is None:
             proc.kill()

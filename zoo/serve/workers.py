@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -227,6 +228,9 @@ def serve_workers(bundles: Sequence[BundleRef], settings: ServeSettings, *, work
     """
     if workers < 1:
         raise ZooError(f"--workers must be at least 1, got {workers}")
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ZooError(f"--workers {workers} needs SO_REUSEPORT, which this platform lacks "
+                       "(Linux, macOS and the BSDs have it); accepted here: --workers 1")
     configure_logging(log_level)
     holder = bind(host, port, reuse_port=True, listen=False)
     try:
