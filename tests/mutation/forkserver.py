@@ -5,7 +5,8 @@ torchvision, onnx, onnxruntime, ...) and waits on a Unix socket. ``python forkse
 run SOCKET -- PYTEST-ARGS`` hands its working directory, environment and standard
 streams to the server, which forks; the child runs ``pytest.main(PYTEST-ARGS)`` and the
 client exits with its status. Each mutant's test run then costs its tests, not the
-five seconds of imports before them.
+five seconds of imports before them. Where the environment names a file
+``ZOO_MUTATION_KILLS``, the child appends each failing test's node id to it.
 
 The server never imports this project's own modules (``zoo``, the plugins): every child
 imports them from disk, so it sees the mutant mutmut has just written. PYTHONPATH is
@@ -49,6 +50,19 @@ def _preload() -> None:
         raise SystemExit(f"the fork server must not import the code under test: {leaked}")
 
 
+class _Kills:
+    """A pytest plugin: appends the node id of each failing test to a file (the tests that
+    kill mutants, which ``mutmut_config.py`` then runs first for the module's next ones)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed:
+            with open(self.path, "a") as out:
+                out.write(report.nodeid + "\n")
+
+
 def _child(request: dict[str, Any], fds: list[int]) -> None:
     """Become the test run: the client's streams, directory and environment; never return."""
     code = 3
@@ -64,7 +78,8 @@ def _child(request: dict[str, Any], fds: list[int]) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         import pytest
 
-        code = int(pytest.main(list(request["args"])))
+        kills = request["env"].get("ZOO_MUTATION_KILLS")  # read before the tests clear ZOO_*
+        code = int(pytest.main(list(request["args"]), plugins=[_Kills(kills)] if kills else []))
     except BaseException as exc:  # the status is all the client gets
         print(f"fork server child: {exc!r}", file=sys.stderr)
         code = 3
