@@ -132,3 +132,27 @@ def test_bad_options_are_one_line_errors(args: list[str], message: str,
     assert main(["serve", *args, "--log-level", "error"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_or_an_unknown_host_is_one_line(workers: str,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        port = taken.getsockname()[1]
+        assert main(["serve", "Net", "--port", str(port), "--workers", workers,
+                     "--log-level", "error"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"zoo: error: cannot listen on 127.0.0.1:{port}: address already in "
+                       "use; accepted: a free port (--port 0 picks one)"]
+    finally:
+        taken.close()
+    assert main(["serve", "Net", "--host", "no-such-host.invalid", "--workers", workers,
+                 "--log-level", "error"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot listen on 'no-such-host.invalid'" in err[0], err

@@ -8,6 +8,7 @@ Kubernetes, systemd and docker expect of a replica being stopped.
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import signal
@@ -21,6 +22,7 @@ from types import FrameType
 import orjson
 import uvicorn
 
+from zoo.errors import ZooError
 from zoo.serve.app import ServeApp
 from zoo.serve.models import ServedModel, ServeSettings
 
@@ -60,8 +62,12 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True
     port and the kernel spreads connections over them; ``listen=False`` only holds the
     port (a socket that does not listen gets no connections).
     """
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        raise ZooError(f"cannot listen on {host!r}: {exc.strerror}; accepted: an address of "
+                       "this machine (127.0.0.1, 0.0.0.0, ::) or a name it resolves") from None
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -70,6 +76,11 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True
         sock.bind(address)
         if listen:
             sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ZooError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; accepted: a "
+                       "free port (--port 0 picks one)" if exc.errno == errno.EADDRINUSE else
+                       f"cannot listen on {host}:{port}: {exc.strerror}") from None
     except BaseException:
         sock.close()
         raise
