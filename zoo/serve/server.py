@@ -78,9 +78,10 @@ def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True
             sock.listen(2048)
     except OSError as exc:
         sock.close()
-        raise ZooError(f"cannot listen on {host}:{port}: {exc.strerror.lower()}; accepted: a "
-                       "free port (--port 0 picks one)" if exc.errno == errno.EADDRINUSE else
-                       f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        why = (exc.strerror or str(exc)).lower()
+        raise ZooError(f"cannot listen on {host}:{port}: {why}; accepted: a free port "
+                       "(--port 0 picks one)" if exc.errno == errno.EADDRINUSE else
+                       f"cannot listen on {host}:{port}: {why}") from None
     except BaseException:
         sock.close()
         raise
