@@ -23,11 +23,11 @@ Ratios: one worker against in-process (both one onnxruntime call at a time), and
 batching against no batching at the same number of workers.
 
 Last, for each number of workers, an overload run: requests arrive open-loop at twice
-the measured capacity (batched, top concurrency) for ``--seconds`` over 512
-connections (h2load ``--rps`` where installed, ``apt-get install nghttp2-client``;
-else asyncio); every request must be answered (200) or refused (503 with
-Retry-After) within 100 ms, none may hang (5 s), and the server's resident memory
-(every worker) must stay bounded. Client and server share the machine's cores.
+the measured capacity (batched, top concurrency) for ``--seconds``, evenly spaced,
+over 512 connections (the asyncio client); every request must be answered (200) or
+refused (503 with Retry-After) within 100 ms of its scheduled start, none may hang
+(5 s), and the server's resident memory (every worker) must stay bounded. Client and
+server share the machine's cores.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from serve_load import closed_loop, open_loop, percentile, tools
+from serve_load import closed_loop, have_wrk, open_loop, percentile
 
 from zoo.deploy import OnnxClassifier, softmax
 
@@ -194,8 +194,7 @@ def run_payload(args: argparse.Namespace, payload: str, log: Callable[[str], Non
                 if mode == "batching":
                     top = max(args.concurrency)
                     capacity = rows["server"][f"{workers}/batching/{top}"]["throughput"]
-                    over = open_loop(url, body, header, 2 * capacity, args.seconds, proc.pid,
-                                     args.open)
+                    over = open_loop(url, body, header, 2 * capacity, args.seconds, proc.pid)
                     rows["overload"][str(workers)] = over
                     log(f"  {payload} w={workers} overload: {json.dumps(over)}")
             finally:
@@ -241,8 +240,10 @@ def format_table(payload: str, rows: dict[str, Any], args: argparse.Namespace) -
             f"{o['answered_p50_ms']:.1f}, p99 {o['answered_p99_ms']:.1f}, max "
             f"{o['answered_max_ms']:.1f} ms), {o['refused']} refused 503 (p99 "
             f"{o['refused_p99_ms']:.1f}, max {o['refused_max_ms']:.1f} ms), {o['other']} "
-            f"other, {o['hung']} hung, {o['over_100ms']} over 100 ms, {o['cut_off_at_end']} "
-            f"in flight when the run ended; server RSS {o['rss_start_mib']:.0f} -> max "
+            f"other, {o['hung']} hung, {o['over_100ms']} over 100 ms from their scheduled "
+            f"start; on the wire (request written to answer read) p50 {o['wire_p50_ms']:.1f}, "
+            f"p99 {o['wire_p99_ms']:.1f} ms, {o['wire_over_100ms']} over 100 ms; server RSS "
+            f"{o['rss_start_mib']:.0f} -> max "
             f"{o['rss_max_mib']:.0f} -> {o['rss_end_mib']:.0f} MiB")
     codes = ", ".join(f"{k}: {v}" for k, v in rows["exit_codes"].items())
     lines.append(f"\nexit statuses after SIGTERM: {codes}")
@@ -285,25 +286,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="server processes (default: 1 and the number of CPUs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="onnxruntime threads, server and in-process (default 1)")
-    parser.add_argument("--client", choices=("auto", "tools", "asyncio"), default="auto",
-                        help="load generators: wrk and h2load (tools), the asyncio client, "
-                             "or the tools where installed (auto)")
+    parser.add_argument("--client", choices=("auto", "wrk", "asyncio"), default="auto",
+                        help="closed-loop load generator: wrk, the asyncio client, or wrk "
+                             "where installed (auto)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
     args = parser.parse_args(argv)
     cpus = os.cpu_count() or 1
     args.workers = args.workers or sorted({1, cpus})
-    found = tools()
-    if args.client == "tools" and not all(found.values()):
-        parser.error("--client tools needs wrk and h2load: apt-get install wrk nghttp2-client")
-    use = args.client != "asyncio"
-    args.closed = "wrk" if use and found["wrk"] else "asyncio"
-    args.open = "h2load" if use and found["h2load"] else "asyncio"
+    if args.client == "wrk" and not have_wrk():
+        parser.error("--client wrk needs wrk: apt-get install wrk")
+    args.closed = "wrk" if args.client != "asyncio" and have_wrk() else "asyncio"
     results = {}
     for payload in args.payload:
         results[payload] = run_payload(args, payload, lambda s: print(s, file=sys.stderr))
     print(f"{args.bundle} on {cpus} CPUs, onnxruntime threads {args.threads}, "
           f"{args.seconds:g} s per measurement, closed loop by {args.closed}, open loop by "
-          f"{args.open}")
+          "asyncio")
     for payload, rows in results.items():
         print(format_table(payload, rows, args))
     print("targets:")
