@@ -19,7 +19,7 @@ Each mutant runs the tests that can see it, chosen from the coverage map
     The same at module level, or where no enclosing body runs in a test: the tests that
     execute the module's function bodies; where none does (a module of declarations),
     the tests in the test files that name the module or something it defines.
-    ``ZOO_MUTATION_OVERRIDE`` (the session's ``MUTATION_TESTS``: test files or node ids,
+    ``ZOO_MUTATION_OVERRIDE`` (``MUTATION_TESTS`` of ``session.py``: test files or node ids,
     ``os.pathsep``-separated) replaces the scope and module choices with the map's tests
     of those files.
 ``unreached``
