@@ -1,9 +1,13 @@
 """Optional int8: static QDQ quantization with onnxruntime, calibrated on training images.
 
     python bench/bench_quantize.py [--archs Net NetDepth] [--epochs 4] [--size 3000]
+    python bench/bench_quantize.py --data-dir ../shared/data/cifar2/train
 
-For each architecture: train on the offline ``synthetic`` dataset, export the
-run, quantize the bundle's graph (``quantize_static``, QDQ format, per-channel
+With ``--data-dir`` (the CIFAR-2 ImageFolder the shipped models trained on), each shipped
+bundle (``exports/ARCH-cifar2``) is quantized and compared on its own held-out split (the
+seeded 10 % its manifest records, checked by content key), calibrated on training images
+only. Without it, for each architecture: train on the offline ``synthetic`` dataset, export
+the run, quantize the bundle's graph (``quantize_static``, QDQ format, per-channel
 int8 weights and int8 activations, calibrated on ``--calibration`` training
 images), then compare float32 and int8 on the run's whole validation split
 (accuracy, agreement) and in speed (batch 1 and 256). The verdict "keep" needs
@@ -30,10 +34,12 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 import zoo
+from zoo.bundles.integrity import read_manifest
 from zoo.deploy.runtime import ort_session
 from zoo.exporter.write import export
 from zoo.spec.dataset import DatasetRequest
 from zoo.spec.manifest import INPUT_NAME, ONNX_FILE
+from zoo.util.cpu import describe, native_int8
 from zoo.util.imaging import normalize
 
 
@@ -63,23 +69,51 @@ def predict(session: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(logits.argmax(1))
 
 
+def shipped(name: str, args: argparse.Namespace) -> tuple[Path, np.ndarray, np.ndarray,
+                                                           np.ndarray]:
+    """The shipped bundle of ``name``, calibration images and its held-out split (normalized)."""
+    bundle = Path(__file__).resolve().parents[1] / "exports" / f"{name}-cifar2"
+    training = read_manifest(bundle).training
+    assert training is not None
+    recipe = training.recipe
+    shape = zoo.get_spec(name).input_shape
+    data = zoo.default_registry().load_dataset(
+        "imagefolder", DatasetRequest(data_dir=args.data_dir, val_split=recipe["val_split"],
+                                      seed=training.seed, image_size=(shape.height, shape.width),
+                                      channels=shape.channels))
+    assert data.content_key == training.content_key, f"not {bundle.name}'s training data"
+    norm = read_manifest(bundle).normalization
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(data.train.images), args.calibration, replace=False)
+    return (bundle, normalize(data.train.images[pick], norm.mean, norm.std),
+            normalize(data.val.images, norm.mean, norm.std), data.val.labels)
+
+
 def bench(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
+    if args.data_dir is not None:
+        bundle, calib, val, labels = shipped(name, args)
+        return compare(name, root, bundle, calib, val, labels, args)
     options = {"num_classes": args.classes, "size": args.size}
     run = zoo.train(name, dataset="synthetic", dataset_options=options, epochs=args.epochs,
                     out=root / f"{name}-run", progress="none", seed=0)
     bundle = export(run.run_dir, out=root / f"{name}-bundle").path
     summary = run.summary
     shape = summary.model.input_shape
-    data = zoo.default_registry().get_dataset("synthetic").load(
-        DatasetRequest(val_split=summary.train_config["val_split"], seed=summary.seed,
-                       image_size=(shape.height, shape.width), channels=shape.channels),
+    data = zoo.default_registry().load_dataset(
+        "synthetic", DatasetRequest(val_split=summary.train_config["val_split"],
+                                    seed=summary.seed, image_size=(shape.height, shape.width),
+                                    channels=shape.channels),
         **options)
     assert data.content_key == summary.data.content_key, "not the run's data"
     norm = summary.normalization
     calib = normalize(data.train.images[: args.calibration], norm.mean, norm.std)
     val = normalize(data.val.images, norm.mean, norm.std)
-    labels = data.val.labels
+    return compare(name, root, bundle, calib, val, data.val.labels, args)
 
+
+def compare(name: str, root: Path, bundle: Path, calib: np.ndarray, val: np.ndarray,
+            labels: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+    """Quantize ``bundle``'s graph on ``calib`` and compare it with float32 on ``val``."""
     pre = root / f"{name}-pre.onnx"
     int8 = root / f"{name}-int8.onnx"
     quant_pre_process(str(bundle / ONNX_FILE), str(pre), skip_symbolic_shape=True)
@@ -115,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--calibration", type=int, default=512, help="training images")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="CIFAR-2 train ImageFolder: the shipped bundles on their held-out "
+                             "split")
     args = parser.parse_args(argv)
     names = args.archs or zoo.list_models(tags=["chapter8"])
+    print(describe(), "(int8 dot products in hardware)" if native_int8() else
+          "(no int8 dot products in hardware)", file=sys.stderr)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:

@@ -9,6 +9,10 @@ book's numbers to beat. The CPU may be shared with other jobs: seconds are noisy
 
     python bench/bench_time_to_accuracy.py --data-dir ../shared/data/cifar2/train [--arch Net]
     python bench/bench_time_to_accuracy.py --book --arch Net   # the book's recipe, 100 epochs
+    python bench/bench_time_to_accuracy.py --amp off --amp bf16  # fp32 and bf16 side by side
+
+With several ``--amp`` settings each architecture trains once per setting, in turn, and
+the table adds the final accuracy's difference from the first setting (in points).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--book", action="store_true", help="the book's recipe instead")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--amp", action="append", choices=["auto", "off", "bf16", "fp16"],
+                        help="mixed precision settings to compare (default: the recipe's)")
     args = parser.parse_args()
     if not args.data_dir.is_dir():
         raise SystemExit(f"no data at {args.data_dir}: pass --data-dir (CIFAR-2 ImageFolder)")
@@ -52,36 +58,42 @@ def main() -> None:
           f"{base.label_smoothing}, grad clip {base.grad_clip}); data {args.data_dir}, "
           f"val split {args.val_split}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    amps = args.amp or [base.amp]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.out or Path(tmp)
         for arch in args.arch or list(BOOK_VAL_ACC):
-            result = zoo.train(arch, base, out=root / f"{arch}-tta")
-            best = result.summary.best
-            assert best is not None
-            final = result.metrics[-1]
-            elapsed, reached = 0.0, None
-            for m in result.metrics:  # seconds until the book's accuracy is first reached
-                elapsed += m.seconds
-                if reached is None and m.val_acc >= BOOK_VAL_ACC[arch]:
-                    reached = elapsed
-            rows.append((arch, result.summary.train_seconds, best.val_acc, reached,
-                         final.val_acc))
-            own = zoo.get_spec(arch).recipe.model_dump(exclude_none=True)
-            changes = "" if args.book or not own else \
-                f" (its recipe: {', '.join(f'{k} {v}' for k, v in own.items())})"
-            print(f"  {arch}: {result.summary.train_seconds:.1f}s, best val acc "
-                  f"{best.val_acc:.3f} (epoch {best.epoch}), final {final.val_acc:.3f}{changes}",
-                  flush=True)
+            for amp in amps:
+                result = zoo.train(arch, base, out=root / f"{arch}-{amp}-tta", amp=amp)
+                best = result.summary.best
+                assert best is not None
+                final = result.metrics[-1]
+                elapsed, reached = 0.0, None
+                for m in result.metrics:  # seconds until the book's accuracy is first reached
+                    elapsed += m.seconds
+                    if reached is None and m.val_acc >= BOOK_VAL_ACC[arch]:
+                        reached = elapsed
+                rows.append((arch, amp, result.summary.train_seconds, best.val_acc, reached,
+                             final.val_acc))
+                own = zoo.get_spec(arch).recipe.model_dump(exclude_none=True)
+                changes = "" if args.book or not own else \
+                    f" (its recipe: {', '.join(f'{k} {v}' for k, v in own.items())})"
+                print(f"  {arch} amp={amp}: {result.summary.train_seconds:.1f}s, best val acc "
+                      f"{best.val_acc:.3f} (epoch {best.epoch}), final {final.val_acc:.3f}"
+                      f"{changes}", flush=True)
     print()
-    print(f"{'architecture':<14}{'train s':>9}{'s to book acc':>15}{'best val':>10}"
-          f"{'final val':>11}{'book val':>10}  final beats book")
-    for arch, seconds, best_acc, reached, final_acc in rows:
+    print(f"{'architecture':<14}{'amp':>5}{'train s':>9}{'s to book acc':>15}{'best val':>10}"
+          f"{'final val':>11}{'book val':>10}  final beats book"
+          + (f"  points vs amp={amps[0]}" if len(amps) > 1 else ""))
+    first: dict[str, float] = {}
+    for arch, amp, seconds, best_acc, reached, final_acc in rows:
         book = BOOK_VAL_ACC[arch]
         to_book = f"{reached:.1f}" if reached is not None else "-"
-        print(f"{arch:<14}{seconds:>9.1f}{to_book:>15}{best_acc:>10.3f}{final_acc:>11.3f}"
-              f"{book:>10.2f}  {'yes' if final_acc >= book else 'NO'}")
-
+        first.setdefault(arch, final_acc)
+        delta = f"  {100 * (final_acc - first[arch]):+.1f}" if len(amps) > 1 else ""
+        print(f"{arch:<14}{amp:>5}{seconds:>9.1f}{to_book:>15}{best_acc:>10.3f}"
+              f"{final_acc:>11.3f}{book:>10.2f}  {'yes' if final_acc >= book else 'NO '}"
+              f"{delta}")
 
 if __name__ == "__main__":
     main()

@@ -21,6 +21,14 @@ best round. The book's loops run in a child process of their own, with the C
 allocator as a reader's process has it (the trainer tunes it: zoo.trainer.allocator);
 ``--tuned-book`` tunes it for them too, to show that share of the speed-up.
 
+Beside them, the loops an experienced PyTorch user writes in a few lines (``EXPERT_LOOPS``):
+the book's model class and recipe on tensors held in memory, plain eager, channels-last,
+channels-last with bfloat16 autocast (on a CPU with native bfloat16, or CUDA) and
+``torch.compile`` (its warm-up epoch, compilation included, is printed). The trainer runs
+with ``--amp off`` and, where bfloat16 is native, ``--amp bf16``; the last column is the
+faster trainer over the best of those loops. The header names the CPU features found
+(``zoo.util.cpu``), so that numbers from different machines can be read side by side.
+
     python bench/bench_train_throughput.py [--arch Net ...] [--device cuda] [--rounds 3]
 """
 
@@ -46,6 +54,7 @@ from zoo.spec.training import TrainConfig
 from zoo.trainer.allocator import retain_freed_memory
 from zoo.trainer.loop import select_device
 from zoo.trainer.pipeline import compute_normalization
+from zoo.util.cpu import describe, native_bf16
 
 sys.path.insert(0, str(Path(__file__).parent))
 from book_ch8 import BOOK_MODELS
@@ -97,6 +106,67 @@ def book_loop(row: str, own_code: bool, images_u8: np.ndarray, labels: np.ndarra
     return best
 
 
+#: The expert's plain loops: (label, channels-last, bf16 autocast, torch.compile).
+EXPERT_LOOPS = (("eager", False, False, False), ("channels-last", True, False, False),
+                ("channels-last + bf16", True, True, False), ("compile", False, False, True))
+
+
+def expert_model(arch: str) -> nn.Module:
+    """The book's model class as an expert runs it: ``view`` becomes ``reshape`` (through
+    torch.fx, the class itself unchanged), so that channels-last activations flatten."""
+    traced = torch.fx.symbolic_trace(BOOK_MODELS[arch]())
+    for node in traced.graph.nodes:
+        if node.op == "call_method" and node.target == "view":
+            node.target = "reshape"
+    traced.recompile()
+    return traced
+
+
+def expert_loop(row: str, variant: str, images_u8: np.ndarray, labels: np.ndarray,
+                device_name: str, epochs: int) -> tuple[float, float]:
+    """images/s of a plain loop an experienced user writes (best epoch after a warm-up one)
+    and the warm-up epoch's seconds (which include torch.compile's compilation).
+
+    The book's model class and recipe (SGD lr 1e-2, batch 64) on normalized tensors held in
+    memory, shuffled by index each epoch: no DataLoader, no augmentation, so an upper bound
+    for such a loop. Runs in the child process.
+    """
+    _, channels_last, bf16, compiled = next(v for v in EXPERT_LOOPS if v[0] == variant)
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    arch, _ = ROWS[row]
+    model: nn.Module = expert_model(arch).to(device)
+    norm = compute_normalization(images_u8)
+    mean = torch.tensor(norm.mean).view(1, 3, 1, 1)
+    std = torch.tensor(norm.std).view(1, 3, 1, 1)
+    images = ((torch.from_numpy(images_u8).float() / 255.0 - mean) / std).to(device)
+    targets = torch.from_numpy(labels).long().to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
+    step_model = torch.compile(model) if compiled else model
+    loss_fn = nn.CrossEntropyLoss()
+    best, warm_up = 0.0, 0.0
+    for epoch in range(epochs + 1):
+        start, seen = time.perf_counter(), 0
+        for index in torch.randperm(len(targets), device=device).split(64):
+            xb, yb = images[index], targets[index]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn(step_model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(yb)
+        loss.item()  # waits for a GPU
+        seconds = time.perf_counter() - start
+        if epoch == 0:
+            warm_up = seconds
+        else:
+            best = max(best, seen / seconds)
+    return best, warm_up
+
+
 def trainer(row: str, fields: dict[str, Any], epochs: int) -> tuple[float, str]:
     """images/s of the zoo trainer (best epoch after a warm-up one), and how it split batches."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,51 +185,86 @@ def main() -> None:
                         help="rows (default: all seven, then NetResDeep-shared)")
     parser.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs after a warm-up")
-    parser.add_argument("--rounds", type=int, default=3, help="turns of the three, best kept")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of them all, best kept")
     parser.add_argument("--data-dir", type=Path, help="an ImageFolder (e.g. CIFAR-2 train)")
     parser.add_argument("--size", type=int, default=10_000, help="synthetic images")
     parser.add_argument("--tuned-book", action="store_true",
                         help="tune the C allocator for the book's loops too")
+    parser.add_argument("--expert", action="append",
+                        choices=[v[0] for v in EXPERT_LOOPS] + ["none"],
+                        help="expert loops to run (default: all; bf16 only on a CPU with "
+                             "native bfloat16 or on CUDA)")
     args = parser.parse_args()
     device = select_device(args.device)
     if args.data_dir is not None:
         fields: dict[str, Any] = {"dataset": "imagefolder", "data_dir": args.data_dir}
-        spec, options = zoo.default_registry().get_dataset("imagefolder"), {}
+        dataset, options = "imagefolder", {}
     else:
         fields = {"dataset": "synthetic", "dataset_options": {"size": args.size,
                                                               "num_classes": 2}}
-        spec, options = zoo.default_registry().get_dataset("synthetic"), fields["dataset_options"]
+        dataset, options = "synthetic", fields["dataset_options"]
     fields.update(device=args.device, val_split=0.1)
-    data = spec.load(DatasetRequest(data_dir=args.data_dir, val_split=0.1, image_size=(32, 32)),
-                     **options)
+    data = zoo.default_registry().load_dataset(
+        dataset, DatasetRequest(data_dir=args.data_dir, val_split=0.1, image_size=(32, 32)),
+        **options)
+    bf16 = device.type == "cuda" or (device.type == "cpu" and native_bf16())
+    experts = [v[0] for v in EXPERT_LOOPS if v[0] in (args.expert or [v[0]])
+               and (bf16 or not v[2])]
+    amps = ["off", "bf16"] if bf16 else ["off"]
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{len(data.train)} training images of {data.name}, batch 64, SGD lr 1e-2, "
           f"best of {args.rounds} rounds")
-    rows = []
+    print(describe() + ("" if bf16 else " (no native bfloat16: no bf16 rows)"))
     child = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     book_args = (data.train.images, data.train.labels, str(device), args.epochs,
                  args.tuned_book)
+    expert_args = book_args[:-1]
+    rows = []
     try:
         for arch in args.arch or list(ROWS):
-            book = own = ours = 0.0
+            speeds: dict[str, float] = {}
+            warm: dict[str, float] = {}
             parts = "-"
+
+            def keep(name: str, value: float, speeds: dict[str, float] = speeds) -> None:
+                speeds[name] = max(speeds.get(name, 0.0), value)
+
             for _ in range(args.rounds):
-                book = max(book, child.submit(book_loop, arch, True, *book_args).result())
-                own = max(own, child.submit(book_loop, arch, False, *book_args).result())
-                speed, parts = trainer(arch, fields, args.epochs)
-                ours = max(ours, speed)
-            rows.append((arch, book, own, ours, parts))
-            print(f"  {arch}: book's code {book:,.0f} img/s, book's loop on zoo's model "
-                  f"{own:,.0f} img/s, trainer {ours:,.0f} img/s", flush=True)
+                keep("book code", child.submit(book_loop, arch, True, *book_args).result())
+                keep("book loop", child.submit(book_loop, arch, False, *book_args).result())
+                for variant in experts:
+                    if arch.endswith("-shared"):
+                        continue  # the expert runs the book's class: NetResDeep's row has it
+                    speed, seconds = child.submit(expert_loop, arch, variant,
+                                                  *expert_args).result()
+                    keep(variant, speed)
+                    warm[variant] = seconds
+                for amp in amps:
+                    speed, parts = trainer(arch, {**fields, "amp": amp}, args.epochs)
+                    keep(f"trainer amp={amp}", speed)
+            rows.append((arch, speeds, parts))
+            shown = ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items())
+            print(f"  {arch} (img/s): {shown}"
+                  + (f"; compile's warm-up epoch {warm['compile']:.1f} s"
+                     if "compile" in warm else ""), flush=True)
     finally:
         child.shutdown()
     print()
-    print(f"{'architecture':<18}{'book code':>11}{'book loop':>11}{'trainer':>9}"
-          f"{'parts':>7}{'vs code':>9}{'vs loop':>9}")
-    print(f"{'':<18}{'img/s':>11}{'zoo model':>11}{'img/s':>9}")
-    for arch, book, own, ours, parts in rows:
-        print(f"{arch:<18}{book:>11,.0f}{own:>11,.0f}{ours:>9,.0f}{parts:>7}"
-              f"{ours / book:>8.2f}x{ours / own:>8.2f}x")
+    columns = ["book code", "book loop", *experts, *(f"trainer amp={a}" for a in amps)]
+    print("img/s; 'best trainer' is the faster --amp setting; 'vs expert': best trainer over "
+          "the best expert loop")
+    print(f"{'architecture':<19}" + "".join(f"{c:>{max(11, len(c) + 2)}}" for c in columns)
+          + f"{'parts':>7}{'vs code':>9}{'vs expert':>11}")
+    for arch, speeds, parts in rows:
+        best_trainer = max(v for k, v in speeds.items() if k.startswith("trainer"))
+        expert = max((speeds[e] for e in experts if e in speeds), default=float("nan"))
+        if arch.endswith("-shared"):
+            parent = next((r[1] for r in rows if r[0] == arch.removesuffix("-shared")), {})
+            expert = max((parent[e] for e in experts if e in parent), default=float("nan"))
+        print(f"{arch:<19}" + "".join(f"{speeds.get(c, float('nan')):>{max(11, len(c) + 2)},.0f}"
+                                      for c in columns)
+              + f"{parts:>7}{best_trainer / speeds['book code']:>8.2f}x"
+              f"{best_trainer / expert:>10.2f}x")
 
 
 if __name__ == "__main__":

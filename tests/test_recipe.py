@@ -164,16 +164,6 @@ def test_flip_option_reaches_the_batches(tmp_path: Path) -> None:
     assert not torch.equal(cropped["conv1.weight"], off["conv1.weight"])
 
 
-def test_amp_on_cpu_is_full_precision(tmp_path: Path) -> None:
-    """--amp applies to CUDA: on a CPU run every setting trains bit for bit as 'off'."""
-    off = train("Net", out=tmp_path / "off", amp="off", device="cpu", **ONE_STEP)
-    for amp in ("bf16", "auto"):
-        run = train("Net", out=tmp_path / amp, amp=amp, device="cpu", **ONE_STEP)
-        assert run.summary.device == "cpu"
-        assert run.metrics[0].train_loss == off.metrics[0].train_loss, amp
-        assert run.metrics[0].val_loss == off.metrics[0].val_loss, amp
-
-
 def test_flips_happen_at_half_the_rate_and_crops_shift_by_the_padding() -> None:
     from zoo.trainer.pipeline import augment
 

@@ -103,7 +103,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     g.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"],
                    help=f"where to train {d('device')}")
     g.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"],
-                   help=f"mixed precision on CUDA {d('amp')}")
+                   help="mixed precision: on CUDA auto is bf16 where supported, else fp16; on "
+                        f"CPU bf16 is bfloat16 autocast and auto is off {d('amp')}")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels-last memory format (default: on for CPU and CUDA)")
     g.add_argument("--num-threads", type=int, metavar="N",

@@ -75,7 +75,8 @@ class TrainConfig(NoBoolNumbers):
     device: Device = "auto"
     channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
-        "auto", description="Mixed precision on CUDA (auto: bf16 where supported, else fp16).")
+        "auto", description="Mixed precision: CUDA (auto: bf16 where supported, else fp16); "
+                            "CPU: bf16 autocast (auto: off, fp16 refused).")
     eval_batch_size: int = Field(256, ge=1, description="Validation batch size.")
     num_threads: int | None = Field(
         None, ge=1, le=max_threads(), description="torch threads on CPU (at most 4 per core).")

@@ -87,10 +87,13 @@ class BatchSplitter:
                                         initargs=(threads_per_part,))
 
     def step(self, model: nn.Module, params: list[nn.Parameter], xb: torch.Tensor,
-             yb: torch.Tensor, loss_fn: LossFn) -> tuple[torch.Tensor, torch.Tensor]:
+             yb: torch.Tensor, loss_fn: LossFn,
+             autocast: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Set each parameter's ``.grad`` to the batch's mean-loss gradient.
 
         ``loss_fn(logits, labels)`` must return the summed loss of its samples.
+        ``autocast``: the CPU autocast dtype of the forward passes (None: full precision);
+        autocast is per thread, so each part enters it on its own thread.
         Returns the batch's summed loss (detached) and its logits (detached).
         """
         n = int(yb.shape[0])
@@ -100,8 +103,10 @@ class BatchSplitter:
 
         def part(x: torch.Tensor, y: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...],
                                                             torch.Tensor, torch.Tensor]:
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            with torch.autocast("cpu", dtype=autocast or torch.bfloat16,
+                                enabled=autocast is not None):
+                logits = model(x)
+                loss = loss_fn(logits, y)
             grads = torch.autograd.grad(loss / n, params, allow_unused=True)
             return grads, loss.detach(), logits.detach()
 

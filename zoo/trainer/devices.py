@@ -1,9 +1,10 @@
 """The training device: which one, how CPU threads and memory are set up on it, and how a
-step executes there (mixed precision on CUDA, batches split into parallel parts on CPU)."""
+step executes there (mixed precision, batches split into parallel parts on CPU)."""
 
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch import nn
@@ -13,6 +14,7 @@ from zoo.spec.training import TrainConfig
 from zoo.trainer.allocator import retain_freed_memory
 from zoo.trainer.batchsplit import BatchSplitter, auto_parts, split_blocker
 from zoo.trainer.distributed import Dist
+from zoo.util.cpu import native_bf16
 
 
 def select_device(name: str, local_rank: int = 0) -> torch.device:
@@ -48,9 +50,26 @@ def configure_cpu(device: torch.device, config: TrainConfig, dist_info: Dist) ->
 
 
 def amp_dtype(device: torch.device, config: TrainConfig) -> torch.dtype | None:
-    """The autocast dtype of ``--amp`` on CUDA (None: full precision)."""
-    if device.type != "cuda" or config.amp == "off":
+    """The autocast dtype of ``--amp`` (None: full precision).
+
+    CUDA: ``auto`` is bfloat16 where the GPU supports it, else float16. CPU: ``bf16`` is
+    bfloat16 autocast (with a warning where this CPU only emulates bfloat16, which is
+    slower than float32); ``auto`` stays float32 (bf16's accuracy on every default recipe
+    is not established, see docs/benchmarks.md); ``fp16`` is refused. MPS: float32.
+    """
+    if config.amp == "off" or device.type not in ("cuda", "cpu"):
         return None
+    if device.type == "cpu":
+        if config.amp == "fp16":
+            raise TrainingError("amp='fp16' applies to CUDA; on CPU use amp='bf16' (bfloat16 "
+                                "autocast) or 'off'")
+        if config.amp == "auto":
+            return None
+        if not native_bf16():
+            print("zoo: warning: amp='bf16': this CPU has no native bfloat16 (AVX512-BF16, "
+                  "AMX or Arm BF16); it is emulated and slower than amp='off' here",
+                  file=sys.stderr)
+        return torch.bfloat16
     if config.amp == "fp16" or (config.amp == "auto" and not torch.cuda.is_bf16_supported()):
         return torch.float16
     return torch.bfloat16

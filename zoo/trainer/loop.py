@@ -313,7 +313,7 @@ class _Trainer(RunState):
                                        label_smoothing=cfg.label_smoothing)
 
             loss_sum, logits = self.splitter.step(self.model, self.trained_params, xb, yb,
-                                                  summed)
+                                                  summed, autocast=self.amp_dtype)
         else:
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

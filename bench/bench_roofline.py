@@ -1,0 +1,73 @@
+"""Roofline: how many training images a second the CPU could do at its matrix-product peak.
+
+For each chapter-8 architecture, the floating-point operations of one training step per
+image (forward and backward, counted by ``torch.utils.flop_counter`` on a batch of 64;
+convolutions and linear layers, which are nearly all of them), and this machine's
+measured matrix-product peak in float32 and bfloat16 (a large ``torch.mm`` on all the
+threads torch uses). ``img/s at peak`` is the upper bound a trainer could approach if
+every operation ran at that peak; put a measured img/s beside it to read the fraction
+of the peak achieved (``--measured ARCH=IMG_PER_S``, as many as wanted).
+
+    python bench/bench_roofline.py [--measured NetResDeep=1246 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import zoo
+from zoo.util.cpu import describe
+
+
+def training_flops(arch: str, batch: int = 64) -> float:
+    """Forward plus backward FLOPs of one training step, per image."""
+    model = zoo.create_model(arch)
+    x = torch.randn(batch, 3, 32, 32)
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    return float(counter.get_total_flops()) / batch
+
+
+def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large square matrix product in ``dtype`` (best of three timings)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 * repeats / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--measured", action="append", default=[], metavar="ARCH=IMG_PER_S",
+                        help="a measured training throughput to set against the peak")
+    parser.add_argument("--gemm-size", type=int, default=2048, help="matrix size of the peak")
+    args = parser.parse_args()
+    measured = {k: float(v) for k, v in (m.split("=", 1) for m in args.measured)}
+    fp32, bf16 = (gemm_peak(dtype, args.gemm_size) for dtype in (torch.float32, torch.bfloat16))
+    print(f"{describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"matrix-product peak: float32 {fp32 / 1e9:,.0f} GFLOP/s, bfloat16 {bf16 / 1e9:,.0f} "
+          f"GFLOP/s")
+    print(f"{'architecture':<14}{'MFLOP/img':>11}{'fp32 peak img/s':>17}"
+          f"{'bf16 peak img/s':>17}{'measured':>10}{'GFLOP/s':>9}{'of fp32':>9}{'of bf16':>9}")
+    for arch in zoo.list_models(tags=["chapter8"]):
+        flops = training_flops(arch)
+        row = f"{arch:<14}{flops / 1e6:>11.1f}{fp32 / flops:>17,.0f}{bf16 / flops:>17,.0f}"
+        if arch in measured:
+            achieved = measured[arch] * flops
+            row += (f"{measured[arch]:>10,.0f}{achieved / 1e9:>9.0f}{achieved / fp32:>8.0%}"
+                    f"{achieved / bf16:>9.0%}")
+        print(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""The benchmarks under bench/ run against today's API (a small run of each kind).
+
+They are not timed here (speed claims are what their own output shows); these runs
+catch an API they call that moved or changed, and check the numbers they compute
+that do not depend on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path: Path, *args: str, timeout: float = 240) -> str:
+    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak(
+        tmp_path: Path) -> None:
+    out = _run(tmp_path, "bench/bench_roofline.py", "--gemm-size", "128",
+               "--measured", "Net=1000")
+    # Net per image: forward 1.507 MFLOP (convolutions 0.885 + 0.590, linear layers 0.033),
+    # backward the weight gradient of conv1 (its input needs none) and both gradients of
+    # the others: 3.638 MFLOP in all
+    net = re.search(r"^Net +([\d.]+) +[\d,]+ +[\d,]+ +1,000 +(\d+) ", out, re.M)
+    assert net is not None, out
+    assert net.group(1) == "3.6"
+    assert int(net.group(2)) == 4  # 1,000 img/s x 3.6 MFLOP = 3.6 GFLOP/s, rounded
+    deep = re.search(r"^NetResDeep +([\d.]+) ", out, re.M)
+    assert deep is not None and 140 < float(deep.group(1)) < 150, out
+    assert re.search(r"float32 [\d,]+ GFLOP/s, bfloat16 [\d,]+ GFLOP/s", out)
+    assert "features:" in out
+
+
+def test_train_throughput_compares_the_trainer_with_the_book_and_an_expert_loop(
+        tmp_path: Path) -> None:
+    out = _run(tmp_path, "bench/bench_train_throughput.py", "--arch", "Net", "--size", "400",
+               "--rounds", "1", "--expert", "channels-last")
+    assert "features:" in out
+    assert re.search(r"^ +Net \(img/s\): book code [\d,]+, book loop [\d,]+, channels-last "
+                     r"[\d,]+, trainer amp=off [\d,]+", out, re.M), out
+    # the table's row: book code, book loop, the expert loop, the trainer(s), parts, ratios
+    assert re.search(r"^Net( +[\d,]+){4,5} +(\d+|-) +[\d.]+x +[\d.]+x$", out, re.M), out
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "bench").glob("bench_*.py")))
+def test_every_benchmark_explains_itself(tmp_path: Path, script: str) -> None:
+    out = _run(tmp_path, f"bench/{script}", "--help", timeout=60)
+    assert out.startswith("usage:")
