@@ -8,6 +8,7 @@ feature check, so they are tested on every machine, whatever its CPU.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ def test_native_precisions_follow_the_features(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(cpu, "cpu_features", lambda: frozenset(flags))
     assert (cpu.native_bf16(), cpu.native_int8()) == (bf16, int8)
     line = cpu.describe()
+    assert line.startswith(f"{platform.machine() or 'unknown'} CPU, features: ")
     assert all(f in line for f in flags if f in cpu.REPORTED)
     assert "none known" in line if not flags else "none known" not in line
 

@@ -234,3 +234,68 @@ def test_a_builder_module_that_fails_to_import_names_the_error(tmp_path: Path,
     # a missing module or attribute needs no type name: the message says it all
     with pytest.raises(PluginError, match=r"its plugin: No module named 'no_such_module'$"):
         load_callable("no_such_module:f", "builder", None)
+
+
+# -- published reference accuracies (zoo.spec.reference) ---------------------------------
+
+_REFERENCE: dict[str, Any] = {"architecture": "Net", "value": 0.89,
+                              "source": "Deep Learning with PyTorch, chapter 8"}
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("architecture", "N" * 65), ("architecture", "1Net"), ("architecture", None),
+    ("value", 1.0001), ("value", -0.01), ("value", None), ("metric", "Val_acc"),
+    ("metric", None), ("source", ""), ("source", "s" * 201), ("source", "a\nb"),
+    ("source", None), ("origin", "x"),
+])
+def test_a_reference_accuracy_outside_its_declaration_is_refused(field: str,
+                                                                 value: object) -> None:
+    from zoo.spec.reference import ReferenceAccuracy
+
+    with pytest.raises(ValidationError, match=field):
+        ReferenceAccuracy(**{**_REFERENCE, field: value})
+
+
+def test_a_reference_accuracy_at_its_bounds_is_accepted_frozen_and_defaults_to_val_acc(
+        ) -> None:
+    from zoo.spec.reference import ReferenceAccuracy
+
+    for architecture, value, source in (("N" * 64, 1.0, "s"), ("Net", 0.0, "s" * 200)):
+        ref = ReferenceAccuracy(architecture=architecture, value=value, source=source)
+        assert (ref.architecture, ref.value, ref.source) == (architecture, value, source)
+        assert ref.metric == "val_acc" and ref.provenance is None
+    for missing in _REFERENCE:
+        with pytest.raises(ValidationError, match=missing):
+            ReferenceAccuracy(**{k: v for k, v in _REFERENCE.items() if k != missing})
+    with pytest.raises(ValidationError, match="frozen"):
+        ref.value = 0.5
+
+
+# -- what the training hooks are given (zoo.host.events) ---------------------------------
+
+def test_a_stop_request_needs_a_reason_and_is_frozen() -> None:
+    from zoo.host.events import StopRequest
+
+    with pytest.raises(ValidationError, match="reason"):
+        StopRequest()  # type: ignore[call-arg]
+    stop = StopRequest(reason="plateau")
+    assert stop.reason == "plateau"
+    with pytest.raises(ValidationError, match="frozen"):
+        stop.reason = "other"
+
+
+def test_each_training_run_starts_with_its_own_empty_history_and_state() -> None:
+    from zoo.host.events import TrainingRun
+    from zoo.spec.training import TrainConfig
+
+    def run() -> TrainingRun:
+        return TrainingRun(architecture="Net", config=TrainConfig(), run_dir=Path("r"),
+                           model_config=None, data=None, device="cpu",  # type: ignore[arg-type]
+                           world_size=1, steps_per_epoch=1, resumed=False,
+                           model=None)  # type: ignore[arg-type]
+
+    first, second = run(), run()
+    assert first.history == [] and first.state == {}
+    first.history.append(None)  # type: ignore[arg-type]
+    first.state["plugin"] = 1
+    assert second.history == [] and second.state == {}

@@ -37,6 +37,9 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     # declarations the registry reads when a test first loads the plugins: the map knows
     # only that test, not those that check the bounds declared
     "plugins/zoo_chapter8/specs.py": ("tests/test_architectures.py", "tests/test_conformance.py"),
+    # declarations whose bounds tests/test_spec.py checks (the map knows only their users)
+    "zoo/spec/reference.py": ("tests/test_spec.py", "tests/test_compare.py"),
+    "zoo/host/events.py": ("tests/test_spec.py", "tests/test_train_hooks.py"),
 }
 #: What ``--all`` mutates: every module under these folders.
 MUTATION_ROOTS = ("zoo", "plugins")
