@@ -119,6 +119,13 @@ def test_early_stopping_counts_epochs_without_improvement() -> None:
     request = stop_request(history, "val_acc", 2)
     assert request is not None and "since epoch 2 (0.7000)" in request.reason
     assert stop_request(history, "val_loss", 1) is None
+    # losses: a tie is no improvement either; the reason names the best epoch, not the
+    # epoch as many from the start as there are stale ones (five epochs tell them apart)
+    losses = [m(1, 0.5, 0.9), m(2, 0.6, 0.5), m(3, 0.6, 0.4), m(4, 0.6, 0.4), m(5, 0.6, 0.6)]
+    assert stale_epochs(losses, "val_loss") == 2
+    request = stop_request(losses, "val_loss", 2)
+    assert request is not None and "since epoch 3 (0.4000)" in request.reason
+    assert stop_request(losses, "val_loss", 3) is None
 
 
 def test_early_stopping_resumes_to_the_same_epoch(tmp_path: Path) -> None:
