@@ -239,3 +239,14 @@ def test_a_run_directory_cannot_be_pinned(tmp_path: Path) -> None:
     make_run(tmp_path / "run", "Net")
     with pytest.raises(zoo.ZooError, match="--expect-sha256 pins a bundle"):
         evaluate(tmp_path / "run", tmp_path, expect_sha256="0" * 64)
+
+
+def test_a_folder_of_one_image_is_scored_and_timed(tmp_path: Path) -> None:
+    write_class_images(tmp_path / "val" / "bird", 1, 5, sky=False)
+    (tmp_path / "val" / "airplane").mkdir()
+    result = evaluate("Net", tmp_path / "val")
+    assert (result.images, sum(result.confusion[1])) == (1, 1)
+    assert result.accuracy == result.correct
+    assert [(c.name, c.images, c.accuracy) for c in result.per_class] == \
+        [("airplane", 0, None), ("bird", 1, float(result.correct))]
+    assert 0 < result.seconds < 120
