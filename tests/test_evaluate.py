@@ -250,3 +250,20 @@ def test_a_folder_of_one_image_is_scored_and_timed(tmp_path: Path) -> None:
     assert [(c.name, c.images, c.accuracy) for c in result.per_class] == \
         [("airplane", 0, None), ("bird", 1, float(result.correct))]
     assert 0 < result.seconds < 120
+
+
+def test_each_backend_runs_on_its_own_runtime(labelled: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime never loads the PyTorch model, torch never opens an onnxruntime session."""
+    import zoo.deploy
+    import zoo.models.load
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the other backend's runtime was used")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo.models.load, "load_bundle", refuse)
+        assert evaluate("Net", labelled, backend="onnxruntime").backend == "onnxruntime"
+    with monkeypatch.context() as patch:
+        patch.setattr(zoo.deploy, "OnnxClassifier", refuse)
+        assert evaluate("Net", labelled, backend="torch").backend == "torch"
