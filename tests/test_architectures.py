@@ -172,3 +172,68 @@ def test_pooling_before_the_activation_computes_the_books_net() -> None:
     for (name, p), q in zip(ours.named_parameters(), book.parameters(), strict=True):
         assert p.grad is not None and q.grad is not None
         torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+# -- what the chapter-8 plugin declares (plugins/zoo_chapter8/specs.py) -----------------
+
+#: (architecture, hyperparameter, default, lowest accepted, highest accepted); one past
+#: either end is refused.
+_BOUNDS = [
+    *((a, "n_hidden", 32, 1, 4096) for a in ("Net", "NetWidth", "NetDropout", "NetBatchNorm",
+                                             "NetDepth", "NetRes", "NetResDeep")),
+    *((a, "n_chans1", 32, 2, 1024) for a in ("NetWidth", "NetDropout", "NetBatchNorm",
+                                             "NetDepth", "NetRes")),
+    ("NetResDeep", "n_chans1", 32, 1, 1024),
+    ("NetResDeep", "n_blocks", 10, 1, 200),
+]
+
+
+@pytest.mark.parametrize(("arch", "name", "default", "low", "high"), _BOUNDS)
+def test_chapter8_hyperparameters_have_their_declared_defaults_and_bounds(
+        arch: str, name: str, default: int, low: int, high: int) -> None:
+    from pydantic import ValidationError
+
+    hparams = zoo.get_spec(arch).hparams
+    assert getattr(hparams(), name) == default
+    for ok in (low, high):
+        assert getattr(hparams(**{name: ok}), name) == ok
+    for bad in (low - 1, high + 1):
+        with pytest.raises(ValidationError, match=name):
+            hparams(**{name: bad})
+
+
+def test_chapter8_dropout_and_shared_block_declarations() -> None:
+    from pydantic import ValidationError
+
+    dropout = zoo.get_spec("NetDropout").hparams
+    assert dropout().dropout == 0.4
+    assert dropout(dropout=0.0).dropout == 0.0
+    for bad in (-0.01, 1.0):
+        with pytest.raises(ValidationError, match="dropout"):
+            dropout(dropout=bad)
+    deep = zoo.get_spec("NetResDeep").hparams
+    assert deep().shared_block is False and deep(shared_block=True).shared_block is True
+    assert set(zoo.get_spec("Net").hparams.model_fields) == {"n_hidden"}
+    assert set(zoo.get_spec("NetDepth").hparams.model_fields) == {"n_hidden", "n_chans1"}
+
+
+@pytest.mark.parametrize(("arch", "min_size", "tags", "epochs", "crop", "lr"), [
+    ("Net", 4, {"tanh"}, 40, 2, None),
+    ("NetWidth", 4, {"tanh", "width"}, 40, 2, None),
+    ("NetDropout", 4, {"tanh", "width", "dropout", "regularization"}, 100, 2, None),
+    ("NetBatchNorm", 4, {"tanh", "width", "batchnorm", "regularization"}, 40, 2, None),
+    ("NetDepth", 8, {"relu", "depth"}, 40, 2, None),
+    ("NetRes", 8, {"relu", "depth", "residual"}, 40, 2, None),
+    ("NetResDeep", 4, {"relu", "depth", "residual", "batchnorm"}, None, None, 0.05),
+])
+def test_chapter8_specs_declare_their_input_size_tags_and_recipe(
+        arch: str, min_size: int, tags: set[str], epochs: int | None, crop: int | None,
+        lr: float | None) -> None:
+    spec = zoo.get_spec(arch)
+    assert spec.min_input_size == min_size
+    assert set(spec.tags) == {"chapter8", "cifar", *tags}
+    assert spec.recipe.model_dump(exclude_none=True) == {
+        k: v for k, v in (("epochs", epochs), ("crop_padding", crop), ("lr", lr))
+        if v is not None}
+    assert spec.source.startswith("Deep Learning with PyTorch") and "chapter 8" in spec.source
+    assert spec.builder == f"zoo_chapter8.models:{arch.lower()}"
