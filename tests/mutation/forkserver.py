@@ -27,6 +27,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from typing import Any
 
 #: Imported by the server before it forks: third-party only, never the code under test.
@@ -105,16 +106,26 @@ def _handle(conn: socket.socket) -> None:
         os.setpgid(pid, pid)
     for fd in fds:
         os.close(fd)
+    # a mutant can make a test wait forever (a deadline that never fires): past its own
+    # deadline the run is stopped and counts as failed, the mutant as killed
+    deadline = time.monotonic() + float(request["env"].get("ZOO_MUTATION_DEADLINE") or 600)
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
+            code = os.waitstatus_to_exitcode(status)
             break
         readable, _, _ = select.select([conn], [], [], 0.05)
         if readable and not conn.recv(1):  # the client is gone (mutmut's timeout killed it)
             os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return
-    code = os.waitstatus_to_exitcode(status)
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            print(f"fork server: tests past their deadline, stopped: {request['args']}",
+                  file=sys.stderr, flush=True)
+            code = 1
+            break
     with contextlib.suppress(OSError):  # the client is gone: nobody to tell
         conn.sendall(_STATUS.pack(code if code >= 0 else 128 - code))
 

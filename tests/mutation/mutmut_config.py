@@ -91,8 +91,11 @@ def command(tests: list[str], env: Mapping[str, str] = os.environ) -> str:
                            f"tests-{os.getpid()}-{stage}.args")
             argfile.write_text("\n".join(chosen) + "\n")
             args = [shlex.quote(f"@{argfile}")]
+        # a stage that takes 20 times what the map recorded for it (at least a minute) hangs
+        deadline = max(60.0, 20 * recorded_seconds(chosen))
         runs.append(" ".join([
-            shlex.quote(env["ZOO_MUTATION_PYTHON"]), shlex.quote(env["ZOO_MUTATION_SERVER"]),
+            f"ZOO_MUTATION_DEADLINE={deadline:.0f}", shlex.quote(env["ZOO_MUTATION_PYTHON"]),
+            shlex.quote(env["ZOO_MUTATION_SERVER"]),
             "run", shlex.quote(env["ZOO_MUTATION_SOCKET"]), "--",
             "-x", "-q", "-p", "no:cacheprovider",
             *([shlex.quote(f"--basetemp={basetemp}")] if basetemp else []), *args,
