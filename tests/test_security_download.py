@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -323,3 +324,67 @@ def test_archive_size_belongs_to_url_weight_sets(bundle: Path) -> None:
         weight_set(bundle, "pkg:dir", archive_sha256=None, archive_size=10)
     with pytest.raises(ValueError, match="archive_size"):
         weight_set(bundle, "https://example.org/n.zip", archive_size=0)
+
+
+# -- the exact limits: what is at a cap passes, one byte more does not --------------------
+
+def _body(data: bytes, *, announce_length: bool) -> Route:
+    def route(sock: socket.socket, stop: threading.Event) -> None:
+        head = b"HTTP/1.0 200 OK\r\n" + (b"Content-Length: %d\r\n" % len(data)
+                                        if announce_length else b"") + b"\r\n"
+        sock.sendall(head + data)
+    return route
+
+
+@pytest.mark.parametrize("announce_length", [True, False], ids=["announced", "streamed"])
+def test_a_body_of_exactly_the_cap_is_accepted_and_one_byte_more_refused(
+        server: Hostile, tmp_path: Path, announce_length: bool) -> None:
+    from zoo.util.download import DownloadError, download
+
+    cap = 3 * (1 << 16) + 5  # a few reads' worth, not a multiple of one
+    data = bytes(range(256)) * (cap // 256) + b"x" * (cap % 256)
+    server.routes["cap"] = _body(data, announce_length=announce_length)
+    server.routes["over"] = _body(data + b"y", announce_length=announce_length)
+    digest = hashlib.sha256(data).hexdigest()
+    got = download(server.url("cap"), tmp_path / "cap.bin", sha256=digest, what="the test",
+                   progress=False, max_bytes=cap)
+    assert got.read_bytes() == data
+    with pytest.raises(DownloadError, match=f"more than the {cap}|than the {cap} bytes"):
+        download(server.url("over"), tmp_path / "over.bin",
+                 sha256=hashlib.sha256(data + b"y").hexdigest(), what="the test",
+                 progress=False, max_bytes=cap)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cap.bin"]
+
+
+def test_the_cap_is_the_declared_size_and_an_eighth_at_least_64_kib() -> None:
+    from zoo.util.download import MAX_DOWNLOAD_BYTES, download_limit
+
+    assert download_limit(None) == MAX_DOWNLOAD_BYTES == 1 << 30
+    assert download_limit(0) == 1 << 16
+    assert download_limit(8 << 20) == (8 << 20) + (1 << 20)  # an eighth
+    assert download_limit(100_003) == 100_003 + (1 << 16)  # an eighth is less than 64 KiB
+    assert download_limit(1_000_001) == 1_000_001 + 125_000
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0 KiB"), (1022976, "999 KiB"), ((1 << 20) - 1, "1024 KiB"), (1 << 20, "1.0 MiB"),
+    ((3 << 20) + (1 << 19), "3.5 MiB"), ((1 << 30) - 1, "1024.0 MiB"), (1 << 30, "1.0 GiB"),
+    ((5 << 30) + (1 << 29), "5.5 GiB"),
+])
+def test_sizes_are_shown_in_binary_units(n: int, text: str) -> None:
+    from zoo.util.download import _size
+
+    assert _size(n) == text
+
+
+def test_an_unreachable_server_names_the_reason(tmp_path: Path) -> None:
+    from zoo.util.download import DownloadError, download
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DownloadError) as caught:
+        download(f"http://127.0.0.1:{port}/x", tmp_path / "x", sha256="0" * 64,
+                 what="the test", progress=False)
+    assert re.search(r"cannot download the test from http://127\.0\.0\.1:\d+/x: "
+                     r"\[Errno \d+\] Connection refused \(no network\?", str(caught.value))
