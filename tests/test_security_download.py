@@ -388,3 +388,57 @@ def test_an_unreachable_server_names_the_reason(tmp_path: Path) -> None:
                  what="the test", progress=False)
     assert re.search(r"cannot download the test from http://127\.0\.0\.1:\d+/x: "
                      r"\[Errno \d+\] Connection refused \(no network\?", str(caught.value))
+
+
+# -- the weights cache and the weight sets --------------------------------------------------
+
+def test_a_modified_cached_bundle_is_swapped_for_a_fresh_download(
+        bundle: Path, server: Hostile, cache: Path) -> None:
+    archive = zip_bundle(bundle)
+    server.routes["net.zip"] = serve(archive)
+    declared = weight_set(bundle, server.url("net.zip"), archive)
+    first = fetch_weights("Net", declared, progress=False)
+    manifest = first / MANIFEST_FILE  # the bundle's identity: its manifest's SHA-256
+    manifest.write_bytes(manifest.read_bytes() + b" ")
+    again = fetch_weights("Net", declared, progress=False)
+    assert again == first and bundle_sha256(again) == declared.sha256
+    assert manifest.read_bytes() == (bundle / MANIFEST_FILE).read_bytes()
+    assert sorted(p.name for p in cache.iterdir()) == [first.name]  # no staging left
+
+
+def test_an_archive_whose_only_folder_holds_no_manifest_is_not_a_bundle(
+        bundle: Path, server: Hostile, cache: Path) -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("Net-cifar2/model.onnx", b"x")
+    server.routes["empty.zip"] = serve(out.getvalue())
+    declared = weight_set(bundle, server.url("empty.zip"), out.getvalue())
+    with pytest.raises(Exception, match=r"the archive holds no bundle \(manifest.json at its "
+                                        r"top or in its only folder\)"):
+        fetch_weights("Net", declared, progress=False)
+
+
+def test_weight_sets_are_picked_by_tag_and_true_or_none_is_the_first() -> None:
+    import zoo
+    from zoo.bundles.hub import WeightsError, select_weights
+
+    spec = zoo.get_spec("Net")
+    assert select_weights(spec) is select_weights(spec, True) is spec.weights[0]
+    assert select_weights(spec, "cifar2").tag == "cifar2"
+    with pytest.raises(WeightsError, match="Net has no weight set False; declared: cifar2"):
+        select_weights(spec, False)
+
+
+def test_a_missing_package_resource_says_where_the_package_is() -> None:
+    from zoo.bundles.hub import WeightsError, resource_dir
+
+    with pytest.raises(WeightsError) as caught:
+        resource_dir("zoo_chapter8:no/such/folder", "the test")
+    import zoo_chapter8
+
+    package_dir = str(Path(zoo_chapter8.__file__).parent)
+    assert str(caught.value) == (f"the test: 'zoo_chapter8:no/such/folder' does not exist "
+                                 f"(package 'zoo_chapter8' is at {package_dir})")
+    with pytest.raises(WeightsError, match=r"package 'zoo_no_such_package' is at nowhere "
+                                           r"\(it is not an installed package\)"):
+        resource_dir("zoo_no_such_package:weights", "the test")
