@@ -259,3 +259,54 @@ def test_cifar_offline_without_copy_is_a_clear_error(registry: Registry, tmp_pat
     monkeypatch.setattr(CIFAR10, "download", offline)
     with pytest.raises(DataError, match="download failed: network is unreachable"):
         load_dataset(registry.get_dataset("cifar10"), _req(tmp_path, data_dir=tmp_path / "empty"))
+
+
+# -- what the imagefolder scan keeps (hidden and plain files, nesting, sizes, errors) -----
+
+def test_imagefolder_keeps_visible_class_folders_and_every_image_in_them(
+        registry: Registry, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    (root / "README.txt").write_text("a file beside the class folders, not a class")
+    _image(root / ".git" / "0.png", (1, 2, 3))  # a hidden folder: not a class
+    _image(root / "cat" / ".thumbs" / "0.png", (1, 2, 3))  # hidden inside a class: skipped
+    _image(root / "cat" / "more" / "0.png", (7, 7, 7))  # a visible subfolder: its images count
+    (root / "cat" / "0-notes.txt").write_text("sorted before the images: skipped, not a stop")
+    ds = load_dataset(registry.get_dataset("imagefolder"),
+                      _req(tmp_path, data_dir=root, image_size=(8, 8), val_split=0.25))
+    assert ds.classes == ("cat", "dog")
+    assert len(ds.train) + len(ds.val) == 13  # cat 5 + alpha + more/0, dog 5 + grey
+    assert np.bincount(np.concatenate([ds.train.labels, ds.val.labels])).tolist() == [7, 6]
+
+
+def test_imagefolder_defaults_to_32_pixels_and_caches_each_size_apart(
+        registry: Registry, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "data")
+    spec = registry.get_dataset("imagefolder")
+    assert load_dataset(spec, _req(tmp_path, data_dir=root)).train.images.shape[1:] == \
+        (3, 32, 32)
+    for size in ((8, 12), (12, 12), (12, 8)):  # one cache; sizes that share a side
+        ds = load_dataset(spec, _req(tmp_path, data_dir=root, image_size=size))
+        assert ds.train.images.shape[2:] == size
+
+
+def test_imagefolder_errors_name_every_class_and_count_every_skipped_file(
+        registry: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = registry.get_dataset("imagefolder")
+    root = tmp_path / "one"
+    _image(root / "apple" / "0.png", (1, 2, 3))
+    (root / "pear").mkdir()
+    (root / "pear" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match=r"has 1 class folder\(s\) with readable images "
+                                        r"\(apple, pear\); at least 2 are needed"):
+        load_dataset(spec, _req(tmp_path, data_dir=root, image_size=(8, 8)))
+    with pytest.raises(DataError, match=r"needs --val-dir DIR or a --val-split in \(0, 1\), "
+                                        r"got 0"):
+        load_dataset(spec, _req(tmp_path, data_dir=_folder(tmp_path / "data"),
+                                image_size=(8, 8), val_split=0))
+    train, val = _folder(tmp_path / "train"), _folder(tmp_path / "val", per_class=2)
+    (train / "dog" / "bad.png").write_bytes(b"not a png")
+    (val / "cat" / "bad.png").write_bytes(b"not a png")
+    capsys.readouterr()
+    ds = load_dataset(spec, _req(tmp_path, data_dir=train, val_dir=val, image_size=(8, 8)))
+    assert len(ds.skipped) == 2
+    assert "skipped 2 unreadable file(s)" in capsys.readouterr().err
