@@ -138,3 +138,50 @@ def test_torchrun_command_line(tmp_path: Path) -> None:
     assert proc.stdout.count(str(tmp_path / "run")) == 1  # only rank 0 reports
     assert {p.name for p in (tmp_path / "run").iterdir()} >= RUN_FILES
     assert "x2 ranks" in proc.stderr
+
+
+# -- in this process: reading torchrun's environment and the single-process defaults ------
+
+def test_a_process_without_torchrun_is_rank_0_of_1_and_not_distributed() -> None:
+    import dataclasses
+
+    from zoo.trainer.distributed import Dist, dist_from_env
+
+    alone = dist_from_env({})
+    assert alone == Dist() == Dist(rank=0, world=1, local_rank=0, local_world=1)
+    assert (alone.enabled, alone.main) == (False, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        alone.rank = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("env", "expected", "enabled", "main"), [
+    ({"WORLD_SIZE": "2", "RANK": "1"}, (1, 2, 1, 2), True, False),  # local = global by default
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"},
+     (3, 4, 1, 2), True, False),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, (0, 2, 0, 2), True, True),
+    ({"WORLD_SIZE": "1"}, (0, 1, 0, 1), False, True),
+])
+def test_torchruns_environment_gives_each_process_its_place(
+        env: dict[str, str], expected: tuple[int, int, int, int], enabled: bool,
+        main: bool) -> None:
+    from zoo.trainer.distributed import dist_from_env
+
+    place = dist_from_env(env)
+    assert (place.rank, place.world, place.local_rank, place.local_world) == expected
+    assert (place.enabled, place.main) == (enabled, main)
+
+
+def test_a_single_process_joins_no_group_and_a_group_needs_its_master() -> None:
+    import torch
+
+    from zoo.errors import TrainingError
+    from zoo.trainer.distributed import Dist, init_process_group
+
+    assert init_process_group(Dist(), torch.device("cpu"), 10.0) is False
+    with pytest.raises(TrainingError, match="MASTER_ADDR is not set"):
+        old = os.environ.pop("MASTER_ADDR", None)
+        try:
+            init_process_group(Dist(rank=0, world=2), torch.device("cpu"), 10.0)
+        finally:
+            if old is not None:
+                os.environ["MASTER_ADDR"] = old
