@@ -7,6 +7,8 @@ the figure widens past 3), references on some groups only, two rows of one archi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from zoo.analysis.compare import CompareRow, Comparison, compare, comparison_figure
@@ -74,9 +76,16 @@ def test_groups_of_one_architecture_are_labelled_by_their_names() -> None:
     assert [t.get_text() for t in ax.get_xticklabels()] == ["run0", "run1", "run2"]
 
 
-@pytest.mark.parametrize("source", ["the book", "Deep Learning with PyTorch (Stevens, Antiga, "
-                                    "Viehmann), chapter 8, figure 8.12, validation set"])
-def test_the_title_fits_the_figure_on_as_few_lines_as_it_can(source: str) -> None:
+_SOURCE = ("Deep Learning with PyTorch (Stevens, Antiga, Viehmann), chapter 8, figure 8.12, "
+           "validation set; ") * 3
+
+
+@pytest.mark.parametrize(("length", "lines", "size"), [
+    (8, 1, 8), (100, 2, 8), (140, 3, 8), (200, 3, 7), (260, 3, 6)])
+def test_the_title_fits_the_figure_on_as_few_lines_as_it_can(length: int, lines: int,
+                                                             size: int) -> None:
+    """Fewest lines first (up to 3), then a smaller font: 8, 7, 6 points."""
+    source = _SOURCE[:length]
     fig, ax = _chart(2, {"Arch0": source})
     title = ax.title
     text = title.get_text()
@@ -84,10 +93,35 @@ def test_the_title_fits_the_figure_on_as_few_lines_as_it_can(source: str) -> Non
     renderer = fig.canvas.get_renderer()
     box = title.get_window_extent(renderer)
     assert box.x0 >= 0 and box.x1 <= fig.bbox.width  # never cut off
-    if len(source) < 20:  # fits on one line at the first size
-        assert "\n" not in text and title.get_fontsize() == 8
-    else:  # too wide for one line of this 5-inch figure: wrapped, the largest size first
-        assert 2 <= text.count("\n") + 1 <= 3 and title.get_fontsize() == 8
+    assert (text.count("\n") + 1, title.get_fontsize()) == (lines, size)
+
+
+def test_the_rows_and_the_comparison_are_frozen_with_their_required_fields() -> None:
+    from pydantic import ValidationError
+
+    required = {n for n, f in CompareRow.model_fields.items() if f.is_required()}
+    assert required == set(CompareRow.model_fields) - {"reference"}
+    row = _rows(1)[0]
+    assert CompareRow(**row.model_dump(exclude={"reference"})).reference is None
+    comparison = Comparison(rows=(row,))
+    assert comparison.reference_sources == {}
+    assert Comparison(rows=(row,)).reference_sources is not comparison.reference_sources
+    for frozen in (row, comparison):
+        with pytest.raises(ValidationError, match="frozen"):
+            frozen.__setattr__(next(iter(type(frozen).model_fields)), "x")
+
+
+def test_a_run_without_a_completed_epoch_is_named(tmp_path: Path) -> None:
+    import zoo
+    from zoo.spec.run import read_summary
+
+    run = tmp_path / "run"
+    zoo.train("Net", epochs=1, out=run, dataset_options={"size": 40, "num_classes": 2},
+              batch_size=64, progress="none")
+    summary = read_summary(run)
+    (run / "run.json").write_text(summary.model_copy(update={"best": None}).model_dump_json())
+    with pytest.raises(zoo.ZooError, match=f"run '{run}' has no completed epoch to compare"):
+        compare([str(run)])
 
 
 def test_weights_apply_to_architecture_names_only() -> None:

@@ -40,6 +40,9 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     # declarations whose bounds tests/test_spec.py checks (the map knows only their users)
     "zoo/spec/reference.py": ("tests/test_spec.py", "tests/test_compare.py"),
     "zoo/host/events.py": ("tests/test_spec.py", "tests/test_train_hooks.py"),
+    # report models whose declarations the read-back tests check without calling them
+    "zoo/analysis/evaluation.py": ("tests/test_evaluation_report.py", "tests/test_evaluate.py"),
+    "zoo/analysis/compare.py": ("tests/test_compare_chart.py", "tests/test_compare.py"),
 }
 #: What ``--all`` mutates: every module under these folders.
 MUTATION_ROOTS = ("zoo", "plugins")
