@@ -237,3 +237,13 @@ def test_chapter8_specs_declare_their_input_size_tags_and_recipe(
         if v is not None}
     assert spec.source.startswith("Deep Learning with PyTorch") and "chapter 8" in spec.source
     assert spec.builder == f"zoo_chapter8.models:{arch.lower()}"
+
+
+def test_the_plugin_publishes_the_books_validation_accuracies() -> None:
+    """Chapter 8's comparison of the seven (figure 8.12), as zoo compare marks them."""
+    book = {"Net": 0.89, "NetWidth": 0.90, "NetDropout": 0.88, "NetBatchNorm": 0.89,
+            "NetDepth": 0.90, "NetRes": 0.90, "NetResDeep": 0.86}
+    refs = zoo.default_registry().references(list(book))
+    assert {arch: ref.value for arch, ref in refs.items()} == book
+    assert {ref.source for ref in refs.values()} == {
+        "Deep Learning with PyTorch (Stevens, Antiga, Viehmann), chapter 8"}
