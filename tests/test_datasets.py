@@ -268,7 +268,8 @@ def test_imagefolder_keeps_visible_class_folders_and_every_image_in_them(
     root = _folder(tmp_path / "data")
     (root / "README.txt").write_text("a file beside the class folders, not a class")
     _image(root / ".git" / "0.png", (1, 2, 3))  # a hidden folder: not a class
-    _image(root / "cat" / ".thumbs" / "0.png", (1, 2, 3))  # hidden inside a class: skipped
+    for i in range(2):  # hidden inside a class: skipped (two, so no swap can look equal)
+        _image(root / "cat" / ".thumbs" / f"{i}.png", (1, 2, 3))
     _image(root / "cat" / "more" / "0.png", (7, 7, 7))  # a visible subfolder: its images count
     (root / "cat" / "0-notes.txt").write_text("sorted before the images: skipped, not a stop")
     ds = load_dataset(registry.get_dataset("imagefolder"),
