@@ -55,7 +55,8 @@ def amp_dtype(device: torch.device, config: TrainConfig) -> torch.dtype | None:
     CUDA: ``auto`` is bfloat16 where the GPU supports it, else float16. CPU: ``bf16`` is
     bfloat16 autocast (with a warning where this CPU only emulates bfloat16, which is
     slower than float32); ``auto`` stays float32 (bf16's accuracy on every default recipe
-    is not established, see docs/benchmarks.md); ``fp16`` is refused. MPS: float32.
+    is not established: docs/training.md, "Mixed precision on CPU"); ``fp16`` is refused.
+    MPS: float32.
     """
     if config.amp == "off" or device.type not in ("cuda", "cpu"):
         return None
