@@ -103,11 +103,10 @@ async def send_bytes(send: Send, status: int, body: bytes,
                      headers: Mapping[str, str] | None = None,
                      content_type: bytes = JSON_TYPE) -> None:
     """One complete response."""
-    raw = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    raw = [(b"content-type", content_type)]
     raw += [(k.lower().encode("latin-1"), v.encode("latin-1"))
             for k, v in (headers or {}).items() if k.lower() != "content-type"]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
+    await send_raw(send, status, body, raw)
 
 
 async def send_raw(send: Send, status: int, body: bytes,
