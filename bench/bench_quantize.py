@@ -74,7 +74,8 @@ def shipped(name: str, args: argparse.Namespace) -> tuple[Path, np.ndarray, np.n
                                                            np.ndarray]:
     """The shipped bundle of ``name``, calibration images and its held-out split (normalized)."""
     bundle = Path(__file__).resolve().parents[1] / "exports" / f"{name}-cifar2"
-    training = read_manifest(bundle).training
+    manifest = read_manifest(bundle)
+    training = manifest.training
     assert training is not None
     recipe = training.recipe
     shape = zoo.get_spec(name).input_shape
@@ -83,7 +84,7 @@ def shipped(name: str, args: argparse.Namespace) -> tuple[Path, np.ndarray, np.n
                                       seed=training.seed, image_size=(shape.height, shape.width),
                                       channels=shape.channels))
     assert data.content_key == training.content_key, f"not {bundle.name}'s training data"
-    norm = read_manifest(bundle).normalization
+    norm = manifest.normalization
     rng = np.random.default_rng(0)
     pick = rng.choice(len(data.train.images), args.calibration, replace=False)
     return (bundle, normalize(data.train.images[pick], norm.mean, norm.std),
