@@ -122,6 +122,8 @@ EXPORT: list[tuple[str, list[str], str, Any]] = [
     ("--format", ["pt2"], "formats", "pt2"),
     ("--format-option", ["onnx.exporter=dynamo"], "options", {"onnx": {"exporter": "dynamo"}}),
     ("--weights", ["cifar2"], "weights", "cifar2"),
+    ("--quantize", ["int8"], "formats", "onnx,int8"),
+    ("--data-dir", ["images"], "data_dir", "images"),
 ]
 
 
@@ -149,6 +151,6 @@ def test_an_export_flag_reaches_its_keyword(flag: str, values: list[str], keywor
     assert seen[keyword] == expected
     defaults = {"overrides": {}, "out": None, "force": False, "opset": None, "exporter": None,
                 "checkpoint": "best", "atol": 1e-4, "rtol": 1e-3, "seed": 0, "formats": "onnx",
-                "options": {}, "weights": None}
+                "options": {}, "weights": None, "data_dir": None}
     assert defaults[keyword] != expected
     assert all(seen[k] == v for k, v in defaults.items() if k != keyword)

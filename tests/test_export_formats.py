@@ -102,7 +102,8 @@ def test_a_tampered_pt2_is_caught_like_the_onnx_file(tmp_path: Path) -> None:
 
 def test_onnx_is_always_written_and_unknown_formats_are_clear_errors(tmp_path: Path) -> None:
     assert {"onnx", "pt2"} <= set(zoo.default_registry().formats())
-    with pytest.raises(ExportError, match=r"^unknown export format 'tflite'; installed: onnx, pt2"):
+    with pytest.raises(ExportError, match=r"^unknown export format 'tflite'; installed: int8, "
+                                          r"onnx, pt2, triton"):
         export("Net", out=tmp_path / "b", formats="onnx,tflite")
     assert not (tmp_path / "b").exists()
     manifest = export("Net", out=tmp_path / "b", formats="pt2").manifest  # onnx comes with it
@@ -114,7 +115,7 @@ def test_old_manifests_without_formats_stay_the_same(tmp_path: Path,
     assert main(["export", "Net", "--out", str(tmp_path / "b"), "--format", "onnx,pt2"]) == 0
     assert "  pt2: model.pt2 verified (2 checks" in capsys.readouterr().out
     assert main(["verify", str(tmp_path / "b")]) == 0  # zoo verify re-checks pt2 too
-    assert "  pt2: model.pt2 ok (2 checks, max abs 0)" in capsys.readouterr().out
+    assert "  pt2: model.pt2 verified (2 checks, max abs 0)" in capsys.readouterr().out
     plain = export("Net", out=tmp_path / "plain").manifest
     raw = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert "formats" not in raw and plain.formats == {}

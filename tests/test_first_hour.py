@@ -98,7 +98,10 @@ def test_export_help_lists_the_installed_formats(capsys: pytest.CaptureFixture[s
         "  pt2     torch.export ExportedProgram (torch.export.load)",
         "          options: none",
         "  triton  Triton model repository (tritonserver --model-repository=BUNDLE/triton)",
-        "          options: max_batch_size, max_queue_delay_us, instance_count"]
+        "          options: max_batch_size, max_queue_delay_us, instance_count",
+        "  int8    int8 ONNX graph (static QDQ, calibrated on training images; refused if it "
+        "loses accuracy on the held-out split)",
+        "          options: calibration_images, activations, max_drop_points"]
 
 
 def test_export_help_is_computed_only_when_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -127,7 +130,7 @@ def test_completers_name_what_is_installed(tmp_path: Path, monkeypatch: pytest.M
     assert completers.set_keys("", _args("name=NoSuchNet")) == []  # never an error
     assert completers.dataset_options("", _args("dataset=synthetic")) == [
         "noise=", "num_classes=", "size="]
-    assert completers.formats("onnx,", _args()) == ["onnx,pt2", "onnx,triton"]
+    assert completers.formats("onnx,", _args()) == ["onnx,int8", "onnx,pt2", "onnx,triton"]
     assert completers.format_options("onnx.o", _args()) == ["onnx.opset="]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "Net-run").mkdir()

@@ -1,4 +1,5 @@
-"""Core plugin: the zoo's own export formats, ``onnx`` (every bundle's), ``pt2`` and ``triton``.
+"""Core plugin: the zoo's own export formats, ``onnx`` (every bundle's), ``pt2``, ``triton``
+and ``int8``.
 
 Declared through ``zoo_export_formats`` like any plugin's formats, and written and
 verified through the same path (:mod:`zoo.exporter.formats`). It cannot be blocked
@@ -36,6 +37,18 @@ class TritonOptions(FormatOptions):
     instance_count: int = Field(1, ge=1, le=256, description="Model instances on the CPU.")
 
 
+class Int8Options(FormatOptions):
+    """The ``int8`` format's options: calibration, activation type and the accuracy limit."""
+
+    calibration_images: int = Field(512, ge=1, le=100_000, description="Training images its "
+                                    "activation ranges are calibrated on.")
+    activations: Literal["uint8", "int8"] = Field(
+        "uint8", description="Activation type (uint8 x int8 weights: the operand order of "
+        "VNNI and AVX2 integer dot products).")
+    max_drop_points: float = Field(0.5, ge=0.0, le=100.0, description="The most top-1 "
+                                   "accuracy (points) it may lose on the held-out split.")
+
+
 @hookimpl
 def zoo_export_formats() -> list[ExportFormat]:
     return [
@@ -52,4 +65,9 @@ def zoo_export_formats() -> list[ExportFormat]:
                             "triton/{name}/labels.txt"),
                      writer="zoo.exporter.triton:write_triton_format",
                      verifier="zoo.exporter.triton:verify_triton_format", options=TritonOptions),
+        ExportFormat(name="int8",
+                     summary="int8 ONNX graph (static QDQ, calibrated on training images; "
+                             "refused if it loses accuracy on the held-out split)",
+                     files=("model.int8.onnx",), writer="zoo.exporter.int8:write_int8",
+                     verifier="zoo.exporter.int8:verify_int8", options=Int8Options),
     ]

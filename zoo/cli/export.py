@@ -53,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--format", dest="formats", default="onnx", metavar="F[,F]",
         help="export formats besides onnx (always written), comma-separated, each verified: "
              "see 'installed formats' below"), completers.formats)
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="also write a quantized graph (the int8 format: calibrated on training "
+                        "images, refused if it loses over 0.5 points on the held-out split)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="where the weights' training data lies, for formats that need it "
+                        "(int8) when the source is a bundle (a run knows its own)")
     completers.attach(p.add_argument(
         "--format-option", dest="format_options", action="append", default=[],
         metavar="F.KEY=VALUE",
@@ -108,6 +114,8 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter import formats
 
     options = format_options(args.format_options)
+    if args.quantize:
+        args.formats = f"{args.formats},{args.quantize}"
     # bad --format and --format-option values fail here, before the exporter imports torch
     formats.format_options(formats.parse_formats(args.formats, registry), options)
     from zoo.exporter.write import export
@@ -118,7 +126,7 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
                         force=args.force, opset=args.opset, exporter=args.exporter,
                         atol=args.atol, rtol=args.rtol, checkpoint=args.checkpoint,
                         seed=args.seed, registry=registry, formats=args.formats,
-                        options=options, weights=args.weights)
+                        options=options, weights=args.weights, data_dir=args.data_dir)
     except VerificationError as exc:
         print(exc.report.format(), file=sys.stderr)
         raise
@@ -127,10 +135,13 @@ def export_command(args: argparse.Namespace, registry: Registry) -> int:
         print(manifest.to_json(), end="")
         return 0
     print(manifest.verification.format())
+    reference = manifest.verification.ort_latency_ms_batch1
     for name, record in manifest.formats.items():
-        worst = max((c.max_abs_diff for c in record.checks), default=0.0)
-        print(f"  {name}: {', '.join(record.files)} verified ({len(record.checks)} checks, "
-              f"max abs {worst:.3g})")
+        print(record.format(name, reference))
+        latency = record.ort_latency_ms_batch1
+        if latency is not None and reference is not None and latency > reference:
+            print(f"zoo: warning: the {name} graph is slower than the float32 graph at batch 1 "
+                  f"on this CPU ({latency:.3f} ms against {reference:.3f} ms)", file=sys.stderr)
     print(f"exported {manifest.architecture} ({manifest.export.exporter} exporter, opset "
           f"{manifest.export.opset}, {manifest.total_bytes / 1024:.1f} KiB) to {result.path}")
     print(f"bundle sha256 {result.sha256} (pin it: --expect-sha256)")

@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="images per onnxruntime call")
     add_bundle_options(p, "BUNDLE")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--graph", default="onnx", metavar="FORMAT",
+                   help="which ONNX graph of the bundle runs: onnx (float32, default) or an "
+                        "export format holding one, e.g. int8 (zoo export --quantize int8)")
     p.set_defaults(handler=predict_command)
 
 
@@ -80,7 +83,8 @@ def predict_command(args: argparse.Namespace, registry: Registry) -> int:
         check_threads(args.threads, "--threads")
 
     classifier = OnnxClassifier(args.bundle, threads=args.threads, weights=args.weights,
-                                expect_sha256=args.expect_sha256, registry=registry)
+                                expect_sha256=args.expect_sha256, registry=registry,
+                                graph=args.graph)
     files, problems = collect_inputs(args.paths)
     for path_text, problem in problems:
         print(f"zoo: warning: {path_text}: {problem}", file=sys.stderr)

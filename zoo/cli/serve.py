@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="classes in top_labels when a request does not say (top_k)")
     g.add_argument("--threads", type=int, default=1, metavar="N",
                    help="onnxruntime intra-op threads per model")
+    g.add_argument("--graph", default="onnx", metavar="FORMAT",
+                   help="which ONNX graph of each bundle runs: onnx (float32) or a format "
+                        "holding one, e.g. int8 (its version ends in -int8)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="server processes sharing the port (SO_REUSEPORT), each with its own "
                         "copy of the models: one per core to use")
@@ -139,7 +142,7 @@ def _settings(args: argparse.Namespace) -> ServeSettings:
                          max_body_bytes=args.max_body_bytes,
                          max_image_pixels=args.max_image_pixels, top_k=args.top_k,
                          threads=args.threads, max_loop_lag_s=args.max_loop_lag_ms / 1000,
-                         max_queue_wait_s=args.max_queue_wait_ms / 1000)
+                         max_queue_wait_s=args.max_queue_wait_ms / 1000, graph=args.graph)
 
 
 def serve_command(args: argparse.Namespace, registry: Registry) -> int:

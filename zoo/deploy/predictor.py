@@ -25,11 +25,12 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from zoo.bundles.integrity import check_bundle
+from zoo.bundles.integrity import check_bundle, read_checked
 from zoo.bundles.store import resolve_bundle
-from zoo.deploy.runtime import load_graph
-from zoo.errors import ZooError
+from zoo.deploy.runtime import graph_file, load_graph
+from zoo.errors import BundleError, ZooError
 from zoo.host.registry import Registry
+from zoo.spec.exportformat import REQUIRED_FORMAT
 from zoo.spec.manifest import ONNX_FILE, Manifest
 from zoo.util.imaging import ENV_MAX_PIXELS, decode_image, max_image_pixels, normalize, to_mode
 from zoo.util.threads import check_threads
@@ -87,20 +88,30 @@ class OnnxClassifier:
     checked, and its input and output shapes must match the manifest
     (:class:`zoo.errors.BundleError` otherwise). ``expect_sha256`` pins the
     bundle: one whose manifest has another SHA-256 is refused. ``threads``: 1 to
-    4 per core.
+    4 per core. ``graph`` picks which of the bundle's ONNX graphs runs: ``"onnx"``
+    (``model.onnx``, float32) or an export format holding one (``"int8"``).
     """
 
     def __init__(self, bundle: str | os.PathLike[str], *, threads: int | None = None,
                  expect_sha256: str | None = None, weights: str | None = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, graph: str = REQUIRED_FORMAT) -> None:
         check_threads(threads)
         self.path = resolve_bundle(bundle, weights=weights, registry=registry)
-        checked = check_bundle(self.path, expect_sha256=expect_sha256, read=(ONNX_FILE,))
+        if not isinstance(graph, str):
+            raise BundleError(f"graph must be a format name such as 'onnx' or 'int8', got "
+                              f"{graph!r}")
+        # model.onnx is kept as it is hashed; another graph is read again once its name is known
+        checked = check_bundle(self.path, expect_sha256=expect_sha256,
+                               read=(ONNX_FILE,) if graph == REQUIRED_FORMAT else ())
         self.manifest: Manifest = checked.manifest
         #: The bundle's identity (:func:`zoo.bundles.integrity.bundle_sha256`).
         self.sha256 = checked.sha256
-        self.session = load_graph(self.path, self.manifest, threads=threads,
-                                  data=checked.data[ONNX_FILE])
+        #: The graph file that runs (``model.onnx``, ``model.int8.onnx``).
+        self.graph_file = graph_file(self.manifest, graph, self.path)
+        data = checked.data.get(self.graph_file) or read_checked(self.path, self.manifest,
+                                                                 self.graph_file)
+        self.session = load_graph(self.path, self.manifest, threads=threads, data=data,
+                                  file=self.graph_file)
         self.input_name = self.manifest.export.input_name
         shape = self.manifest.model.input_shape
         self.channels = shape.channels
@@ -111,7 +122,9 @@ class OnnxClassifier:
         self._std = norm.std
 
     def __repr__(self) -> str:
-        return f"OnnxClassifier({str(self.path)!r}, architecture={self.manifest.architecture!r})"
+        graph = "" if self.graph_file == ONNX_FILE else f", graph file {self.graph_file!r}"
+        return (f"OnnxClassifier({str(self.path)!r}, architecture="
+                f"{self.manifest.architecture!r}{graph})")
 
     # -- preprocessing -----------------------------------------------------------------
 

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from zoo.bundles.integrity import read_checked
 from zoo.deploy.onnxscan import OnnxScanError, external_data_files
 from zoo.errors import BundleError, ZooError, reason
+from zoo.spec.exportformat import REQUIRED_FORMAT
 from zoo.spec.manifest import GRAPH_METADATA_KEYS, ONNX_FILE, Manifest, graph_metadata
 from zoo.util.threads import check_threads
 
@@ -38,22 +39,37 @@ def ort_session(onnx_model: Path | str | bytes, *,
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
+def graph_file(manifest: Manifest, graph: str, bundle: Path) -> str:
+    """The file of the bundle's ONNX graph ``graph``: ``model.onnx`` for ``onnx``, else the
+    one ``.onnx`` file of that export format (``int8``: ``model.int8.onnx``)."""
+    if graph == REQUIRED_FORMAT:
+        return ONNX_FILE
+    graphs = [REQUIRED_FORMAT, *(name for name, record in manifest.formats.items()
+                                 if len(record.files) == 1 and record.files[0].endswith(".onnx"))]
+    record = manifest.formats.get(graph)
+    if graph not in graphs or record is None:
+        held = "holds no such format" if record is None else "holds it, but not as one ONNX graph"
+        raise BundleError(f"bundle {str(bundle)!r} {held}: graph {graph!r}; its graphs: "
+                          f"{', '.join(graphs)}")
+    return record.files[0]
+
+
 def load_graph(bundle: Path, manifest: Manifest, *, threads: int | None = None,
-               data: bytes | None = None) -> ort.InferenceSession:
-    """The bundle's ONNX graph in onnxruntime, from the very bytes checked against the manifest
-    (``data``, where the caller checked them already).
+               data: bytes | None = None, file: str = ONNX_FILE) -> ort.InferenceSession:
+    """The bundle's ONNX graph ``file`` in onnxruntime, from the very bytes checked against the
+    manifest (``data``, where the caller checked them already).
 
     Refuses a graph that keeps tensors in external files (it would read files no
     digest covers) and one whose input or output disagrees with the manifest.
     """
     if data is None:
-        data = read_checked(bundle, manifest, ONNX_FILE)
+        data = read_checked(bundle, manifest, file)
     try:
         external = external_data_files(data)
     except OnnxScanError as exc:
-        raise BundleError(f"{bundle / ONNX_FILE} is not an ONNX model: {exc}") from None
+        raise BundleError(f"{bundle / file} is not an ONNX model: {exc}") from None
     if external:
-        raise BundleError(f"{bundle / ONNX_FILE} keeps tensors in external file(s) "
+        raise BundleError(f"{bundle / file} keeps tensors in external file(s) "
                           f"{', '.join(sorted(set(external)))}, which bundles may not do (the "
                           "zoo reads only files whose digest it checked); re-export it")
     try:
@@ -61,17 +77,18 @@ def load_graph(bundle: Path, manifest: Manifest, *, threads: int | None = None,
     except ZooError:
         raise
     except Exception as exc:  # onnxruntime's own exception types
-        raise BundleError(f"onnxruntime cannot load {bundle / ONNX_FILE}: "
+        raise BundleError(f"onnxruntime cannot load {bundle / file}: "
                           f"{reason(exc)}") from None
-    check_graph(session, manifest, bundle)
+    check_graph(session, manifest, bundle, file)
     return session
 
 
-def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path) -> None:
+def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path,
+                file: str = ONNX_FILE) -> None:
     """The graph takes one (N, C, H, W) input, gives (N, classes) logits, as the manifest says."""
     shape = manifest.model.input_shape
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    where = f"{bundle / ONNX_FILE}"
+    where = f"{bundle / file}"
     if len(inputs) != 1 or inputs[0].name != manifest.export.input_name:
         raise BundleError(f"{where} takes inputs {[i.name for i in inputs]}, but the manifest "
                           f"says one input {manifest.export.input_name!r}")
@@ -83,15 +100,16 @@ def check_graph(session: ort.InferenceSession, manifest: Manifest, bundle: Path)
     if len(outputs) != 1 or len(out) != 2 or out[1] != len(manifest.classes):
         raise BundleError(f"{where} gives outputs of shape {out} ({len(outputs)} output(s)), but "
                           f"the manifest names {len(manifest.classes)} classes")
-    check_identity(session, manifest, bundle)
+    check_identity(session, manifest, bundle, file)
 
 
-def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Path) -> None:
+def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Path,
+                   file: str = ONNX_FILE) -> None:
     """The identity stamped in the graph's metadata, where it has one, is the manifest's."""
     try:
         recorded = dict(session.get_modelmeta().custom_metadata_map)
     except Exception as exc:  # onnxruntime's own exception types
-        raise BundleError(f"onnxruntime cannot read the metadata of {bundle / ONNX_FILE}: "
+        raise BundleError(f"onnxruntime cannot read the metadata of {bundle / file}: "
                           f"{reason(exc)}") from None
     expected = graph_metadata(manifest.model)
     for key in GRAPH_METADATA_KEYS:
@@ -105,8 +123,8 @@ def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Pa
             except ValueError:
                 pass
         what = key.removeprefix("zoo.").replace("_", " ")
-        raise BundleError(f"{bundle / ONNX_FILE} is a graph of {what} {got!r}, but the manifest "
+        raise BundleError(f"{bundle / file} is a graph of {what} {got!r}, but the manifest "
                           f"says {expected[key]!r}: the graph is not the manifest's model")
 
 
-__all__ = ["check_graph", "check_identity", "load_graph", "ort_session"]
+__all__ = ["check_graph", "check_identity", "graph_file", "load_graph", "ort_session"]

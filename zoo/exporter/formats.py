@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from zoo.bundles.integrity import file_entry
 from zoo.errors import ExportError
+from zoo.exporter.trainingdata import TrainingData
 from zoo.host.contract import call_plugin
 from zoo.host.registry import Registry
 from zoo.spec.architecture import ModelConfig
@@ -102,11 +103,13 @@ class FormatOutcome:
 
 def run_verifier(spec: ExportFormat, model: Any, directory: Path, config: ModelConfig,
                  inputs: list[tuple[str, np.ndarray]], atol: float, rtol: float, *,
-                 options: FormatOptions, target: ExportTarget
+                 options: FormatOptions, target: ExportTarget, data: TrainingData | None = None
                  ) -> tuple[tuple[CheckResult, ...], VerificationReport | None]:
-    """Run ``spec``'s verifier: its checks, and its full report if it gives one."""
+    """Run ``spec``'s verifier: its checks, and its full report if it gives one. ``data``
+    (None when re-checking a bundle, which keeps no data) goes to a verifier that names it."""
     result = _call("verifier", spec, spec.load_verifier(), model, directory, config, inputs,
-                   atol, rtol, options=options, target=target)
+                   atol, rtol, options=options, target=target,
+                   **({} if data is None else {"data": data}))
     if isinstance(result, VerificationReport):
         return result.checks, result
     if isinstance(result, (list, tuple)) and all(isinstance(c, CheckResult) for c in result):
@@ -118,12 +121,15 @@ def run_verifier(spec: ExportFormat, model: Any, directory: Path, config: ModelC
 
 def write_and_verify(spec: ExportFormat, model: Any, directory: Path, config: ModelConfig,
                      inputs: list[tuple[str, np.ndarray]], atol: float, rtol: float, *,
-                     options: FormatOptions, target: ExportTarget) -> FormatOutcome:
+                     options: FormatOptions, target: ExportTarget,
+                     data: TrainingData | None = None) -> FormatOutcome:
     """Write format ``spec`` into ``directory`` (the bundle being built), then verify it.
 
-    A format that leaves a file out, or whose checks fail, is an :class:`ExportError`
-    (a :class:`~zoo.spec.manifest.VerificationError` with its report, for one that
-    gives a report); nothing is written at the bundle's destination then.
+    ``data``, the weights' training data, goes to a writer and a verifier that name
+    it; it loads only when one of them uses it. A format that leaves a file out, or
+    whose checks fail, is an :class:`ExportError` (a
+    :class:`~zoo.spec.manifest.VerificationError` with its report, for one that gives a
+    report); nothing is written at the bundle's destination then.
     """
     try:
         files = spec.files_for(target.name)
@@ -131,18 +137,30 @@ def write_and_verify(spec: ExportFormat, model: Any, directory: Path, config: Mo
         raise ExportError(str(exc)) from None
     start = time.perf_counter()
     _call("writer", spec, spec.load_writer(), model, directory, config, options=options,
-          target=target)
+          target=target, data=data)
     written = time.perf_counter() - start
     missing = [f for f in files if not _written(directory, f)]
     if missing:
         raise ExportError(f"export format {spec.name!r} did not write {', '.join(missing)} "
                           "(as regular files)")
     checks, report = run_verifier(spec, model, directory, config, inputs, atol, rtol,
-                                  options=options, target=target)
+                                  options=options, target=target, data=data)
     passed = bool(checks) and all(c.passed for c in checks) and (report is None or report.passed)
     record = FormatRecord(files=files, passed=passed, atol=atol, rtol=rtol, checks=checks,
                           export_seconds=written,
-                          verify_seconds=time.perf_counter() - start - written)
+                          verify_seconds=time.perf_counter() - start - written,
+                          ort_latency_ms_batch1=None if report is None
+                          else report.ort_latency_ms_batch1)
+    lost = [c for c in checks if not c.passed and c.accuracy is not None
+            and c.reference_accuracy is not None]
+    if lost:
+        c = lost[0]
+        assert c.accuracy is not None and c.reference_accuracy is not None
+        raise ExportError(
+            f"the {spec.name} export of {config.architecture} fails its accuracy check "
+            f"'{c.name}': top-1 {c.reference_accuracy:.3f} -> {c.accuracy:.3f} "
+            f"({100 * (c.reference_accuracy - c.accuracy):.1f} points lost); nothing was "
+            f"written to {target.name}")
     if not passed:
         worst = max((c.max_abs_diff for c in checks), default=float("nan"))
         what = (f"the ONNX graph of {config.architecture}" if spec.name == REQUIRED_FORMAT

@@ -122,6 +122,26 @@ def _loading(manifest: Manifest, name: str) -> list[str]:
         "print(classes[int(logits.argmax())])", "```"]
 
 
+def _formats(manifest: Manifest) -> list[str]:
+    """The bundle's other formats: files, accuracy measured on labelled images, latency."""
+    if not manifest.formats:
+        return []
+    lines = ["## Other formats", ""]
+    reference = manifest.verification.ort_latency_ms_batch1
+    for name, record in manifest.formats.items():
+        files = ", ".join(f"`{f}`" for f in record.files)
+        line = f"- `{name}`: {files}, {'verified' if record.passed else 'FAILED'}"
+        for c in record.checks:
+            if c.accuracy is not None and c.reference_accuracy is not None:
+                line += (f"; top-1 accuracy {c.accuracy!r} on the {c.name} ({c.batch_size} "
+                         f"images; the float32 graph: {c.reference_accuracy!r})")
+        if record.ort_latency_ms_batch1 is not None:
+            line += (f"; onnxruntime CPU latency at batch 1 {record.ort_latency_ms_batch1:.3f} ms"
+                     + ("" if reference is None else f" (float32 graph {reference:.3f} ms)"))
+        lines.append(line)
+    return [*lines, ""]
+
+
 def render_card(manifest: Manifest, name: str, *, spec: ArchitectureSpec | None = None,
                 confusion: Confusion | None = None, pictures: Sequence[str] = ()) -> str:
     """The model card of the bundle ``name`` described by ``manifest``, as Markdown."""
@@ -185,6 +205,7 @@ def render_card(manifest: Manifest, name: str, *, spec: ArchitectureSpec | None 
                       *_confusion_table(confusion, classes), ""]
         lines += [f"![{p.removesuffix('.png')}]({p})" for p in pictures]
         lines += [""] if pictures else []
+    lines += _formats(manifest)
     lines += [
         "## Limitations", "",
         f"- It knows only {', '.join(classes)}: any other image is still given one of these "

@@ -58,6 +58,7 @@ class ExportSource:
     name: str  # the bundle's default name
     summary: RunSummary | None = None  # a run's record, for the model card's pictures
     run_dir: Path | None = None
+    recipe: Mapping[str, Any] | None = None  # the run's configuration, its own paths if local
 
 
 def identity_normalization(channels: int) -> Normalization:
@@ -111,7 +112,8 @@ def _from_run(path: Path, registry: Registry, checkpoint: str) -> ExportSource:
                                        error=ExportError)
     return ExportSource(model, summary.model, tuple(summary.data.classes),
                         summary.normalization, training_info(summary, which),
-                        _samples(path, summary), run_bundle_name(path, summary), summary, path)
+                        _samples(path, summary), run_bundle_name(path, summary), summary, path,
+                        recipe=summary.train_config)
 
 
 def _from_bundle(bundle: str | Path, registry: Registry, weights: str | None,
@@ -120,7 +122,7 @@ def _from_bundle(bundle: str | Path, registry: Registry, weights: str | None,
     m = loaded.manifest
     name = f"{loaded.path.resolve().name}-{'-'.join(formats)}"
     return ExportSource(loaded.model, m.model, m.classes, m.normalization, m.training, None,
-                        name)
+                        name, recipe=None if m.training is None else m.training.recipe)
 
 
 def load_source(source: str | Path, overrides: Mapping[str, Any], registry: Registry,

@@ -41,10 +41,7 @@ class BundleVerification(VerificationReport):
         """A human-readable table of the report, a line per extra format after ONNX's."""
         lines = [super().format()]
         for name, record in self.formats.items():
-            worst = max((c.max_abs_diff for c in record.checks), default=0.0)
-            lines.append(f"  {name}: {', '.join(record.files)} "
-                         f"{'ok' if record.passed else 'FAILED'} ({len(record.checks)} checks, "
-                         f"max abs {worst:.3g})")
+            lines.append(record.format(name, self.ort_latency_ms_batch1))
         return "\n".join(lines)
 
 

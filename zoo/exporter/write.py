@@ -32,6 +32,7 @@ from zoo.exporter.formats import format_options, parse_formats, write_and_verify
 from zoo.exporter.modelcard import write_card
 from zoo.exporter.onnx import Exporter, export_info
 from zoo.exporter.source import MAX_EXPORT_PIXELS, checked_classes_and_normalization, load_source
+from zoo.exporter.trainingdata import TrainingData
 from zoo.host.registry import Registry, default_registry
 from zoo.spec.exportformat import REQUIRED_FORMAT, ExportTarget
 from zoo.spec.manifest import (
@@ -101,6 +102,7 @@ def export(
     formats: str | Sequence[str] = "onnx",
     options: Mapping[str, Mapping[str, Any]] | None = None,
     weights: str | None = None,
+    data_dir: str | Path | None = None,
 ) -> ExportResult:
     """Export a run directory, a bundle or an architecture to a verified bundle (``zoo.export``).
 
@@ -113,7 +115,10 @@ def export(
     identifies the source (:mod:`zoo.exporter.source`), where ``zoo predict NAME``
     finds it. ``formats`` adds export formats to ONNX (``"pt2"``; :mod:`zoo.spec.exportformat`),
     each verified like it; ``options`` are the formats' options by format name
-    (``{"onnx": {"opset": 18}}``), ``opset`` and ``exporter`` those of ``onnx``.
+    (``{"onnx": {"opset": 18}}``), ``opset`` and ``exporter`` those of ``onnx``. A format
+    that needs the weights' training data (``int8``: calibration, held-out accuracy)
+    loads it again as the run did; ``data_dir`` says where it lies for a bundle, which
+    does not record that (:mod:`zoo.exporter.trainingdata`).
     Raises :class:`ExportError` on bad input and
     :class:`~zoo.spec.manifest.VerificationError` (with the report) when the graph
     does not match; in both cases nothing is left at the destination.
@@ -148,13 +153,17 @@ def export(
     inputs = verification_inputs(config, samples)
     target = ExportTarget(name=dest.name, classes=classes)
     model = src.model.eval()
+    data = TrainingData(registry, config, norm, src.training, src.recipe,
+                        data_dir=None if data_dir is None else Path(data_dir),
+                        what=f"the source {str(source)!r}", local_paths=src.run_dir is not None)
     try:
         with atomic_directory(dest, replace=force) as tmp:
             state = io.BytesIO()
             torch.save(model.state_dict(), state)  # in memory: a full disk is an OSError
             (tmp / WEIGHTS_FILE).write_bytes(state.getbuffer())
             outcomes = {s.name: write_and_verify(s, model, tmp, config, inputs, atol, rtol,
-                                                 options=chosen[s.name], target=target)
+                                                 options=chosen[s.name], target=target,
+                                                 data=data)
                         for s in specs}
             onnx_outcome = outcomes.pop(REQUIRED_FORMAT)
             assert onnx_outcome.report is not None  # the onnx verifier gives its full report

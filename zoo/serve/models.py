@@ -77,6 +77,7 @@ class ServeSettings:
     threads: int | None = 1
     max_loop_lag_s: float = 0.025
     max_queue_wait_s: float = 0.05
+    graph: str = "onnx"
 
 
 class ServedModel:
@@ -88,7 +89,12 @@ class ServedModel:
         self.classifier = classifier
         self.manifest = classifier.manifest
         self.sha256 = sha256
-        self.version = sha256[:VERSION_DIGITS]
+        #: The bundle's graph that runs: ``onnx`` (float32) or a format holding one (``int8``).
+        self.graph = settings.graph
+        suffix = "" if settings.graph == "onnx" else f"-{settings.graph}"
+        # the version names the weights and the graph: an int8 graph answers otherwise
+        self.version = sha256[:VERSION_DIGITS] + suffix
+        self._full_version = sha256 + suffix
         self.settings = settings
         self.classes = tuple(classifier.classes)
         self.input_name = self.manifest.export.input_name
@@ -104,9 +110,10 @@ class ServedModel:
 
     def check_version(self, version: str | None) -> None:
         """A 404 ProtocolError unless ``version`` is None, this version or the full SHA-256."""
-        if version is not None and version.lower() not in (self.version, self.sha256):
+        if version is not None and version.lower() not in (self.version, self._full_version):
             raise ProtocolError(f"model {self.name!r} has no version {version!r}; accepted: "
-                                f"{self.version!r} (or the bundle's full SHA-256)", 404)
+                                f"{self.version!r} (or the bundle's full SHA-256"
+                                f"{'' if self.graph == 'onnx' else ' + -' + self.graph})", 404)
 
     def metadata(self) -> ModelMetadata:
         k = len(self.classes)
@@ -124,6 +131,10 @@ class ServedModel:
         m = self.manifest
         training = m.training
         exported = training.exported if training is not None else None
+        accuracy = exported.val_acc if exported else None
+        record = m.formats.get(self.graph)
+        if record is not None:  # the accuracy the served graph itself scored, where measured
+            accuracy = next((c.accuracy for c in record.checks if c.accuracy is not None), None)
         return {
             "name": self.name, "version": self.version, "sha256": self.sha256,
             "architecture": m.architecture, "parameters": m.num_parameters,
@@ -131,7 +142,7 @@ class ServedModel:
             "input": {"channels": self.input_shape[0], "height": self.input_shape[1],
                       "width": self.input_shape[2]},
             "dataset": training.dataset if training else None,
-            "accuracy": exported.val_acc if exported else None,
+            "accuracy": accuracy, "graph": self.graph,
             "accuracy_split": (training.val_images or training.split) if training else None,
             "epochs": training.epochs_completed if training else None,
             "train_images": training.train_size if training else None,

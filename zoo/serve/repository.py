@@ -96,7 +96,8 @@ def load_models(sources: Sequence[ModelSource], settings: ServeSettings, *,
     for source in sources:
         path = resolve_bundle(source.bundle, registry=registry)
         expect = (pins or {}).get(source.name)
-        classifier = OnnxClassifier(path, threads=settings.threads, expect_sha256=expect)
+        classifier = OnnxClassifier(path, threads=settings.threads, expect_sha256=expect,
+                                    graph=settings.graph)
         models.append(ServedModel(source.name, classifier, bundle_sha256(path), settings))
     return models
 

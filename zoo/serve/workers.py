@@ -93,7 +93,8 @@ def worker_main(spec: WorkerSpec, ready: Event) -> None:
     configure_logging(spec.log_level)
     try:
         models = [ServedModel(b.name, OnnxClassifier(b.path, threads=spec.settings.threads,
-                                                     expect_sha256=b.sha256),
+                                                     expect_sha256=b.sha256,
+                                                     graph=spec.settings.graph),
                               b.sha256, spec.settings) for b in spec.bundles]
         sock = bind(spec.host, spec.port, reuse_port=True)
     except (ZooError, OSError) as exc:

@@ -16,11 +16,15 @@ the format is used:
   :class:`~zoo.spec.manifest.VerificationReport`).
 
 Both may also take, by keyword, ``options`` (the format's validated options, an
-instance of its ``options`` model: ``--format-option NAME.KEY=VALUE``) and
-``target`` (an :class:`ExportTarget`: the bundle's name and class names); they
+instance of its ``options`` model: ``--format-option NAME.KEY=VALUE``), ``target``
+(an :class:`ExportTarget`: the bundle's name and class names) and ``data`` (a
+:class:`zoo.exporter.trainingdata.TrainingData`: the weights' training data,
+loaded on first use; the verifier gets none when a bundle is re-checked); they
 are passed only to a function whose signature names them, as pluggy passes hook
-arguments. The zoo's own formats (the core plugin ``formats``) are ``onnx``,
-which every bundle holds, and ``pt2``. Nothing here imports torch or numpy.
+arguments. A check with ``accuracy`` set that fails refuses the export with the
+accuracy it loses. The zoo's own formats (the core plugin ``formats``) are
+``onnx``, which every bundle holds, ``pt2``, ``triton`` and ``int8``. Nothing here
+imports torch or numpy.
 """
 
 from __future__ import annotations

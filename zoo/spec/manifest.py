@@ -82,7 +82,8 @@ class FileEntry(BaseModel):
 
 
 class CheckResult(BaseModel):
-    """onnxruntime against PyTorch on one batch of inputs."""
+    """A format's outputs against PyTorch's on one batch of inputs, or (``accuracy`` set)
+    its top-1 accuracy against the float32 graph's on labelled images."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -92,7 +93,13 @@ class CheckResult(BaseModel):
     max_rel_diff: float = Field(description="Largest |onnx - torch| / |torch| over all logits.")
     top1_agreement: float = Field(ge=0.0, le=1.0,
                                   description="Fraction of inputs whose predicted class agrees.")
-    passed: bool = Field(description="Whether |onnx - torch| <= atol + rtol * |torch| everywhere.")
+    passed: bool = Field(description="Whether |onnx - torch| <= atol + rtol * |torch| everywhere "
+                                     "(for an accuracy check: whether the accuracy lost is "
+                                     "within the format's limit).")
+    accuracy: float | None = Field(None, ge=0.0, le=1.0,
+                                   description="Top-1 accuracy of the format on labelled images.")
+    reference_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="Top-1 accuracy of the float32 graph on the same images.")
 
 
 class VerificationReport(BaseModel):
@@ -197,6 +204,27 @@ class FormatRecord(BaseModel):
     checks: tuple[CheckResult, ...] = ()
     export_seconds: float = Field(0.0, description="Time writing it took.")
     verify_seconds: float = Field(0.0, description="Time its verification took.")
+    ort_latency_ms_batch1: float | None = Field(
+        None, description="Median onnxruntime CPU latency at batch 1, in milliseconds, of a "
+                          "format that is a graph (compare with verification's).")
+
+    def format(self, name: str, reference_latency_ms: float | None = None) -> str:
+        """Lines for a report: the format's files and checks, the accuracy its checks on
+        labelled images measured, its latency against the float32 graph's."""
+        worst = max((c.max_abs_diff for c in self.checks if c.accuracy is None), default=0.0)
+        lines = [f"  {name}: {', '.join(self.files)} {'verified' if self.passed else 'FAILED'} "
+                 f"({len(self.checks)} checks, max abs {worst:.3g})"]
+        for c in self.checks:
+            if c.accuracy is not None and c.reference_accuracy is not None:
+                lines.append(f"    top-1 {c.accuracy:.3f} (float32 {c.reference_accuracy:.3f}) "
+                             f"on the {c.name}")
+        if self.ort_latency_ms_batch1 is not None:
+            ratio = ("" if not reference_latency_ms else
+                     f" (float32 {reference_latency_ms:.3f} ms: "
+                     f"{reference_latency_ms / self.ort_latency_ms_batch1:.2f}x as fast)")
+            lines.append(f"    onnxruntime CPU latency, batch 1: "
+                         f"{self.ort_latency_ms_batch1:.3f} ms{ratio}")
+        return "\n".join(lines)
 
 
 class Versions(BaseModel):

@@ -1,0 +1,208 @@
+"""The int8 export format: calibrated on training images, measured on the held-out split,
+refused where it loses accuracy, and run by the classifier like the float32 graph."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from export_helpers import make_run
+from PIL import Image
+
+import zoo
+from zoo.bundles.integrity import read_manifest
+from zoo.cli import main
+from zoo.deploy import OnnxClassifier
+from zoo.errors import BundleError, ExportError
+from zoo.exporter.int8 import INT8_FILE
+from zoo.exporter.source import training_info
+from zoo.exporter.trainingdata import TrainingData
+from zoo.exporter.verify import verify_bundle
+from zoo.spec.dataset import DatasetRequest
+from zoo.spec.run import BEST_CHECKPOINT, SUMMARY_FILE, RunSummary
+from zoo.trainer.checkpoint import load_checkpoint, save_checkpoint
+
+#: A small ReLU model that learns the two-shape synthetic task to about 0.9 in a second.
+RECIPE = dict(dataset="synthetic", dataset_options={"size": 800, "num_classes": 2},
+              model={"num_classes": 2, "n_chans1": 8}, epochs=8, lr=0.01, optimizer="adam",
+              progress="none", seed=0)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "NetDepth-run"
+    zoo.train("NetDepth", out=out, **RECIPE)
+    return out
+
+
+def _held_out() -> tuple[np.ndarray, np.ndarray]:
+    """The run's held-out split, loaded here as the trainer loads it."""
+    data = zoo.default_registry().load_dataset(
+        "synthetic", DatasetRequest(val_split=0.1, seed=0, image_size=(32, 32)),
+        size=800, num_classes=2)
+    return data.val.images, data.val.labels
+
+
+def test_int8_bundle_records_both_accuracies_on_the_held_out_split(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = zoo.export(run_dir, out=tmp_path / "b", formats="int8")
+    record = result.manifest.formats["int8"]
+    assert record.files == (INT8_FILE,) and record.passed
+    assert record.ort_latency_ms_batch1 is not None and record.ort_latency_ms_batch1 > 0
+    [check] = [c for c in record.checks if c.accuracy is not None]
+    training = result.manifest.training
+    assert training is not None and training.best is not None
+    # the float32 graph on the reloaded split scores what the trainer measured on its own
+    assert check.batch_size == training.val_size == 80
+    assert check.reference_accuracy == pytest.approx(training.best.val_acc, abs=1 / 80)
+    assert training.best.val_acc >= 0.8
+    assert abs(check.reference_accuracy - check.accuracy) <= 0.005 + 1e-9
+    # the int8 graph, run by the classifier on the held-out images, scores what was recorded
+    images, labels = _held_out()
+    clf = OnnxClassifier(tmp_path / "b", graph="int8")
+    assert clf.graph_file == INT8_FILE and "model.int8.onnx" in repr(clf)
+    assert float((clf.logits(images).argmax(1) == labels).mean()) == check.accuracy
+    fp32 = OnnxClassifier(tmp_path / "b")
+    assert float((fp32.logits(images).argmax(1) == labels).mean()) == check.reference_accuracy
+    Image.fromarray(images[0].transpose(1, 2, 0)).save(tmp_path / "x.png")
+    [expected] = clf.predict([tmp_path / "x.png"], top_k=1)
+    assert main(["predict", str(tmp_path / "b"), "--graph", "int8", "--json",
+                 str(tmp_path / "x.png")]) == 0
+    printed = capsys.readouterr().out
+    assert expected.label in printed and f"{expected.probability:.4f}"[:5] in printed
+    card = (tmp_path / "b" / "README.md").read_text()
+    assert f"top-1 accuracy {check.accuracy!r} on the held-out split" in card
+    assert f"(80 images; the float32 graph: {check.reference_accuracy!r})" in card
+    # re-checked without data: the graph loads and agrees in shape; no accuracy is claimed
+    report = verify_bundle(tmp_path / "b")
+    assert report.passed and report.formats["int8"].passed
+    assert [c.accuracy for c in report.formats["int8"].checks] == [None, None]
+    with pytest.raises(BundleError, match=r"holds no such format: graph 'pt2'; its graphs: "
+                                          r"onnx, int8"):
+        OnnxClassifier(tmp_path / "b", graph="pt2")
+
+
+def test_calibration_uses_training_images_only(run_dir: Path) -> None:
+    summary = RunSummary.model_validate_json((run_dir / SUMMARY_FILE).read_text())
+    data = TrainingData(zoo.default_registry(), summary.model, summary.normalization,
+                        training_info(summary, BEST_CHECKPOINT), summary.train_config,
+                        data_dir=None, what="the run", local_paths=True)
+    everything = data.calibration(10**6)
+    held = data.held_out()
+    assert len(everything) == 720 and len(held.labels) == 80
+    rows = {x.tobytes() for x in everything}
+    assert not any(x.tobytes() in rows for x in held.images)
+    assert np.array_equal(data.calibration(64), data.calibration(64))  # a fixed choice
+
+
+def test_int8_is_refused_where_it_loses_accuracy(run_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # one channel of the first convolution scaled up by 1000 and the next layer's input from
+    # it scaled down: the same float function (ReLU and max pooling commute with a positive
+    # scale), but one activation range 1000x wider crushes every other channel to a few
+    # int8 steps
+    edited = tmp_path / "edited-run"
+    shutil.copytree(run_dir, edited)
+    path = edited / "checkpoints" / "best.pt"
+    state = load_checkpoint(path)
+    weights = state["model"]
+    weights["conv1.weight"][0] *= 1e3
+    weights["conv1.bias"][0] *= 1e3
+    weights["conv2.weight"][:, 0] /= 1e3
+    state.pop("digest")
+    save_checkpoint(path, state)
+    fp32 = zoo.export(edited, out=tmp_path / "fp32")  # the float graph still verifies
+    assert fp32.manifest.verification.passed
+    best = read_manifest(tmp_path / "fp32").training.best  # type: ignore[union-attr]
+    assert best is not None
+    code = main(["export", str(edited), "--quantize", "int8", "--out", str(tmp_path / "q")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert (f"the int8 export of NetDepth fails its accuracy check 'held-out split (10% of the "
+            f"training images, seed 0), at most 0.5 points lost': top-1 {best.val_acc:.3f} -> "
+            in err)
+    lost = float(err.split("(")[-1].split(" points lost")[0])
+    assert lost >= 20.0
+    assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q*"))
+    # a larger limit, given as the format's option, lets it through
+    assert main(["export", str(edited), "--quantize", "int8", "--out", str(tmp_path / "q"),
+                 "--format-option", "int8.max_drop_points=100"]) == 0
+    assert (tmp_path / "q" / INT8_FILE).is_file()
+
+
+def test_int8_needs_the_data_the_weights_were_trained_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # no training record at all
+    assert main(["export", "Net", "--quantize", "int8", "--out", str(tmp_path / "a")]) != 0
+    err = capsys.readouterr().err
+    assert "records no training data" in err and "Traceback" not in err
+    # a run whose recorded content key is not what its dataset gives now
+    make_run(tmp_path / "run")
+    with pytest.raises(ExportError, match=r"is not the data the source .* was trained on "
+                                          r"\(content key [0-9a-f]+, recorded abc123\)"):
+        zoo.export(tmp_path / "run", formats="int8", out=tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _folder(root: Path, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(("plane", "bird")):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            pixels = rng.integers(0, 120, (32, 32, 3), dtype=np.uint8) + 120 * k
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def test_a_bundle_is_given_its_data_folder(tmp_path: Path) -> None:
+    data_dir = _folder(tmp_path / "images", seed=0)
+    run = zoo.train("Net", dataset="imagefolder", data_dir=data_dir, epochs=2,
+                    out=tmp_path / "Net-run", progress="none", seed=0, cache_dir=tmp_path / "c",
+                    val_split=0.2)
+    bundle = zoo.export(run.run_dir, out=tmp_path / "fp32").path
+    with pytest.raises(ExportError, match=r"trained on the folder 'images', which a bundle does "
+                                          r"not locate; give its path with --data-dir"):
+        zoo.export(bundle, formats="int8", out=tmp_path / "a")
+    other = _folder(tmp_path / "elsewhere", seed=1)
+    with pytest.raises(ExportError, match=r"the data at .*elsewhere is not the data"):
+        zoo.export(bundle, formats="int8", out=tmp_path / "a", data_dir=other)
+    result = zoo.export(bundle, formats="int8", out=tmp_path / "a", data_dir=data_dir,
+                        options={"int8": {"max_drop_points": 100}})
+    [check] = [c for c in result.manifest.formats["int8"].checks if c.accuracy is not None]
+    assert check.batch_size == 8  # 20% of 40 images
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_zoo_serve_answers_with_the_int8_graph(run_dir: Path, tmp_path: Path) -> None:
+    import tritonclient.http as httpclient
+    from serve_support import call, thread_server
+
+    from zoo.serve.models import ServeSettings
+
+    bundle = zoo.export(run_dir, out=tmp_path / "b", formats="int8").path
+    [check] = [c for c in read_manifest(bundle).formats["int8"].checks if c.accuracy is not None]
+    images, _ = _held_out()
+    batch = images[:16]
+    int8, fp32 = OnnxClassifier(bundle, graph="int8"), OnnxClassifier(bundle)
+    assert not np.allclose(int8.logits(batch), fp32.logits(batch), atol=1e-6)
+    settings = ServeSettings(max_loop_lag_s=0, max_queue_wait_s=0, graph="int8")
+    with thread_server([f"q={bundle}"], settings) as running:
+        client = httpclient.InferenceServerClient(running.url.split("//")[1].rstrip("/"))
+        try:
+            version = running.models["q"].sha256[:12] + "-int8"
+            assert client.get_model_metadata("q")["versions"] == [version]
+            x = int8.preprocess(list(batch.transpose(0, 2, 3, 1)))
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=True)
+            result = client.infer("q", [inp], model_version=version,
+                                  outputs=[httpclient.InferRequestedOutput("logits")])
+            np.testing.assert_allclose(result.as_numpy("logits"), int8.logits(batch), atol=1e-6)
+        finally:
+            client.close()
+        sha = running.models["q"].sha256
+        assert call(f"{running.url}v2/models/q/versions/{sha[:12]}").status == 404
+        assert call(f"{running.url}v2/models/q/versions/{sha}-int8").status == 200
+        assert running.models["q"].card()["accuracy"] == check.accuracy
+        assert running.models["q"].card()["graph"] == "int8"
