@@ -175,6 +175,56 @@ def test_tensorboard_event_files_read_back(tmp_path: Path) -> None:
     assert [m.train_loss for m in plain.metrics] == [m.train_loss for m in result.metrics]
 
 
+def test_tensorboard_hparams_are_the_runs_values(tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    result = train("Net", epochs=2, out=tmp_path / "run", loggers=["tensorboard"], lr=0.03,
+                   flip=False, **{**FAST, "model": {**FAST["model"], "n_hidden": 12}})
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    values = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info.hparams
+    assert values["architecture"].string_value == "Net"
+    assert values["dataset"].string_value == "synthetic"
+    assert values["lr"].number_value == pytest.approx(0.03)
+    assert values["epochs"].number_value == 2 and values["batch_size"].number_value == 32
+    assert values["flip"].bool_value is False
+    assert values["model.n_hidden"].number_value == 12
+    assert "model" not in values and "loggers" not in values  # not scalars: left out
+    best = result.summary.best
+    assert best is not None
+    assert [e.value for e in acc.Scalars("hparam/best_val_acc")] == pytest.approx([best.val_acc])
+
+
+def test_tensorboard_on_resume_drops_the_events_of_epochs_trained_again(tmp_path: Path) -> None:
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = {**FAST, "loggers": ["tensorboard"]}
+    whole = train("Net", epochs=3, out=tmp_path / "whole", **cfg)
+    run, snapshot = tmp_path / "run", tmp_path / "snapshot"
+    train("Net", epochs=3, out=run, registry=_registry(Recorder(stop_after=2)), **cfg)
+    summary = read_summary(run)
+    (run / "run.json").write_text(summary.model_copy(
+        update={"status": "interrupted", "stop_reason": None}).model_dump_json())
+    shutil.copytree(run, snapshot)
+    train("Net", epochs=3, resume=run)  # writes epoch 3's events
+    # a crash after epoch 3's events were written but before its checkpoint: the state of
+    # the run after epoch 2 with the event files of the session that went on
+    shutil.rmtree(snapshot / "tensorboard")
+    shutil.copytree(run / "tensorboard", snapshot / "tensorboard")
+    train("Net", epochs=3, resume=snapshot)
+    acc = EventAccumulator(str(snapshot / "tensorboard"))
+    acc.Reload()
+    for tag, field in (("accuracy/val", "val_acc"), ("loss/train", "train_loss")):
+        events = acc.Scalars(tag)
+        assert [e.step for e in events] == [1, 2, 3]  # epoch 3 once, epochs 1 and 2 kept
+        assert [e.value for e in events] == pytest.approx(
+            [getattr(m, field) for m in whole.metrics], rel=1e-6)
+
+
 def test_init_from_starts_a_new_run_from_the_best_weights(tmp_path: Path) -> None:
     import torch
 
