@@ -79,6 +79,16 @@ def test_int8_bundle_records_both_accuracies_on_the_held_out_split(
     report = verify_bundle(tmp_path / "b")
     assert report.passed and report.formats["int8"].passed
     assert [c.accuracy for c in report.formats["int8"].checks] == [None, None]
+    # with --accuracy the data is loaded again and the same split gives the same numbers
+    again = verify_bundle(tmp_path / "b", accuracy=True).formats["int8"]
+    [rechecked] = [c for c in again.checks if c.accuracy is not None]
+    assert (rechecked.accuracy, rechecked.reference_accuracy, rechecked.batch_size) == (
+        check.accuracy, check.reference_accuracy, 80)
+    assert again.options == record.options == {"calibration_images": 512,
+                                               "activations": "uint8", "max_drop_points": 0.5}
+    assert main(["verify", str(tmp_path / "b"), "--accuracy"]) == 0
+    assert f"top-1 {check.accuracy:.3f} (float32 {check.reference_accuracy:.3f})" in (
+        capsys.readouterr().out)
     with pytest.raises(BundleError, match=r"holds no such format: graph 'pt2'; its graphs: "
                                           r"onnx, int8"):
         OnnxClassifier(tmp_path / "b", graph="pt2")
@@ -169,9 +179,18 @@ def test_a_bundle_is_given_its_data_folder(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match=r"the data at .*elsewhere is not the data"):
         zoo.export(bundle, formats="int8", out=tmp_path / "a", data_dir=other)
     result = zoo.export(bundle, formats="int8", out=tmp_path / "a", data_dir=data_dir,
-                        options={"int8": {"max_drop_points": 100}})
+                        options={"int8": {"max_drop_points": 100, "calibration_images": 7}})
     [check] = [c for c in result.manifest.formats["int8"].checks if c.accuracy is not None]
     assert check.batch_size == 8  # 20% of 40 images
+    # a re-check reads the options the format was written with, and needs the folder too
+    assert result.manifest.formats["int8"].options["max_drop_points"] == 100
+    with pytest.raises(ExportError, match="give its path with --data-dir"):
+        verify_bundle(tmp_path / "a", accuracy=True)
+    with pytest.raises(zoo.ZooError, match=r"read only to measure accuracy again; add "
+                                           r"--accuracy"):
+        verify_bundle(tmp_path / "a", data_dir=data_dir)
+    again = verify_bundle(tmp_path / "a", accuracy=True, data_dir=data_dir).formats["int8"]
+    assert [c.accuracy for c in again.checks if c.accuracy is not None] == [check.accuracy]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

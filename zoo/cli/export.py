@@ -77,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--rtol", type=float, help="relative tolerance (default: the manifest's)")
     p.add_argument("--expect-sha256", metavar="HEX",
                    help="refuse the bundle unless its manifest has this SHA-256")
+    p.add_argument("--accuracy", action="store_true",
+                   help="measure again the accuracy formats such as int8 measured on the "
+                        "held-out split (loads the weights' training data)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="with --accuracy: where the training data lies (a bundle records "
+                        "only its folder's name)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=verify_command)
 
@@ -152,7 +158,8 @@ def verify_command(args: argparse.Namespace, registry: Registry) -> int:
     from zoo.exporter.verify import verify_bundle
 
     report = verify_bundle(args.bundle, atol=args.atol, rtol=args.rtol, registry=registry,
-                           expect_sha256=args.expect_sha256, weights=args.weights)
+                           expect_sha256=args.expect_sha256, weights=args.weights,
+                           accuracy=args.accuracy, data_dir=args.data_dir)
     if args.json:
         print(report.model_dump_json(
             indent=2, exclude={"path", *(() if report.formats else ("formats",))}))

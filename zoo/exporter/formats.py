@@ -150,7 +150,8 @@ def write_and_verify(spec: ExportFormat, model: Any, directory: Path, config: Mo
                           export_seconds=written,
                           verify_seconds=time.perf_counter() - start - written,
                           ort_latency_ms_batch1=None if report is None
-                          else report.ort_latency_ms_batch1)
+                          else report.ort_latency_ms_batch1,
+                          options=options.model_dump(mode="json"))
     lost = [c for c in checks if not c.passed and c.accuracy is not None
             and c.reference_accuracy is not None]
     if lost:

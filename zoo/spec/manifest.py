@@ -207,6 +207,9 @@ class FormatRecord(BaseModel):
     ort_latency_ms_batch1: float | None = Field(
         None, description="Median onnxruntime CPU latency at batch 1, in milliseconds, of a "
                           "format that is a graph (compare with verification's).")
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The format's options it was written with (its "
+        "options model's fields): re-checks use them.")
 
     def format(self, name: str, reference_latency_ms: float | None = None) -> str:
         """Lines for a report: the format's files and checks, the accuracy its checks on
