@@ -151,3 +151,48 @@ def test_reference_accuracies_are_a_hook_of_any_registered_plugin(tmp_path: Path
                             "'Net' is not one of them")
     row = compare(["Net"], registry=by_hand).rows[0]
     assert row.reference == 0.89
+
+
+def test_a_hook_like_no_zoo_hook_is_refused_with_the_known_ones(make_dist: MakeDist) -> None:
+    make_dist("odd-nets", "odd_nets", tiny_plugin("OddNet", "odd_nets") + (
+        "\n@zoo.hookimpl\ndef zoo_qqqqqqqqqqqqqqqqqqqqqqq(run):\n    pass\n"))
+    info = Registry().plugins_by_key()["odd_nets"]
+    assert info.status == "error" and info.error is not None
+    assert info.error.startswith("refused: 'zoo_qqqqqqqqqqqqqqqqqqqqqqq' is not a zoo hook; "
+                                 "known: zoo_architectures, ")
+    assert "zoo_train_epoch_end" in info.error and "did you mean" not in info.error
+
+
+def test_a_plugin_that_hung_is_skipped_and_the_plugins_after_it_still_count() -> None:
+    import threading
+
+    from zoo.spec.exportformat import ExportFormat
+
+    release = threading.Event()
+
+    class Hangs:
+        @hookimpl
+        def zoo_architectures(self) -> list[Any]:
+            release.wait(30)
+            return []
+
+        @hookimpl
+        def zoo_export_formats(self) -> list[Any]:
+            raise AssertionError("a plugin that hung is not called again")
+
+    class After:
+        @hookimpl
+        def zoo_export_formats(self) -> list[ExportFormat]:
+            return [ExportFormat(name="after", summary="registered after a plugin that hung",
+                                 files=("after.bin",), writer="test_hook_calls:write",
+                                 verifier="test_hook_calls:verify")]
+
+    registry = Registry(entry_points=False, listing_timeout=0.2)
+    registry.register(Hangs(), name="hangs")
+    registry.register(After(), name="after")
+    try:
+        assert registry.list_models() == []  # the plugin that hung gave none
+        assert "after" in registry.formats() and "onnx" in registry.formats()
+        assert registry.plugins_by_key()["hangs"].status == "partial"
+    finally:
+        release.set()
