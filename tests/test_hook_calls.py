@@ -196,3 +196,20 @@ def test_a_plugin_that_hung_is_skipped_and_the_plugins_after_it_still_count() ->
         assert registry.plugins_by_key()["hangs"].status == "partial"
     finally:
         release.set()
+
+
+def test_a_core_plugins_name_stays_reserved_when_it_is_blocked() -> None:
+    from zoo.errors import DuplicateNameError
+
+    registry = Registry(entry_points=False, blocked=["earlystop"])
+    info = registry.plugins_by_key()["earlystop"]
+    assert (info.status, info.core, info.describe()) == ("blocked", True,
+                                                         "core plugin 'earlystop'")
+
+    class Other:
+        @hookimpl
+        def zoo_train_should_stop(self, run: Any, metrics: Any) -> None:
+            return None
+
+    with pytest.raises(DuplicateNameError, match="plugin name 'earlystop' is used by both"):
+        registry.register(Other(), name="earlystop")
