@@ -17,6 +17,7 @@ from zoo.errors import (
     InputShapeError,
     UnknownArchitectureError,
     UnknownDatasetError,
+    ZooError,
 )
 from zoo.host.registry import Registry
 from zoo.util.suggest import suggest
@@ -273,7 +274,9 @@ def test_hooks_run_once_per_scan_and_a_rescan_starts_clean(make_dist: MakeDist) 
         reg.get_spec("Net")
     assert len(calls) == 1
     problems = {p.name: p.problems for p in reg.plugins()}["counted_mod"]
-    assert len(problems) == 1 and "invalid spec 'Bad'" in problems[0]
+    # the first of its three errors, where it is and what was given
+    assert problems == ("zoo_architectures() returned an invalid spec 'Bad' (dropped): builder: "
+                        "Field required (got {'name': 'Bad', 'summary': 'no builder'})",)
     module = types.ModuleType("inline_plugin2")
     exec(tiny_plugin("Inline2", "inline_plugin2"), module.__dict__)
     sys.modules["inline_plugin2"] = module
@@ -430,3 +433,10 @@ def test_the_old_shape_key_names_point_at_the_new_ones() -> None:
     with pytest.raises(HyperparameterError, match=r"Net has no hyperparameter 'height' \(the "
                                                   r"input's height is 'in_height'\)"):
         zoo.create_model("Net", height=28)
+
+
+@pytest.mark.parametrize("keyword", [{"pretrained": True}, {"weights": "cifar2"}])
+def test_the_registry_builds_untrained_models_only(keyword: dict[str, object]) -> None:
+    with pytest.raises(ZooError, match=r"Registry.create_model builds untrained models; load "
+                                       r"weights with zoo.create_model\('Net', pretrained=True\)"):
+        Registry().create_model("Net", **keyword)
