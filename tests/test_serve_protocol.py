@@ -247,3 +247,44 @@ def test_page_and_cards(server: Running) -> None:
     assert (net["name"], net["architecture"], net["dataset"]) == ("Net", "Net", "imagefolder")
     assert 0.5 < net["accuracy"] <= 1 and "training images" in net["accuracy_split"]
     assert cards[1]["name"] == "res" and cards[1]["architecture"] == "NetRes"
+
+
+def _samples(server: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = call(f"{server.url}metrics").body.decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_count_each_inference_by_model_and_outcome(server: Running,
+                                                           clf: OnnxClassifier) -> None:
+    def value(samples: dict, name: str, **labels: str) -> float:
+        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = _samples(server)
+    x = clf.preprocess([pixels(1)])
+    good = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
+                        "data": x.ravel().tolist()}]}
+    start = time.perf_counter()
+    for _ in range(3):
+        assert post_json(f"{server.url}v2/models/Net/infer", good).status == 200
+    assert call(f"{server.url}v2/models/Net/infer", "POST", b"{not json",
+                {"Content-Type": "application/json"}).status == 400
+    assert post_json(f"{server.url}v2/models/nope/infer", good).status == 404
+    elapsed = time.perf_counter() - start
+    after = _samples(server)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    requests = "zoo_serve_requests_total"
+    assert delta(requests, endpoint="infer", model="Net", outcome="ok") == 3
+    assert delta(requests, endpoint="infer", model="Net", outcome="client_error") == 1
+    assert delta(requests, endpoint="infer", model="", outcome="client_error") == 1
+    assert delta("zoo_serve_request_errors_total", model="Net", status="400") == 1
+    assert delta("zoo_serve_request_errors_total", model="", status="404") == 1
+    # the latency of the four that reached the model: counted, and of this test's length
+    latency = "zoo_serve_request_duration_seconds"
+    assert delta(f"{latency}_count", endpoint="infer", model="Net") == 4
+    assert 0 < delta(f"{latency}_sum", endpoint="infer", model="Net") <= elapsed
