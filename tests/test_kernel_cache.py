@@ -307,3 +307,15 @@ def test_threads_reaching_the_kernels_together_build_them_once(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert done.stderr.splitlines() == [
         "zoo: compiling the chapter-8 CPU kernels (first use, a few seconds)…"]
+
+
+def test_a_library_is_hashed_whole_whatever_its_size(tmp_path: Path) -> None:
+    # libraries are read in 1 MiB blocks: one of 2.5 MiB takes three reads
+    data = os.urandom((5 << 20) // 2)
+    path = tmp_path / "big.so"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert kernel_cache._hash_fd(fd) == hashlib.sha256(data).hexdigest()
+    finally:
+        os.close(fd)
