@@ -279,3 +279,22 @@ def test_flush_stops_waiting_for_a_batch_to_fill() -> None:
         return flushed_in
 
     assert run(main) < 1.0
+
+
+@pytest.mark.parametrize(("options", "valid"), [
+    ({"max_batch_size": 4, "max_queue_rows": 4}, True),  # a queue of exactly one batch
+    ({"max_batch_size": 4, "max_queue_rows": 3}, False),
+    ({"max_batch_size": 0, "max_queue_rows": 4}, False),
+    ({"max_queue_delay_s": 0.0}, True),
+    ({"max_queue_delay_s": -0.001}, False),
+    ({"timeout_s": 0.0}, False),
+    ({"timeout_s": 0.001}, True),
+])
+def test_the_batchers_bounds_are_checked(options: dict[str, Any], valid: bool) -> None:
+    if valid:
+        batcher = DynamicBatcher(Worker(), **options)
+        assert all(getattr(batcher, k) == v for k, v in options.items())
+    else:
+        with pytest.raises(ValueError, match=r"need 1 <= max_batch_size|the queue delay must "
+                                             r"be >= 0 and the timeout > 0"):
+            DynamicBatcher(Worker(), **options)
