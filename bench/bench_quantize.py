@@ -18,10 +18,8 @@ faster int8 graph at both batch sizes.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,23 +27,12 @@ import numpy as np
 
 import zoo
 from zoo.bundles.integrity import read_manifest
-from zoo.deploy.runtime import ort_session
+from zoo.deploy.runtime import median_latency_ms, ort_session
 from zoo.exporter.int8 import INT8_FILE
-from zoo.spec.manifest import INPUT_NAME, ONNX_FILE
+from zoo.spec.manifest import ONNX_FILE
 from zoo.util.cpu import describe, native_int8
 
 EXPORTS = Path(__file__).resolve().parents[1] / "exports"
-
-
-def latency_ms(session: Any, x: np.ndarray, runs: int) -> float:
-    for _ in range(max(3, runs // 10)):
-        session.run(None, {INPUT_NAME: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
 
 
 def source(name: str, root: Path, args: argparse.Namespace) -> Path:
@@ -80,8 +67,8 @@ def bench(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     for batch, runs in ((1, 300), (256, 10)):
         x = rng.standard_normal((batch, *shape)).astype(np.float32)
-        row[f"fp32_ms_b{batch}"] = latency_ms(fp, x, runs)
-        row[f"int8_ms_b{batch}"] = latency_ms(q, x, runs)
+        row[f"fp32_ms_b{batch}"] = median_latency_ms(fp, x, runs, warmup=max(3, runs // 10))
+        row[f"int8_ms_b{batch}"] = median_latency_ms(q, x, runs, warmup=max(3, runs // 10))
     faster = row["int8_ms_b1"] < row["fp32_ms_b1"] and row["int8_ms_b256"] < row["fp32_ms_b256"]
     row["verdict"] = "keep" if row["drop_points"] <= 0.5 and faster else "drop"
     return row

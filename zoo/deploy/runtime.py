@@ -11,8 +11,11 @@ exports carry no identity and are checked by their shapes alone.
 from __future__ import annotations
 
 import json
+import statistics
+import time
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from zoo.bundles.integrity import read_checked
@@ -37,6 +40,21 @@ def ort_session(onnx_model: Path | str | bytes, *,
     options.log_severity_level = 3
     model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def median_latency_ms(session: ort.InferenceSession, x: np.ndarray, runs: int, *,
+                      warmup: int = 10) -> float:
+    """The median wall time of ``session`` on the batch ``x``, in milliseconds, over ``runs``
+    calls after ``warmup`` untimed ones."""
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000.0
 
 
 def graph_file(manifest: Manifest, graph: str, bundle: Path) -> str:
@@ -127,4 +145,5 @@ def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Pa
                           f"says {expected[key]!r}: the graph is not the manifest's model")
 
 
-__all__ = ["check_graph", "check_identity", "graph_file", "load_graph", "ort_session"]
+__all__ = ["check_graph", "check_identity", "graph_file", "load_graph", "median_latency_ms",
+           "ort_session"]

@@ -16,7 +16,6 @@ its top-1 agreement with the eager model on random inputs is reported.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from zoo.deploy.runtime import ort_session
 from zoo.errors import ExportError, reason
+from zoo.exporter.onnx import batch1_latency_ms
 from zoo.exporter.trainingdata import TrainingData
 from zoo.spec.architecture import ModelConfig
 from zoo.spec.manifest import INPUT_NAME, ONNX_FILE, CheckResult, VerificationReport
@@ -76,18 +76,6 @@ def _predict(session: Any, images: np.ndarray) -> np.ndarray:
                            for i in range(0, len(images), _BATCH)])
 
 
-def _latency_ms(session: Any, shape: tuple[int, ...], runs: int = 100) -> float:
-    x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
-    for _ in range(10):
-        session.run(None, {INPUT_NAME: x})
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, {INPUT_NAME: x})
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
-
-
 def verify_int8(model: torch.nn.Module, directory: Path, config: ModelConfig,
                 inputs: list[tuple[str, np.ndarray]], atol: float, rtol: float, *,
                 options: Any, data: TrainingData | None = None) -> VerificationReport:
@@ -130,7 +118,8 @@ def verify_int8(model: torch.nn.Module, directory: Path, config: ModelConfig,
     return VerificationReport(
         passed=all(c.passed for c in checks), atol=atol, rtol=rtol,
         onnx_checker="passed (full_check)", checks=tuple(checks),
-        ort_latency_ms_batch1=_latency_ms(session, shape), ort_threads=threads,
+        ort_latency_ms_batch1=batch1_latency_ms(session, shape),
+        ort_threads=threads,
         seconds=time.perf_counter() - start)
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import statistics
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from zoo.deploy.runtime import ort_session
+from zoo.deploy.runtime import median_latency_ms, ort_session
 from zoo.errors import ContractError, ExportError, reason
 from zoo.exporter.checks import check_outputs, check_tolerances
 from zoo.host.contract import PROBE_BATCH
@@ -181,17 +180,12 @@ def check_onnx_output(onnx_path: Path, config: ModelConfig, classes: tuple[str, 
             f"{wanted}, a logit per class of the manifest ({', '.join(classes)})")
 
 
-def _latency_ms(session: ort.InferenceSession, shape: tuple[int, int, int], runs: int) -> float:
+def batch1_latency_ms(session: ort.InferenceSession, shape: tuple[int, ...],
+                      runs: int = LATENCY_RUNS) -> float:
+    """The median latency of a graph at batch 1 (a fixed random input of ``shape``), in ms:
+    what a bundle records of each graph it holds."""
     x = np.random.default_rng(1).standard_normal((1, *shape)).astype(np.float32)
-    feed = {INPUT_NAME: x}
-    for _ in range(10):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000.0
+    return median_latency_ms(session, x, runs)
 
 
 def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig,
@@ -221,7 +215,7 @@ def verify_onnx(model: torch.nn.Module, onnx_path: Path, config: ModelConfig,
                               f"{reason(exc)}") from None
         checks.append(check_outputs(name, expected, actual, atol, rtol))
     shape = config.input_shape.as_tuple()
-    latency = _latency_ms(session, shape, latency_runs) if latency_runs > 0 else None
+    latency = batch1_latency_ms(session, shape, latency_runs) if latency_runs > 0 else None
     return VerificationReport(
         passed=all(c.passed for c in checks), atol=atol, rtol=rtol, onnx_checker=checker,
         checks=tuple(checks), ort_latency_ms_batch1=latency, ort_threads=threads,
