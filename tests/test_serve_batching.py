@@ -298,3 +298,26 @@ def test_the_batchers_bounds_are_checked(options: dict[str, Any], valid: bool) -
         with pytest.raises(ValueError, match=r"need 1 <= max_batch_size|the queue delay must "
                                              r"be >= 0 and the timeout > 0"):
             DynamicBatcher(Worker(), **options)
+
+
+def test_jobs_that_time_out_in_the_queue_give_their_rows_back() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_rows=8, timeout_s=0.5)
+        plug = await plugged(batcher, worker)
+        jobs = [asyncio.create_task(batcher.submit(name, rows))
+                for name, rows in (("a", 2), ("b", 3), ("c", 1))]
+        await asyncio.sleep(0.02)
+        assert batcher.queued_rows == 6
+        for job in jobs:
+            with pytest.raises(TimeoutError):
+                await job
+        assert batcher.queued_rows == 0  # each discarded job's own rows, not the last one's
+        worker.release.set()
+        with pytest.raises(TimeoutError):
+            await plug
+        assert await batcher.submit("fine", 4) == "done fine"
+        await batcher.close()
+
+    run(main)
