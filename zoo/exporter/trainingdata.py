@@ -62,11 +62,6 @@ class TrainingData:
         self._local_paths = local_paths
         self._loaded: LoadedDataset | None = None
 
-    @property
-    def available(self) -> bool:
-        """Whether the source records training data at all (it may still fail to load)."""
-        return self._training is not None
-
     def _load(self) -> LoadedDataset:
         if self._loaded is not None:
             return self._loaded

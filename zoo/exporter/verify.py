@@ -100,7 +100,7 @@ def verify_bundle(bundle: str | os.PathLike[str], *, atol: float | None = None,
         start = time.perf_counter()
         checks, report = run_verifier(spec, loaded.model, path, manifest.model, inputs, use_atol,
                                       use_rtol, options=options, target=target,
-                                      data=None if name == REQUIRED_FORMAT else data)
+                                      data=data)
         if name == REQUIRED_FORMAT:
             assert report is not None  # the onnx verifier gives its full report
             onnx_report = report
