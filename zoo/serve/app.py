@@ -335,8 +335,9 @@ class ServeApp:
                        "/v2/health/ready, /v2/models/NAME[/versions/V][/ready|/infer], "
                        "/zoo/models, /metrics, /")
         elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow")  # Starlette's order varies by run
             message = (f"{request.method} is not accepted on {request.url.path!r}; accepted: "
-                       f"{(exc.headers or {}).get('Allow', 'another method')}")
+                       f"{', '.join(sorted(allowed.split(', '))) if allowed else 'another method'}")
         else:
             message = str(exc.detail)
         return Response(error_body(message), exc.status_code, {**JSON, **(exc.headers or {})})
