@@ -4,6 +4,8 @@ full queue is a 503 with Retry-After at once."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -321,3 +323,156 @@ def test_jobs_that_time_out_in_the_queue_give_their_rows_back() -> None:
         await batcher.close()
 
     run(main)
+
+
+def test_each_batch_is_reported_once_with_its_rows_jobs_and_seconds() -> None:
+    worker = Worker()
+    reports: list[tuple[int, int, float]] = []
+
+    async def main() -> float:
+        batcher = DynamicBatcher(worker, name="Net", max_batch_size=4, max_queue_wait_s=0.2,
+                                 on_batch=lambda *report: reports.append(report))
+        assert (batcher.queued_rows, batcher.in_flight_rows) == (0, 0)
+        with pytest.raises(BatcherClosedError, match="model 'Net' is shutting down"):
+            await batcher.submit("before start", 1)  # not started: refused, not lost
+        start = time.perf_counter()
+        plug = await plugged(batcher, worker)
+        assert batcher.in_flight_rows == 1
+        stale = asyncio.create_task(batcher.submit("stale", 2))  # refused: no batch
+        await asyncio.sleep(0.3)
+        jobs = [asyncio.create_task(batcher.submit(n, r)) for n, r in (("a", 1), ("b", 2))]
+        await asyncio.sleep(0.01)
+        worker.release.set()
+        with pytest.raises(QueueWaitError, match="model 'Net' queued the request"):
+            await stale
+        assert await asyncio.gather(plug, *jobs) == ["done plug", "done a", "done b"]
+        elapsed = time.perf_counter() - start
+        assert (batcher.queued_rows, batcher.in_flight_rows) == (0, 0)
+        await batcher.close()
+        return elapsed
+
+    elapsed = run(main)
+    assert [(rows, jobs) for rows, jobs, _ in reports] == [(1, 1), (3, 2)]
+    assert all(0 <= seconds <= elapsed for _, _, seconds in reports)
+    assert reports[0][2] >= 0.29  # the plug computed while the stale job waited
+
+
+def test_the_worker_thread_is_named_for_the_model_and_never_keeps_a_process_alive() -> None:
+    code = ("import asyncio, threading\n"
+            "from zoo.serve.batching import DynamicBatcher\n"
+            "async def main():\n"
+            "    b = DynamicBatcher(lambda p: list(p), name='Net')\n"
+            "    b.start()\n"
+            "    assert await b.submit('x', 1) == 'x'\n"
+            "    print(sorted(t.name for t in threading.enumerate() if t.name[:4] == 'zoo-'))\n"
+            "asyncio.run(main())\n")  # exits without close(): the worker must not hold it
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['zoo-batch-Net']"
+
+
+def test_a_batcher_never_started_closes_and_a_closed_one_stops_quickly() -> None:
+    async def main() -> float:
+        idle = DynamicBatcher(Worker())
+        await idle.close()
+        assert idle.closed
+        with pytest.raises(BatcherClosedError):
+            await idle.submit("late", 1)
+        batcher = DynamicBatcher(Worker())
+        batcher.start()
+        assert await batcher.submit("x", 1) == "done x"
+        start = time.perf_counter()
+        await batcher.close()
+        return time.perf_counter() - start
+
+    assert run(main) < 0.5
+
+
+def test_default_batchers_never_refuse_a_job_for_its_wait_in_the_queue() -> None:
+    worker = Worker()
+
+    async def main() -> Any:
+        batcher = DynamicBatcher(worker, max_batch_size=1)
+        plug = await plugged(batcher, worker)
+        waiting = asyncio.create_task(batcher.submit("patient", 1))
+        await asyncio.sleep(1.1)
+        worker.release.set()
+        results = await asyncio.gather(plug, waiting)
+        await batcher.close()
+        return results
+
+    assert run(main) == ["done plug", "done patient"]
+
+
+def test_a_batch_that_fills_during_the_queue_delay_goes_at_once() -> None:
+    worker = Worker()
+
+    async def main() -> float:
+        batcher = DynamicBatcher(worker, max_batch_size=4, max_queue_delay_s=3.0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("first", 1))
+        await asyncio.sleep(0.05)  # the worker now waits up to the delay for more
+        start = time.perf_counter()
+        rest = [asyncio.create_task(batcher.submit(i, 1)) for i in range(3)]
+        await asyncio.gather(first, *rest)
+        filled_in = time.perf_counter() - start
+        await batcher.close()
+        return filled_in
+
+    assert run(main) < 1.0
+    assert worker.batches == [["first", 0, 1, 2]]
+
+
+def test_abandoned_jobs_are_skipped_and_the_rest_of_their_batch_is_answered() -> None:
+    worker = Worker()
+
+    async def main() -> None:
+        batcher = DynamicBatcher(worker, max_batch_size=2, max_queue_delay_s=0.2,
+                                 timeout_s=5)
+        batcher.start()
+        plug = asyncio.create_task(batcher.submit("plug", 1))
+        kept = asyncio.create_task(batcher.submit("kept", 1))  # one batch: [plug, kept]
+        await asyncio.to_thread(worker.started.wait, 10)
+        queued = [asyncio.create_task(batcher.submit(n, r)) for n, r in (("gone", 2),
+                                                                        ("next", 1))]
+        await asyncio.sleep(0.01)
+        plug.cancel()  # abandoned while computed: its batch mate is still answered
+        queued[0].cancel()  # abandoned while queued: never computed
+        worker.release.set()
+        time.sleep(0.3)  # the event loop busy: the worker meets the abandoned job first
+        assert await kept == "done kept" and await queued[1] == "done next"
+        assert batcher.queued_rows == 0
+        await batcher.close()
+
+    run(main)
+    assert worker.batches == [["plug", "kept"], ["next"]]
+
+
+def test_loop_lag_measures_the_delay_only_and_restarts() -> None:
+    async def main() -> tuple[bool, float, bool, bool]:
+        lag = LoopLag(max_lag_s=0.02, interval_s=0.015)
+        assert lag.overloaded is False  # before any measurement
+        await lag.stop()  # never started: nothing to stop
+        lag.start()
+        await asyncio.sleep(0.2)
+        calm, measured = lag.overloaded, lag.lag_s
+        await lag.stop()
+        lag.start()  # started again after a stop: measuring again
+        for _ in range(15):  # a measurement spans a few turns of the loop
+            time.sleep(0.03)
+            await asyncio.sleep(0)
+        busy = lag.overloaded
+        await lag.stop()
+        off = LoopLag(max_lag_s=0)
+        off.start()
+        for _ in range(4):
+            time.sleep(0.05)
+            await asyncio.sleep(0)
+        disabled = off.overloaded
+        await off.stop()
+        return calm, measured, busy, disabled
+
+    calm, measured, busy, disabled = run(main)
+    assert calm is False and 0 <= measured < 0.015
+    assert busy is True and disabled is False
