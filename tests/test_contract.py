@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_plugin
 
 import zoo
-from zoo.errors import BundleError, ContractError, PluginError
+from zoo.errors import BundleError, ContractError, DataError, PluginError
 from zoo.host.contract import check_model, load_dataset
 from zoo.host.registry import Registry
 from zoo.spec.dataset import DatasetRequest
@@ -74,7 +74,16 @@ def load(request, options):
     if f == "none-type":
         return None
     split = zoo.Split(images, labels)
-    return zoo.LoadedDataset(name="faulty", train=split, val=split, classes=classes,
+    train, val = split, split
+    if f in ("no train", "no val", "one each"):
+        train, val = zoo.Split(images[:4], labels[:4]), zoo.Split(images[4:], labels[4:])
+        if f == "one each":
+            train, val = zoo.Split(images[:1], labels[:1]), zoo.Split(images[1:2], labels[1:2])
+        if f == "no train":
+            train = zoo.Split(images[:0], labels[:0])
+        if f == "no val":
+            val = zoo.Split(images[:0], labels[:0])
+    return zoo.LoadedDataset(name="faulty", train=train, val=val, classes=classes,
                              content_key="k", split_description="same")
 '''
 
@@ -197,3 +206,24 @@ def test_a_loader_must_give_the_class_count_its_spec_declares(registry: Registry
     with pytest.raises(ContractError, match=r"its spec declares 3 classes; the loader gave 2 "
                                             r"\(a, b\)"):
         load_dataset(spec, DatasetRequest())
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("no train", "dataset 'faulty' gave 0 training and 2 validation images; both must be "
+                 "non-empty"),
+    ("no val", "dataset 'faulty' gave 4 training and 0 validation images; both must be "
+               "non-empty"),
+    ("one each", None),  # one image is enough for either split
+])
+def test_a_run_needs_training_and_validation_images(registry: Registry, tmp_path: Path,
+                                                    fault: str, message: str | None) -> None:
+    run = lambda: zoo.train("Tiny", registry=registry, dataset="faulty",  # noqa: E731
+                            dataset_options={"fault": fault}, epochs=1, out=tmp_path / "run",
+                            progress="none", num_threads=1)
+    if message is None:
+        result = run()
+        assert (result.summary.data.train_size, result.summary.data.val_size) == (1, 1)
+    else:
+        with pytest.raises(DataError) as info:
+            run()
+        assert str(info.value) == message

@@ -72,6 +72,38 @@ def test_synthetic_bad_options(registry: Registry, tmp_path: Path) -> None:
         load_dataset(spec, _req(tmp_path), colour="red")
 
 
+def test_synthetic_defaults_and_bounds(registry: Registry, tmp_path: Path) -> None:
+    spec = registry.get_dataset("synthetic")
+    data = load_dataset(spec, _req(tmp_path, val_split=0.25))  # the declared defaults
+    assert (len(data.train), len(data.val)) == (1500, 500)
+    assert data.classes == ("cross", "circle", "square", "triangle")
+    quiet = load_dataset(spec, _req(tmp_path), size=8, noise=0.0, num_classes=2)
+    noisy = load_dataset(spec, _req(tmp_path), size=8, num_classes=2)  # default noise 0.1
+    louder = load_dataset(spec, _req(tmp_path), size=8, noise=0.2, num_classes=2)
+
+    def spread(d: object) -> float:  # the background's spread grows with the noise
+        images = d.train.images.astype(np.float64)  # type: ignore[attr-defined]
+        return float(np.median(np.abs(np.diff(images, axis=-1))))
+
+    assert spread(quiet) < spread(noisy) < spread(louder)
+    options = spec.options
+    for field, good, bad in (("size", (4, 1_000_000), (3, 1_000_001)),
+                             ("num_classes", (2, 6), (1, 7)),
+                             ("noise", (0.0, 1.0), (-0.01, 1.01))):
+        for value in good:
+            assert getattr(options.model_validate({field: value}), field) == value
+        for value in bad:
+            with pytest.raises(ValueError, match=field):
+                options.model_validate({field: value})
+
+
+def test_cifar_datasets_declare_their_downloads_and_classes(registry: Registry) -> None:
+    declared = {name: (registry.get_dataset(name).downloads, registry.get_dataset(name).num_classes)
+                for name in registry.list_datasets()}
+    assert declared == {"cifar2": (True, 2), "cifar10": (True, 10),
+                        "imagefolder": (False, None), "synthetic": (False, None)}
+
+
 # -- imagefolder ----------------------------------------------------------------------------
 
 

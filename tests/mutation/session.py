@@ -40,6 +40,8 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     # declarations whose bounds tests/test_spec.py checks (the map knows only their users)
     "zoo/spec/reference.py": ("tests/test_spec.py", "tests/test_compare.py"),
     "zoo/host/events.py": ("tests/test_spec.py", "tests/test_train_hooks.py"),
+    # the built-in datasets' declarations (options, downloads, classes)
+    "plugins/zoo_datasets/__init__.py": ("tests/test_datasets.py",),
     # report models whose declarations the read-back tests check without calling them
     "zoo/analysis/evaluation.py": ("tests/test_evaluation_report.py", "tests/test_evaluate.py"),
     "zoo/analysis/compare.py": ("tests/test_compare_chart.py", "tests/test_compare.py"),
