@@ -5,6 +5,7 @@ what is tested, not the kernels)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -71,7 +72,7 @@ def test_cpu_threads_are_shared_among_the_processes_of_a_machine(
         local_world: int, cpus: int | None, expected: int | None) -> None:
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    monkeypatch.setattr(devices.os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     monkeypatch.setattr(devices, "retain_freed_memory", lambda: None)
     config = TrainConfig(num_threads=threads)
     configure_cpu(device, config, Dist(world=local_world, local_world=local_world))
