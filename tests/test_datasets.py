@@ -343,3 +343,48 @@ def test_imagefolder_errors_name_every_class_and_count_every_skipped_file(
     ds = load_dataset(spec, _req(tmp_path, data_dir=train, val_dir=val, image_size=(8, 8)))
     assert len(ds.skipped) == 2
     assert "skipped 2 unreadable file(s)" in capsys.readouterr().err
+
+
+# -- the digest index -------------------------------------------------------------------------
+
+
+def test_file_digests_read_only_changed_files_and_keep_the_index_current(tmp_path: Path) -> None:
+    from zoo_datasets.cache import file_digest, file_digests
+
+    files = [tmp_path / "img" / f"{i}.png" for i in range(5)]
+    for i, f in enumerate(files):
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(bytes([i]) * (100 + i))
+    index = tmp_path / "cache" / "digests" / "folder.json"
+
+    def digests() -> tuple[list[str], int]:
+        read: list[int] = []
+        out = file_digests(files, index, on_progress=read.append)
+        return out, (read[-1] if read else 0)
+
+    first, read = digests()
+    assert read == 5 and first == [file_digest(f) for f in files]
+    assert len(set(first)) == 5
+    assert digests() == (first, 0)  # nothing changed: nothing read
+    files[2].write_bytes(b"changed")
+    second, read = digests()
+    assert read == 1 and second[2] == file_digest(files[2]) != first[2]
+    assert digests() == (second, 0)  # the index was written again after the change
+
+
+def test_a_read_error_is_never_remembered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from zoo_datasets import cache
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"pixels")
+    index = tmp_path / "index.json"
+
+    def failing(*args: object, **kwargs: object) -> object:
+        raise OSError(5, "Input/output error")  # a transient fault of the disk
+
+    monkeypatch.setattr(cache, "open", failing, raising=False)
+    assert cache.file_digests([image], index) == ["unreadable:5"]
+    monkeypatch.setattr(cache, "open", builtins.open, raising=False)
+    assert cache.file_digests([image], index) == [cache.file_digest(image)]
