@@ -388,3 +388,45 @@ def test_a_read_error_is_never_remembered(tmp_path: Path, monkeypatch: pytest.Mo
     assert cache.file_digests([image], index) == ["unreadable:5"]
     monkeypatch.setattr(cache, "open", builtins.open, raising=False)
     assert cache.file_digests([image], index) == [cache.file_digest(image)]
+
+
+def test_cifar_read_through_torchvision_equals_the_direct_read(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from torchvision.datasets import cifar
+
+    root = _fake_cifar(tmp_path / "c")
+    request = _req(tmp_path, data_dir=root, download=False, quiet=True)
+    direct = registry.load_dataset("cifar10", request)  # the copy fails torchvision's md5
+    read: list[str] = []
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: read.append(path) or True)
+    through = registry.load_dataset("cifar10", request)  # as with the real files
+    for a, b in ((direct.train, through.train), (direct.val, through.val)):
+        assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
+    assert direct.content_key == through.content_key
+    assert any(path.endswith("batches.meta") for path in read)  # torchvision read them
+    assert capsys.readouterr().err == ""  # quiet: no status lines
+
+
+def test_cifar_without_a_folder_looks_in_the_zoo_cache(registry: Registry,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        registry.load_dataset("cifar2", _req(tmp_path, download=False))
+    assert f"no CIFAR-10 copy in {str(tmp_path / 'cache' / 'cifar10')!r}" in str(info.value)
+
+
+def test_cifar_status_lines_unless_quiet(registry: Registry, tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo_datasets import status
+
+    monkeypatch.setattr(status, "QUIET_S", 0.0)  # a long read: the lines a log shows
+    root = _fake_cifar(tmp_path / "c")
+    folder = repr(str(root / "cifar-10-batches-py"))
+    registry.load_dataset("cifar2", _req(tmp_path, data_dir=root, download=False))
+    err = capsys.readouterr().err
+    assert f"zoo: reading 2 CIFAR-10 splits of {folder}...\n" in err
+    assert f"zoo: read 2 CIFAR-10 splits of {folder} in " in err
+    assert f"zoo: hashing 6 CIFAR-10 files of {folder}...\n" in err
+    registry.load_dataset("cifar2", _req(tmp_path, data_dir=root, download=False, quiet=True))
+    assert capsys.readouterr().err == ""
