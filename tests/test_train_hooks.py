@@ -58,6 +58,7 @@ class Recorder:
     @zoo.hookimpl
     def zoo_train_should_stop(self, run: TrainingRun,
                               metrics: EpochMetrics) -> StopRequest | None:
+        self.calls.append(("ask", metrics.epoch))
         if self.stop_after is not None and metrics.epoch >= self.stop_after:
             return StopRequest(reason=f"enough after epoch {metrics.epoch}")
         return None
@@ -78,7 +79,8 @@ def test_plugins_are_told_every_step_epoch_and_checkpoint(tmp_path: Path) -> Non
     result = train("Net", registry=_registry(rec), epochs=2, out=tmp_path / "run", **FAST)
     steps = result.summary.data.train_size // 32 + (result.summary.data.train_size % 32 > 0)
     kinds = [c[0] for c in rec.calls]
-    assert kinds == ["start", *["step"] * steps, "checkpoint", "epoch",
+    # asked whether to stop after each epoch but the last
+    assert kinds == ["start", *["step"] * steps, "checkpoint", "epoch", "ask",
                      *["step"] * steps, "checkpoint", "epoch", "end"]
     assert [c for c in rec.calls if c[0] == "epoch"] == [
         ("epoch", m.epoch, m.val_acc) for m in result.metrics]
