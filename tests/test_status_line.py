@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import zoo_datasets.status as status_module
@@ -90,3 +91,92 @@ def test_imagefolder_shows_decoding_once_then_reads_the_cache(
     assert capsys.readouterr().err == ""
     load_dataset(spec, request.model_copy(update={"cache_dir": tmp_path / "other", "quiet": True}))
     assert capsys.readouterr().err == ""
+
+
+# -- on a clock the test moves ----------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(status_module, "time", SimpleNamespace(perf_counter=fake))
+    return fake
+
+
+def test_a_log_gets_a_start_line_one_every_ten_seconds_and_a_summary(clock: Clock) -> None:
+    out = io.StringIO()
+    line = StatusLine("decoding", 10, "images of data", stream=out)
+    for at, done in ((0.3, 1), (0.45, 2)):
+        clock.now = 100.0 + at
+        line.update(done)
+    assert out.getvalue() == ""  # within the first half second: silent
+    clock.now = 100.6
+    line.update(3)
+    assert out.getvalue() == "zoo: decoding 10 images of data...\n"
+    for at, done in ((5.0, 4), (10.5, 5)):  # under ten seconds after the start line
+        clock.now = 100.0 + at
+        line.update(done)
+    clock.now = 110.6
+    line.update(6)
+    clock.now = 115.0
+    line.update(7)
+    assert out.getvalue().splitlines()[1:] == ["zoo: decoding images of data: 6/10 after 11 s"]
+    clock.now = 112.25 + 10
+    line.update(10)
+    line.close()
+    line.close()  # a second close adds nothing
+    assert out.getvalue().splitlines()[2:] == ["zoo: decoding images of data: 10/10 after 22 s",
+                                               "zoo: decoded 10 images of data in 22.2 s"]
+
+
+def test_short_work_prints_nothing_even_at_its_end(clock: Clock) -> None:
+    out = io.StringIO()
+    with StatusLine("hashing", 3, "files", stream=out) as line:
+        clock.now = 100.49
+        line.update(3)
+    assert out.getvalue() == ""
+
+
+def test_a_terminal_gets_a_throttled_bar_erased_at_the_end(clock: Clock) -> None:
+    out = Terminal()
+    with StatusLine("reading", 4, "splits", stream=out) as line:
+        for at, done in ((0.6, 1), (0.65, 2), (0.76, 3)):  # redrawn at most every 0.1 s
+            clock.now = 100.0 + at
+            line.update(done)
+        clock.now = 100.8
+        line.update(4)  # the last is always drawn
+    draws = out.getvalue().split("\r")
+    assert draws[1:4] == ["reading splits [#######.......................] 1/4 0.6s",
+                          "reading splits [######################........] 3/4 0.8s",
+                          "reading splits [##############################] 4/4 0.8s"]
+    assert draws[4:] == ["\x1b[Kzoo: read 4 splits in 0.8 s\n"]
+
+
+def test_nothing_to_do_draws_an_empty_bar(clock: Clock) -> None:
+    out = Terminal()
+    line = StatusLine("reading", 0, "splits", stream=out)
+    clock.now = 101.0
+    line.update(0)
+    assert out.getvalue() == "\rreading splits [..............................] 0/0 1.0s"
+    log = io.StringIO()
+    line = StatusLine("reading", -3, "splits", stream=log)
+    clock.now = 102.0
+    line.update(0)
+    assert log.getvalue() == "zoo: reading 0 splits...\n"
+
+
+def test_a_failure_ends_the_line_without_a_summary(clock: Clock) -> None:
+    out = io.StringIO()
+    with pytest.raises(OSError), StatusLine("decoding", 5, "images", stream=out) as line:
+        clock.now = 101.0
+        line.update(1)
+        raise OSError("disk gone")
+    assert out.getvalue() == "zoo: decoding 5 images...\n"
