@@ -170,3 +170,36 @@ def test_a_tiny_but_real_spread_is_kept() -> None:
     p = 1 / images.size
     assert norm.std[0] == pytest.approx(np.sqrt(p * (1 - p)) / 255, rel=1e-6)
     assert 1e-6 < norm.std[0] < 2e-6
+
+
+def test_recorded_training_metrics_are_the_models_on_the_training_split(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch's train loss and accuracy, recomputed from the training images by its
+    weights: a learning rate of 1e-12 keeps them fixed through the epoch, and neither
+    augmentation, label smoothing nor a layer that differs in training mode is used."""
+    import torch.nn.functional as F
+
+    from zoo.trainer.checkpoint import load_run_model
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    result = train("Net", dataset_options={"size": 150, "num_classes": 3},
+                   model={"in_height": 16, "in_width": 16}, epochs=1, batch_size=32, lr=1e-12,
+                   momentum=0.0, weight_decay=0.0, schedule="none", label_smoothing=0.0,
+                   grad_clip=0.0, flip=False, crop_padding=0, amp="off", progress="none",
+                   num_threads=1, out=tmp_path / "run")
+    model, summary, _ = load_run_model(result.run_dir, default_registry(), "last.pt",
+                                       command="test")
+    request = DatasetRequest(image_size=(16, 16), channels=3, val_split=0.1, seed=0,
+                             cache_dir=tmp_path / "cache")
+    data = load_dataset(default_registry().get_dataset("synthetic"), request, size=150,
+                        num_classes=3)
+    assert len(data.train) == summary.data.train_size == 135  # not a whole number of batches
+    x, y = DeviceData(data.train.images, data.train.labels, torch.device("cpu"),
+                      summary.normalization, channels_last=False).batch(
+                          torch.arange(len(data.train)))
+    with torch.no_grad():
+        logits = model.eval()(x).double()
+    metrics = result.metrics[0]
+    assert metrics.train_loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    assert metrics.train_acc == pytest.approx((logits.argmax(1) == y).double().mean().item(),
+                                              abs=1e-12)
