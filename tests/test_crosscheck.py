@@ -10,6 +10,7 @@ computes on the validation folder.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -182,11 +183,13 @@ def test_recorded_training_metrics_are_the_models_on_the_training_split(
     from zoo.trainer.checkpoint import load_run_model
 
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    started = time.perf_counter()
     result = train("Net", dataset_options={"size": 150, "num_classes": 3},
                    model={"in_height": 16, "in_width": 16}, epochs=1, batch_size=32, lr=1e-12,
                    momentum=0.0, weight_decay=0.0, schedule="none", label_smoothing=0.0,
                    grad_clip=0.0, flip=False, crop_padding=0, amp="off", progress="none",
                    num_threads=1, out=tmp_path / "run")
+    elapsed = time.perf_counter() - started
     model, summary, _ = load_run_model(result.run_dir, default_registry(), "last.pt",
                                        command="test")
     request = DatasetRequest(image_size=(16, 16), channels=3, val_split=0.1, seed=0,
@@ -203,3 +206,5 @@ def test_recorded_training_metrics_are_the_models_on_the_training_split(
     assert metrics.train_loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
     assert metrics.train_acc == pytest.approx((logits.argmax(1) == y).double().mean().item(),
                                               abs=1e-12)
+    # its speed: the images over the seconds of the epoch's training, within the call
+    assert len(data.train) / elapsed <= metrics.images_per_s

@@ -91,3 +91,41 @@ def test_resuming_a_completed_run_trains_nothing_and_keeps_it_completed(tmp_path
     assert (summary.status, summary.stop_reason, summary.epochs_completed) == (
         "completed", None, 2)
     assert (tmp_path / "run" / "checkpoints" / "last.pt").read_bytes() == before
+
+
+class CtrlCAtStep:
+    """Ctrl-C after step ``step`` of epoch ``epoch``: the trainer saves the epoch so far."""
+
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    @zoo.hookimpl
+    def zoo_train_step(self, run: TrainingRun, epoch: int, step: int, steps: int) -> None:
+        if (epoch, step) == (self.epoch, self.step):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_run_interrupted_mid_epoch_resumes_to_the_same_numbers(tmp_path: Path) -> None:
+    config = {**FAST, "dataset_options": {"size": 240, "num_classes": 2}}
+    whole = train("Net", epochs=2, out=tmp_path / "whole", **config)
+    with pytest.raises(KeyboardInterrupt):
+        train("Net", registry=_registry(CtrlCAtStep(epoch=2, step=1)), epochs=2,
+              out=tmp_path / "cut", **config)
+    assert read_summary(tmp_path / "cut").epochs_completed == 1
+    resumed = train("Net", registry=_registry(CtrlC()), resume=tmp_path / "cut")
+    # the epoch's totals carried over the interruption: the same loss and accuracy, bitwise
+    for a, b in zip(whole.metrics, resumed.metrics, strict=True):
+        assert (a.train_loss, a.train_acc, a.val_loss, a.val_acc) == (
+            b.train_loss, b.train_acc, b.val_loss, b.val_acc)
+
+
+def test_a_batch_split_gives_back_the_threads_it_borrowed(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        train("Net", registry=_registry(CtrlC()), epochs=1, out=tmp_path / "run",
+              **{**FAST, "num_threads": 2, "batch_split": 2})
+        assert torch.get_num_threads() == 2  # not the one thread of each part
+    finally:
+        torch.set_num_threads(before)
