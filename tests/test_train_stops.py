@@ -129,3 +129,91 @@ def test_a_batch_split_gives_back_the_threads_it_borrowed(tmp_path: Path) -> Non
         assert torch.get_num_threads() == 2  # not the one thread of each part
     finally:
         torch.set_num_threads(before)
+
+
+class Failing:
+    """A plugin whose hook ``where`` raises (at ``epoch`` for the per-epoch hooks)."""
+
+    def __init__(self, where: str, epoch: int = 1) -> None:
+        self.where, self.epoch = where, epoch
+
+    @zoo.hookimpl
+    def zoo_train_start(self, run: TrainingRun) -> None:
+        if self.where == "start":
+            raise RuntimeError("cannot start")
+
+    @zoo.hookimpl
+    def zoo_train_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
+        if self.where == "epoch" and metrics.epoch == self.epoch:
+            raise RuntimeError(f"cannot log epoch {metrics.epoch}")
+
+    @zoo.hookimpl
+    def zoo_train_end(self, run: TrainingRun, summary: object, status: str) -> None:
+        if self.where == "end":
+            raise RuntimeError(f"cannot end a {status} run")
+
+
+def _with(*plugins: object) -> Registry:
+    reg = Registry()
+    for i, plugin in enumerate(plugins):
+        reg.register(plugin, name=f"p{i}")
+    return reg
+
+
+def test_a_failing_start_hook_marks_the_new_run_failed(tmp_path: Path) -> None:
+    with pytest.raises(zoo.errors.PluginError, match="cannot start"):
+        train("Net", registry=_with(Failing("start")), epochs=1, out=tmp_path / "run", **FAST)
+    summary = read_summary(tmp_path / "run")
+    assert summary.status == "failed" and "cannot start" in (summary.failure or "")
+
+
+def test_a_failing_hook_marks_a_resumed_run_failed(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        train("Net", registry=_with(CtrlC(at_epoch=1)), epochs=3, out=tmp_path / "run", **FAST)
+    with pytest.raises(zoo.errors.PluginError, match="cannot log epoch 2"):
+        train("Net", registry=_with(Failing("epoch", epoch=2)), resume=tmp_path / "run")
+    summary = read_summary(tmp_path / "run")
+    assert (summary.status, summary.epochs_completed) == ("failed", 2)
+    assert summary.failure is not None and "cannot log epoch 2" in summary.failure
+
+
+@pytest.mark.parametrize("ending", ["completed", "stopped", "interrupted"])
+def test_a_failing_end_hook_is_raised_unless_the_run_has_its_own_error(
+        tmp_path: Path, ending: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.host.events import StopRequest
+
+    class Stop:
+        @zoo.hookimpl
+        def zoo_train_should_stop(self, run: TrainingRun,
+                                  metrics: EpochMetrics) -> StopRequest | None:
+            return StopRequest(reason="enough") if ending == "stopped" else None
+
+    plugins: list[object] = [Failing("end"), Stop()]
+    if ending == "interrupted":
+        plugins.append(CtrlC(at_epoch=1))
+    expected: type[BaseException] = (KeyboardInterrupt if ending == "interrupted"
+                                     else zoo.errors.PluginError)
+    with pytest.raises(expected) as info:
+        train("Net", registry=_with(*plugins), epochs=2, out=tmp_path / "run", **FAST)
+    err = capsys.readouterr().err
+    if ending == "interrupted":  # Ctrl-C is what the user must see; the hook's error a warning
+        assert f"zoo: warning: zoo_train_end() of plugin 'p0' raised RuntimeError: cannot end " \
+               f"a {ending} run" in err
+    else:
+        assert f"cannot end a {ending} run" in str(info.value) and "warning" not in err
+    assert read_summary(tmp_path / "run").status == ending
+
+
+def test_every_plugins_start_record_is_kept(tmp_path: Path) -> None:
+    class Record:
+        def __init__(self, key: str, value: int) -> None:
+            self.key, self.value = key, value
+
+        @zoo.hookimpl
+        def zoo_train_start(self, run: TrainingRun) -> dict[str, Any]:
+            return {self.key: self.value, "shared": self.value}
+
+    result = train("Net", registry=_with(Record("a", 1), Record("b", 2), Record("c", 3)),
+                   epochs=1, out=tmp_path / "run", **FAST)
+    # each plugin's own key; for a key several set, the one registered last
+    assert result.summary.plugins == {"a": 1, "b": 2, "c": 3, "shared": 3}
