@@ -217,3 +217,23 @@ def test_every_plugins_start_record_is_kept(tmp_path: Path) -> None:
                    epochs=1, out=tmp_path / "run", **FAST)
     # each plugin's own key; for a key several set, the one registered last
     assert result.summary.plugins == {"a": 1, "b": 2, "c": 3, "shared": 3}
+
+
+def test_at_most_five_skipped_files_are_named(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                tmp_path / "data" / c / f"{i}.png")
+    for i in range(7):
+        (tmp_path / "data" / "a" / f"broken{i}.png").write_bytes(b"not a png")
+    plugin = CtrlC()
+    train("Net", registry=_registry(plugin), epochs=1, out=tmp_path / "run",
+          dataset="imagefolder", data_dir=tmp_path / "data", val_split=0.25,
+          **{k: v for k, v in FAST.items() if k != "dataset_options"})
+    skipped = [n for n in plugin.notes if n.startswith("zoo: skipped ")]
+    assert len(skipped) == 5 and all("broken" in n for n in skipped)
