@@ -221,3 +221,32 @@ def test_shipped_weights_that_fail_their_pin_are_an_error_not_an_untrained_model
             attempt()
     assert main(["inspect", "Net", str(image_file), "--out", str(image_file.parent)]) == 1
     assert "its spec declares" in capsys.readouterr().err
+
+
+def test_the_blur_averages_and_the_demo_decodes_rgb_at_any_shape(tmp_path: Path) -> None:
+    white = filter_demo(np.full((3, 8, 8), 255, dtype=np.uint8)).outputs["average (blur)"]
+    assert np.allclose(white[1:-1, 1:-1], 3.0)  # three channels of 1.0, averaged
+    assert np.isclose(white[0, 0], 3.0 * 4 / 9)  # a corner sees four pixels and zeros
+    rgba = tmp_path / "rgba.png"
+    Image.new("RGBA", (10, 6), (10, 20, 30, 40)).save(rgba)
+    assert filter_demo(rgba).image.shape == (3, 6, 10)
+    for size, shape in (((1200, 1), (3, 1, MAX_SIDE)), ((1, 1200), (3, MAX_SIDE, 1))):
+        thin = tmp_path / f"thin-{size[0]}.png"
+        Image.new("RGBA", size, (200, 10, 10, 255)).save(thin)  # shrunk, never to nothing
+        assert filter_demo(thin).image.shape == shape
+
+
+def test_the_demo_picture_shows_the_input_first_then_each_output(tmp_path: Path) -> None:
+    red = np.zeros((3, 16, 16), dtype=np.uint8)
+    red[0] = 255
+    assert render_demo(filter_demo(red), tmp_path / "red.png") == 4
+    pixels = np.asarray(Image.open(tmp_path / "red.png").convert("RGB")).astype(int)
+    panel = pixels.shape[1] // 4
+    redness = pixels[:, :, 0] - pixels[:, :, 1:].max(axis=2)
+    counts = [int((redness[:, i * panel:(i + 1) * panel] > 100).sum()) for i in range(4)]
+    assert counts[0] > 100 and counts[1:] == [0, 0, 0]  # in colour first; outputs are grey
+    grey = np.full((1, 16, 16), 60, dtype=np.uint8)
+    assert render_demo(filter_demo(grey), tmp_path / "grey.png") == 4
+    first = np.asarray(Image.open(tmp_path / "grey.png").convert("RGB")).astype(int)[:, :panel]
+    spread = first.max(axis=2) - first.min(axis=2)
+    assert (spread == 0).all()  # a grey input is drawn grey
