@@ -250,3 +250,35 @@ def test_the_demo_picture_shows_the_input_first_then_each_output(tmp_path: Path)
     first = np.asarray(Image.open(tmp_path / "grey.png").convert("RGB")).astype(int)[:, :panel]
     spread = first.max(axis=2) - first.min(axis=2)
     assert (spread == 0).all()  # a grey input is drawn grey
+
+
+class _OutOfOrder(torch.nn.Module):
+    """Convolutions registered in one order and called in the other; a block whose output
+    is pooled twice; an interpolation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = torch.nn.Conv2d(3, 2, 3, padding=1)
+        self.early = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = torch.nn.Linear(2 * 8 * 8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = F.max_pool2d(F.max_pool2d(self.early(x), 2), 2)
+        b = F.interpolate(self.late(a), scale_factor=2.0)
+        return self.fc(F.max_pool2d(b, 2).flatten(1))
+
+
+def test_blocks_follow_the_call_order_and_end_at_a_second_change_of_shape(
+        image_file: Path) -> None:
+    model = _OutOfOrder()
+    result = inspect_model(model, image_file, size=(32, 32))
+    assert result.first_conv == "early"  # the filters applied to the image
+    np.testing.assert_array_equal(result.filters, model.early.weight.detach().numpy())
+    assert [fm.title for fm in result.feature_maps] == [
+        "early 3×32×32 → pool 3×16×16", "late 2×8×8 → resize 2×16×16"]
+    from zoo.util.imaging import normalize
+
+    x = torch.from_numpy(normalize(result.image[None], (0.0,) * 3, (1.0,) * 3))
+    with torch.no_grad():
+        first = F.max_pool2d(model.early(x), 2)[0].numpy()
+    np.testing.assert_allclose(result.feature_maps[0].maps, first, atol=1e-6)
