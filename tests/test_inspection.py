@@ -282,3 +282,65 @@ def test_blocks_follow_the_call_order_and_end_at_a_second_change_of_shape(
     with torch.no_grad():
         first = F.max_pool2d(model.early(x), 2)[0].numpy()
     np.testing.assert_allclose(result.feature_maps[0].maps, first, atol=1e-6)
+
+
+def test_image_arrays_in_any_layout_are_the_same_pixels() -> None:
+    rng = np.random.default_rng(3)
+    hwc = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 10 * 8, 2))
+    reference = inspect_model(model, hwc)
+    np.testing.assert_array_equal(reference.image, hwc.transpose(2, 0, 1))
+    chw = inspect_model(model, np.ascontiguousarray(hwc.transpose(2, 0, 1)))
+    np.testing.assert_array_equal(chw.image, reference.image)
+    np.testing.assert_array_equal(chw.probabilities, reference.probabilities)
+    grey = hwc[:, :, 0]
+    grey_model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(),
+                                     torch.nn.Linear(2 * 10 * 8, 2))
+    for layout in (grey, grey[:, :, None], grey[None]):  # (H, W), (H, W, 1), (1, H, W)
+        np.testing.assert_array_equal(inspect_model(grey_model, layout).image, grey[None])
+    # a 4-row image whose last axis is 3 stays channels-last (4 is a channel count too)
+    tall = rng.integers(0, 256, (4, 12, 3), dtype=np.uint8)
+    model4 = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.Flatten(),
+                                 torch.nn.Linear(2 * 2 * 10, 2))
+    np.testing.assert_array_equal(inspect_model(model4, tall).image, tall.transpose(2, 0, 1))
+    resized = inspect_model(model, hwc[:6, :5], size=(12, 10)).image
+    expected = np.asarray(Image.fromarray(hwc[:6, :5]).resize((10, 12), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resized, expected.transpose(2, 0, 1))
+    with pytest.raises(InspectionError, match="2 or 3 dimensions, got \\(2, 3, 4, 5\\)"):
+        inspect_model(model, np.zeros((2, 3, 4, 5), np.uint8))
+
+
+def test_a_bare_module_sees_pixels_scaled_to_one_and_top_k(image_file: Path) -> None:
+    net = zoo.create_model("Net").eval()
+    result = inspect_model(net, image_file, size=(32, 32))
+    x = torch.from_numpy(result.image[None].astype(np.float32) / 255.0)  # no normalization
+    with torch.no_grad():
+        block1 = torch.tanh(F.max_pool2d(net.conv1(x), 2))[0].numpy()
+    np.testing.assert_allclose(result.feature_maps[0].maps, block1, atol=1e-6)
+    assert [s.index for s in result.top()] == [0, 1]  # five asked, two classes
+    assert len(result.top(0)) == 1  # at least the most probable
+    assert result.classes == ("class0", "class1")
+
+
+def test_an_architecture_by_name_is_seeded_and_its_files_are_named_safely(
+        make_dist: MakeDist, tmp_path: Path, image_file: Path) -> None:
+    make_dist("zoo-tiny-seeded", "zoo_tiny_seeded", tiny_plugin("TinySeeded", "zoo_tiny_seeded"))
+    registry = Registry()
+    a = inspect_model("TinySeeded", image_file, registry=registry)
+    torch.manual_seed(1)  # the caller's seed does not matter: seed 0 is used
+    b = inspect_model("TinySeeded", image_file, registry=registry)
+    np.testing.assert_array_equal(a.filters, b.filters)
+    torch.manual_seed(0)
+    seeded = registry.create_model("TinySeeded")
+    np.testing.assert_array_equal(a.filters, seeded[0].weight.detach().numpy())
+    assert a.source == "TinySeeded (untrained, seed 0)" and not a.trained
+    deep = inspect_model(zoo.create_model("NetResDeep", n_blocks=2), image_file, size=(32, 32))
+    report = write_inspection(deep, tmp_path / "deep")
+    names = [Path(p.path).name for p in report.feature_maps]
+    assert names == ["features-01-conv1.png", "features-02-resblocks-0-conv.png",
+                     "features-03-resblocks-1-conv.png"]
+    shared = inspect_model(zoo.create_model("NetResDeep", n_blocks=2, shared_block=True),
+                           image_file, size=(32, 32))
+    names = [Path(p.path).name for p in write_inspection(shared, tmp_path / "s").feature_maps]
+    assert names[2] == "features-03-resblocks-0-conv_2.png"  # "#2": not a file name character
