@@ -208,3 +208,40 @@ def test_recorded_training_metrics_are_the_models_on_the_training_split(
                                               abs=1e-12)
     # its speed: the images over the seconds of the epoch's training, within the call
     assert len(data.train) / elapsed <= metrics.images_per_s
+    assert 0 < metrics.seconds <= elapsed and 0 < summary.train_seconds <= elapsed
+    # the validation confusion matrix: rows true classes, the diagonal the accuracy
+    confusion = np.array(summary.last_confusion)
+    xv, yv = DeviceData(data.val.images, data.val.labels, torch.device("cpu"),
+                        summary.normalization, channels_last=False).batch(
+                            torch.arange(len(data.val)))
+    with torch.no_grad():
+        predicted = model(xv).argmax(1)
+    expected = np.zeros((3, 3), dtype=np.int64)
+    np.add.at(expected, (yv.numpy(), predicted.numpy()), 1)
+    np.testing.assert_array_equal(confusion, expected)
+    assert confusion.trace() / confusion.sum() == metrics.val_acc
+
+
+def test_a_tie_keeps_the_first_best_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    result = train("Net", dataset_options={"size": 60, "num_classes": 2},
+                   model={"in_height": 16, "in_width": 16}, epochs=2, batch_size=32, lr=1e-12,
+                   schedule="none", flip=False, crop_padding=0, progress="none", num_threads=1,
+                   out=tmp_path / "run")
+    assert result.metrics[0].val_acc == result.metrics[1].val_acc  # the weights barely move
+    assert result.summary.best is not None and result.summary.best.epoch == 1
+    from zoo.trainer.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["epoch"] == 1
+
+
+def test_a_diverging_run_stops_within_fifty_steps(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo.errors import TrainingError
+
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(TrainingError, match=r"non-finite in epoch 1 \(by step 50, lr 1e\+0?30\)"):
+        train("Net", dataset_options={"size": 150, "num_classes": 2},
+              model={"in_height": 8, "in_width": 8}, epochs=1, batch_size=1, lr=1e30,
+              schedule="none", grad_clip=0.0, progress="none", num_threads=1,
+              out=tmp_path / "run")

@@ -108,11 +108,20 @@ class CtrlCAtStep:
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_numbers(tmp_path: Path) -> None:
     config = {**FAST, "dataset_options": {"size": 240, "num_classes": 2}}
     whole = train("Net", epochs=2, out=tmp_path / "whole", **config)
+    notes = CtrlC()
     with pytest.raises(KeyboardInterrupt):
-        train("Net", registry=_registry(CtrlCAtStep(epoch=2, step=1)), epochs=2,
+        train("Net", registry=_with(CtrlCAtStep(epoch=2, step=1), notes), epochs=2,
               out=tmp_path / "cut", **config)
-    assert read_summary(tmp_path / "cut").epochs_completed == 1
+    cut = read_summary(tmp_path / "cut")
+    assert cut.epochs_completed == 1
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    assert notes.notes[-1] == (f"\nzoo: interrupted in epoch 2 at step 1/7; saved {last}; "
+                               f"continue with: zoo train Net --resume {tmp_path / 'cut'}")
     resumed = train("Net", registry=_registry(CtrlC()), resume=tmp_path / "cut")
+    # the sessions' time adds up: the first has a whole epoch and a step
+    assert cut.last is not None and cut.last.seconds < cut.train_seconds
+    assert cut.train_seconds < resumed.summary.train_seconds
+    assert resumed.metrics[1].seconds > 0 and resumed.metrics[1].images_per_s > 0
     # the epoch's totals carried over the interruption: the same loss and accuracy, bitwise
     for a, b in zip(whole.metrics, resumed.metrics, strict=True):
         assert (a.train_loss, a.train_acc, a.val_loss, a.val_acc) == (
@@ -237,3 +246,22 @@ def test_at_most_five_skipped_files_are_named(tmp_path: Path) -> None:
           **{k: v for k, v in FAST.items() if k != "dataset_options"})
     skipped = [n for n in plugin.notes if n.startswith("zoo: skipped ")]
     assert len(skipped) == 5 and all("broken" in n for n in skipped)
+
+
+@pytest.mark.parametrize(("before_last", "note"), [
+    (0, "zoo: interrupted after epoch 1; continue with:"),  # the epoch ends whole
+    (1, "\nzoo: interrupted in epoch 1 at step 6/7; saved "),
+])
+def test_ctrl_c_near_the_end_of_an_epoch(tmp_path: Path, before_last: int, note: str) -> None:
+    class NearTheEnd(CtrlC):
+        @zoo.hookimpl
+        def zoo_train_step(self, run: TrainingRun, epoch: int, step: int, steps: int) -> None:
+            if epoch == 1 and step == steps - before_last:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    plugin = NearTheEnd()
+    with pytest.raises(KeyboardInterrupt):
+        train("Net", registry=_registry(plugin), epochs=2, out=tmp_path / "run",
+              **{**FAST, "dataset_options": {"size": 240, "num_classes": 2}})
+    assert plugin.notes[-1].startswith(note)
+    assert read_summary(tmp_path / "run").epochs_completed == 1 - before_last
