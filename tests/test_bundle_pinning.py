@@ -272,3 +272,34 @@ def test_a_graph_that_does_not_fit_its_manifest_is_named(bundle: Path, make: Any
         OnnxClassifier(bundle)
     assert f"{bundle / ONNX_FILE}" in str(info.value)
     assert re.search(message, str(info.value)), str(info.value)
+
+
+def test_tampered_members_are_reported_by_size_and_read_boundedly(bundle: Path) -> None:
+    from zoo.bundles.integrity import _CHUNK, MAX_MANIFEST_BYTES, read_manifest
+
+    manifest = read_manifest(bundle)
+    entry = manifest.files["model.pt"]
+    data = (bundle / "model.pt").read_bytes()
+    (bundle / "model.pt").write_bytes(bytes([data[0] ^ 1]) + data[1:])  # same size
+    with pytest.raises(BundleError, match=rf"model\.pt does not match its SHA-256 in the "
+                                          rf"manifest \(size {entry.size}, expected "
+                                          rf"{entry.size}\)"):
+        open_bundle(bundle)
+    (bundle / "model.pt").write_bytes(b"\0" * (3 * _CHUNK))  # far larger than declared
+    with pytest.raises(BundleError, match=rf"\(size at least {_CHUNK}, expected {entry.size}\)"):
+        open_bundle(bundle)
+    (bundle / MANIFEST_FILE).write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(BundleError, match=rf"manifest\.json is larger than the "
+                                          rf"{MAX_MANIFEST_BYTES} bytes accepted"):
+        read_manifest(bundle)
+
+
+def test_a_manifest_with_many_errors_names_the_first_five(bundle: Path) -> None:
+    from zoo.bundles.integrity import read_manifest
+
+    _edit(bundle, {"architecture": 1, "classes": 2, "task": 3, "created": 4, "model": 5,
+                   "normalization": 6, "files": 7, "zoo_version": 8})
+    with pytest.raises(BundleError) as info:
+        read_manifest(bundle)
+    problems = str(info.value).split("does not validate as a bundle manifest: ")[1]
+    assert len(problems.split("; ")) == 5
