@@ -1,0 +1,72 @@
+"""The optimizer and schedule a TrainConfig describes: decay groups, Nesterov only with
+momentum, the fused implementation where PyTorch has one, schedules for short runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from zoo.spec.training import TrainConfig
+from zoo.trainer.optim import make_optimizer, make_scheduler
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2))
+
+
+def _names(model: nn.Module, group: dict) -> set[str]:
+    ids = {id(p) for p in group["params"]}
+    return {n for n, p in model.named_parameters() if id(p) in ids}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_weight_decay_spares_biases_and_normalization(optimizer: str) -> None:
+    model = _model()
+    opt = make_optimizer(TrainConfig(optimizer=optimizer, weight_decay=0.01),
+                         list(model.parameters()), torch.device("cpu"))
+    groups = [(_names(model, g), g["weight_decay"]) for g in opt.param_groups]
+    assert groups == [({"0.weight", "3.weight"}, 0.01),
+                      ({"0.bias", "1.weight", "1.bias", "3.bias"}, 0.0)]
+
+
+def test_without_weight_decay_one_group_unless_two_are_asked_for() -> None:
+    model = _model()
+    params = list(model.parameters())
+    one = make_optimizer(TrainConfig(weight_decay=0.0), params, torch.device("cpu"))
+    assert [len(g["params"]) for g in one.param_groups] == [len(params)]
+    two = make_optimizer(TrainConfig(weight_decay=0.0), params, torch.device("cpu"),
+                         two_groups=True)
+    assert [(_names(model, g), g["weight_decay"]) for g in two.param_groups] == [
+        ({"0.weight", "3.weight"}, 0.0), ({"0.bias", "1.weight", "1.bias", "3.bias"}, 0.0)]
+
+
+@pytest.mark.parametrize(("momentum", "nesterov"), [(0.9, True), (0.0, False)])
+def test_nesterov_only_with_momentum(momentum: float, nesterov: bool) -> None:
+    opt = make_optimizer(TrainConfig(momentum=momentum, nesterov=True),
+                         list(_model().parameters()), torch.device("cpu"))
+    assert isinstance(opt, torch.optim.SGD)
+    assert (opt.defaults["momentum"], opt.defaults["nesterov"]) == (momentum, nesterov)
+
+
+@pytest.mark.parametrize(("device", "fused", "foreach"), [
+    ("cpu", True, None), ("cuda", True, None), ("mps", None, True), ("meta", None, True)])
+def test_the_fused_implementation_where_pytorch_has_one(device: str, fused: bool | None,
+                                                        foreach: bool | None) -> None:
+    opt = make_optimizer(TrainConfig(), list(_model().parameters()), torch.device(device))
+    assert (opt.defaults["fused"], opt.defaults["foreach"]) == (fused, foreach)
+
+
+@pytest.mark.parametrize(("steps", "scheduled"), [(1, False), (2, True), (3, True)])
+def test_onecycle_needs_two_steps(steps: int, scheduled: bool) -> None:
+    opt = make_optimizer(TrainConfig(lr=0.1), list(_model().parameters()), torch.device("cpu"))
+    scheduler = make_scheduler(TrainConfig(lr=0.1, schedule="onecycle"), opt, steps)
+    assert (scheduler is not None) == scheduled
+    if scheduler is not None:
+        rates = []
+        for _ in range(steps):
+            rates.append(opt.param_groups[0]["lr"])
+            opt.step()
+            scheduler.step()
+        assert rates[0] == pytest.approx(0.01)  # from a tenth of the rate
+        assert max(rates) <= 0.1 + 1e-12
