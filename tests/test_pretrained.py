@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -157,3 +158,42 @@ def test_zoo_list_marks_the_pretrained_architectures(capsys: pytest.CaptureFixtu
     assert (f"pretrained:   cifar2 (default): val accuracy "
             f"{shipped['NetRes'].exported.val_acc:.3f} (10% of the training images, seed 0)") in out
     assert "zoo_chapter8.weights:NetRes-cifar2" in out
+
+
+def test_table_write_then_check_and_cells_name_their_own_split(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.bundles.modeltable import END, START
+
+    exports = tmp_path / "exports"
+    shutil.copytree(source_exports_dir(), exports)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold table\n{END}\n\nafter\n")
+    assert main(["--check", str(readme), "--exports", str(exports)]) == 1
+    assert "differs from the manifests" in capsys.readouterr().err
+    assert main(["--write", str(readme), "--exports", str(exports)]) == 0
+    assert capsys.readouterr().out == (f"model table of {readme} generated from {exports}\n")
+    text = readme.read_text()
+    assert text.startswith(f"# title\n\n{START}\n| architecture |") and text.endswith(
+        f"\n{END}\n\nafter\n")
+    assert main(["--check", str(readme), "--exports", str(exports)]) == 0
+    written = readme.stat().st_mtime_ns
+    assert main(["--write", str(readme), "--exports", str(exports)]) == 0  # unchanged: kept
+    assert readme.stat().st_mtime_ns == written
+    # one bundle measured on another split: every accuracy cell names its own
+    path = exports / "Net-cifar2" / MANIFEST_FILE
+    raw = json.loads(path.read_text())
+    split = raw["training"]["val_images"]
+    rows = [line.split(" | ") for line in render(exports).splitlines() if line.startswith("| Net")]
+    assert rows and all("(" not in row[3] for row in rows)  # one split: named in the header
+    raw["training"]["val_images"] = "another split"
+    path.write_text(json.dumps(raw))
+    table = render(exports)
+    assert "| val accuracy |" in table
+    assert re.search(r"\| `Net-cifar2` \| [^|]+ \| 0\.\d+ \(another split\) \|", table)
+    assert f" ({split}) |" in table
+    with pytest.raises(SystemExit) as info:
+        main([])  # --check or --write is required
+    assert info.value.code == 2
+    readme.write_text("no markers here\n")
+    assert main(["--check", str(readme), "--exports", str(exports)]) == 1
+    assert "has no model-table markers" in capsys.readouterr().err
