@@ -474,5 +474,5 @@ def test_loop_lag_measures_the_delay_only_and_restarts() -> None:
         return calm, measured, busy, disabled
 
     calm, measured, busy, disabled = run(main)
-    assert calm is False and 0 <= measured < 0.015
+    assert calm is False and 0 <= measured < 0.025  # the lag itself, not lag + interval
     assert busy is True and disabled is False
