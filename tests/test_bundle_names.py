@@ -159,3 +159,27 @@ def test_a_built_in_name_stays_the_zoos_when_a_plugin_reuses_it(make_dist: MakeD
                        "is kept; rename it in that plugin, or block the zoo's with "
                        "-p no:chapter8 to use it")
     assert Registry(blocked=["chapter8"]).get_spec("Net").provenance.plugin == "zoo_copycat"
+
+
+def test_the_same_bundle_reached_two_ways_is_not_ambiguous(
+        make_dist: MakeDist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_dist("zoo-tiny-same", "zoo_tiny_same", tiny_plugin("TinySame", "zoo_tiny_same"))
+    registry = Registry()
+    exports = tmp_path / "exports"
+    monkeypatch.setenv("ZOO_EXPORTS", str(exports))
+    export("TinySame", out=exports / "tiny", registry=registry)
+    monkeypatch.chdir(exports)  # ./tiny and EXPORTS/tiny are one folder
+    assert resolve_bundle("tiny", registry=registry) == exports / "tiny"
+
+
+def test_the_bundle_of_an_architecture_trained_first_then_by_name(
+        make_dist: MakeDist, tmp_path: Path) -> None:
+    root = tmp_path / "shipped"
+    make_run(tmp_path / "run", "Net")
+    export("Net", out=root / "a-untrained")
+    export(tmp_path / "run", out=root / "b-trained")
+    export(tmp_path / "run", out=root / "c-trained")
+    (root / "0-broken").mkdir()
+    (root / "0-broken" / "manifest.json").write_text("{not json")  # skipped, not the end
+    export("NetWidth", out=root / "z-width")
+    assert pretrained_bundles(root) == {"Net": root / "b-trained", "NetWidth": root / "z-width"}
