@@ -400,3 +400,14 @@ def test_download_progress_is_one_line_on_a_terminal() -> None:
     plain = io.StringIO()
     DownloadProgress("w", None, plain).close(2 * 2**20)
     assert plain.getvalue().startswith("downloading w\ndownloaded w: 2.0 MiB in ")
+
+
+def test_the_first_declared_weight_set_is_the_default(net_bundle: Path) -> None:
+    from zoo.bundles.store import declared_names
+
+    first = weight_set(net_bundle, "zoo_a:Net-cifar2", tag="first")
+    second = weight_set(net_bundle, "zoo_b:Net-cifar2", tag="second")
+    names = declared_names(registry_with((first, second)))
+    assert names["Net"][1] is first
+    assert names["Net-first"][1] is first and names["Net-second"][1] is second
+    assert "NetWidth" not in names  # no weights declared: no name
