@@ -155,6 +155,8 @@ def test_cli_prints_text_json_and_writes_the_png(labelled: Path, tmp_path: Path,
     airplane = result.confusion[0]
     assert f"airplane  {airplane[0]:>8}  {airplane[1]:>4}" in text
     out = tmp_path / "report"
+    assert main(["evaluate", "Net", str(labelled), "--json", "--batch-size", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["correct"] == result.correct  # one at a time
     assert main(["evaluate", "Net", str(labelled), "--json", "--out", str(out),
                  "--backend", "torch"]) == 0
     captured = capsys.readouterr()

@@ -411,3 +411,29 @@ def test_the_first_declared_weight_set_is_the_default(net_bundle: Path) -> None:
     assert names["Net"][1] is first
     assert names["Net-first"][1] is first and names["Net-second"][1] is second
     assert "NetWidth" not in names  # no weights declared: no name
+
+
+def test_weightsync_skips_untrained_bundles_and_needs_its_arguments(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.bundles.weightsync import generate
+    from zoo.exporter.write import export
+
+    exports = tmp_path / "exports"
+    export("NetWidth", out=exports / "Aaa-untrained")  # first by name, untrained
+    shutil.copytree(source_exports_dir() / "Net-cifar2", exports / "Net-cifar2")
+    declared = generate(exports, "pkg")
+    assert list(declared) == ["Net"] and declared["Net"][0].location == "pkg:Net-cifar2"
+    for args in ([], ["--write", str(tmp_path / "w.json")], ["--package", "pkg"]):
+        with pytest.raises(SystemExit) as info:
+            weightsync(args)
+        assert info.value.code == 2
+    capsys.readouterr()
+    missing = ["--write", str(tmp_path / "w.json"), "--package", "pkg", "--exports",
+               str(tmp_path / "nowhere")]
+    assert weightsync(missing) == 1
+    assert capsys.readouterr().err.startswith("zoo: error: ")
+    assert not (tmp_path / "w.json").exists()
+    (tmp_path / "w.json").write_text("{not json")  # the file to check is unreadable
+    assert weightsync(["--check", str(tmp_path / "w.json"), "--package", "pkg",
+                       "--exports", str(exports)]) == 1
+    assert capsys.readouterr().err.startswith("zoo: error: ")

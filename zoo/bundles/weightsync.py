@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     target: Path = args.write or args.check
     exports = args.exports or source_exports_dir()
+    if not exports.is_dir():  # a mistyped folder must not declare that nothing is shipped
+        print(f"zoo: error: --exports {str(exports)!r} is not a folder of bundles",
+              file=sys.stderr)
+        return 1
     try:
         current = read_weights_file(target) if target.exists() else {}
         text = dump_weights(generate(exports, args.package, keep=current))
