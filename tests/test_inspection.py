@@ -123,6 +123,10 @@ def test_cli_inspect(tmp_path: Path, image_file: Path, capsys: pytest.CaptureFix
                  "--top-k", "2"]) == 0
     text = capsys.readouterr().out
     assert "conv3 16×8×8 → pool 16×4×4" in text and text.count("\n") == 5
+    assert text.startswith(f"{run} on {image_file}:\n")  # trained: no "(untrained)"
+    assert main(["inspect", "NetDepth", str(image_file), "--out", str(tmp_path / "one"),
+                 "--top-k", "1"]) == 0  # one class is enough
+    assert capsys.readouterr().out.count("\n  ") == 1
     assert sorted(p.name for p in out.iterdir()) == ["features-03-conv3.png", "filters.png"]
     assert main(["inspect", str(run), str(image_file), "--out", str(out),
                  "--layer", "conv9"]) == 1
