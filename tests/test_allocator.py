@@ -61,3 +61,10 @@ def test_environment_thresholds_are_respected() -> None:
                          check=True, env={"PATH": "/usr/bin:/bin",
                                           "GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"})
     assert out.stdout.strip() == "False"
+
+
+def test_glibc_is_recognised_as_the_platform_module_sees_it() -> None:
+    import platform
+
+    expected = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert is_glibc() is expected
