@@ -199,3 +199,19 @@ def test_log_mode_training_prints_inside_the_epoch(tmp_path: Path, monkeypatch: 
     assert [line.split()[3] for line in steps] == ["2/3"]  # the last step is the epoch's line
     assert "ms/step (" in steps[0] and " img/s) eta " in steps[0]
     assert read_summary(tmp_path / "run").status == "completed"
+
+
+def test_images_per_second_in_log_lines_only_and_only_when_known(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(progress_module.time, "perf_counter", lambda: clock[0])
+    bar = Progress("bar", True, images_per_step=128)
+    log = Progress("log", True, log_every=1.0)  # the batch size unknown
+    for p in (bar, log):
+        p.stream = io.StringIO()
+    for step in range(1, 6):
+        clock[0] += 0.5
+        bar.step(1, 1, step, 10)
+        log.step(1, 1, step, 10)
+    assert "img/s" not in bar.stream.getvalue() and "500.0ms/step" in bar.stream.getvalue()
+    assert log.stream.getvalue().splitlines()[0] == "epoch 1/1  step 3/10  500.0ms/step eta   3.5s"
