@@ -249,3 +249,22 @@ def test_ctrl_c_in_the_middle_of_a_split_epoch_resumes_exactly(tmp_path: Path) -
     strip = {"images_per_s", "seconds"}
     assert [m.model_dump(exclude=strip) for m in resumed.metrics] == \
         [m.model_dump(exclude=strip) for m in whole.metrics]
+
+
+def test_a_parameter_the_forward_does_not_use_keeps_no_gradient() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+    spare = nn.Parameter(torch.ones(3))  # a frozen head, a branch not taken: no gradient
+    params = [*model.parameters(), spare]
+    x, y = torch.randn(8, 3, 2, 2), torch.tensor([0, 1] * 4)
+    splitter = BatchSplitter(2, 1)
+    try:
+        splitter.step(model, params, x, y, lambda o, t: F.cross_entropy(o, t, reduction="sum"))
+    finally:
+        splitter.close()
+    assert spare.grad is None
+    split_grads = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    model.zero_grad()
+    (F.cross_entropy(model(x), y, reduction="sum") / 8).backward()
+    for split, whole in zip(split_grads, model.parameters(), strict=True):
+        torch.testing.assert_close(split, whole.grad)
