@@ -209,6 +209,13 @@ def test_recorded_training_metrics_are_the_models_on_the_training_split(
     # its speed: the images over the seconds of the epoch's training, within the call
     assert len(data.train) / elapsed <= metrics.images_per_s
     assert 0 < metrics.seconds <= elapsed and 0 < summary.train_seconds <= elapsed
+    assert summary.train_seconds == pytest.approx(metrics.seconds, abs=0.05)  # one epoch
+    from zoo.trainer.checkpoint import load_checkpoint
+    from zoo.trainer.rundir import RunLock
+
+    assert load_checkpoint(result.run_dir / "checkpoints" / "last.pt")["format"] == 2
+    with RunLock(result.run_dir, command="another reader", shared=True):  # readers share
+        load_run_model(result.run_dir, default_registry(), "best.pt", command="test")
     # the validation confusion matrix: rows true classes, the diagonal the accuracy
     confusion = np.array(summary.last_confusion)
     xv, yv = DeviceData(data.val.images, data.val.labels, torch.device("cpu"),

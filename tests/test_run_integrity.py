@@ -254,6 +254,10 @@ def test_resume_applies_and_records_what_it_may_change(tmp_path: Path) -> None:
     train("Net", epochs=1, out=run, **FAST)
     with pytest.raises(TrainingError, match=r"--out .* cannot be combined with --resume"):
         train("Net", epochs=2, resume=run, out=tmp_path / "elsewhere")
+    # its own folder as --out is accepted, and every other setting still checked after it
+    with pytest.raises(TrainingError, match=r"cannot resume .* with seed=4: .*started with "
+                                            r"seed=0"):
+        train("Net", epochs=2, resume=run, out=run, seed=4)
     result = train("Net", epochs=2, resume=run, out=run, lr=FAST.get("lr", 0.1),
                    eval_batch_size=17)
     assert result.summary.epochs_completed == 2
