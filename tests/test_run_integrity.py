@@ -448,3 +448,39 @@ def test_a_run_checkpoint_that_does_not_fit_names_every_key(tmp_path: Path) -> N
                                               r"state_dict: \"fc2\.bias\"\.; Unexpected key\(s\) "
                                               r"in state_dict: \"fc9\.bias\""):
         load_run_model(run, zoo.default_registry(), command="test")
+
+
+def test_the_run_lock_record_and_its_failures(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import json as json_module
+
+    from zoo.trainer.rundir import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.lock").write_text("x" * 500 + "\n")  # a longer record of an older session
+    lock = RunLock(run, command="zoo train Net")
+    lock.acquire()
+    lock.acquire()  # held already: nothing more is taken
+    try:
+        record = (run / "run.lock").read_text()
+        assert record.count("\n") == 1 and json_module.loads(record)["command"] == "zoo train Net"
+    finally:
+        lock.release()
+    with RunLock(run, command="again"):  # released: another can take it
+        pass
+
+    def full(*args: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(TrainingError, match=r"cannot write .*run\.lock: the disk is full; "
+                                            r"nothing was trained or changed"):
+        RunLock(run, command="zoo train Net").acquire()
+    assert (run / "run.lock").is_file()  # not ours to delete: it was there before
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(TrainingError, match="the disk is full"):
+        RunLock(fresh, command="zoo train Net").acquire()
+    assert not (fresh / "run.lock").exists()  # ours, half-written: removed
