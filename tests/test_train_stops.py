@@ -265,3 +265,36 @@ def test_ctrl_c_near_the_end_of_an_epoch(tmp_path: Path, before_last: int, note:
               **{**FAST, "dataset_options": {"size": 240, "num_classes": 2}})
     assert plugin.notes[-1].startswith(note)
     assert read_summary(tmp_path / "run").epochs_completed == 1 - before_last
+
+
+def test_a_run_failing_before_it_starts_leaves_the_folder_it_found(tmp_path: Path) -> None:
+    class Ends(CtrlC):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ended: list[str] = []
+
+        @zoo.hookimpl
+        def zoo_train_end(self, run: TrainingRun, summary: object, status: str) -> None:
+            self.ended.append(status)
+
+    plugin = Ends()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (tmp_path / "empty").mkdir()  # no class folders: the data fails to load
+    for out in (existing, tmp_path / "new"):
+        with pytest.raises(zoo.errors.ZooError):
+            train("Net", registry=_registry(plugin), epochs=1, out=out,
+                  dataset="imagefolder", data_dir=tmp_path / "empty",
+                  **{k: v for k, v in FAST.items() if k != "dataset_options"})
+    assert existing.is_dir() and list(existing.iterdir()) == []  # kept, and left empty
+    assert not (tmp_path / "new").exists()  # made by the run: removed
+    assert plugin.ended == []  # the run never began: no end to report
+
+
+def test_the_run_keeps_the_first_64_validation_images_as_samples(tmp_path: Path) -> None:
+    import numpy as np
+
+    config = {**FAST, "dataset_options": {"size": 700, "num_classes": 2}}
+    train("Net", registry=_registry(CtrlC()), epochs=1, out=tmp_path / "run", **config)
+    samples = np.load(tmp_path / "run" / "val_samples.npy")
+    assert samples.shape == (64, 3, 16, 16)
