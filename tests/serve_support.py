@@ -117,3 +117,25 @@ def binary_request(header: dict[str, Any], *blobs: bytes) -> tuple[bytes, dict[s
 
 def bytes_tensor(items: Sequence[bytes]) -> bytes:
     return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(exposition: str | bytes) -> Samples:
+    """Every sample of a Prometheus exposition (``/metrics``), by name and sorted labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = exposition.decode() if isinstance(exposition, bytes) else exposition
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def server_metrics(url: str) -> Samples:
+    """:func:`metric_samples` of the server at ``url``."""
+    return metric_samples(call(f"{url}metrics").body)
+
+
+def metric(samples: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 where it was never counted)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

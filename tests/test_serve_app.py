@@ -12,8 +12,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serve_support import Running, call, encoded, pixels, post_json, thread_server
+from serve_support import (
+    Running,
+    call,
+    encoded,
+    metric,
+    metric_samples,
+    pixels,
+    post_json,
+    server_metrics,
+    thread_server,
+)
 from starlette.testclient import TestClient
 
 from zoo.serve.app import ServeApp, create_app
@@ -36,16 +45,6 @@ def models() -> list[ServedModel]:
 def server() -> Iterator[Running]:
     with thread_server(["Net"]) as running:
         yield running
-
-
-def _samples(text: str | bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = text.decode() if isinstance(text, bytes) else text
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def _value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def _good_request() -> dict[str, Any]:
@@ -118,9 +117,9 @@ def test_a_late_event_loop_sheds_inference_with_503_and_retry_after() -> None:
                                          "50 ms late); retry after a second"}
         _wait_for(lambda: not server.app.lag.overloaded)
         assert post_json(f"{server.url}v2/models/Net/infer", _good_request()).status == 200
-        samples = _samples(call(f"{server.url}metrics").body)
-        assert _value(samples, "zoo_serve_request_errors_total", model="Net", status="503") == 1
-        assert _value(samples, "zoo_serve_requests_total", model="Net", endpoint="infer",
+        samples = server_metrics(server.url)
+        assert metric(samples, "zoo_serve_request_errors_total", model="Net", status="503") == 1
+        assert metric(samples, "zoo_serve_requests_total", model="Net", endpoint="infer",
                       outcome="ok") == 2
 
 
@@ -128,7 +127,7 @@ def test_an_internal_error_is_a_500_the_server_logs_and_survives(
         server: Running, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     model = server.models["Net"]
-    before = _samples(call(f"{server.url}metrics").body)
+    before = server_metrics(server.url)
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("a bug")
@@ -149,10 +148,10 @@ def test_an_internal_error_is_a_500_the_server_logs_and_survives(
         "internal error on POST /zoo/models/Net/classify"}
     monkeypatch.undo()
     assert post_json(f"{server.url}v2/models/Net/infer", _good_request()).status == 200
-    after = _samples(call(f"{server.url}metrics").body)
+    after = server_metrics(server.url)
     errors = "zoo_serve_request_errors_total"
-    assert _value(after, errors, model="Net", status="500") - \
-        _value(before, errors, model="Net", status="500") == 2
+    assert metric(after, errors, model="Net", status="500") - \
+        metric(before, errors, model="Net", status="500") == 2
 
 
 def test_a_client_that_disconnects_is_counted_as_499_and_sent_nothing(
@@ -172,11 +171,11 @@ def test_a_client_that_disconnects_is_counted_as_499_and_sent_nothing(
                  "headers": [(b"content-type", b"image/png"), (b"content-length", b"1000")],
                  "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "app": app}
         asyncio.run(app(scope, receive, send))
-    samples = _samples(app.metrics.render())
+    samples = metric_samples(app.metrics.render())
     for endpoint in ("infer", "classify"):
-        assert _value(samples, "zoo_serve_requests_total", model="Net", endpoint=endpoint,
+        assert metric(samples, "zoo_serve_requests_total", model="Net", endpoint=endpoint,
                       outcome="client_error") == 1
-    assert _value(samples, "zoo_serve_request_errors_total", model="Net", status="499") == 2
+    assert metric(samples, "zoo_serve_request_errors_total", model="Net", status="499") == 2
     # infer sends nothing; the page's endpoint starts a 499 (what the access log records)
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [499]
     assert not [m for m in sent if m["type"] == "http.response.body" and m.get("body")]
@@ -200,7 +199,7 @@ def test_unknown_paths_and_methods_are_protocol_errors_naming_what_is_accepted(
 
 
 def test_the_web_pages_classify_endpoint_has_its_metrics(server: Running) -> None:
-    before = _samples(call(f"{server.url}metrics").body)
+    before = server_metrics(server.url)
     start = time.perf_counter()
     image, png = encoded(pixels(3)), {"Content-Type": "image/png"}
     ok = call(f"{server.url}zoo/models/Net/classify?top_k=2", "POST", image, png)
@@ -209,10 +208,10 @@ def test_the_web_pages_classify_endpoint_has_its_metrics(server: Running) -> Non
                 png).status == 400
     assert call(f"{server.url}zoo/models/nope/classify", "POST", image, png).status == 404
     elapsed = time.perf_counter() - start
-    after = _samples(call(f"{server.url}metrics").body)
+    after = server_metrics(server.url)
 
     def delta(name: str, **labels: str) -> float:
-        return _value(after, name, **labels) - _value(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     requests = "zoo_serve_requests_total"
     assert delta(requests, endpoint="classify", model="Net", outcome="ok") == 1

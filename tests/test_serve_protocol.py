@@ -22,8 +22,10 @@ from serve_support import (
     bytes_tensor,
     call,
     encoded,
+    metric,
     pixels,
     post_json,
+    server_metrics,
     thread_server,
 )
 
@@ -249,20 +251,9 @@ def test_page_and_cards(server: Running) -> None:
     assert cards[1]["name"] == "res" and cards[1]["architecture"] == "NetRes"
 
 
-def _samples(server: Running) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    text = call(f"{server.url}metrics").body.decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
 def test_metrics_count_each_inference_by_model_and_outcome(server: Running,
                                                            clf: OnnxClassifier) -> None:
-    def value(samples: dict, name: str, **labels: str) -> float:
-        return samples.get((name, tuple(sorted(labels.items()))), 0.0)
-
-    before = _samples(server)
+    before = server_metrics(server.url)
     x = clf.preprocess([pixels(1)])
     good = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
                         "data": x.ravel().tolist()}]}
@@ -273,10 +264,10 @@ def test_metrics_count_each_inference_by_model_and_outcome(server: Running,
                 {"Content-Type": "application/json"}).status == 400
     assert post_json(f"{server.url}v2/models/nope/infer", good).status == 404
     elapsed = time.perf_counter() - start
-    after = _samples(server)
+    after = server_metrics(server.url)
 
     def delta(name: str, **labels: str) -> float:
-        return value(after, name, **labels) - value(before, name, **labels)
+        return metric(after, name, **labels) - metric(before, name, **labels)
 
     requests = "zoo_serve_requests_total"
     assert delta(requests, endpoint="infer", model="Net", outcome="ok") == 3
