@@ -2,8 +2,9 @@
 
 ``python tests/mutation/apply.py MODULE OLD NEW [N] -- PYTEST ARGS...`` replaces the
 N-th (default: first) occurrence of the text OLD in MODULE by NEW, runs pytest with
-the arguments after ``--``, restores MODULE whatever happens, and prints KILLED (the
-tests failed) or SURVIVED with pytest's last line. The working tree's module is
+the arguments after ``--``, restores MODULE whatever happens, and prints KILLED (a
+test failed), SURVIVED (all passed) or NOT JUDGED (pytest stopped otherwise: an
+interruption, no tests found) with pytest's last line. The working tree's module is
 changed while the tests run: do not edit it meanwhile. Not a test module.
 """
 
