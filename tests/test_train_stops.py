@@ -25,11 +25,6 @@ FAST: dict[str, Any] = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-
-
 class CtrlC:
     """Presses Ctrl-C at the end of an epoch's training (as a user would, mid-run), and
     keeps the trainer's notes."""
