@@ -62,7 +62,8 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path: Pat
     (stale_dir / "inner").mkdir(parents=True)
     stale_old = tmp_path / f".bundle.zoo-{dead}-q.old"
     stale_old.mkdir()
-    live = tmp_path / f".run.json.zoo-{fsutil.os.getppid()}-live.tmp"  # a running process
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = tmp_path / f".run.json.zoo-{writer.pid}-live.tmp"  # a running process's
     live.write_text("in progress")
     unrelated = tmp_path / ".run.json.backup"
     unrelated.write_text("mine")
@@ -73,6 +74,9 @@ def test_temporaries_of_dead_writers_are_removed_by_the_next_write(tmp_path: Pat
         (tmp / "f").write_text("x")
     assert not stale_dir.exists() and not stale_old.exists()
     assert clean_stale_temporaries(tmp_path / "run.json") == []
+    assert writer.poll() is None  # probed, never signalled
+    writer.kill()
+    writer.wait()
 
 
 def test_replacing_a_link_to_a_folder_replaces_the_link(tmp_path: Path) -> None:

@@ -303,3 +303,25 @@ def test_a_manifest_with_many_errors_names_the_first_five(bundle: Path) -> None:
         read_manifest(bundle)
     problems = str(info.value).split("does not validate as a bundle manifest: ")[1]
     assert len(problems.split("; ")) == 5
+
+
+def test_the_classifier_runs_the_graph_bytes_it_checked(
+        bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph swapped on disk after its hash was checked is never the one that runs: the
+    checked bytes are kept and loaded (no second read, no time-of-check race)."""
+    from zoo.deploy import predictor
+
+    intact = OnnxClassifier(bundle)
+    images = np.random.default_rng(0).integers(0, 256, (4, intact.channels, *intact.size),
+                                               dtype=np.uint8)
+    expected = intact.logits(images)
+    real_check = predictor.check_bundle
+
+    def check_then_swap(*args: Any, **kwargs: Any) -> Any:
+        checked = real_check(*args, **kwargs)
+        (bundle / ONNX_FILE).write_bytes(b"not the graph that was checked")
+        return checked
+
+    monkeypatch.setattr(predictor, "check_bundle", check_then_swap)
+    swapped = OnnxClassifier(bundle)
+    np.testing.assert_array_equal(swapped.logits(images), expected)

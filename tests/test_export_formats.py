@@ -171,6 +171,14 @@ def test_a_third_party_format_is_written_verified_listed_and_reverified(
     assert registry.plugins_by_key()["zoo_script"].formats == ("npz",)
     assert main(["plugins"]) == 0
     assert "format:npz" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    tail = capsys.readouterr().out.split("\ninstalled formats (")[1].splitlines()
+    npz = tail.index(next(line for line in tail if line.startswith("  npz ")))
+    assert tail[1].startswith("  onnx ")  # the required format first, then as registered
+    assert tail[npz + 1].strip().startswith("from zoo-npz ")
+    assert tail[npz + 2].strip() == "options:"
+    assert tail[npz + 3].strip().startswith("compressed=true (true|false)")
     make_run(tmp_path / "run", "NetDropout")
     result = export(tmp_path / "run", out=tmp_path / "b", formats="npz",
                     registry=registry, options={"npz": {"compressed": False}})

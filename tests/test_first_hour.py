@@ -94,14 +94,31 @@ def test_export_help_lists_the_installed_formats(capsys: pytest.CaptureFixture[s
     assert tail == [
         "installed formats (--format NAME, --format-option NAME.KEY=VALUE):",
         "  onnx    ONNX graph with a dynamic batch axis (onnxruntime) (always written)",
-        "          options: opset, exporter",
+        "          options:",
+        "            opset=none (int 1..100, or none) ONNX opset (default: 17, or the",
+        "              lowest the exporter produces above it).",
+        "            exporter=torchscript (torchscript|dynamo) torch.onnx.export with",
+        "              dynamo=False (torchscript: 20-30x faster here) or dynamo=True",
+        "              (opsets 18 and up).",
         "  pt2     torch.export ExportedProgram (torch.export.load)",
         "          options: none",
         "  triton  Triton model repository (tritonserver --model-repository=BUNDLE/triton)",
-        "          options: max_batch_size, max_queue_delay_us, instance_count",
+        "          options:",
+        "            max_batch_size=64 (int 1..65536) Triton's max_batch_size.",
+        "            max_queue_delay_us=500 (int 0..10000000) dynamic_batching's",
+        "              max_queue_delay_microseconds (how long Triton waits to fill a",
+        "              batch).",
+        "            instance_count=1 (int 1..256) Model instances on the CPU.",
         "  int8    int8 ONNX graph (static QDQ, calibrated on training images; refused if it "
         "loses accuracy on the held-out split)",
-        "          options: calibration_images, activations, max_drop_points"]
+        "          options:",
+        "            calibration_images=512 (int 1..100000) Training images its",
+        "              activation ranges are calibrated on.",
+        "            activations=uint8 (uint8|int8) Activation type (uint8 x int8",
+        "              weights: the operand order of VNNI and AVX2 integer dot",
+        "              products).",
+        "            max_drop_points=0.5 (float 0..100) The most top-1 accuracy (points)",
+        "              it may lose on the held-out split."]
 
 
 def test_export_help_is_computed_only_when_printed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,6 +147,8 @@ def test_completers_name_what_is_installed(tmp_path: Path, monkeypatch: pytest.M
     assert completers.set_keys("", _args("name=NoSuchNet")) == []  # never an error
     assert completers.dataset_options("", _args("dataset=synthetic")) == [
         "noise=", "num_classes=", "size="]
+    assert completers.dataset_options("", _args("dataset=imagefolder")) == ["cache="]
+    assert completers.dataset_options("", _args()) == ["noise=", "num_classes=", "size="]
     assert completers.formats("onnx,", _args()) == ["onnx,int8", "onnx,pt2", "onnx,triton"]
     assert completers.format_options("onnx.o", _args()) == ["onnx.opset="]
     monkeypatch.chdir(tmp_path)

@@ -8,19 +8,24 @@ the newest) and prints the table for docs/development.md, then every mutant that
 not killed, with its diff: first those that survived the tests they ran (to triage),
 then those on lines no test executes in-process (nothing ran them), then the timed-out
 and suspicious ones (counted as killed). Run from the checkout's root, it also names
-the modules under zoo/ and plugins/ that no results cover. Standard library only.
+the modules under zoo/ and plugins/ that no results cover. Survivors that
+``rejudge.py`` killed later, against tests the run could not choose, count as killed
+(the column "killed on re-judging") and leave the list. Standard library only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("mutants", "killed", "timeout", "suspicious", "survived", "unreached")
+COLUMNS = ("mutants", "killed", "rejudged", "timeout", "suspicious", "survived", "unreached")
 DEFAULT = ".nox/mutation/tmp/*/results.json"
+#: ``rejudge.py``'s verdicts: module -> the hash of a mutant's diff -> verdict.
+REJUDGED = Path(".nox/mutation/tmp/rejudged.json")
 ROOTS = ("zoo", "plugins")
 
 
@@ -46,9 +51,36 @@ def merge(files: list[Path]) -> tuple[dict[str, dict[str, Any]], list[dict[str, 
     return rows, [m for module in sorted(mutants) for m in mutants[module]], notes
 
 
+def _key(diff: str) -> str:
+    return hashlib.sha256(diff.encode()).hexdigest()[:16]  # as rejudge.key
+
+
+def rejudge(rows: dict[str, dict[str, Any]], mutants: list[dict[str, Any]],
+            verdicts: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Count the survivors that ``rejudge.py`` killed as killed (``rejudged`` of each row,
+    the score again) and return the mutants still not killed."""
+    left = []
+    for m in mutants:
+        verdict = verdicts.get(m["module"], {}).get(_key(str(m["diff"])), {})
+        if m["status"] == "survived" and verdict.get("verdict") == "killed":
+            row = rows[m["module"]]
+            row["rejudged"] = row.get("rejudged", 0) + 1
+            row["survived"] -= 1
+            if m.get("selection") in ("unreached", "none"):
+                row["unreached"] -= 1
+        else:
+            left.append(m)
+    for row in rows.values():
+        row.setdefault("rejudged", 0)
+        detected = row["killed"] + row["rejudged"] + row["suspicious"] + row["timeout"]
+        judged = detected + row["survived"]
+        row["score"] = round(100.0 * detected / judged, 1) if judged else None
+    return left
+
+
 def table(rows: dict[str, dict[str, Any]]) -> str:
-    out = ["| module | mutants | killed | timed out | suspicious | survived | of them unreached "
-           "| not run | score |", "|---|" + "---:|" * 8]
+    out = ["| module | mutants | killed | killed on re-judging | timed out | suspicious "
+           "| survived | of them unreached | not run | score |", "|---|" + "---:|" * 9]
     total = dict.fromkeys((*COLUMNS, "not run"), 0)
     for module in sorted(rows):
         row = rows[module]
@@ -59,7 +91,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         score = "-" if row["score"] is None else f"{row['score']:.1f}%"
         out.append(f"| `{module}` | " + " | ".join(str(row[c]) for c in COLUMNS)
                    + f" | {not_run} | {score} |")
-    judged = total["killed"] + total["suspicious"] + total["timeout"] + total["survived"]
+    judged = (total["killed"] + total["rejudged"] + total["suspicious"] + total["timeout"]
+              + total["survived"])
     score = f"{100.0 * (judged - total['survived']) / judged:.1f}%" if judged else "-"
     out.append(f"| all {len(rows)} modules | " + " | ".join(f"**{total[c]}**" for c in COLUMNS)
                + f" | **{total['not run']}** | **{score}** |")
@@ -113,6 +146,8 @@ def main(argv: list[str]) -> int:
               file=sys.stderr)
         return 1
     rows, mutants, notes = merge(files)
+    mutants = rejudge(rows, mutants, json.loads(REJUDGED.read_text()) if REJUDGED.is_file()
+                      else {})
     for note in sorted(set(notes)):
         print(f"note: {note}", file=sys.stderr)
     left = missing(rows, Path())

@@ -45,6 +45,8 @@ MUTATION_TESTS: dict[str, tuple[str, ...]] = {
     # report models whose declarations the read-back tests check without calling them
     "zoo/analysis/evaluation.py": ("tests/test_evaluation_report.py", "tests/test_evaluate.py"),
     "zoo/analysis/compare.py": ("tests/test_compare_chart.py", "tests/test_compare.py"),
+    # the built-in formats' options: their defaults and bounds, as zoo export --help shows them
+    "zoo/builtin/formats.py": ("tests/test_first_hour.py", "tests/test_export.py"),
 }
 #: What ``--all`` mutates: every module under these folders.
 MUTATION_ROOTS = ("zoo", "plugins")

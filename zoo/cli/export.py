@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from typing import Any
 
 from zoo.cli import completers
@@ -11,7 +12,11 @@ from zoo.cli.help import set_help_tail
 from zoo.cli.options import add_weights_option, parse_pairs
 from zoo.errors import ZooError
 from zoo.host.registry import Registry
+from zoo.spec import fields
 from zoo.spec.manifest import DEFAULT_ATOL, DEFAULT_RTOL
+
+#: The width the formats' options are wrapped to in ``zoo export --help``.
+HELP_WIDTH = 79
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,13 +100,18 @@ def installed_formats() -> str:
     specs = default_registry().formats()
     width = max((len(name) for name in specs), default=0)
     lines = ["installed formats (--format NAME, --format-option NAME.KEY=VALUE):"]
+    indent = " " * (width + 4)
     for name, spec in sorted(specs.items(), key=lambda item: item[0] != REQUIRED_FORMAT):
         prov = spec.provenance
-        where = f"; {prov.describe()}" if prov and prov.distribution != "zoo" else ""
-        options = ", ".join(spec.options.model_fields) or "none"
         always = " (always written)" if name == REQUIRED_FORMAT else ""
         lines.append(f"  {name:<{width}}  {spec.summary}{always}")
-        lines.append(f"  {'':<{width}}  options: {options}{where}")
+        if prov and prov.distribution != "zoo":
+            lines.append(f"{indent}from {prov.describe()}")
+        options = fields.describe(spec.options)
+        lines.append(f"{indent}options:" + ("" if options else " none"))
+        for option in options:  # NAME=DEFAULT (ACCEPTED) DESCRIPTION
+            lines.extend(textwrap.wrap(option, width=HELP_WIDTH, initial_indent=indent + "  ",
+                                       subsequent_indent=indent + "    "))
     return "\n".join(lines)
 
 

@@ -54,16 +54,19 @@ class TrainConfig(NoBoolNumbers):
     download: bool = Field(True, description="Allow downloading datasets.")
     cache_dir: Path | None = Field(None, description="Decoded-image cache directory.")
     # recipe
-    epochs: int = Field(12, ge=1, le=100_000)
+    epochs: int = Field(12, ge=1, le=100_000, description="Passes over the training split.")
     batch_size: int = Field(128, ge=1, le=65_536, description="Per process (rank) batch size.")
-    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adam", "adamw"] = Field("sgd", description="The optimizer.")
     lr: float = Field(0.1, gt=0.0, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum.")
     nesterov: bool = Field(True, description="Nesterov momentum (SGD, momentum > 0).")
-    weight_decay: float = Field(5e-4, ge=0.0)
-    schedule: Literal["none", "cosine", "onecycle"] = "onecycle"
+    weight_decay: float = Field(5e-4, ge=0.0, description="L2 weight decay (not on biases "
+                                "and BatchNorm).")
+    schedule: Literal["none", "cosine", "onecycle"] = Field(
+        "onecycle", description="Learning-rate schedule (none: constant lr).")
     warmup_fraction: float = Field(0.25, gt=0.0, lt=1.0, description="One-cycle warm-up share.")
-    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0)
+    label_smoothing: float = Field(0.05, ge=0.0, lt=1.0,
+                                   description="Cross-entropy label smoothing.")
     grad_clip: float | None = Field(2.0, ge=0.0,
                                      description="Clip the gradient norm (0 or None: off).")
     flip: bool = Field(True, description="Random horizontal flips.")
@@ -72,7 +75,7 @@ class TrainConfig(NoBoolNumbers):
     seed: int = Field(0, ge=0, le=MAX_SEED,
                       description="Seed of the split, init, batches and augmentation.")
     # execution
-    device: Device = "auto"
+    device: Device = Field("auto", description="auto: CUDA, then MPS, then the CPU.")
     channels_last: bool | None = Field(None, description="None: on for CPU and CUDA.")
     amp: Literal["auto", "off", "bf16", "fp16"] = Field(
         "auto", description="Mixed precision: CUDA (auto: bf16 where supported, else fp16); "
@@ -90,7 +93,8 @@ class TrainConfig(NoBoolNumbers):
                     "at least 32 samples each; 1: off).")
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm under DDP on CUDA.")
     dist_timeout_s: float = Field(300.0, gt=0, description="DDP collective timeout.")
-    progress: Literal["auto", "bar", "log", "none"] = "auto"
+    progress: Literal["auto", "bar", "log", "none"] = Field(
+        "auto", description="A bar on a terminal, log lines otherwise (auto), or none.")
     loggers: list[Literal["tensorboard"]] = Field(
         default_factory=list, description="Extra loggers of the run (tensorboard: event files "
                                           "in RUN/tensorboard; needs the tensorboard extra).")
