@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MakeDist
 
 import zoo.cli as cli
 from zoo.cli import main
@@ -73,3 +74,23 @@ def test_how_an_interrupted_command_ends(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(cli, "build_parser", parser_with_handler)
     assert main(["list"]) == code
     assert capsys.readouterr().err == err
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["completion", "bash"], 0), (["plugins"], 1)])
+def test_commands_about_plugins_themselves_do_not_warn_of_them(
+        argv: list[str], code: int, make_dist: MakeDist,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    make_dist("broken-quiet", "broken_quiet", "raise ValueError('broken on import')\n")
+    assert main(["list"]) == 0
+    assert "broken-quiet" in capsys.readouterr().err  # the others warn
+    assert main(argv) == code  # zoo plugins: 1, it lists the failure itself
+    assert "zoo: warning" not in capsys.readouterr().err
+
+
+def test_new_plugin_does_not_warn_of_installed_plugins(
+        make_dist: MakeDist, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    make_dist("broken-quiet", "broken_quiet", "raise ValueError('broken on import')\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["new-plugin", "quietnet"]) == 0
+    assert "zoo: warning" not in capsys.readouterr().err
