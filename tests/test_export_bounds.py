@@ -1,0 +1,72 @@
+"""zoo.export's own bounds: an existing destination, the seed, the input size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from zoo.errors import ExportError
+from zoo.exporter import write
+from zoo.exporter.source import MAX_EXPORT_PIXELS
+from zoo.exporter.write import export
+
+
+def test_an_existing_bundle_is_replaced_only_with_force(tmp_path: Path) -> None:
+    export("Net", out=tmp_path / "b")
+    before = (tmp_path / "b" / "manifest.json").read_bytes()
+    with pytest.raises(ExportError, match="exists"):
+        export("Net", out=tmp_path / "b", seed=1)
+    assert (tmp_path / "b" / "manifest.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("seed", [True, -1, 2**63, 1.0, "1"])
+def test_seeds_are_integers_below_2_63(seed: Any, tmp_path: Path) -> None:
+    with pytest.raises(ExportError) as error:
+        export("Net", out=tmp_path / "b", seed=seed)
+    assert str(error.value) == f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}"
+
+
+def test_the_largest_seed_is_accepted(tmp_path: Path) -> None:
+    result = export("Net", out=tmp_path / "b", seed=2**63 - 1)
+    assert result.manifest.architecture == "Net"
+
+
+class _Reached(Exception):
+    pass
+
+
+@pytest.mark.parametrize(("height", "width", "refused"), [
+    (1024, 1024, False),  # exactly the limit
+    (1, MAX_EXPORT_PIXELS + 1, True),
+    (1025, 1024, True),
+])
+def test_the_input_size_limit(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, height: int,
+                              width: int, refused: bool) -> None:
+    def reached(*args: Any, **kwargs: Any) -> Any:
+        raise _Reached  # past the size check: the export itself is not wanted here
+
+    monkeypatch.setattr(write, "checked_classes_and_normalization", reached)
+    monkeypatch.setattr(write, "load_source", _shape_only(height, width))
+    if refused:
+        with pytest.raises(ExportError, match=f"input size {height}x{width} is too large to "
+                                              f"export; accepted: at most {MAX_EXPORT_PIXELS} "):
+            export("Net", out=tmp_path / "b")
+    else:
+        with pytest.raises(_Reached):
+            export("Net", out=tmp_path / "b")
+
+
+def _shape_only(height: int, width: int) -> Any:
+    """load_source giving a source whose config has this input shape (no model is built)."""
+    real = write.load_source
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        src = real(*args, **kwargs)
+        shape = src.config.input_shape.model_copy(update={"height": height, "width": width})
+        config = src.config.model_copy(update={"input_shape": shape})
+        src.config = config
+        return src
+
+    return load
