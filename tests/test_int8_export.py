@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from export_helpers import make_run
 from PIL import Image
@@ -46,12 +47,29 @@ def _held_out() -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_int8_bundle_records_both_accuracies_on_the_held_out_split(
-        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # quantizing leaves nothing in the working folder
     result = zoo.export(run_dir, out=tmp_path / "b", formats="int8")
+    assert list((tmp_path / "cwd").iterdir()) == []
     record = result.manifest.formats["int8"]
     assert record.files == (INT8_FILE,) and record.passed
     assert record.ort_latency_ms_batch1 is not None and record.ort_latency_ms_batch1 > 0
     [check] = [c for c in record.checks if c.accuracy is not None]
+    # not a logit comparison; the two graphs agree on nearly every image
+    assert (check.max_abs_diff, check.max_rel_diff) == (0.0, 0.0)
+    assert check.top1_agreement >= 0.9
+    # uint8 activations (the default), int8 weights with one scale per output channel
+    graph = onnx.load(str(tmp_path / "b" / INT8_FILE))
+    types = {t.name: t for t in graph.graph.initializer}
+    zero_points = [types[n.input[2]] for n in graph.graph.node
+                   if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in types]
+    assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    weight_scales = [types[n.input[1]] for n in graph.graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in types
+                     and types[n.input[0]].data_type == onnx.TensorProto.INT8]
+    assert any(len(s.dims) == 1 and s.dims[0] > 1 for s in weight_scales)
     training = result.manifest.training
     assert training is not None and training.best is not None
     # the float32 graph on the reloaded split scores what the trainer measured on its own
@@ -134,7 +152,8 @@ def test_int8_is_refused_where_it_loses_accuracy(run_dir: Path, tmp_path: Path,
             f"training images, seed 0), at most 0.5 points lost': top-1 {best.val_acc:.3f} -> "
             in err)
     lost = float(err.split("(")[-1].split(" points lost")[0])
-    assert lost >= 20.0
+    int8_acc = float(err.split(" -> ")[1].split(" (")[0])  # printed to 3 decimals
+    assert lost >= 20.0 and abs(lost - 100 * (best.val_acc - int8_acc)) <= 0.1
     assert not (tmp_path / "q").exists() and not list(tmp_path.glob(".q*"))
     # a larger limit, given as the format's option, lets it through
     assert main(["export", str(edited), "--quantize", "int8", "--out", str(tmp_path / "q"),
@@ -225,3 +244,13 @@ def test_zoo_serve_answers_with_the_int8_graph(run_dir: Path, tmp_path: Path) ->
         assert call(f"{running.url}v2/models/q/versions/{sha}-int8").status == 200
         assert running.models["q"].card()["accuracy"] == check.accuracy
         assert running.models["q"].card()["graph"] == "int8"
+
+
+def test_calibration_batches_cover_every_image_once() -> None:
+    from zoo.exporter.int8 import _Batches
+
+    images = np.arange(70 * 3, dtype=np.float32).reshape(70, 3, 1, 1)
+    reader = _Batches(images)
+    batches = list(iter(reader.get_next, None))
+    assert [len(b["input"]) for b in batches] == [32, 32, 6]
+    np.testing.assert_array_equal(np.concatenate([b["input"] for b in batches]), images)
