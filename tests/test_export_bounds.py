@@ -70,3 +70,23 @@ def _shape_only(height: int, width: int) -> Any:
         return src
 
     return load
+
+
+def test_each_exporter_has_its_opsets() -> None:
+    from torch.onnx import _constants
+
+    from zoo.exporter.onnx import check_opset, opset_range
+
+    low, high = int(_constants.ONNX_MIN_OPSET), int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    assert opset_range("torchscript") == (low, high)
+    assert opset_range("dynamo") == (18, int(_constants.ONNX_MAX_OPSET))
+    assert check_opset(None, "torchscript") == 17 and check_opset(None, "dynamo") == 18
+    assert check_opset(low, "torchscript") == low and check_opset(high, "torchscript") == high
+    with pytest.raises(ExportError, match=rf"^opset 17 cannot be produced by the dynamo "
+                                          rf"exporter of torch .*; accepted: 18 to "):
+        check_opset(17, "dynamo")
+    with pytest.raises(ExportError, match=f"accepted: {low} to {high}$"):
+        check_opset(low - 1, "torchscript")
+    with pytest.raises(ExportError, match=r"^unknown exporter 'tvm'; accepted: torchscript, "
+                                          r"dynamo$"):
+        check_opset(17, "tvm")  # type: ignore[arg-type]
