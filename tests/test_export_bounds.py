@@ -82,8 +82,8 @@ def test_each_exporter_has_its_opsets() -> None:
     assert opset_range("dynamo") == (18, int(_constants.ONNX_MAX_OPSET))
     assert check_opset(None, "torchscript") == 17 and check_opset(None, "dynamo") == 18
     assert check_opset(low, "torchscript") == low and check_opset(high, "torchscript") == high
-    with pytest.raises(ExportError, match=rf"^opset 17 cannot be produced by the dynamo "
-                                          rf"exporter of torch .*; accepted: 18 to "):
+    with pytest.raises(ExportError, match=r"^opset 17 cannot be produced by the dynamo "
+                                          r"exporter of torch .*; accepted: 18 to "):
         check_opset(17, "dynamo")
     with pytest.raises(ExportError, match=f"accepted: {low} to {high}$"):
         check_opset(low - 1, "torchscript")
