@@ -254,3 +254,56 @@ def test_calibration_batches_cover_every_image_once() -> None:
     batches = list(iter(reader.get_next, None))
     assert [len(b["input"]) for b in batches] == [32, 32, 6]
     np.testing.assert_array_equal(np.concatenate([b["input"] for b in batches]), images)
+
+
+class _RecordingRegistry:
+    """The default registry's datasets, each request recorded (paths dropped: the run's data
+    is synthetic, so the folders named here need not exist)."""
+
+    def __init__(self) -> None:
+        self.requests: list[DatasetRequest] = []
+
+    def load_dataset(self, name: str, request: DatasetRequest, **options: object) -> object:
+        self.requests.append(request)
+        plain = request.model_copy(update={"data_dir": None, "val_dir": None})
+        return zoo.default_registry().load_dataset(name, plain, **options)
+
+
+def _training_data(run_dir: Path, recipe_changes: dict[str, object], *, local: bool,
+                   data_dir: Path | None = None) -> tuple[TrainingData, _RecordingRegistry]:
+    summary = RunSummary.model_validate_json((run_dir / SUMMARY_FILE).read_text())
+    registry = _RecordingRegistry()
+    recipe = {**summary.train_config, **recipe_changes}
+    data = TrainingData(registry, summary.model, summary.normalization,  # type: ignore[arg-type]
+                        training_info(summary, BEST_CHECKPOINT), recipe, data_dir=data_dir,
+                        what="the source", local_paths=local)
+    return data, registry
+
+
+def test_a_runs_own_folders_are_used_and_a_bundles_are_asked_for(run_dir: Path) -> None:
+    data, registry = _training_data(run_dir, {"data_dir": "trained/here"}, local=True)
+    data.calibration(8)
+    data.held_out()
+    assert [r.data_dir for r in registry.requests] == [Path("trained/here")]  # loaded once
+    data, registry = _training_data(run_dir, {"data_dir": "trained/here"}, local=False,
+                                    data_dir=Path("given"))
+    data.held_out()
+    assert [r.data_dir for r in registry.requests] == [Path("given")]
+    data, _ = _training_data(run_dir, {"data_dir": "trained/here"}, local=False)
+    with pytest.raises(ExportError, match="was trained on the folder 'trained/here', which a "
+                                          "bundle does not locate; give its path with "
+                                          "--data-dir"):
+        data.held_out()
+    data, registry = _training_data(run_dir, {"val_dir": "val/here"}, local=True)
+    data.held_out()
+    assert [r.val_dir for r in registry.requests] == [Path("val/here")]
+    data, _ = _training_data(run_dir, {"val_dir": "val/here"}, local=False)
+    with pytest.raises(ExportError, match="was validated on a separate folder 'val/here'; "
+                                          "export its run directory instead"):
+        data.held_out()
+
+
+def test_calibration_images_are_distinct(run_dir: Path) -> None:
+    data, _ = _training_data(run_dir, {}, local=True)
+    chosen = data.calibration(600)
+    assert len({x.tobytes() for x in chosen}) == len(chosen) == 600
