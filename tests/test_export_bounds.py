@@ -90,3 +90,20 @@ def test_each_exporter_has_its_opsets() -> None:
     with pytest.raises(ExportError, match=r"^unknown exporter 'tvm'; accepted: torchscript, "
                                           r"dynamo$"):
         check_opset(17, "tvm")  # type: ignore[arg-type]
+
+
+def test_a_folder_named_like_an_architecture_does_not_hide_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("Net").mkdir()  # neither a run nor a bundle: the name still means the architecture
+    assert export("Net", out=tmp_path / "fresh").manifest.architecture == "Net"
+    Path("stuff").mkdir()
+    with pytest.raises(ExportError, match=r"^'stuff' is neither a run directory \(it has no "
+                                          r"run\.json\) nor a bundle \(it has no manifest"):
+        export("stuff", out=tmp_path / "b")
+
+
+def test_a_declared_bundle_name_is_exported_as_that_bundle(tmp_path: Path) -> None:
+    result = export("Net-cifar2", out=tmp_path / "again")
+    assert result.manifest.architecture == "Net"
+    assert result.manifest.classes == ("airplane", "bird")
