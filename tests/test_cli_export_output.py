@@ -90,3 +90,12 @@ def test_a_failed_verification_exits_1(bundle: Path, monkeypatch: pytest.MonkeyP
     capsys.readouterr()
     assert main(["verify", str(bundle), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["passed"] is False
+
+
+def test_a_data_folder_is_read_only_to_measure_accuracy(bundle: Path) -> None:
+    from zoo.exporter.verify import verify_bundle
+
+    with pytest.raises(ZooError, match=r"^a data folder \(--data-dir\) is read only to measure "
+                                       r"accuracy again; add --accuracy"):
+        verify_bundle(bundle, data_dir=bundle)
+    assert verify_bundle(bundle, data_dir=bundle, accuracy=True).passed  # onnx only: unused

@@ -307,3 +307,16 @@ def test_calibration_images_are_distinct(run_dir: Path) -> None:
     data, _ = _training_data(run_dir, {}, local=True)
     chosen = data.calibration(600)
     assert len({x.tobytes() for x in chosen}) == len(chosen) == 600
+
+
+def test_verify_never_reads_folders_a_bundle_names(run_dir: Path, tmp_path: Path) -> None:
+    """A bundle may come from elsewhere: the data folder its recipe names is not opened."""
+    import json
+
+    zoo.export(run_dir, out=tmp_path / "b", formats="int8")
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    manifest["training"]["recipe"]["data_dir"] = str(tmp_path / "trained-here")
+    (tmp_path / "b" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="which a bundle does not locate; give its path with "
+                                          "--data-dir"):
+        verify_bundle(tmp_path / "b", accuracy=True)
