@@ -62,3 +62,26 @@ def test_model_config_defaults_and_freezing() -> None:
         config.architecture = "Other"  # type: ignore[misc]
     with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
         ModelConfig(architecture="Net", surprise=1)  # type: ignore[call-arg]
+
+
+def test_the_run_records_describe_every_field() -> None:
+    """run.json's models: the reference (docs/reference/training.md) shows each description."""
+    from zoo.spec.run import DataInfo, EpochMetrics, Normalization, RunSummary
+
+    undescribed = {model.__name__: [name for name, field in model.model_fields.items()
+                                    if not field.description]
+                   for model in (Normalization, DataInfo, EpochMetrics, RunSummary)}
+    assert undescribed == {key: [] for key in undescribed}
+
+
+def test_run_records_are_frozen_and_start_empty() -> None:
+    from zoo.spec.run import DataInfo, Normalization
+
+    norm = Normalization(mean=(0.5,), std=(0.2,))
+    with pytest.raises(ValidationError):
+        norm.mean = (0.1,)  # type: ignore[misc]
+    info = DataInfo(dataset="d", content_key="k", split="s", classes=("a", "b"), train_size=1,
+                    val_size=1)
+    assert info.source is None
+    with pytest.raises(ValidationError):
+        info.dataset = "other"  # type: ignore[misc]

@@ -51,8 +51,9 @@ class Normalization(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] = Field(description="Per-channel mean, one per input channel.")
+    std: tuple[float, ...] = Field(description="Per-channel standard deviation, one per input "
+                                   "channel.")
 
 
 class DataInfo(BaseModel):
@@ -60,13 +61,13 @@ class DataInfo(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    dataset: str
+    dataset: str = Field(description="The registered dataset's name.")
     source: str | None = Field(None, description="Data directory or download location.")
     content_key: str = Field(description="Hash of the source's content.")
     split: str = Field(description="How train and validation were separated.")
-    classes: tuple[str, ...]
-    train_size: int
-    val_size: int
+    classes: tuple[str, ...] = Field(description="Class names, in label order.")
+    train_size: int = Field(description="Images in the training split.")
+    val_size: int = Field(description="Images in the validation split.")
 
 
 class EpochMetrics(BaseModel):
@@ -74,14 +75,15 @@ class EpochMetrics(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    epoch: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    images_per_s: float
-    lr: float
-    seconds: float
+    epoch: int = Field(description="The epoch's number, from 1.")
+    train_loss: float = Field(description="Mean training loss per image over the epoch.")
+    train_acc: float = Field(description="Training accuracy over the epoch (augmented images, "
+                             "model in training mode).")
+    val_loss: float = Field(description="Mean validation loss after the epoch (eval mode).")
+    val_acc: float = Field(description="Validation accuracy after the epoch (eval mode).")
+    images_per_s: float = Field(description="Training images per second over the epoch.")
+    lr: float = Field(description="The learning rate at the epoch's last step.")
+    seconds: float = Field(description="Wall time of the epoch, validation included.")
 
 
 class RunSummary(BaseModel):
@@ -89,22 +91,25 @@ class RunSummary(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    model: ModelConfig
-    train_config: dict[str, Any]
-    data: DataInfo
-    normalization: Normalization
-    seed: int
-    device: str
-    epochs_completed: int
-    train_seconds: float = 0.0
-    best: EpochMetrics | None = None
-    last: EpochMetrics | None = None
+    model: ModelConfig = Field(description="The architecture, hyperparameters, input shape "
+                               "and classes trained.")
+    train_config: dict[str, Any] = Field(description="The resolved TrainConfig, as JSON.")
+    data: DataInfo = Field(description="The data and its split.")
+    normalization: Normalization = Field(description="The input normalization, from the "
+                                         "training split.")
+    seed: int = Field(description="The run's seed.")
+    device: str = Field(description="The device it trained on, e.g. cpu or cuda:0.")
+    epochs_completed: int = Field(description="Epochs completed over every session.")
+    train_seconds: float = Field(0.0, description="Wall time of training over every session.")
+    best: EpochMetrics | None = Field(None, description="The epoch of the best validation "
+                                      "accuracy (the first such; best.pt's weights).")
+    last: EpochMetrics | None = Field(None, description="The last completed epoch (last.pt).")
     best_confusion: Confusion | None = Field(
         None, description="Validation confusion matrix of the best epoch (rows: true class).")
     last_confusion: Confusion | None = Field(
         None, description="Validation confusion matrix of the last epoch (rows: true class).")
-    zoo_version: str
-    torch_version: str
+    zoo_version: str = Field(description="The zoo version that wrote it.")
+    torch_version: str = Field(description="The torch version it trained with.")
     status: Literal["running", "completed", "stopped", "interrupted", "failed"] | None = Field(
         None, description="How the run's last session ended (None: a run of an older zoo).")
     failure: str | None = Field(
