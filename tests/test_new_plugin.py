@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,3 +58,26 @@ def test_generated_plugin_installs_and_passes_its_tests(
     finally:
         for module in [m for m in sys.modules if m.startswith("zoo_tiny_vgg")]:
             del sys.modules[module]
+
+
+@pytest.mark.parametrize(("plugin", "ok"), [("a" * 40, True), ("a" * 41, False),
+                                            ("a_" * 19 + "bc", True), ("a_" * 20 + "b", False),
+                                            ("tiny_", False),
+                                            ("tiny\n", False), (None, False), (7, False)])
+def test_plugin_names_at_their_edges(plugin: Any, ok: bool) -> None:
+    from zoo.cli.scaffold import PluginNameError, names
+
+    if ok:
+        assert names(plugin)["package"] == f"zoo_{plugin}"
+        return
+    with pytest.raises(PluginNameError, match=rf"^plugin name {re.escape(repr(plugin))} is not "
+                       "valid; use up to 40 lower-case letters"):
+        names(plugin)
+
+
+def test_new_plugin_creates_the_folders_above_its_destination(tmp_path: Path) -> None:
+    from zoo.cli.scaffold import new_plugin
+
+    dest = new_plugin("tiny", tmp_path / "deep" / "er" / "tiny")
+    assert (dest / "pyproject.toml").is_file()
+    assert sorted(p.name for p in (tmp_path / "deep" / "er").iterdir()) == ["tiny"]

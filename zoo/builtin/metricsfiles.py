@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from zoo.errors import ZooError
 from zoo.host.events import TrainingRun
 from zoo.host.hookspecs import hookimpl
 from zoo.spec.run import METRICS_CSV, METRICS_JSONL, EpochMetrics
@@ -25,16 +24,6 @@ def write_metrics(run_dir: Path, metrics: Sequence[EpochMetrics]) -> None:
     for m in metrics:
         writer.writerow([getattr(m, n) for n in names])
     atomic_write_text(run_dir / METRICS_CSV, buf.getvalue())
-
-
-def iter_metrics(run_dir: Path) -> Iterator[EpochMetrics]:
-    """The epochs recorded in a run's ``metrics.jsonl``."""
-    path = Path(run_dir) / METRICS_JSONL
-    if not path.is_file():
-        raise ZooError(f"{str(run_dir)!r} has no {METRICS_JSONL}")
-    for line in path.read_text().splitlines():
-        if line.strip():
-            yield EpochMetrics.model_validate_json(line)
 
 
 def _write(run: TrainingRun) -> None:
