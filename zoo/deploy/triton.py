@@ -43,7 +43,8 @@ PLATFORM = "onnxruntime_onnx"
 CONFIG_FILE = "config.pbtxt"
 LABELS_FILE = "labels.txt"
 VERSION = "1"
-DEFAULT_MAX_QUEUE_DELAY_US = 2000
+#: How long Triton waits to fill a batch, unless told: one default for the API and the format.
+DEFAULT_MAX_QUEUE_DELAY_US = 500
 _ORT_TYPES = {"tensor(float)": "TYPE_FP32"}
 
 
@@ -124,9 +125,11 @@ def write_triton(repository: Path | str, model: TritonModel, onnx: bytes, *,
     An existing ``REPOSITORY/NAME`` is refused unless ``force`` (then it is replaced).
     """
     target = Path(repository) / model.name
-    if target.exists() and not force:
-        raise ZooError(f"{target} exists; pass --force to replace it")
+    if Path(repository).exists() and not Path(repository).is_dir():
+        raise ZooError(f"cannot write Triton model {target}: {repository} is not a folder")
     try:
+        if target.exists() and not force:
+            raise ZooError(f"{target} exists; pass --force to replace it")
         with atomic_directory(target, replace=force) as tmp:  # all of it, or nothing
             (tmp / VERSION).mkdir()
             for name, data in model_files(model, onnx).items():
@@ -200,7 +203,8 @@ def triton_problems(model_dir: Path | str, *, classes: Sequence[str] | None = No
                                 f"{node.type}")
             shape = list(node.shape)
             dynamic_batch = bool(shape) and not isinstance(shape[0], int)
-            expected = shape[1:] if batch else shape
+            # Triton writes a dimension of any size as -1 (the graph: a name, or None)
+            expected = [d if isinstance(d, int) else -1 for d in (shape[1:] if batch else shape)]
             if batch and not dynamic_batch:
                 problems.append(f"{kind} {tensor.name!r} has a fixed batch size {shape[0]} in "
                                 "the graph, but max_batch_size > 0 needs a dynamic one")
