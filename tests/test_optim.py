@@ -70,3 +70,42 @@ def test_onecycle_needs_two_steps(steps: int, scheduled: bool) -> None:
             scheduler.step()
         assert rates[0] == pytest.approx(0.01)  # from a tenth of the rate
         assert max(rates) <= 0.1 + 1e-12
+
+
+def _onecycle_rates(config: TrainConfig, steps: int) -> tuple[list[float], list[float]]:
+    opt = make_optimizer(config, list(_model().parameters()), torch.device("cpu"))
+    scheduler = make_scheduler(config, opt, steps)
+    assert scheduler is not None
+    rates, momenta = [], []
+    for _ in range(steps):
+        rates.append(opt.param_groups[0]["lr"])
+        momenta.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        scheduler.step()
+    return rates, momenta
+
+
+@pytest.mark.parametrize("steps", [20, 40])
+def test_onecycle_keeps_a_warm_up_of_more_than_one_step_as_configured(steps: int) -> None:
+    # 0.1 of 20 steps is 2 steps of warm-up (the peak at index 1), as OneCycleLR gives it
+    config = TrainConfig(lr=0.1, schedule="onecycle", warmup_fraction=0.1)
+    rates, _ = _onecycle_rates(config, steps)
+    assert rates.index(max(rates)) == steps // 10 - 1
+    assert max(rates) == pytest.approx(0.1)
+    opt = torch.optim.SGD(_model().parameters(), lr=0.1)
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=0.1, total_steps=steps, pct_start=0.1, anneal_strategy="cos",
+        cycle_momentum=False, div_factor=10.0, final_div_factor=100.0)
+    expected = []
+    for _ in range(steps):
+        expected.append(opt.param_groups[0]["lr"])
+        opt.step()
+        reference.step()
+    assert rates == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_onecycle_leaves_the_momentum_as_configured(momentum: float) -> None:
+    config = TrainConfig(lr=0.1, schedule="onecycle", momentum=momentum)
+    _, momenta = _onecycle_rates(config, 10)
+    assert momenta == [momentum] * 10
