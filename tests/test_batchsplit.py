@@ -268,3 +268,11 @@ def test_a_parameter_the_forward_does_not_use_keeps_no_gradient() -> None:
     (F.cross_entropy(model(x), y, reduction="sum") / 8).backward()
     for split, whole in zip(split_grads, model.parameters(), strict=True):
         torch.testing.assert_close(split, whole.grad)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (1, 1, 8, 8), (0, 3, 8, 8)])
+def test_the_probe_needs_two_images(shape: tuple[int, ...]) -> None:
+    model = zoo.create_model("Net", in_height=8, in_width=8)
+    assert split_blocker(model, torch.randn(shape)) == (
+        "the training set has fewer than two images")
+    assert split_blocker(model, torch.randn(2, 1, 8, 8).expand(2, 3, 8, 8)) is None
