@@ -224,3 +224,63 @@ def test_the_pixel_limit_at_its_edge(clf: OnnxClassifier, width: int, height: in
                                   "accepted: at most 4096 pixels (--max-image-pixels)")
     (first,) = served._compute([[png(width, height)]])
     assert ok or first.message.startswith("the image is ")  # type: ignore[union-attr]
+
+
+def test_the_card_shows_the_accuracy_the_served_graph_scored(clf: OnnxClassifier) -> None:
+    from zoo.spec.manifest import CheckResult, FormatRecord
+
+    served = ServedModel("Net", clf, clf.sha256, ServeSettings(graph="int8"))
+    checks = (CheckResult(name="random batch 7", batch_size=7, max_abs_diff=0.1, max_rel_diff=0.1,
+                          top1_agreement=1.0, passed=True),
+              CheckResult(name="held-out accuracy", batch_size=500, max_abs_diff=0.0,
+                          max_rel_diff=0.0, top1_agreement=0.99, passed=True, accuracy=0.8765,
+                          reference_accuracy=0.88))
+    record = FormatRecord(files=("model.int8.onnx",), passed=True, atol=0.1, rtol=0.1,
+                          checks=checks)
+    served.manifest = clf.manifest.model_copy(update={"formats": {"int8": record}})
+    assert served.card()["accuracy"] == 0.8765 and served.card()["graph"] == "int8"
+
+
+def test_one_image_is_one_row_even_with_batches_of_one(clf: OnnxClassifier) -> None:
+    served = ServedModel("Net", clf, clf.sha256, ServeSettings(max_batch_size=1,
+                                                               max_queue_rows=1))
+    answer = run(served, lambda m: m.classify(png(32, 32, 4)))
+    assert len(answer["predictions"]) == 2
+
+
+def test_a_closed_batcher_is_a_503_to_retry_elsewhere(model: ServedModel) -> None:
+    async def after_close(m: ServedModel) -> Any:
+        await m.batcher.close()
+        return await m.classify(png(8, 8))
+
+    with pytest.raises(ProtocolError) as caught:
+        run(model, after_close)
+    assert (caught.value.status, caught.value.message, caught.value.headers) == (
+        503, "the server is shutting down; retry on another replica", {"Retry-After": "1"})
+
+
+def test_a_request_that_waited_too_long_is_a_503_naming_the_wait(
+        clf: OnnxClassifier, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    settings = ServeSettings(max_batch_size=1, max_queue_rows=8, max_queue_delay_s=0.0,
+                             max_queue_wait_s=0.02)
+    served = ServedModel("Net", clf, clf.sha256, settings)
+    slow = clf.run
+
+    def run_slowly(batch: np.ndarray) -> np.ndarray:
+        time.sleep(0.2)  # one batch at a time, each past the others' wait limit
+        return slow(batch)
+
+    monkeypatch.setattr(served.classifier, "run", run_slowly)
+
+    async def three(m: ServedModel) -> list[Any]:
+        return await asyncio.gather(*(m.classify(png(8, 8, i)) for i in range(3)),
+                                    return_exceptions=True)
+
+    answers = run(served, three)
+    refusals = [a for a in answers if isinstance(a, ProtocolError)]
+    assert refusals and len(refusals) < 3
+    assert {(r.status, r.message, tuple(r.headers.items())) for r in refusals} == {
+        (503, "model 'Net' is over capacity (the request waited over 20 ms in its queue); "
+              "retry after a second", (("Retry-After", "1"),))}
