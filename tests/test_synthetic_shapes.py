@@ -61,3 +61,24 @@ def test_the_default_noise_is_a_tenth() -> None:
     default = generate(8, 3, 16, 16, 3, seed=1)[0]
     assert np.array_equal(default, generate(8, 3, 16, 16, 3, seed=1, noise=0.1)[0])
     assert not np.array_equal(default, generate(8, 3, 16, 16, 3, seed=1, noise=0.2)[0])
+
+
+def test_noisy_pixels_saturate_at_black_and_white_and_never_wrap() -> None:
+    images, _ = generate(64, 2, 16, 16, 3, seed=3, noise=5.0)
+    values = images.ravel()
+    # noise of five times the range: about half the pixels clip at each end
+    assert (values == 0).mean() > 0.3 and (values == 255).mean() > 0.3
+
+
+def test_the_loader_defaults_to_32_pixels_and_needs_a_validation_split() -> None:
+    from zoo_datasets.synthetic import SyntheticOptions, load
+
+    from zoo.errors import DataError
+    from zoo.spec.dataset import DatasetRequest
+
+    options = SyntheticOptions(size=40)
+    data = load(DatasetRequest(val_split=0.25), options)
+    assert data.train.images.shape[1:] == (3, 32, 32) and len(data.val) == 8  # 2 per class
+    with pytest.raises(DataError, match=r"^the synthetic dataset needs a validation split: "
+                                        r"val_split must be in \(0, 1\), got 0\.0$"):
+        load(DatasetRequest(val_split=0.0), options)
