@@ -202,3 +202,32 @@ def test_the_front_matter_is_yaml_of_the_exported_epoch(shipped: Manifest) -> No
     assert '      name: "validation accuracy (epoch 7)"' in front
     assert json.loads(front.split("tags: ")[1].splitlines()[0])[:4] == [
         "image-classification", "onnx", "pytorch", "zoo"]
+
+
+def test_a_run_that_recorded_no_epoch_is_carded_as_untrained(shipped: Manifest) -> None:
+    text = render_card(with_training(shipped, best=None, last=None, checkpoint="best.pt"), "N")
+    assert "Not trained: the weights are the architecture's seeded initialization." in text
+    assert "model-index" not in text.split("---")[1]
+
+
+def test_the_recipe_line_lists_the_run_settings(shipped: Manifest) -> None:
+    recipe = {"optimizer": "sgd", "lr": 0.01, "epochs": 3, "batch_size": 64, "other": 1}
+    text = render_card(with_training(shipped, recipe=recipe), "N")
+    assert "- recipe: optimizer sgd, lr 0.01, epochs 3, batch_size 64\n" in text
+
+
+@pytest.mark.parametrize(("checkpoint", "row"), [("best.pt", "| a | 5 | 1 |"),
+                                                 ("last.pt", "| a | 3 | 3 |")])
+def test_the_confusion_matrix_is_that_of_the_exported_epoch(
+        shipped: Manifest, tmp_path: Path, checkpoint: str, row: str) -> None:
+    from zoo.spec.run import RunSummary
+
+    manifest = with_training(shipped, best=epoch(7, 0.9), last=epoch(9, 0.8),
+                             checkpoint=checkpoint)
+    manifest = manifest.model_copy(update={"classes": ("a", "b")})
+    summary = RunSummary.model_construct(history=[epoch(7, 0.9), epoch(9, 0.8)],
+                                         best_confusion=[[5, 1], [2, 4]],
+                                         last_confusion=[[3, 3], [1, 5]])
+    written = write_card(tmp_path, manifest, "N", summary=summary)
+    assert written == ["README.md", "confusion.png", "curves.png"]
+    assert row in (tmp_path / "README.md").read_text()
