@@ -1,6 +1,6 @@
 """Judge a module's surviving mutants again, against tests named by hand.
 
-    python tests/mutation/rejudge.py MODULE [--deadline=SECONDS] -- PYTEST ARGS...
+    python tests/mutation/rejudge.py MODULE [--deadline=SECONDS] [--lines=N,M,...] -- PYTEST ARGS...
 
 The coverage map (``coverage_map.py``) is made once per change of the tests and takes
 most of an hour, so a mutation run often uses a map older than the newest tests: their
@@ -11,7 +11,8 @@ module's functions. This tool takes every survivor of MODULE from the results of
 in turn, runs pytest with the given arguments in a fork server (``forkserver.py``:
 torch imported once), and restores MODULE whatever happens (a copy waits in
 ``.nox/mutation/tmp/rejudge-backup`` until then, and a later run puts it back first if
-this one was killed). Only a test failure (pytest status 1) kills; each verdict, with
+this one was killed). ``--lines`` judges only the survivors of those lines (slow tests,
+spent on the lines they are about). Only a test failure (pytest status 1) kills; each verdict, with
 the tests that gave it, goes to ``.nox/mutation/tmp/rejudged.json``, which
 ``report.py`` reads: a survivor killed here counts as killed, in a column of its own.
 The working tree's MODULE is changed while the tests run: do not edit it meanwhile. Not
@@ -113,6 +114,8 @@ def main(argv: list[str]) -> int:
     head, tests = argv[:sep], argv[sep + 1:]
     deadline = next((float(a.split("=", 1)[1]) for a in head if a.startswith("--deadline=")),
                     120.0)
+    lines = next(({int(n) for n in a.split("=", 1)[1].split(",")} for a in head
+                  if a.startswith("--lines=")), None)
     names = [a for a in head if not a.startswith("--")]
     if len(names) != 1 or not Path(names[0]).is_file() or not tests:
         print(__doc__, file=sys.stderr)
@@ -122,7 +125,8 @@ def main(argv: list[str]) -> int:
     verdicts = _load_verdicts()
     done = verdicts.get(module, {})
     mutants = [m for m in _survivors(module)  # those killed already stay killed
-               if done.get(key(m["diff"]), {}).get("verdict") != "killed"]
+               if done.get(key(m["diff"]), {}).get("verdict") != "killed"
+               and (lines is None or m["line"] in lines)]
     path = Path(module)
     source = path.read_text()
     backup = BACKUP / module
