@@ -35,7 +35,6 @@ class ModelSource:
 
     name: str
     bundle: str
-    explicit_name: bool = False
 
 
 def _bare(text: str) -> bool:
@@ -48,7 +47,7 @@ def parse_sources(args: Sequence[str]) -> list[ModelSource]:
     for arg in args:
         name, sep, bundle = arg.partition("=")
         if sep and _bare(name) and bundle:
-            sources.append(ModelSource(name, bundle, explicit_name=True))
+            sources.append(ModelSource(name, bundle))
         else:
             sources.append(ModelSource(arg if _bare(arg) else Path(arg).name, arg))
     return sources
