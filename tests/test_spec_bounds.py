@@ -85,3 +85,11 @@ def test_run_records_are_frozen_and_start_empty() -> None:
     assert info.source is None
     with pytest.raises(ValidationError):
         info.dataset = "other"  # type: ignore[misc]
+
+
+def test_provenance_describes_every_field() -> None:
+    """A manifest's and a spec's provenance: its schema (docs/reference) shows each one."""
+    from zoo.spec.provenance import Provenance
+
+    assert [name for name, field in Provenance.model_fields.items()
+            if not field.description] == []
