@@ -21,6 +21,7 @@ class Example(BaseModel):
     maybe: int | None = Field(None, ge=0, le=4)
     where: Path | None = None
     names: list[str] = Field(default_factory=list)
+    either: int | str = 1
     needed: str
 
 
@@ -37,6 +38,7 @@ def test_each_kind_of_field_in_words() -> None:
         "maybe": ("none", "int 0..4, or none"),
         "where": ("none", "Path, or none"),
         "names": ("empty", "list"),
+        "either": ("1", "int | str"),
         "needed": ("required", "str"),
     }
 
