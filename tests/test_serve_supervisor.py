@@ -25,6 +25,20 @@ SPEC = WorkerSpec(bundles=(), settings=ServeSettings(), host="127.0.0.1", port=0
                   log_access=False, log_level="warning")
 
 
+STARTED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_outlives_its_test() -> Any:
+    """A failing test must not leave a forked worker holding the test runner's output."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.is_alive():
+            process.kill()
+            process.join(5)
+
+
 class Of(Supervisor):
     """A supervisor whose workers run ``target`` instead of a server."""
 
@@ -39,6 +53,7 @@ class Of(Supervisor):
         ready = self.context.Event()
         process = self.context.Process(target=self.target, args=(self.spec, ready), daemon=True)
         process.start()
+        STARTED.append(process)
         return process, ready
 
 
