@@ -132,3 +132,10 @@ def test_a_bundle_is_referred_to_by_its_absolute_path(tmp_path: Path,
 def test_fewer_than_one_worker_is_refused(count: int) -> None:
     with pytest.raises(ZooError, match=rf"^--workers must be at least 1, got {count}$"):
         serve_workers((), ServeSettings(), workers=count)
+
+
+def test_start_waits_for_a_worker_that_takes_a_while_to_load() -> None:
+    supervisor = Of(worker_targets.slow_to_start, 2)
+    supervisor.start()
+    assert all(ready.is_set() for _, ready in supervisor.workers)
+    assert supervisor.stop(10.0) is True

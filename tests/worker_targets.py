@@ -35,3 +35,12 @@ def stubborn(spec: Any, ready: Any) -> None:
     ready.set()
     while True:
         time.sleep(0.05)
+
+
+def slow_to_start(spec: Any, ready: Any) -> None:
+    """Ready after 0.3 s (loading its models), then drains on SIGTERM."""
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(0))
+    time.sleep(0.3)
+    ready.set()
+    while True:
+        time.sleep(0.05)
