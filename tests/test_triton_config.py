@@ -181,3 +181,19 @@ def test_a_graph_with_a_fixed_batch_cannot_be_batched(tmp_path: Path) -> None:
         "dynamic one",
         "output 'logits' has a fixed batch size 1 in the graph, but max_batch_size > 0 needs a "
         "dynamic one"]
+
+
+@pytest.mark.parametrize("models", [0, 2])
+def test_the_format_verifier_needs_exactly_one_model(tmp_path: Path, models: int) -> None:
+    from zoo.exporter.triton import verify_triton_format
+    from zoo.spec.architecture import ModelConfig
+    from zoo.spec.exportformat import ExportTarget
+
+    for i in range(models):
+        (tmp_path / "triton" / f"m{i}").mkdir(parents=True)
+        (tmp_path / "triton" / f"m{i}" / "config.pbtxt").write_text("")
+    with pytest.raises(BundleError) as caught:
+        verify_triton_format(None, tmp_path, ModelConfig(architecture="Net"),  # type: ignore[arg-type]
+                             [], 1e-4, 1e-3, target=ExportTarget(name="x", classes=("a", "b")))
+    assert str(caught.value) == (f"{tmp_path / 'triton'} holds {models} Triton models; the "
+                                 "triton format writes one")
