@@ -87,7 +87,7 @@ def test_a_compressed_body_and_a_client_that_left() -> None:
 
 def _left() -> Any:
     """A client that sent part of its body, then went away."""
-    messages = iter([{"type": "http.request", "body": b"part", "more_body": True},
+    messages: Any = iter([{"type": "http.request", "body": b"part", "more_body": True},
                      {"type": "http.disconnect"}])
 
     async def receive() -> dict[str, Any]:
