@@ -35,7 +35,7 @@ def test_last_components(text: str, last: str) -> None:
 
 @pytest.mark.parametrize(("source", "kept"), [
     (None, None), ("https://example.org/cifar2.zip", "https://example.org/cifar2.zip"),
-    ("/home/me/data/cifar2", "cifar2"), ("cifar2", "cifar2")])
+    ("/srv/me/data/cifar2", "cifar2"), ("cifar2", "cifar2")])
 def test_sources(source: str | None, kept: str | None) -> None:
     assert portable_source(source) == kept
 
@@ -44,7 +44,7 @@ def test_a_recipe_keeps_no_path_of_this_machine() -> None:
     recipe: dict[str, Any] = {
         "data_dir": "relative/cifar2/train",  # a data location: always its last name
         "val_dir": None, "cache_dir": "/var/cache/zoo",
-        "out": "/home/me/runs/net", "resume": "runs/net", "note": "../elsewhere/x",
+        "out": "/srv/me/runs/net", "resume": "runs/net", "note": "../elsewhere/x",
         "dataset": "imagefolder", "lr": 0.01,
         "dataset_options": {"root": "/srv/data", "name": "cifar2"},
         "extra": ["/abs/one", "kept", 3]}
