@@ -147,11 +147,21 @@ def main(argv: list[str]) -> int:
             time.sleep(0.2)
         for m in mutants:
             try:
-                path.write_text(apply(source, m["diff"]))
+                mutated = apply(source, m["diff"])
             except ValueError as exc:
                 print(f"NOT APPLIED {module}:{m['line']}: {exc}")
                 counts["not judged"] += 1
                 continue
+            try:
+                compile(mutated, module, "exec")
+            except SyntaxError:  # mutmut can write one (``{/x}``): no import of it succeeds
+                counts["killed"] += 1
+                print(f"KILLED {module}:{m['line']}: the mutant does not compile", flush=True)
+                verdicts.setdefault(module, {})[key(m["diff"])] = {
+                    "verdict": "killed", "line": m["line"], "tests": ["(does not compile)"]}
+                _save_verdicts(verdicts)
+                continue
+            path.write_text(mutated)
             try:
                 done = subprocess.run(
                     [sys.executable, str(HERE / "forkserver.py"), "run", sock, "--", "-x", "-q",
