@@ -133,3 +133,42 @@ def test_a_form_of_two_files_or_too_many_fields_is_malformed() -> None:
         asyncio.run(read_image(headers, data, LIMIT))
     headers, data = form(*fields[:8], ("image", "a.png", b"1"))
     assert asyncio.run(read_image(headers, data, LIMIT)) == b"1"
+
+
+def test_a_message_that_does_not_say_more_body_ends_the_body() -> None:
+    messages = iter([{"type": "http.request", "body": b"all"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    assert asyncio.run(read_body(receive, {}, LIMIT)) == b"all"
+
+
+def test_the_access_log_names_the_process_that_answered(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import os
+
+    import orjson
+
+    from zoo.serve.transport import AccessLog
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b"abc"})
+
+    async def send(message: Any) -> None:
+        return None
+
+    scope = {"type": "http", "method": "GET", "path": "/v2", "client": ("127.0.0.1", 5)}
+    logger = logging.getLogger("zoo.serve.access")
+    with caplog.at_level(logging.INFO, logger="zoo.serve.access"):
+        propagate, logger.propagate = logger.propagate, True
+        try:
+            asyncio.run(AccessLog(app)(scope, receiver(b""), send))
+        finally:
+            logger.propagate = propagate
+    (entry,) = [orjson.loads(r.getMessage()) for r in caplog.records
+                if r.name == "zoo.serve.access"]
+    assert (entry["pid"], entry["client"], entry["method"], entry["path"], entry["status"],
+            entry["bytes"]) == (os.getpid(), "127.0.0.1", "GET", "/v2", 204, 3)
