@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +75,18 @@ def test_a_manifest_without_formats_writes_no_formats_key() -> None:
     with_formats = manifest.model_copy(update={"formats": {"x": FormatRecord(
         files=("x",), passed=True, atol=0.0, rtol=0.0)}})
     assert "formats" in json.loads(with_formats.to_json())
+
+
+def test_the_documented_default_tolerances() -> None:
+    from zoo.spec.manifest import DEFAULT_ATOL, DEFAULT_RTOL
+
+    text = (Path(__file__).parents[1] / "docs" / "export-and-deploy.md").read_text()
+    assert "(defaults atol 1e-4, rtol 1e-3;" in text
+    assert (DEFAULT_ATOL, DEFAULT_RTOL) == (1e-4, 1e-3)
+
+
+def test_the_published_schema_file_is_written_sorted_and_indented(tmp_path: Path) -> None:
+    from zoo.spec.manifest import SCHEMA_PATH, write_schema
+
+    write_schema(tmp_path / "schema.json")
+    assert (tmp_path / "schema.json").read_text() == SCHEMA_PATH.read_text()
