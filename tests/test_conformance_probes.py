@@ -4,6 +4,7 @@ boolean), and a second input shape and class count unlike the default."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,3 +42,13 @@ def test_the_second_shape_differs_in_every_dimension_within_bounds(
     made, count = other_shape(spec(input_shape=InputShape(channels=c, height=h, width=w),
                                    num_classes=classes))
     assert (made.channels, made.height, made.width, count) == (*other, other_classes)
+
+
+def test_the_kit_can_run_twice_in_one_working_folder_it_makes(tmp_path: Path) -> None:
+    from zoo.testing import check_architecture
+
+    work = tmp_path / "a" / "b"  # made, with the folders above it
+    first = check_architecture("Net", tmp_dir=work)
+    again = check_architecture("Net", tmp_dir=work)  # its export replaces the first one's
+    assert first.checks == again.checks
+    assert any(c.startswith("exports a verified bundle (") for c in first.checks)
