@@ -90,3 +90,20 @@ def test_the_published_schema_file_is_written_sorted_and_indented(tmp_path: Path
 
     write_schema(tmp_path / "schema.json")
     assert (tmp_path / "schema.json").read_text() == SCHEMA_PATH.read_text()
+
+
+def test_every_record_of_a_manifest_is_frozen_and_closed() -> None:
+    """A checked manifest cannot be changed in memory after its check, at any depth."""
+    import pydantic
+
+    from zoo.spec import manifest as module
+
+    models = [v for v in vars(module).values() if isinstance(v, type)
+              and issubclass(v, pydantic.BaseModel) and v.__module__ == module.__name__]
+    assert len(models) >= 8
+    for model in models:
+        assert model.model_config.get("frozen") is True, model.__name__
+        assert model.model_config.get("extra") == "forbid", model.__name__
+    loaded = open_bundle(resolve_bundle("Net"))
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        loaded.verification.passed = False  # type: ignore[misc]
