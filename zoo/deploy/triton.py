@@ -124,9 +124,10 @@ def write_triton(repository: Path | str, model: TritonModel, onnx: bytes, *,
 
     An existing ``REPOSITORY/NAME`` is refused unless ``force`` (then it is replaced).
     """
-    target = Path(repository) / model.name
-    if Path(repository).exists() and not Path(repository).is_dir():
-        raise ZooError(f"cannot write Triton model {target}: {repository} is not a folder")
+    repo = Path(repository)
+    target = repo / model.name
+    if repo.exists() and not repo.is_dir():
+        raise ZooError(f"cannot write Triton model {target}: {repo} is not a folder")
     try:
         if target.exists() and not force:
             raise ZooError(f"{target} exists; pass --force to replace it")
