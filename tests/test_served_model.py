@@ -5,6 +5,7 @@ defaults, its version, card and metadata, and each inference limit at its edge, 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import io
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from serve_support import encoded
 from test_serve_options import _serve_parser
 
 from zoo.cli.serve import _settings
@@ -45,14 +47,11 @@ def run(model: ServedModel, call: Any) -> Any:
 
 
 def png(width: int, height: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, "PNG")
-    return out.getvalue()
+    return encoded(np.random.default_rng(seed).integers(0, 256, (height, width, 3),
+                                                        dtype=np.uint8))
 
 
 def b64(data: bytes) -> str:
-    import base64
     return base64.b64encode(data).decode()
 
 
