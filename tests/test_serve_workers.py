@@ -37,17 +37,33 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (FileNotFoundError, ProcessLookupError):  # reaped since the kill above
+        return False
 
 
 def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+def _cmdline(pid: int) -> str | None:
+    """A process's command line; None once it has gone (a child can be reaped between
+    listing the children and reading this)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
 def _workers(pid: int) -> set[int]:
-    """The worker processes (not multiprocessing's resource tracker)."""
-    return {c for c in _children(pid)
-            if "resource_tracker" not in Path(f"/proc/{c}/cmdline").read_text()}
+    """The live worker processes (not multiprocessing's resource tracker)."""
+    workers = set()
+    for child in _children(pid):
+        cmdline = _cmdline(child)
+        if cmdline is not None and "resource_tracker" not in cmdline:
+            workers.add(child)
+    return workers
 
 
 def _counter(metrics: str, name: str, **labels: str) -> float:
