@@ -14,40 +14,58 @@ from zoo.trainer.allocator import is_glibc
 glibc = pytest.mark.skipif(not is_glibc(), reason="glibc only")
 
 PROBE = textwrap.dedent("""
-    import json, resource
+    import json, resource, sys
     import torch
     import torch.nn.functional as F
     import zoo
     from zoo.trainer.allocator import retain_freed_memory
 
     torch.set_num_threads(1)
-    model = zoo.create_model("Net").to(memory_format=torch.channels_last)
-    x = torch.randn(32, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(32, dtype=torch.long)
+    took = retain_freed_memory() if sys.argv[1] == "tuned" else False
+    # NetBatchNorm: its step frees blocks at the top of the heap, which glibc's defaults
+    # hand back to the OS (Net's smaller step stays under the default thresholds here)
+    model = zoo.create_model("NetBatchNorm").to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
 
-    def faults():
-        # 20 training steps of Net on 32 images, after 5 to warm up
-        for _ in range(5):
-            F.cross_entropy(model(x), y).backward()
+    def step():
+        # as the trainer does: fresh images each step, two 32-image parts, one update
+        x = torch.randn(64, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 2, (64,))
+        optimizer.zero_grad()
+        for part in (slice(0, 32), slice(32, 64)):
+            F.cross_entropy(model(x[part]), y[part]).backward()
+        optimizer.step()
+
+    for _ in range(5):  # to warm up
+        step()
+    windows = []
+    for _ in range(3):  # of 20 steps each
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(20):
-            F.cross_entropy(model(x), y).backward()
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    took = retain_freed_memory()
-    print(json.dumps({"took": took, "faults": faults()}))
+            step()
+        windows.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    # the fewest: a disturbance from outside (the kernel reclaiming pages while other
+    # processes die) is not the allocator's
+    print(json.dumps({"took": took, "faults": min(windows)}))
 """)
+
+
+def _probe(mode: str) -> dict[str, object]:
+    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
+                         text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
 
 
 @glibc
 def test_tuned_allocator_stops_the_page_faults_of_each_step() -> None:
-    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
-                         check=True, env={"PATH": "/usr/bin:/bin"})
-    result = json.loads(out.stdout)
-    assert result["took"] is True
-    # untuned, each step faults in 50 to 900 fresh pages here, depending on the heap's
-    # history (bench/bench_train_throughput.py shows what that costs)
-    assert result["faults"] < 20 * 15
+    tuned, untuned = _probe("tuned"), _probe("untuned")
+    assert tuned["took"] is True and untuned["took"] is False
+    # measured here: untuned about 50,000 faults in 20 steps (2,500 fresh pages a step),
+    # tuned 0 to 830
+    assert isinstance(tuned["faults"], int) and isinstance(untuned["faults"], int)
+    assert tuned["faults"] < 2_000
+    assert untuned["faults"] > 10 * max(tuned["faults"], 500), (tuned, untuned)
 
 
 @glibc

@@ -3,11 +3,12 @@
 glibc's malloc serves large blocks with fresh pages from ``mmap`` and hands
 freed memory back to the OS when the top of its heap grows past a threshold.
 A small network's training step allocates and frees a few megabytes of
-activations, so with those defaults every step faults in hundreds of fresh,
-zeroed pages: about 800 minor page faults per 32-image part of a Net step on
-this project's machine, over a third of the step's time. Raising the two
-thresholds keeps the pages in the process, as jemalloc or tcmalloc would; the
-process's peak memory is unchanged, but it no longer shrinks after a step.
+activations, so with those defaults a step can fault in thousands of fresh,
+zeroed pages: about 2,500 a step for NetBatchNorm at batch 64 on this project's
+machine (``tests/test_allocator.py`` measures it; Net's smaller step stays
+under glibc's adaptive thresholds there). Raising the two thresholds keeps the
+pages in the process, as jemalloc or tcmalloc would; the process's peak memory
+is unchanged, but it no longer shrinks after a step.
 
 The setting is process-wide and stays for the life of the process;
 ``TrainConfig(tune_allocator=False)`` leaves the allocator alone, and
