@@ -114,8 +114,8 @@ def test_signals_are_handled_inside_and_restored_after() -> None:
     seen: list[int] = []
     before = signal.getsignal(signal.SIGTERM)
     with workers._signals(seen.append):
-        os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGINT)
     assert seen == [signal.SIGTERM, signal.SIGINT]
     assert signal.getsignal(signal.SIGTERM) is before
 

@@ -15,7 +15,7 @@ from zoo.trainer.interrupt import StopFlag
 
 
 def _ctrl_c() -> None:
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.raise_signal(signal.SIGINT)
 
 
 def test_the_first_ctrl_c_is_a_request_and_the_second_exits_130(

@@ -3,7 +3,6 @@ nothing left to train."""
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ class CtrlC:
     @zoo.hookimpl
     def zoo_train_epoch_end(self, run: TrainingRun, metrics: EpochMetrics) -> None:
         if metrics.epoch == self.at_epoch:
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
     @zoo.hookimpl
     def zoo_train_note(self, run: TrainingRun, text: str) -> None:
@@ -101,7 +100,7 @@ class CtrlCAtStep:
     @zoo.hookimpl
     def zoo_train_step(self, run: TrainingRun, epoch: int, step: int, steps: int) -> None:
         if (epoch, step) == (self.epoch, self.step):
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
 
 
 def test_a_run_interrupted_mid_epoch_resumes_to_the_same_numbers(tmp_path: Path) -> None:
@@ -256,7 +255,7 @@ def test_ctrl_c_near_the_end_of_an_epoch(tmp_path: Path, before_last: int, note:
         @zoo.hookimpl
         def zoo_train_step(self, run: TrainingRun, epoch: int, step: int, steps: int) -> None:
             if epoch == 1 and step == steps - before_last:
-                os.kill(os.getpid(), signal.SIGINT)
+                signal.raise_signal(signal.SIGINT)
 
     plugin = NearTheEnd()
     with pytest.raises(KeyboardInterrupt):

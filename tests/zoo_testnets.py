@@ -8,7 +8,6 @@ forward (once), as a Ctrl-C would.
 
 from __future__ import annotations
 
-import os
 import signal
 
 import torch
@@ -47,7 +46,7 @@ class Faulty(Net):
                 raise RuntimeError(f"injected failure in rank {self.hp.fail_rank}")
         if SIGINT_AT is not None and self.calls == SIGINT_AT:
             SIGINT_AT = None
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
         return out
 
 
