@@ -235,7 +235,9 @@ def test_over_http_a_full_queue_is_503_with_retry_after_and_a_slow_one_504() -> 
         refused = post_json(url, data)
         elapsed = time.perf_counter() - start
         assert refused.status == 503 and refused.headers["retry-after"] == "1"
-        assert "over capacity" in refused.json()["error"] and elapsed < 0.1
+        # at once: the computing batch holds its thread for up to 10 s (measured here in
+        # a few ms; the bound leaves room for a busy CI host)
+        assert "over capacity" in refused.json()["error"] and elapsed < 0.5
         for t in threads:
             t.join()
         assert sorted(r.status for r in replies) == [504, 504, 504]  # none released in time
