@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import textwrap
@@ -28,12 +29,17 @@ def pytest_configure(config: pytest.Config) -> None:
     """No test, fixture or module-level code sees the developer's zoo settings: before
     collection every ``ZOO_*`` variable is cleared and the user folders (data: where zoo
     export writes; config; cache) are the session's own. The cache (compiled kernels,
-    decoded datasets) is shared by the session's tests, never the user's."""
+    decoded datasets) is shared by the session's tests, never the user's. Ctrl-C is
+    Python's own KeyboardInterrupt, whatever the parent process left it as."""
     session = Path(tempfile.mkdtemp(prefix="zoo-tests-"))
     config.stash[_SESSION_DIR] = session
     for name in [n for n in os.environ if n.startswith("ZOO_")]:
         del os.environ[name]
     os.environ["ZOO_CACHE_DIR"] = str(session / "cache")
+    # A shell without job control starts background commands with Ctrl-C ignored, and
+    # every process inherits that; the tests of Ctrl-C need the ordinary KeyboardInterrupt
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for variable in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
         os.environ[variable] = str(session / variable.lower())
 
