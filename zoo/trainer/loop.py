@@ -61,9 +61,6 @@ class TrainResult:
     metrics: list[EpochMetrics] = field(default_factory=list)
 
 
-# -- the trainer -----------------------------------------------------------------------------
-
-
 def train(architecture: str, config: TrainConfig | None = None, *,
           registry: Registry | None = None, **fields: Any) -> TrainResult:
     """Train ``architecture`` and return the run's directory, summary and metrics.
