@@ -57,7 +57,8 @@ def _cmdline(pid: int) -> str | None:
 
 
 def _workers(pid: int) -> set[int]:
-    """The live worker processes (not multiprocessing's resource tracker)."""
+    """The worker processes (not multiprocessing's resource tracker); a zombie counts
+    until it is reaped."""
     workers = set()
     for child in _children(pid):
         cmdline = _cmdline(child)
