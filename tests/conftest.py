@@ -30,7 +30,8 @@ def pytest_configure(config: pytest.Config) -> None:
     collection every ``ZOO_*`` variable is cleared and the user folders (data: where zoo
     export writes; config; cache) are the session's own. The cache (compiled kernels,
     decoded datasets) is shared by the session's tests, never the user's. Ctrl-C is
-    Python's own KeyboardInterrupt, whatever the parent process left it as."""
+    Python's own KeyboardInterrupt and the terminal 80 columns wide, whatever the
+    parent process left them as."""
     session = Path(tempfile.mkdtemp(prefix="zoo-tests-"))
     config.stash[_SESSION_DIR] = session
     for name in [n for n in os.environ if n.startswith("ZOO_")]:
@@ -42,6 +43,8 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     for variable in ("XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"):
         os.environ[variable] = str(session / variable.lower())
+    # the terminal size a captured run falls back to: help text wraps the same everywhere
+    os.environ["COLUMNS"], os.environ["LINES"] = "80", "24"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
