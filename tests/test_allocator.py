@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -51,8 +52,10 @@ PROBE = textwrap.dedent("""
 
 
 def _probe(mode: str) -> dict[str, object]:
+    # no malloc settings from the environment; the session's cache for the compiled kernels
+    env = {"PATH": "/usr/bin:/bin", "ZOO_CACHE_DIR": os.environ["ZOO_CACHE_DIR"]}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True,
-                         text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+                         text=True, check=True, env=env)
     result: dict[str, object] = json.loads(out.stdout)
     return result
 
