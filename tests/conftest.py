@@ -17,6 +17,9 @@ from zoo.host.registry import reset_default_registry
 
 MakeDist = Callable[..., Path]
 
+# the session fails if it leaves a file in the checkout (tests/checkout_guard.py)
+pytest_plugins = ["checkout_guard"]
+
 
 @pytest.fixture(autouse=True)
 def _fresh_default_registry() -> Iterator[None]:
