@@ -11,7 +11,8 @@
  * first one in scan order, a NaN winning, as ATen's max_pool2d chooses. The backward pass
  * writes every element of gx (no separate zero fill).
  *
- * The vector type is GCC/Clang's generic vector extension: AVX2 code with -mavx2 -mfma,
+ * The vector type is GCC/Clang's generic vector extension: AVX2 code with -mavx2 -mfma (and
+ * -mavx512f -mavx512vl where the CPU has AVX-512: 32 registers for the same 8-float vectors),
  * SSE or NEON pairs without.
  */
 #include <stdint.h>

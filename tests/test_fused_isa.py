@@ -1,0 +1,93 @@
+"""The chapter-8 kernel's instruction sets: chosen from what ATen found the CPU to have,
+lowered by ``ATEN_CPU_CAPABILITY``, and the same numbers from every build."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from zoo_chapter8 import fused
+
+pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+
+AVX2 = ["-mavx2", "-mfma"]
+AVX512 = [*AVX2, "-mavx512f", "-mavx512vl"]
+
+
+@pytest.mark.parametrize(("machine", "capability", "flags"), [
+    ("x86_64", "AVX512", AVX512), ("x86_64", "AVX2", AVX2), ("AMD64", "AVX2", AVX2),
+    ("x86_64", "DEFAULT", []), ("aarch64", "SVE256", []), ("arm64", "DEFAULT", [])])
+def test_flags_follow_atens_view_of_the_cpu(monkeypatch: pytest.MonkeyPatch, machine: str,
+                                            capability: str, flags: list[str]) -> None:
+    monkeypatch.setattr(fused.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert fused._arch_flags() == flags
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
+@pytest.mark.parametrize(("setting", "flags"), [("avx2", AVX2), ("default", [])])
+def test_aten_cpu_capability_lowers_the_build(setting: str, flags: list[str]) -> None:
+    """The variable that makes ATen use only AVX2 (or no vector extension) does the same
+    for the kernel: how a machine without AVX-512 is imitated on one with it."""
+    code = "from zoo_chapter8 import fused; print(' '.join(fused._arch_flags()))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": setting}, check=True)
+    assert done.stdout.split() == flags
+
+
+# (cin, cout, size): Net's, NetWidth's and NetDepth's layers, and the widest the kernel takes
+LAYERS = [(3, 16, 16), (16, 8, 8), (3, 32, 16), (32, 16, 8), (16, 16, 4), (32, 64, 4),
+          (64, 64, 4)]
+
+
+def _numbers() -> list[torch.Tensor]:
+    """Every fused kernel's outputs and gradients on fixed inputs."""
+    out: list[torch.Tensor] = []
+    for layer, (cin, cout, size) in enumerate(LAYERS):
+        torch.manual_seed(layer)
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1)
+        x = torch.randn(5, cin, size, size).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(cin % 8 == 0)  # a stem's input (data) has no gradient
+        for op in (fused.conv_pool_tanh, fused.conv_pool_relu):
+            y = op(conv, x, True)
+            assert "ConvPool" in type(y.grad_fn).__name__
+            inputs = [conv.weight, conv.bias] + ([x] if x.requires_grad else [])
+            out += [y.detach(), *torch.autograd.grad(y, inputs, torch.randn_like(y))]
+        h = torch.randn(5, cout, size, size).contiguous(memory_format=torch.channels_last)
+        h.requires_grad_()
+        for pool in (fused.pool_tanh, fused.pool_relu):
+            y = pool(h, True)
+            assert "PoolAct" in type(y.grad_fn).__name__
+            out += [y.detach(), *torch.autograd.grad(y, [h], torch.randn_like(y))]
+    return out
+
+
+@pytest.mark.slow
+def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build for a CPU without AVX-512 (forced here) gives every output and gradient
+    bit for bit as the build for this CPU: the wider register file changes no operation."""
+    compiler = fused._compiler()
+    assert compiler is not None
+    mine = _numbers()
+    here = fused._arch_flags()
+    lowered = [f for f in here if not f.startswith("-mavx512")]
+    monkeypatch.setattr(fused, "_arch_flags", lambda: lowered)
+    built = tmp_path / "lowered.so"
+    fused._build(compiler, built)
+    lib = ctypes.CDLL(str(built))
+    fused._declare(lib)
+    monkeypatch.setattr(fused, "library", lambda: lib)
+    theirs = _numbers()
+    assert len(mine) == len(theirs) == 80
+    for a, b in zip(mine, theirs, strict=True):
+        assert torch.equal(a, b)
+    if here != lowered:  # really another build: the AVX-512 one uses its registers
+        monkeypatch.setattr(fused, "_arch_flags", lambda: here)
+        fused._build(compiler, tmp_path / "here.so")
+        assert (tmp_path / "here.so").read_bytes() != built.read_bytes()
