@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from zoo_chapter8 import fused
+from zoo_chapter8 import fused, fused_bn
 
 pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
 
@@ -64,6 +64,13 @@ def _numbers() -> list[torch.Tensor]:
             y = pool(h, True)
             assert "PoolAct" in type(y.grad_fn).__name__
             out += [y.detach(), *torch.autograd.grad(y, [h], torch.randn_like(y))]
+        bn = torch.nn.BatchNorm2d(cout)
+        for bn_pool in (fused_bn.bn_pool_tanh, fused_bn.bn_pool_relu):
+            y = bn_pool(bn, h, True)
+            assert "BNPoolAct" in type(y.grad_fn).__name__
+            out += [y.detach(), *torch.autograd.grad(y, [h, bn.weight, bn.bias],
+                                                     torch.randn_like(y))]
+        out += [bn.running_mean, bn.running_var]
     return out
 
 
@@ -84,7 +91,7 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     fused._declare(lib)
     monkeypatch.setattr(fused, "library", lambda: lib)
     theirs = _numbers()
-    assert len(mine) == len(theirs) == 80
+    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2)
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
     if here != lowered:  # really another build: the AVX-512 one uses its registers

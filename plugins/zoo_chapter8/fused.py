@@ -1,50 +1,46 @@
 """Convolution, max-pooling and activation fused, for training the chapter-8 networks on CPU.
 
-Every chapter-8 network pools a 3×3 convolution's output 2×2 and applies tanh or
-ReLU. ATen does that in several passes over the convolution's output (pooling
-with int64 indices, the activation; in the backward pass a zero fill, a scatter
-and the activation's gradient, then dense convolutions of a gradient that is
-three quarters zeros), its float32 tanh is not vectorized, and its convolutions
-are slow on these few channels: together that was most of Net's training step.
-``fused.c`` computes each convolution together with its pooling and
-activation, never storing the convolution's output, and in the backward pass
-scatters each window's gradient from the one output that won it: a 32-image Net
-step on one thread takes about 3 ms instead of 6.4-7.1 ms. Pooling with its
-activation alone (after a BatchNorm, say) is a kernel of its own.
+Every chapter-8 network pools a 3×3 convolution's output 2×2 and applies tanh or ReLU. ATen
+does that in several passes over the convolution's output (pooling with int64 indices, the
+activation; in the backward pass a zero fill, a scatter and the activation's gradient, then
+dense convolutions of a gradient that is three quarters zeros), its float32 tanh is not
+vectorized, and its convolutions are slow on these few channels: together that was most of
+Net's training step. ``fused.c`` computes each convolution together with its pooling and
+activation, never storing the convolution's output, and in the backward pass scatters each
+window's gradient from the one output that won it: a 32-image Net step on one thread takes
+about 3 ms instead of 6.4-7.1 ms. Pooling with its activation alone is a kernel of its own;
+after a BatchNorm, see :mod:`zoo_chapter8.fused_bn`.
 
-The kernel is compiled at first use with the system C compiler (``$CC``, else
-``cc``) into ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``),
-named by a hash of its source and flags, and loaded with ctypes through
-:mod:`zoo_chapter8.kernel_cache`, which loads only a library it built itself.
-Where it cannot be built (reported once on stderr), or with ``ZOO_FUSED=0``, the
-layers run as plain PyTorch.
+The kernels are compiled at first use with the system C compiler (``$CC``, else ``cc``) into
+``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``), named by a hash of their
+sources and flags, and loaded with ctypes through :mod:`zoo_chapter8.kernel_cache`, which
+loads only a library it built itself. Where they cannot be built (reported once on stderr),
+or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
 
 It serves training steps only (a module in training mode, gradients on, a CPU float32
 channels_last input with even height and width; channel counts in ``_conv_fusable`` and
-``_fusable``). Every tensor handed to C is checked for what it is (type, dtype, device,
-its own shape, layout), in both passes. The forward pass checks its input, weight and
-bias (``_conv_fusable``). The backward pass checks the incoming gradient and, as
-autograd gives them back, the tensors the forward pass saved (a saved-tensor hook such
-as ``save_on_cpu`` may give back other tensors) and the weight as it is then
-(``conv.weight.data = ...`` replaces it, as for the plain layers), against the forward
-pass's shapes: another layout is copied into the one the kernel reads; another dtype,
-device or shape raises RuntimeError, as the plain layers' backward operators raise (a
-float16 or bfloat16 weight is read as float32, as the plain convolution reads it; the
-weight is checked only where the input's gradient needs it); a gradient or saved tensor
-C cannot read (vmap's batched gradients from ``is_grads_batched=True`` or
-``jacobian(vectorize=True)``, a tensor subclass) and a backward pass under a torch.func
-transform or a mode get the plain layers' backward operators
+``_fusable``). Every tensor handed to C is checked for what it is (type, dtype, device, its
+own shape, layout), in both passes. The forward pass checks its input, weight and bias
+(``_conv_fusable``). The backward pass checks the incoming gradient and, as autograd gives
+them back, the tensors the forward pass saved (a saved-tensor hook such as ``save_on_cpu``
+may give back other tensors) and the weight as it is then (``conv.weight.data = ...``
+replaces it, as for the plain layers), against the forward pass's shapes: another layout is
+copied into the one the kernel reads; another dtype, device or shape raises RuntimeError, as
+the plain layers' backward operators raise (a float16 or bfloat16 weight is read as float32,
+as the plain convolution reads it; the weight is checked only where the input's gradient
+needs it); a gradient or saved tensor C cannot read (vmap's batched gradients from
+``is_grads_batched=True`` or ``jacobian(vectorize=True)``, a tensor subclass) and a backward
+pass under a torch.func transform or a mode get the plain layers' backward operators
 (:mod:`zoo_chapter8.fused_checks`). C reads a pooling index modulo 4, so no byte a hook
 stores there moves a read out of its image. The kernels allocate float32 on the input's
 device. Evaluation, export and tracing run the plain PyTorch layers, so a trained model
 computes exactly what its ONNX graph does; so does anything the kernels would bypass (a
-``Conv2d`` subclass, hooks, torch.func transforms, forward-mode AD, autocast, dispatch
-modes; see ``fused_checks.eager`` and ``_conv_fusable``). Pooling and the gradients'
-routing are exactly ATen's; the sums run in another order (equal to rounding for finite
-inputs), and the tanh is Eigen's rational approximation, within 5 ulp of the correctly
-rounded value with FMA, 7 without, and exact (so exactly ±1 where it saturates) from
-7.81 on. There is no second derivative: a backward pass with ``create_graph=True``
-raises.
+``Conv2d`` subclass, hooks, torch.func transforms, forward-mode AD, autocast, dispatch modes;
+see ``fused_checks.eager`` and ``_conv_fusable``). Pooling and the gradients' routing are
+exactly ATen's; the sums run in another order (equal to rounding for finite inputs), and the
+tanh is Eigen's rational approximation, within 5 ulp of the correctly rounded value with
+FMA, 7 without, and exact (so exactly ±1 where it saturates) from 7.81 on. There is no
+second derivative: a backward pass with ``create_graph=True`` raises.
 """
 
 from __future__ import annotations
@@ -74,7 +70,8 @@ from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
 TANH, RELU = checks.TANH, checks.RELU
-_SOURCE = Path(__file__).with_name("fused.c")
+_SOURCES = tuple(Path(__file__).with_name(name) for name in ("fused.c", "fused_bn.c"))
+_HEADER = Path(__file__).with_name("fused_simd.h")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _WHAT = "the chapter-8 CPU kernels"
 
@@ -117,7 +114,7 @@ def _build(compiler: list[str], dest: Path) -> None:
     base = [*compiler, "-O3", "-shared", "-fPIC", *_arch_flags()]
     failure = KernelBuildError("no build was tried")
     for extra in (["-fopenmp"], []):
-        done = subprocess.run([*base, *extra, "-o", str(dest), str(_SOURCE)],
+        done = subprocess.run([*base, *extra, "-o", str(dest), *map(str, _SOURCES)],
                               capture_output=True, text=True, check=False)
         if done.returncode == 0:
             return
@@ -138,7 +135,12 @@ def _declare(lib: ctypes.CDLL) -> None:
                                       _I64, _I64, _I32, _I32]
     lib.zoo_conv_pool_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64,
                                            _I64, _I64, _I64, _I64, _I32, _I32]
-    for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward):
+    lib.zoo_bn_sums.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I32, _I32]
+    lib.zoo_bn_pool_act_forward.argtypes = [*[_PTR] * 5, *[_I64] * 4, _I32, _I32]
+    lib.zoo_bn_pool_act_backward.argtypes = [*[_PTR] * 11, *[_I64] * 4, _I32, _I32, _I32]
+    lib.zoo_bn_pool_act_forward.restype = None
+    for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward,
+               lib.zoo_bn_sums, lib.zoo_bn_pool_act_backward):
         fn.restype = ctypes.c_int32
 
 
@@ -149,7 +151,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (set $CC)"
-    key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in (*_SOURCES, _HEADER)) + " ".join(
         [*compiler, *_arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
     try:
         lib, where = kernel_cache.load(_cache_dir() / f"fused-{key}.so",

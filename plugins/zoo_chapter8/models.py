@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import InputShape
-from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, pool_tanh
+from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh
+from zoo_chapter8.fused_bn import bn_pool_tanh
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
 
@@ -109,10 +110,8 @@ class NetBatchNorm(NetWidth):
         self.conv2_batchnorm = nn.BatchNorm2d(num_features=n_chans1 // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.conv1_batchnorm(self.conv1(x))
-        out = pool_tanh(out, self.training)
-        out = self.conv2_batchnorm(self.conv2(out))
-        out = pool_tanh(out, self.training)
+        out = bn_pool_tanh(self.conv1_batchnorm, self.conv1(x), self.training)
+        out = bn_pool_tanh(self.conv2_batchnorm, self.conv2(out), self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]

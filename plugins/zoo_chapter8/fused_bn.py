@@ -1,0 +1,196 @@
+"""BatchNorm, max-pooling and activation fused, for training NetBatchNorm on CPU.
+
+In a training step ``act(max_pool2d(batch_norm(z), 2))`` with the batch's own statistics
+took ATen three passes over ``z`` forward (the statistics, the normalized copy, its pooling)
+and four back (the pooling's zero-filled scatter, then BatchNorm's sums and its input
+gradient), each over the convolution's whole output: two fifths of NetBatchNorm's step.
+``fused_bn.c`` takes the statistics (per image, in double), then normalizes, pools and
+activates in one pass without storing the normalized tensor. Backward, a first pass over the
+pooled gradient gives BatchNorm's two sums (only each window's maximum has a gradient), a
+second writes ``z``'s gradient; with ``xhat = (z - mean) * invstd`` and ``M`` values per
+channel:
+
+* ``dbias = sum(dy)``, ``dweight = sum(dy * xhat)``;
+* ``dz = weight * invstd * (dy - dbias / M - xhat * dweight / M)``, as ATen's formula.
+
+The running statistics are updated as ``nn.BatchNorm2d`` does (``momentum``, or the
+cumulative average where it is None; the unbiased variance; ``num_batches_tracked``).
+Results equal ATen's to rounding (the sums run in another order). Everything else about the
+kernels (what is checked, what falls back to the plain layers, no second derivative) is as
+:mod:`zoo_chapter8.fused` describes; a module that is not exactly an ``nn.BatchNorm2d`` in
+training mode with its affine parameters and running statistics runs the plain layers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from zoo_chapter8 import fused
+from zoo_chapter8 import fused_checks as checks
+from zoo_chapter8.fused_checks import CL, F32
+
+_CF = torch.contiguous_format
+
+
+def _statistics(lib: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's per-channel mean and biased variance of ``z`` (NCHW, channels_last), in
+    float64: sums about the first pixel's values, then about the mean (per-image sums added
+    in image order), so that values far from zero keep their spread."""
+    n, c, h, w = z.shape
+    part = torch.empty((n, c), dtype=torch.float64)
+    threads, count = torch.get_num_threads(), n * h * w
+    shift = z[0, :, 0, 0].contiguous()
+    assert lib.zoo_bn_sums(z.data_ptr(), shift.data_ptr(), part.data_ptr(), n, h * w, c, 0,
+                           threads) == 0
+    mean = shift.double() + part.sum(0) / count
+    centre = mean.float()
+    assert lib.zoo_bn_sums(z.data_ptr(), centre.data_ptr(), part.data_ptr(), n, h * w, c, 1,
+                           threads) == 0
+    # the squares were taken about the float32 mean: correct for its rounding
+    return mean, part.sum(0) / count - (mean - centre.double()) ** 2
+
+
+class _BNPoolAct(torch.autograd.Function):
+    """act(max_pool2d(weight * (z - mean) * invstd + bias, 2)), the statistics given."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
+        lib = fused.library()
+        assert lib is not None
+        n, c, h, w = z.shape
+        alpha = weight.detach().double() * invstd
+        beta = (bias.detach().double() - mean * alpha).float()
+        alpha32 = alpha.float()
+        y = torch.empty((n, c, h // 2, w // 2), dtype=F32, device=z.device, memory_format=CL)
+        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8, device=z.device)
+        lib.zoo_bn_pool_act_forward(z.data_ptr(), alpha32.data_ptr(), beta.data_ptr(),
+                                    y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
+                                    torch.get_num_threads())
+        ctx.save_for_backward(z, y, idx, weight)
+        ctx.stats = (mean.float(), invstd.float())
+        ctx.act, ctx.dims = act, (n, c, h, w)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        fused._first_derivative_only()
+        n, c, h, w = ctx.dims
+        saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
+        z = checks.saved(saved[0], "BatchNorm input", (n, c, h, w))
+        y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
+        idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
+        weight = checks.saved(saved[3], "BatchNorm weight", (c,))
+        mean, invstd = ctx.stats
+        lib = fused.library()
+        g = checks.incoming(grad, (n, c, h // 2, w // 2))
+        ready = checks.kernel_layouts((z, CL), (y, CL), (idx, _CF)) if g is not None else None
+        if lib is None or g is None or ready is None or not checks.unwrapped(weight):
+            dz, dweight, dbias = _plain_backward(grad, z, y, idx, weight, mean, invstd, ctx.act)
+        else:
+            z, y, idx = ready
+            dz, dweight, dbias = _kernel_backward(lib, g, z, y, idx, weight, mean, invstd,
+                                                  ctx.act)
+        need = ctx.needs_input_grad
+        return (dz, dweight if need[1] else None,
+                dbias if need[2] else None, None, None, None)
+
+
+def _kernel_backward(lib: Any, g: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                     idx: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                     invstd: torch.Tensor, act: int) -> tuple[torch.Tensor, ...]:
+    n, c, h, w = z.shape
+    threads, count = torch.get_num_threads(), n * h * w
+    part = torch.empty((n, 2, c), dtype=torch.float64)
+    args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr())
+    done = lib.zoo_bn_pool_act_backward(*args, None, None, None, part.data_ptr(), None,
+                                        n, h, w, c, act, 0, threads)
+    assert done == 0, "zoo_bn_pool_act_backward refused the shapes _bn_fusable accepted"
+    dbias, dweight = part.sum(0)
+    coef = weight.detach().double() * invstd.double()
+    k1 = (-coef * dbias / count).float()
+    k2 = (-coef * dweight / count * invstd.double()).float()
+    coef32 = coef.float()
+    dz = torch.empty((n, c, h, w), dtype=F32, device=z.device, memory_format=CL)
+    done = lib.zoo_bn_pool_act_backward(*args, coef32.data_ptr(), k1.data_ptr(),
+                                        k2.data_ptr(), None, dz.data_ptr(), n, h, w, c, act, 1,
+                                        threads)
+    assert done == 0
+    return dz, dweight.float(), dbias.float()
+
+
+def _plain_backward(grad: torch.Tensor, z: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
+                    weight: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+                    act: int) -> tuple[torch.Tensor, ...]:
+    """The same gradients with PyTorch operators (out of place: they run under vmap)."""
+    dy = checks.plain_pool_backward(grad, y, idx, act)
+    with torch._C.DisableTorchFunctionSubclass():
+        count = z.shape[0] * z.shape[2] * z.shape[3]
+        xhat = (z - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
+        dbias = dy.sum((0, 2, 3))
+        dweight = (dy * xhat).sum((0, 2, 3))
+        scale = (weight * invstd).view(1, -1, 1, 1)
+        dz = scale * (dy - (dbias / count).view(1, -1, 1, 1)
+                      - xhat * (dweight / count).view(1, -1, 1, 1))
+    return dz, dweight, dbias
+
+
+def _bn_fusable(bn: nn.Module, z: torch.Tensor, training: bool) -> bool:
+    """Exactly an ``nn.BatchNorm2d`` (no subclass, instance ``forward`` or hooks) in a CPU
+    training step, with float32 affine parameters and running statistics of its channels,
+    over a channels_last input of a multiple of 8 channels, at most 64, that needs a
+    gradient."""
+    if type(bn) is not nn.BatchNorm2d or "forward" in vars(bn) or fused._hooked(bn):
+        return False
+    c = z.shape[1] if z.dim() == 4 else 0
+    return (bn.training and bn.affine and bn.track_running_stats and 0 < c <= 64
+            and c % 8 == 0 and bn.num_features == c and z.requires_grad
+            and bn.num_batches_tracked is not None
+            and all(t is not None and checks.c_readable(t, (c,)) for t in (
+                bn.weight, bn.bias, bn.running_mean, bn.running_var))
+            and fused._training_input(z, training))
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor,
+                          count: int) -> None:
+    """As ``nn.BatchNorm2d.forward`` and ATen update them in a training step."""
+    assert bn.num_batches_tracked is not None
+    assert bn.running_mean is not None and bn.running_var is not None
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        momentum = (1.0 / float(bn.num_batches_tracked) if bn.momentum is None
+                    else bn.momentum)
+        unbiased = (var * count / (count - 1)).float()
+        bn.running_mean.mul_(1 - momentum).add_(mean.float(), alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
+
+
+def _bn_pool_act(bn: nn.Module, z: torch.Tensor, training: bool, act: int) -> torch.Tensor:
+    if not _bn_fusable(bn, z, training):
+        out = bn(z)
+        return fused.pool_tanh(out, training) if act == fused.TANH else \
+            fused.pool_relu(out, training)
+    lib = fused.library()
+    assert isinstance(bn, nn.BatchNorm2d) and lib is not None
+    mean, var = _statistics(lib, z.detach())
+    _update_running_stats(bn, mean, var, z.shape[0] * z.shape[2] * z.shape[3])
+    invstd = 1.0 / torch.sqrt(var + bn.eps)
+    return _BNPoolAct.apply(z, bn.weight, bn.bias, mean, invstd,  # type: ignore[no-any-return]
+                            act)
+
+
+def bn_pool_tanh(bn: nn.Module, z: torch.Tensor, training: bool) -> torch.Tensor:
+    """``tanh(max_pool2d(bn(z), 2))``, fused in a CPU training step."""
+    return _bn_pool_act(bn, z, training, fused.TANH)
+
+
+def bn_pool_relu(bn: nn.Module, z: torch.Tensor, training: bool) -> torch.Tensor:
+    """``relu(max_pool2d(bn(z), 2))``, fused in a CPU training step."""
+    return _bn_pool_act(bn, z, training, fused.RELU)
+
+
+__all__ = ["bn_pool_relu", "bn_pool_tanh"]

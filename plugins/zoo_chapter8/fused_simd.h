@@ -1,0 +1,90 @@
+/* The vector helpers of the chapter-8 kernels (fused.c, fused_bn.c): 8-float vectors in
+ * GCC/Clang's generic vector extension, Eigen's tanh, and the 2x2 pooling window's maximum
+ * with its position. */
+#ifndef ZOO_FUSED_SIMD_H
+#define ZOO_FUSED_SIMD_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef float vf __attribute__((vector_size(32)));
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef uint8_t vb __attribute__((vector_size(8)));
+
+enum { ACT_TANH = 0, ACT_RELU = 1 };
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+static inline vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+
+/* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation, identity
+ * below 4e-4; within 5 ulp of the correctly rounded value with FMA (-mfma), 7 without. Past
+ * 7.8119659 the correctly rounded tanh takes only six values, 1 - 5 ulp up to 1 - 1 ulp, then
+ * exactly 1 from 9.0109138 (where the true value rounds to 1), so there it is chosen by
+ * comparison, exactly: the approximation's clamp (at 7.9053, where without FMA it rounds to 1)
+ * is never used, and a saturated unit passes no gradient (1 - y*y = 0) exactly where ATen's
+ * does. Each threshold is the smallest float whose correctly rounded tanh is that value. */
+static inline vf tanh8(vf a) {
+    vf x = pick(a < splat(7.90531110763549805f), a, splat(7.90531110763549805f));
+    x = pick(x > splat(-7.90531110763549805f), x, splat(-7.90531110763549805f));
+    vf x2 = x * x;
+    vf p = x2 * splat(-2.76076847742355e-16f) + splat(2.00018790482477e-13f);
+    p = x2 * p + splat(-8.60467152213735e-11f);
+    p = x2 * p + splat(5.12229709037114e-08f);
+    p = x2 * p + splat(1.48572235717979e-05f);
+    p = x2 * p + splat(6.37261928875436e-04f);
+    p = x2 * p + splat(4.89352455891786e-03f);
+    p = x * p;
+    vf q = x2 * splat(1.19825839466702e-06f) + splat(1.18534705686654e-04f);
+    q = x2 * q + splat(2.26843463243900e-03f);
+    q = x2 * q + splat(4.89352518554385e-03f);
+    const vf abs_a = (vf)((vi)a & 0x7fffffff);
+    vf r = pick(abs_a < splat(0.0004f), a, p / q);
+    vf tail = pick(abs_a >= splat(0x1.fa6324p+2f), splat(0x1.fffff8p-1f), splat(0x1.fffff6p-1f));
+    tail = pick(abs_a >= splat(0x1.0136f6p+3f), splat(0x1.fffffap-1f), tail);
+    tail = pick(abs_a >= splat(0x1.069926p+3f), splat(0x1.fffffcp-1f), tail);
+    tail = pick(abs_a >= splat(0x1.0ec57ep+3f), splat(0x1.fffffep-1f), tail);
+    tail = pick(abs_a >= splat(0x1.205968p+3f), splat(1.0f), tail);
+    tail = (vf)((vi)tail | ((vi)a & (vi)splat(-0.0f))); /* a's sign */
+    r = pick(abs_a >= splat(0x1.f3f74p+2f), tail, r);
+    return pick(a != a, a, r); /* NaN stays NaN */
+}
+
+static inline vf activate(vf m, int act) {
+    if (act == ACT_TANH) return tanh8(m);
+    return pick((m > splat(0.0f)) | (m != m), m, splat(0.0f));
+}
+
+/* The gradient through the activation, from its output y: as aten::tanh_backward and
+ * threshold_backward (which passes the gradient of a NaN output). */
+static inline vf activate_grad(vf g, vf y, int act) {
+    if (act == ACT_TANH) return g * (splat(1.0f) - y * y);
+    return pick(y <= splat(0.0f), splat(0.0f), g);
+}
+
+/* The maximum of a 2x2 window's four vectors (row-major), and in *k the position of each
+ * lane's maximum: the first in scan order, a NaN winning, as ATen's max_pool2d. */
+static inline vf max4(vf a, vf b, vf c, vf d, vi *k) {
+    vf m = a;
+    vi pos = (vi){0}, t;
+    t = (b > m) | (b != b); m = pick(t, b, m); pos = (t & 1) | (~t & pos);
+    t = (c > m) | (c != c); m = pick(t, c, m); pos = (t & 2) | (~t & pos);
+    t = (d > m) | (d != d); m = pick(t, d, m); pos = (t & 3) | (~t & pos);
+    *k = pos;
+    return m;
+}
+
+static inline void store_idx(uint8_t *p, vi k) {
+    vb kb = __builtin_convertvector(k, vb);
+    memcpy(p, &kb, sizeof kb);
+}
+
+static inline vi load_idx(const uint8_t *p) {
+    vb kb;
+    memcpy(&kb, p, sizeof kb);
+    return __builtin_convertvector(kb, vi) & 3; /* a window position, whatever idx holds */
+}
+
+#endif

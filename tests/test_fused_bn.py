@@ -1,0 +1,234 @@
+"""zoo_chapter8.fused_bn: BatchNorm, pooling and activation in one kernel, against
+``act(max_pool2d(nn.BatchNorm2d(z), 2))`` as PyTorch computes it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from zoo_chapter8 import fused, fused_bn
+
+import zoo
+
+pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+
+CL = torch.channels_last
+OPS = [(fused_bn.bn_pool_tanh, torch.tanh), (fused_bn.bn_pool_relu, torch.relu)]
+Op = Callable[[nn.Module, torch.Tensor, bool], torch.Tensor]
+
+
+def _pair(c: int, seed: int = 0, momentum: float | None = 0.1
+          ) -> tuple[nn.BatchNorm2d, nn.BatchNorm2d]:
+    """Two equal BatchNorms with gammas of both signs, one of them zero."""
+    torch.manual_seed(seed)
+    bn = nn.BatchNorm2d(c, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.uniform_(-1.5, 1.5)
+        bn.weight[0] = 0.0
+        bn.bias.uniform_(-0.5, 0.5)
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    twin = nn.BatchNorm2d(c, momentum=momentum)
+    twin.load_state_dict(bn.state_dict())
+    return bn, twin
+
+
+def _input(shape: tuple[int, ...], seed: int = 1, ties: bool = False) -> torch.Tensor:
+    torch.manual_seed(seed)
+    z = torch.randint(-2, 3, shape).float() if ties else torch.randn(shape) * 3 + 1.5
+    return z.contiguous(memory_format=CL).requires_grad_()
+
+
+def _kernel_ran(out: torch.Tensor) -> bool:
+    return "BNPoolAct" in type(out.grad_fn).__name__
+
+
+@pytest.mark.parametrize(("op", "act"), OPS)
+@pytest.mark.parametrize(("shape", "ties"), [((8, 32, 12, 10), False), ((5, 16, 8, 8), False),
+                                             ((3, 64, 4, 6), False), ((4, 8, 6, 6), True)])
+def test_outputs_gradients_and_running_statistics_match_pytorch(
+        op: Op, act: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...],
+        ties: bool) -> None:
+    bn, twin = _pair(shape[1])
+    for step in range(3):  # the running statistics over several steps
+        z = _input(shape, seed=step, ties=ties)
+        ref_z = z.detach().clone().contiguous(memory_format=CL).requires_grad_()
+        ours, theirs = op(bn, z, True), act(F.max_pool2d(twin(ref_z), 2))
+        assert _kernel_ran(ours) and ours.is_contiguous(memory_format=CL)
+        g = torch.randn_like(theirs)
+        mine = torch.autograd.grad(ours, [z, bn.weight, bn.bias], g)
+        ref = torch.autograd.grad(theirs, [ref_z, twin.weight, twin.bias], g)
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=2e-6)
+        # with ties the first maximum of each window gets the gradient, as in ATen: another
+        # winner would move weight * invstd * dy from one element to another
+        for a, b in zip(mine, ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5 * max(1.0, b.abs().max()))
+        assert mine[0].is_contiguous(memory_format=CL)
+    for name in ("running_mean", "running_var"):
+        torch.testing.assert_close(getattr(bn, name), getattr(twin, name), rtol=1e-6, atol=1e-6)
+    assert int(bn.num_batches_tracked) == int(twin.num_batches_tracked) == 3
+
+
+@pytest.mark.parametrize("momentum", [None, 0.5])
+def test_momentum_none_is_the_cumulative_average_as_in_pytorch(momentum: float | None) -> None:
+    bn, twin = _pair(16, momentum=momentum)
+    for step in range(4):
+        z = _input((4, 16, 6, 6), seed=step)
+        fused_bn.bn_pool_tanh(bn, z, True).sum().backward()
+        twin(z.detach())
+    torch.testing.assert_close(bn.running_mean, twin.running_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, twin.running_var, rtol=1e-6, atol=1e-6)
+
+
+def test_statistics_of_a_large_offset_stay_accurate() -> None:
+    """Values far from zero with a small spread: the variance is taken about the mean, not as
+    E[z^2] - E[z]^2, which would lose it in float32 (momentum 1: the running variance is
+    the batch's unbiased variance)."""
+    bn, _ = _pair(8, momentum=1.0)
+    torch.manual_seed(3)
+    z = (1000.0 + 0.01 * torch.randn(6, 8, 8, 8)).contiguous(memory_format=CL)
+    ours = fused_bn.bn_pool_tanh(bn, z.requires_grad_(), True)
+    assert _kernel_ran(ours)
+    exact = z.detach().double()
+    torch.testing.assert_close(bn.running_var.double(), exact.var(dim=(0, 2, 3)),
+                               rtol=1e-4, atol=0)
+    torch.testing.assert_close(bn.running_mean.double(), exact.mean(dim=(0, 2, 3)),
+                               rtol=1e-7, atol=0)
+    # at float32's own resolution: 10,000 plus a few of its steps (2**-10 there)
+    bn, _ = _pair(8, momentum=1.0)
+    z = (10_000.0 + torch.randint(-3, 4, (6, 8, 8, 8)).float() * 2.0**-10)
+    z = z.contiguous(memory_format=CL).requires_grad_()
+    assert _kernel_ran(fused_bn.bn_pool_tanh(bn, z, True))
+    exact = z.detach().double()
+    torch.testing.assert_close(bn.running_var.double(), exact.var(dim=(0, 2, 3)),
+                               rtol=1e-5, atol=0)
+
+
+def test_the_same_numbers_on_one_thread_and_two_and_run_after_run() -> None:
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 2):
+            torch.set_num_threads(n)
+            bn, _ = _pair(32)
+            z = _input((8, 32, 8, 8))
+            out = fused_bn.bn_pool_relu(bn, z, True)
+            grads = torch.autograd.grad(out, [z, bn.weight, bn.bias], torch.ones_like(out))
+            results.append([out, *grads, bn.running_mean.clone(), bn.running_var.clone()])
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+class _SubBN(nn.BatchNorm2d):
+    pass
+
+
+def _hooked() -> nn.Module:
+    bn = nn.BatchNorm2d(16)
+    bn.register_forward_hook(lambda *_: None)
+    return bn
+
+
+@pytest.mark.parametrize(("case", "make_bn", "make_z", "training"), [
+    ("eval mode", lambda: nn.BatchNorm2d(16).eval(), lambda: _input((2, 16, 4, 4)), True),
+    ("model flag off", lambda: nn.BatchNorm2d(16), lambda: _input((2, 16, 4, 4)), False),
+    ("no affine", lambda: nn.BatchNorm2d(16, affine=False), lambda: _input((2, 16, 4, 4)), True),
+    ("no running stats", lambda: nn.BatchNorm2d(16, track_running_stats=False),
+     lambda: _input((2, 16, 4, 4)), True),
+    ("subclass", lambda: _SubBN(16), lambda: _input((2, 16, 4, 4)), True),
+    ("hook", _hooked, lambda: _input((2, 16, 4, 4)), True),
+    ("NCHW input", lambda: nn.BatchNorm2d(16),
+     lambda: torch.randn(2, 16, 4, 4).requires_grad_(), True),
+    ("no gradient", lambda: nn.BatchNorm2d(16), lambda: _input((2, 16, 4, 4)).detach(), True),
+    ("12 channels", lambda: nn.BatchNorm2d(12), lambda: _input((2, 12, 4, 4)), True),
+    ("72 channels", lambda: nn.BatchNorm2d(72), lambda: _input((2, 72, 4, 4)), True),
+    ("odd height", lambda: nn.BatchNorm2d(16), lambda: _input((2, 16, 5, 4)), True),
+    ("float64", lambda: nn.BatchNorm2d(16).double(),
+     lambda: _input((2, 16, 4, 4)).detach().double().requires_grad_(), True),
+])
+def test_anything_else_runs_the_plain_layers_and_computes_what_they_compute(
+        case: str, make_bn: Callable[[], nn.Module], make_z: Callable[[], torch.Tensor],
+        training: bool) -> None:
+    bn, z = make_bn(), make_z()
+    twin = type(bn)(bn.num_features, affine=bn.affine,
+                    track_running_stats=bn.track_running_stats).to(z.dtype)
+    twin.load_state_dict(bn.state_dict())
+    twin.train(bn.training)
+    out = fused_bn.bn_pool_tanh(bn, z, training)
+    assert not _kernel_ran(out), case
+    ref = torch.tanh(F.max_pool2d(twin(z.detach().clone()), 2))
+    # the pooling kernel may still pool (its tanh within 5 ulp of ATen's)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    if bn.track_running_stats:  # updated once, as the plain layer updates them
+        assert torch.equal(bn.running_mean, twin.running_mean)
+        assert torch.equal(bn.running_var, twin.running_var)
+
+
+def test_a_gradient_c_cannot_read_gets_the_plain_backward() -> None:
+    """vmap's batched gradients (``is_grads_batched``) run the PyTorch formulas: the same
+    gradients, to rounding, as the kernel's."""
+    bn, _ = _pair(16)
+    z = _input((3, 16, 6, 6))
+    out = fused_bn.bn_pool_tanh(bn, z, True)
+    assert _kernel_ran(out)
+    torch.manual_seed(5)
+    gs = torch.randn(2, *out.shape)
+    (batched,) = torch.autograd.grad(out, z, gs, is_grads_batched=True, retain_graph=True)
+    for k in range(2):
+        (one,) = torch.autograd.grad(out, z, gs[k].contiguous(memory_format=CL),
+                                     retain_graph=True)
+        torch.testing.assert_close(batched[k], one, rtol=1e-4, atol=1e-5)
+
+
+def test_saved_tensors_come_back_checked() -> None:
+    bn, _ = _pair(16)
+    z = _input((2, 16, 4, 4))
+    with torch.autograd.graph.save_on_cpu():  # NCHW copies: read in the kernel's layout
+        out = fused_bn.bn_pool_tanh(bn, z, True)
+    (gz,) = torch.autograd.grad(out, z, torch.ones_like(out))
+    bn2, _ = _pair(16)
+    out2 = fused_bn.bn_pool_tanh(bn2, z, True)
+    assert torch.equal(gz, torch.autograd.grad(out2, z, torch.ones_like(out2))[0])
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t.double()):
+        out3 = fused_bn.bn_pool_tanh(bn2, z, True)
+    with pytest.raises(RuntimeError, match=r"got its saved BatchNorm input back as torch\.float64"):
+        torch.autograd.grad(out3, z, torch.ones_like(out3))
+    out4 = fused_bn.bn_pool_tanh(bn2, z, True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.grad(out4, z, torch.ones_like(out4), create_graph=True)
+
+
+def test_netbatchnorm_trains_as_with_the_plain_layers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step of the model with the kernels and without: the same loss, gradients
+    and running statistics, to rounding."""
+    torch.manual_seed(0)
+    model = zoo.create_model("NetBatchNorm").to(memory_format=CL)
+    plain = zoo.create_model("NetBatchNorm").to(memory_format=CL)
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=CL)
+    y = torch.randint(0, 2, (16,))
+    calls = []
+    fusable = fused_bn._bn_fusable
+
+    def spy(bn: nn.Module, z: torch.Tensor, training: bool) -> bool:
+        calls.append(fusable(bn, z, training))
+        return calls[-1]
+
+    monkeypatch.setattr(fused_bn, "_bn_fusable", spy)
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert calls == [True, True]
+    monkeypatch.setattr(fused_bn, "_bn_fusable", lambda *_: False)
+    ref = F.cross_entropy(plain(x), y)
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
+    for (name, b), c in zip(model.named_buffers(), plain.buffers(), strict=True):
+        torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
