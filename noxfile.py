@@ -200,7 +200,7 @@ def sanitize(session: nox.Session) -> None:
     # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
     _dev_run(session, "python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
                 "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
-                "tests/test_fused_backward.py",
+                "tests/test_fused_backward.py", "tests/test_fused_bn.py",
                 *_posargs(session), env=env)
 
 

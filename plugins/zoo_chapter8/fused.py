@@ -126,8 +126,7 @@ def _build(compiler: list[str], dest: Path) -> None:
 def _declare(lib: ctypes.CDLL) -> None:
     """The kernels' C signatures (AttributeError where the library lacks one)."""
     lib.zoo_pool2_act_forward.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
-    lib.zoo_pool2_act_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64,
-                                           _I32, _I32]
+    lib.zoo_pool2_act_backward.argtypes = [*[_PTR] * 4, *[_I64] * 4, _I32, _I32]
     lib.zoo_pool2_act_forward.restype = lib.zoo_pool2_act_backward.restype = None
     lib.zoo_conv_pool_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
                                           _I64, _I64, _I32, _I32]
