@@ -12,10 +12,12 @@ CPU input runs its fused kernels (``zoo_chapter8.fused``), so both are compared.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import pytest
 import torch
@@ -113,23 +115,46 @@ def test_eval_forward_matches_the_reference(case: str, monkeypatch: pytest.Monke
     assert expected.std() > 1e-3  # the comparison is not between two constants
 
 
-@pytest.fixture
-def _two_threads() -> Iterator[None]:
-    """At least two intra-op threads (other tests leave torch at one).
+def _clear_winners(t: torch.Tensor) -> bool:
+    """Whether every 2×2 pooling window of ``t`` has one clear maximum or an exact tie: no
+    two values within float32's rounding of each other, whose order another float32
+    computation of the same function could swap (sending that window's gradient elsewhere)."""
+    n, c, h, w = t.shape
+    windows = t[:, :, : h // 2 * 2, : w // 2 * 2].reshape(n, c, h // 2, 2, w // 2, 2)
+    top = windows.permute(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4).topk(2).values
+    gap = top[..., 0] - top[..., 1]
+    return not bool(((gap > 0) & (gap <= 1e-5 * top[..., 0].abs().clamp(min=1))).any())
 
-    With one thread, PyTorch's own channels-last CPU kernels (no zoo code, plain
-    ``nn.Conv2d``/``BatchNorm2d``/``max_pool2d``) give NetBatchNorm's convolution
-    gradients 7-12% off the float64 result for some weights, e.g. seed 0 here; with two
-    threads they agree to 1e-6. That is not what this test is about.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(2, threads))
-    yield
-    torch.set_num_threads(threads)
+
+def _separated_input(reference: nn.Module) -> torch.Tensor:
+    """The first seeded batch on which the float64 reference's poolings all have clear
+    winners (probed on a copy: its BatchNorm statistics stay as they are).
+
+    Where two inputs of a window differ by less than float32's rounding, any float32
+    computation (PyTorch's own on one thread, or zoo's kernels) may pick the other one
+    and send that window's whole gradient there: NetBatchNorm's convolution gradients
+    then come out 4-12 % off the float64 result. That is not what these tests are about
+    (ties are the kernels' own tests' subject)."""
+    probe, seen = copy.deepcopy(reference), []
+    pool = F.max_pool2d
+
+    def recording(t: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(t.detach())
+        return pool(t, *args, **kwargs)  # type: ignore[arg-type]
+
+    for seed in range(2, 40):
+        x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+        seen.clear()
+        with (mock.patch.object(F, "max_pool2d", recording), torch.no_grad(),
+              torch.random.fork_rng(devices=[])):
+            torch.manual_seed(5)
+            probe(x.double())
+        if seen and all(_clear_winners(t) for t in seen):
+            return x
+    raise AssertionError("every seeded batch has a near-tie in a pooling window")
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.usefixtures("_two_threads")
 def test_training_step_matches_the_reference(case: str) -> None:
     """Train mode, channels-last CPU input: zoo's fused kernels against the plain book layers.
 
@@ -141,7 +166,7 @@ def test_training_step_matches_the_reference(case: str) -> None:
     ours.train()
     reference.double().train()
     ours = ours.to(memory_format=torch.channels_last)
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = _separated_input(reference)
     target = torch.randint(0, 2, (8,), generator=torch.Generator().manual_seed(3))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(5)
