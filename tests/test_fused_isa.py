@@ -30,14 +30,13 @@ def test_flags_follow_atens_view_of_the_cpu(monkeypatch: pytest.MonkeyPatch, mac
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
-@pytest.mark.parametrize(("setting", "flags"), [("avx2", AVX2), ("default", [])])
-def test_aten_cpu_capability_lowers_the_build(setting: str, flags: list[str]) -> None:
+def test_aten_cpu_capability_lowers_the_build() -> None:
     """The variable that makes ATen use only AVX2 (or no vector extension) does the same
     for the kernel: how a machine without AVX-512 is imitated on one with it."""
     code = "from zoo_chapter8 import fused; print(' '.join(fused._arch_flags()))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, "ATEN_CPU_CAPABILITY": setting}, check=True)
-    assert done.stdout.split() == flags
+                          env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, check=True)
+    assert done.stdout.split() == AVX2
 
 
 # (cin, cout, size): Net's, NetWidth's and NetDepth's layers, and the widest the kernel takes
@@ -94,7 +93,5 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2)
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
-    if here != lowered:  # really another build: the AVX-512 one uses its registers
-        monkeypatch.setattr(fused, "_arch_flags", lambda: here)
-        fused._build(compiler, tmp_path / "here.so")
-        assert (tmp_path / "here.so").read_bytes() != built.read_bytes()
+    if here != lowered:  # really another build than the one in use (fused.status() names it)
+        assert Path(fused.status().split(": ", 1)[1]).read_bytes() != built.read_bytes()
