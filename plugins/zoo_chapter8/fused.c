@@ -19,26 +19,13 @@
 
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int32_t act, int32_t threads) {
-    const int64_t h2 = h / 2, w2 = w / 2, rows = n * h2;
+    const int64_t rows = n * (h / 2);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
 #endif
-    for (int64_t i = 0; i < rows; i++) {
-        const float *row0 = x + ((i / h2) * h + 2 * (i % h2)) * w * c;
-        const float *row1 = row0 + w * c;
-        for (int64_t ow = 0; ow < w2; ow++) {
-            const float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
-            const int64_t out = (i * w2 + ow) * c;
-            for (int64_t ch = 0; ch < c; ch += 8) {
-                vi k;
-                const vf m = max4(load(top + ch), load(top + c + ch), load(bottom + ch),
-                                  load(bottom + c + ch), &k);
-                store(y + out + ch, activate(m, act));
-                store_idx(idx + out + ch, k);
-            }
-        }
-    }
+    for (int64_t i = 0; i < rows; i++)
+        pool2_act_row(x, NULL, NULL, y, idx, i, h, w, c, act);
 }
 
 void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, float *gx,

@@ -87,4 +87,32 @@ static inline vi load_idx(const uint8_t *p) {
     return __builtin_convertvector(kb, vi) & 3; /* a window position, whatever idx holds */
 }
 
+/* One row of 2x2 windows (row i of the pooled output, images stacked) of x (NHWC, n x h x w
+ * x c, c a multiple of 8): y = act(max of the window), idx = its position. With alpha
+ * (and beta) each value is first x * alpha + beta per channel (a BatchNorm, fused_bn.c);
+ * without, x itself. */
+static inline __attribute__((always_inline)) void pool2_act_row(
+    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, int64_t i,
+    int64_t h, int64_t w, int64_t c, int32_t act) {
+    const int64_t h2 = h / 2, w2 = w / 2;
+    const float *row0 = x + ((i / h2) * h + 2 * (i % h2)) * w * c;
+    const float *row1 = row0 + w * c;
+    for (int64_t ow = 0; ow < w2; ow++) {
+        const float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
+        const int64_t out = (i * w2 + ow) * c;
+        for (int64_t ch = 0; ch < c; ch += 8) {
+            vf a = load(top + ch), b = load(top + c + ch);
+            vf d = load(bottom + ch), e = load(bottom + c + ch);
+            if (alpha) {
+                const vf s = load(alpha + ch), t = load(beta + ch);
+                a = a * s + t; b = b * s + t; d = d * s + t; e = e * s + t;
+            }
+            vi k;
+            const vf m = max4(a, b, d, e, &k);
+            store(y + out + ch, activate(m, act));
+            store_idx(idx + out + ch, k);
+        }
+    }
+}
+
 #endif
