@@ -19,13 +19,7 @@
 
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int32_t act, int32_t threads) {
-    const int64_t rows = n * (h / 2);
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
-#endif
-    for (int64_t i = 0; i < rows; i++)
-        pool2_act_row(x, NULL, NULL, y, idx, i, h, w, c, act);
+    pool2_act_rows(x, NULL, NULL, y, idx, n, h, w, c, act, threads);
 }
 
 void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, float *gx,

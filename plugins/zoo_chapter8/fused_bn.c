@@ -52,13 +52,7 @@ int32_t zoo_bn_sums(const float *z, const float *shift, double *part, int64_t n,
 void zoo_bn_pool_act_forward(const float *z, const float *alpha, const float *beta, float *y,
                              uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t c,
                              int32_t act, int32_t threads) {
-    const int64_t rows = n * (h / 2);
-    (void)threads;
-#ifdef _OPENMP
-#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
-#endif
-    for (int64_t i = 0; i < rows; i++)
-        pool2_act_row(z, alpha, beta, y, idx, i, h, w, c, act);
+    pool2_act_rows(z, alpha, beta, y, idx, n, h, w, c, act, threads);
 }
 
 /* The backward pass, in two phases. Phase 0: part[b][0][ch] = the sum over image b of the

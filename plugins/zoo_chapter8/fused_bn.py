@@ -43,12 +43,13 @@ def _statistics(lib: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     part = torch.empty((n, c), dtype=torch.float64)
     threads, count = torch.get_num_threads(), n * h * w
     shift = z[0, :, 0, 0].contiguous()
-    assert lib.zoo_bn_sums(z.data_ptr(), shift.data_ptr(), part.data_ptr(), n, h * w, c, 0,
-                           threads) == 0
+    done = lib.zoo_bn_sums(z.data_ptr(), shift.data_ptr(), part.data_ptr(), n, h * w, c, 0,
+                           threads)
     mean = shift.double() + part.sum(0) / count
     centre = mean.float()
-    assert lib.zoo_bn_sums(z.data_ptr(), centre.data_ptr(), part.data_ptr(), n, h * w, c, 1,
-                           threads) == 0
+    done |= lib.zoo_bn_sums(z.data_ptr(), centre.data_ptr(), part.data_ptr(), n, h * w, c, 1,
+                            threads)
+    assert done == 0, "zoo_bn_sums refused the shapes _bn_fusable accepted"
     # the squares were taken about the float32 mean: correct for its rounding
     return mean, part.sum(0) / count - (mean - centre.double()) ** 2
 

@@ -90,7 +90,7 @@ static inline vi load_idx(const uint8_t *p) {
 /* One row of 2x2 windows (row i of the pooled output, images stacked) of x (NHWC, n x h x w
  * x c, c a multiple of 8): y = act(max of the window), idx = its position. With alpha
  * (and beta) each value is first x * alpha + beta per channel (a BatchNorm, fused_bn.c);
- * without, x itself. */
+ * without, x itself. pool2_act_rows: every row, on up to `threads` threads. */
 static inline __attribute__((always_inline)) void pool2_act_row(
     const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, int64_t i,
     int64_t h, int64_t w, int64_t c, int32_t act) {
@@ -113,6 +113,18 @@ static inline __attribute__((always_inline)) void pool2_act_row(
             store_idx(idx + out + ch, k);
         }
     }
+}
+
+static inline __attribute__((always_inline)) void pool2_act_rows(
+    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, int64_t n,
+    int64_t h, int64_t w, int64_t c, int32_t act, int32_t threads) {
+    const int64_t rows = n * (h / 2);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
+#endif
+    for (int64_t i = 0; i < rows; i++)
+        pool2_act_row(x, alpha, beta, y, idx, i, h, w, c, act);
 }
 
 #endif
