@@ -11,7 +11,8 @@ then both graphs are timed side by side at batch 1 and 256. With ``--data-dir``
 (the CIFAR-2 ImageFolder the shipped models trained on) the models are the shipped
 bundles (``exports/ARCH-cifar2``) on their own held-out split, found by content key;
 without it, each architecture is trained briefly on the offline ``synthetic``
-dataset. The verdict "keep" needs an accuracy drop of at most 0.5 points and a
+dataset. The weights keep 7 bits (the format's default, ``reduce_range``) unless
+``--full-range``. The verdict "keep" needs an accuracy drop of at most 0.5 points and a
 faster int8 graph at both batch sizes.
 """
 
@@ -47,7 +48,7 @@ def source(name: str, root: Path, args: argparse.Namespace) -> Path:
 
 def bench(name: str, root: Path, args: argparse.Namespace) -> dict[str, Any]:
     options = {"calibration_images": args.calibration, "activations": args.activations,
-               "max_drop_points": 100.0}
+               "max_drop_points": 100.0, "reduce_range": not args.full_range}
     bundle = zoo.export(source(name, root, args), formats="int8", out=root / name,
                         data_dir=args.data_dir, options={"int8": options}).path
     assert zoo.verify(bundle).passed  # re-checked as a user would: the int8 graph included
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--activations", choices=["int8", "uint8"], default="uint8",
                         help="activation type (uint8 activations x int8 weights: onnxruntime's "
                              "x86 path, VNNI's own product)")
+    parser.add_argument("--full-range", action="store_true",
+                        help="8-bit weights (reduce_range=false): exact only where the CPU "
+                             "has VNNI, AMX or Arm's dot product")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="CIFAR-2 train ImageFolder: the shipped bundles on their held-out "
                              "split")
