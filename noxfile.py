@@ -57,7 +57,10 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (offline, under five minutes), the documentation's examples and
     the layering contracts (import-linter, tests/test_layout.py) included."""
     _dev(session)
-    _dev_run(session, "pytest", *_posargs(session))
+    # one process per core unless the arguments choose (-n 0: one process)
+    args = _posargs(session)
+    parallel = [] if any(a.startswith(("-n", "--numprocesses")) for a in args) else ["-n", "auto"]
+    _dev_run(session, "pytest", *parallel, *args)
 
 
 @nox.session(python=PYTHON)

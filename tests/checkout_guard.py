@@ -53,6 +53,8 @@ def checkout_status(root: Path) -> frozenset[str] | None:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the controlling process checks the whole session
     before = checkout_status(session.config.rootpath)
     if before is not None:
         session.config.stash[_BEFORE] = before
