@@ -120,9 +120,9 @@ def test_export_help_lists_the_installed_formats(capsys: pytest.CaptureFixture[s
         "            max_drop_points=0.5 (float 0..100) The most top-1 accuracy (points)",
         "              it may lose on the held-out split.",
         "            reduce_range=true (true|false) 7-bit weights (onnxruntime's",
-        "              reduce_range): the same numbers on every CPU, where 8-bit ones",
-        "              overflow x86's 16-bit sums without VNNI (AVX2); false only for",
-        "              CPUs with VNNI, AMX or Arm's dot product."]
+        "              reduce_range): sums no CPU overflows, where 8-bit ones overflow",
+        "              x86's 16-bit sums without VNNI (AVX2); false only for CPUs with",
+        "              VNNI, AMX or Arm's dot product."]
 
 
 def test_export_help_is_computed_only_when_printed(monkeypatch: pytest.MonkeyPatch) -> None:

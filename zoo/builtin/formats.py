@@ -48,8 +48,8 @@ class Int8Options(FormatOptions):
     max_drop_points: float = Field(0.5, ge=0.0, le=100.0, description="The most top-1 "
                                    "accuracy (points) it may lose on the held-out split.")
     reduce_range: bool = Field(
-        True, description="7-bit weights (onnxruntime's reduce_range): the same numbers on "
-        "every CPU, where 8-bit ones overflow x86's 16-bit sums without VNNI (AVX2); false "
+        True, description="7-bit weights (onnxruntime's reduce_range): sums no CPU overflows, "
+        "where 8-bit ones overflow x86's 16-bit sums without VNNI (AVX2); false "
         "only for CPUs with VNNI, AMX or Arm's dot product.")
 
 

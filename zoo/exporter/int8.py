@@ -8,8 +8,8 @@ products), its activation ranges calibrated on training images of the run (never
 held-out ones). The weights keep 7 bits by default (``reduce_range``): without VNNI,
 x86's integer dot product (AVX2's ``vpmaddubsw``) adds two uint8 x int8 products in
 16 bits, which 8-bit weights overflow (2 x 255 x 127 > 32767), so the same graph
-would score less on such a CPU than on the one that exported it; 7-bit weights give
-the same numbers everywhere. The verifier measures the top-1 accuracy of both graphs on the
+would score less on such a CPU than on the one that exported it; no pair of products
+with 7-bit weights overflows. The verifier measures the top-1 accuracy of both graphs on the
 run's held-out split and refuses the format when the int8 graph loses more than
 ``max_drop_points`` (0.5 by default); it also times both graphs at batch 1.
 
