@@ -63,6 +63,18 @@ def test_a_session_that_writes_into_the_checkout_or_edits_it_fails_and_names_the
     assert "  ?? None\n" in done.stdout and "   M kept.txt\n" in done.stdout
 
 
+def test_under_pytest_xdist_the_controlling_process_fails_the_session(tmp_path: Path) -> None:
+    """The suite runs with ``-n auto``: a file a worker's test writes still fails it."""
+    root = _checkout(tmp_path / "repo")
+    done = _pytest(root, "-p", "xdist", "-n", "2",
+                   "test_inner.py::test_writes_into_the_working_folder",
+                   "test_inner.py::test_writes_under_tmp_path")
+    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
+    assert "2 passed" in done.stdout
+    assert done.stdout.count("the tests changed the checkout") == 1
+    assert "1 path(s) of" in done.stdout and "  ?? None\n" in done.stdout
+
+
 def test_files_under_tmp_path_and_changes_made_before_the_session_pass(
         tmp_path: Path) -> None:
     root = _checkout(tmp_path / "repo")
