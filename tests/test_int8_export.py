@@ -135,10 +135,9 @@ def test_weights_keep_7_bits_unless_8_are_asked_for(run_dir: Path, tmp_path: Pat
         tmp_path / "b8" / INT8_FILE)
     assert len(seven) == len(eight) == 5  # three convolutions, two linear layers
     # per output channel, symmetric: each channel's largest weight takes the top of the range
+    # (2 x 255 x 64 fits in int16's 32767; 2 x 255 x 127 does not)
     assert max(int(np.abs(w).max()) for w in seven) == 64
     assert max(int(np.abs(w).max()) for w in eight) == 127
-    # no pair of largest products overflows 16 bits with 7-bit weights
-    assert 2 * 255 * 64 <= 2**15 - 1 < 2 * 255 * 127
     [check] = [c for c in portable.manifest.formats["int8"].checks if c.accuracy is not None]
     assert check.accuracy is not None and check.reference_accuracy is not None
     assert check.reference_accuracy - check.accuracy <= 0.005 + 1e-9
