@@ -49,7 +49,11 @@ def _worker(rank: int, world: int, port: int, arch: str, fields: dict[str, Any],
                       ZOO_CACHE_DIR=cache)
     registry = Registry()
     registry.register(zoo_testnets, name="testnets")
+    threads = len(os.listdir("/proc/self/task"))
     train(arch, registry=registry, **fields)
+    # the gloo group's threads end with the run, not during interpreter shutdown (see
+    # test_leaving_the_group_frees_it_while_the_interpreter_runs)
+    assert len(os.listdir("/proc/self/task")) == threads
 
 
 def _spawn(arch: str, fields: dict[str, Any], cache: Path, world: int = 2,
@@ -171,3 +175,45 @@ def test_a_single_process_joins_no_group_and_a_group_needs_its_master() -> None:
         finally:
             if old is not None:
                 os.environ["MASTER_ADDR"] = old
+
+
+_LEAVE_GROUP = """
+import gc, sys, weakref
+import torch
+import torch.distributed as tdist
+from zoo.trainer.distributed import Dist, destroy_process_group, init_process_group
+
+rank = int(sys.argv[1])
+assert "torch._dynamo" not in sys.modules  # a fresh process: the import order is the test
+assert init_process_group(Dist(rank=rank, world=2, local_rank=rank, local_world=2),
+                          torch.device("cpu"), 30.0)
+group = weakref.ref(tdist.group.WORLD)
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(3, 2))
+model(torch.ones(4, 3)).sum().backward()
+del model
+destroy_process_group()
+gc.collect()
+print("alive" if group() is not None else "freed")
+"""
+
+
+def test_leaving_the_group_frees_it_while_the_interpreter_runs(tmp_path: Path) -> None:
+    """After a DDP step, destroy_process_group frees the gloo group (and joins its threads)
+    in the process: a group left alive until interpreter shutdown aborted rank 1 of a
+    torchrun job now and then ("terminate called without an active exception")."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+           "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", _LEAVE_GROUP, str(rank)], cwd=tmp_path,
+                              env={**env, "RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    try:
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+        assert out.split() == ["freed"]

@@ -60,6 +60,13 @@ def init_process_group(dist_info: Dist, device: torch.device, timeout_s: float) 
         raise TrainingError("WORLD_SIZE > 1 but MASTER_ADDR is not set: start distributed runs "
                             "with torchrun --nproc_per_node=N -m zoo train ...")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    # torch._dynamo (imported by DDP and the optimizers) keeps references to the default
+    # group when it is first imported after the group exists: destroy_process_group then
+    # cannot free it, and its gloo threads die during interpreter shutdown, which now and
+    # then aborts the process ("terminate called without an active exception"). Imported
+    # first, it holds none.
+    import torch._dynamo  # noqa: F401
+
     tdist.init_process_group(backend=backend, rank=dist_info.rank, world_size=dist_info.world,
                              timeout=timedelta(seconds=timeout_s))
     return True
