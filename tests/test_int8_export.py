@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import zoo
 from zoo.bundles.integrity import read_manifest
 from zoo.cli import main
 from zoo.deploy import OnnxClassifier
-from zoo.errors import BundleError, ExportError
+from zoo.errors import BundleError, CpuFeatureWarning, ExportError
 from zoo.exporter.int8 import INT8_FILE
 from zoo.exporter.source import training_info
 from zoo.exporter.trainingdata import TrainingData
@@ -141,6 +142,52 @@ def test_weights_keep_7_bits_unless_8_are_asked_for(run_dir: Path, tmp_path: Pat
     [check] = [c for c in portable.manifest.formats["int8"].checks if c.accuracy is not None]
     assert check.accuracy is not None and check.reference_accuracy is not None
     assert check.reference_accuracy - check.accuracy <= 0.005 + 1e-9
+    # the 8-bit graph names the CPUs it is exact on; the 7-bit one runs anywhere
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "b8" / INT8_FILE)).metadata_props}
+    assert props["zoo.requires_cpu"] == "amx_int8,asimddp,avx512_vnni,avx_vnni"
+    assert "zoo.requires_cpu" not in {
+        p.key for p in onnx.load(str(tmp_path / "b7" / INT8_FILE)).metadata_props}
+
+
+@pytest.mark.parametrize(("features", "bits", "warns"), [
+    ({"avx2", "fma"}, 8, True),           # AVX2 only: 16-bit sums overflow with 8-bit weights
+    ({"avx2", "avx512_vnni"}, 8, False),
+    ({"asimd", "asimddp"}, 8, False),     # Arm's dot product
+    (set(), 8, False),                    # features unknown (not Linux): nothing to say
+    ({"avx2", "fma"}, 7, False),
+])
+def test_an_8_bit_graph_warns_on_a_cpu_without_int8_dot_products(
+        run_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str], features: set[str], bits: int, warns: bool) -> None:
+    bundle = tmp_path_factory.getbasetemp() / f"int8-{bits}-bit"
+    if not bundle.exists():
+        zoo.export(run_dir, out=bundle, formats="int8",
+                   options={"int8": {"reduce_range": bits == 7, "max_drop_points": 100}})
+    monkeypatch.setattr("zoo.deploy.runtime.cpu_features", lambda: frozenset(features))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        classifier = OnnxClassifier(bundle, graph="int8")
+        OnnxClassifier(bundle)  # the float32 graph names no features
+    messages = [str(w.message) for w in caught if issubclass(w.category, CpuFeatureWarning)]
+    assert messages == ([f"{bundle / INT8_FILE} is built for CPUs with amx_int8 or asimddp or "
+                         "avx512_vnni or avx_vnni, and this one has none of them: its outputs, "
+                         "and the accuracy its export measured, may not hold here (re-export "
+                         "it on this CPU, or use another graph)"] if warns else [])
+    if warns:  # it is said where the user's code loaded the graph
+        assert [w.filename for w in caught
+                if issubclass(w.category, CpuFeatureWarning)] == [__file__]
+    # a warning, not a refusal: the graph runs
+    batch = np.zeros((2, classifier.channels, *classifier.size), np.uint8)
+    assert classifier.probabilities(batch).shape == (2, len(classifier.classes))
+    # the CLI says it in one line, as its errors, and answers
+    image = tmp_path_factory.mktemp("image") / "x.png"
+    Image.fromarray(np.zeros((*classifier.size, 3), np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", str(bundle), "--graph", "int8", "--json", str(image)]) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)["predictions"]) == 1
+    assert [line for line in err.splitlines() if "built for CPUs" in line] == (
+        [f"zoo: warning: {messages[0]}"] if warns else [])
 
 
 def test_calibration_uses_training_images_only(run_dir: Path) -> None:

@@ -1,4 +1,5 @@
-"""Errors a user can cause. Each carries one sentence naming the bad value and what is accepted."""
+"""Errors a user can cause, each one sentence naming the bad value and what is accepted; and
+the zoo's warnings."""
 
 from __future__ import annotations
 
@@ -61,6 +62,15 @@ class BundleNotFoundError(BundleError, LookupError):
 
 class AmbiguousBundleError(BundleError, LookupError):
     """A name that could mean several of the user's bundles (the error lists them)."""
+
+
+class ZooWarning(UserWarning):
+    """Base class of the zoo's warnings (the CLI prints them as ``zoo: warning: ...``)."""
+
+
+class CpuFeatureWarning(ZooWarning, RuntimeWarning):
+    """A graph built for CPU features this CPU lacks: it runs, but its outputs (and the
+    accuracy its export measured) may not hold here."""
 
 
 #: Lines of library errors that say nothing about this failure: torch's weights-only

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,16 @@ import onnxruntime as ort
 
 from zoo.bundles.integrity import read_checked
 from zoo.deploy.onnxscan import OnnxScanError, external_data_files
-from zoo.errors import BundleError, ZooError, reason
+from zoo.errors import BundleError, CpuFeatureWarning, ZooError, reason
 from zoo.spec.exportformat import REQUIRED_FORMAT
-from zoo.spec.manifest import GRAPH_METADATA_KEYS, ONNX_FILE, Manifest, graph_metadata
+from zoo.spec.manifest import (
+    GRAPH_METADATA_KEYS,
+    ONNX_FILE,
+    REQUIRES_CPU_KEY,
+    Manifest,
+    graph_metadata,
+)
+from zoo.util.cpu import cpu_features
 from zoo.util.threads import check_threads
 
 
@@ -98,6 +106,7 @@ def load_graph(bundle: Path, manifest: Manifest, *, threads: int | None = None,
         raise BundleError(f"onnxruntime cannot load {bundle / file}: "
                           f"{reason(exc)}") from None
     check_graph(session, manifest, bundle, file)
+    check_cpu(session, bundle, file)
     return session
 
 
@@ -145,5 +154,19 @@ def check_identity(session: ort.InferenceSession, manifest: Manifest, bundle: Pa
                           f"says {expected[key]!r}: the graph is not the manifest's model")
 
 
-__all__ = ["check_graph", "check_identity", "graph_file", "load_graph", "median_latency_ms",
-           "ort_session"]
+def check_cpu(session: ort.InferenceSession, bundle: Path, file: str = ONNX_FILE) -> None:
+    """Warn (:class:`~zoo.errors.CpuFeatureWarning`) when the graph names CPU features in its
+    ``zoo.requires_cpu`` metadata and this CPU has none of them. Where the CPU's features
+    cannot be read (outside Linux), nothing is said."""
+    wanted = dict(session.get_modelmeta().custom_metadata_map).get(REQUIRES_CPU_KEY, "")
+    features = {f.strip() for f in wanted.split(",") if f.strip()}
+    have = cpu_features()
+    if features and have and not features & have:
+        warnings.warn(f"{bundle / file} is built for CPUs with {' or '.join(sorted(features))}, "
+                      "and this one has none of them: its outputs, and the accuracy its export "
+                      "measured, may not hold here (re-export it on this CPU, or use another "
+                      "graph)", CpuFeatureWarning, stacklevel=4)
+
+
+__all__ = ["check_cpu", "check_graph", "check_identity", "graph_file", "load_graph",
+           "median_latency_ms", "ort_session"]

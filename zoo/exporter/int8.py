@@ -9,9 +9,12 @@ held-out ones). The weights keep 7 bits by default (``reduce_range``): without V
 x86's integer dot product (AVX2's ``vpmaddubsw``) adds two uint8 x int8 products in
 16 bits, which 8-bit weights overflow (2 x 255 x 127 > 32767), so the same graph
 would score less on such a CPU than on the one that exported it; no pair of products
-with 7-bit weights overflows. The verifier measures the top-1 accuracy of both graphs on the
-run's held-out split and refuses the format when the int8 graph loses more than
-``max_drop_points`` (0.5 by default); it also times both graphs at batch 1.
+with 7-bit weights overflows. A graph with 8-bit weights (``reduce_range=false``) names the
+int8 dot-product features in its ``zoo.requires_cpu`` metadata, and loading it on a CPU with
+none of them warns (:func:`zoo.deploy.runtime.check_cpu`). The verifier measures the top-1
+accuracy of both graphs on the run's held-out split and refuses the format when the int8
+graph loses more than ``max_drop_points`` (0.5 by default); it also times both graphs at
+batch 1.
 
 Re-checking a bundle (``zoo verify``) has no data: the int8 graph must then load,
 keep the float32 graph's identity and give finite logits of the right shape, and
@@ -37,7 +40,14 @@ from zoo.exporter.checks import check_outputs
 from zoo.exporter.onnx import batch1_latency_ms
 from zoo.exporter.trainingdata import TrainingData
 from zoo.spec.architecture import ModelConfig
-from zoo.spec.manifest import INPUT_NAME, ONNX_FILE, CheckResult, VerificationReport
+from zoo.spec.manifest import (
+    INPUT_NAME,
+    ONNX_FILE,
+    REQUIRES_CPU_KEY,
+    CheckResult,
+    VerificationReport,
+)
+from zoo.util.cpu import INT8_FEATURES
 from zoo.util.threads import default_threads
 
 #: The file the format writes.
@@ -74,6 +84,9 @@ def write_int8(model: torch.nn.Module, directory: Path, config: ModelConfig, *,
         source = onnx.load(str(directory / ONNX_FILE))
         del graph.metadata_props[:]
         graph.metadata_props.extend(source.metadata_props)
+        if not options.reduce_range:
+            # 8-bit weights compute what was measured only with integer dot products
+            graph.metadata_props.add(key=REQUIRES_CPU_KEY, value=",".join(sorted(INT8_FEATURES)))
         (directory / INT8_FILE).write_bytes(graph.SerializeToString())
 
 

@@ -290,6 +290,10 @@ def write_schema(path: Path = SCHEMA_PATH) -> None:
 
 #: The keys of the identity the exporter stamps in an ONNX graph's ``metadata_props``.
 GRAPH_METADATA_KEYS = ("zoo.architecture", "zoo.hparams", "zoo.input_shape", "zoo.num_classes")
+#: A graph's ``metadata_props`` key naming CPU features (Linux's names, comma-separated), one
+#: of which the graph needs to compute what its export measured (an export format stamps it:
+#: ``int8`` with 8-bit weights names the int8 dot products). Readers warn on a CPU with none.
+REQUIRES_CPU_KEY = "zoo.requires_cpu"
 
 
 def graph_metadata(config: ModelConfig) -> dict[str, str]:
