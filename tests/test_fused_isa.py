@@ -77,7 +77,8 @@ def _numbers() -> list[torch.Tensor]:
 def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The build for a CPU without AVX-512 (forced here) gives every output and gradient
-    bit for bit as the build for this CPU: the wider register file changes no operation."""
+    bit for bit as the build for this CPU: the wider register file changes no operation;
+    nor does the AVX2 build's tuning."""
     compiler = fused._compiler()
     assert compiler is not None
     mine = _numbers()
@@ -95,3 +96,15 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
         assert torch.equal(a, b)
     if here != lowered:  # really another build than the one in use (fused.status() names it)
         assert Path(fused.status().split(": ", 1)[1]).read_bytes() != built.read_bytes()
+    # AVX2's own tuning (two output vectors per pass, GCC's pressure-aware scheduling) left
+    # out: the same numbers again, from another library
+    monkeypatch.setattr(fused, "_arch_flags", lambda: [*lowered, "-DZOO_UNTUNED"])
+    untuned = tmp_path / "untuned.so"
+    fused._build(compiler, untuned)
+    assert untuned.read_bytes() != built.read_bytes()
+    plain_lib = ctypes.CDLL(str(untuned))
+    fused._declare(plain_lib)
+    monkeypatch.setattr(fused, "library", lambda: plain_lib)
+    plain = _numbers()
+    for a, b in zip(mine, plain, strict=True):
+        assert torch.equal(a, b)
