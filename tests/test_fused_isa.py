@@ -101,7 +101,8 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     monkeypatch.setattr(fused, "_arch_flags", lambda: [*lowered, "-DZOO_UNTUNED"])
     untuned = tmp_path / "untuned.so"
     fused._build(compiler, untuned)
-    assert untuned.read_bytes() != built.read_bytes()
+    if "-mavx2" in lowered:  # the tuning is AVX2's: other builds are the same without it
+        assert untuned.read_bytes() != built.read_bytes()
     plain_lib = ctypes.CDLL(str(untuned))
     fused._declare(plain_lib)
     monkeypatch.setattr(fused, "library", lambda: plain_lib)

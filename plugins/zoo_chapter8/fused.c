@@ -285,9 +285,6 @@ static void pad1_image(const float *x, float *xp, int64_t b, int64_t h, int64_t 
     memset(dst + (h + 1) * prow, 0, sizeof(float) * prow);
 }
 
-/* Pads x (NHWC) into xp (kept for the backward pass), then computes y and idx. bias may be
- * NULL. 0 on success, -1 for shapes the kernel does not take (the caller checks them
- * first). */
 /* GCC's register-pressure-aware scheduling where the vector registers are 16 (AVX2): with it
  * the forward pass and the stem's backward keep their accumulators in registers instead of
  * spilling them (on an AVX2 EPYC: the 3-to-32 first layer's forward 1.5x as fast, the stems'
@@ -301,6 +298,9 @@ static void pad1_image(const float *x, float *xp, int64_t b, int64_t h, int64_t 
 #define PRESSURE_SCHEDULING
 #endif
 
+/* Pads x (NHWC) into xp (kept for the backward pass), then computes y and idx. bias may be
+ * NULL. 0 on success, -1 for shapes the kernel does not take (the caller checks them
+ * first). */
 PRESSURE_SCHEDULING
 int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const float *bias,
                               float *y, uint8_t *idx, int64_t n, int64_t h, int64_t w,
