@@ -178,6 +178,57 @@ def test_layer_matches_conv_pool_act(act: int, ref: object, _pool: object, layer
     assert got[0].is_contiguous(memory_format=CL)
 
 
+@pytest.mark.parametrize(("channels", "size", "bias"), [(16, (8, 8), True), (8, (4, 6), False),
+                                                      (32, (6, 10), True), (64, (2, 2), True)])
+@pytest.mark.parametrize("case", ["random", "ties", "nan"])
+def test_residual_layer_matches_aten(channels: int, size: tuple[int, int], bias: bool,
+                                     case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NetRes's third layer, max_pool2d(relu(conv(x)) + x, 2): relu before the skip is
+    added, the pool after; the input's gradient through both paths."""
+    torch.manual_seed(7)
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=bias).to(memory_format=CL)
+    x = torch.randn(3, channels, *size)
+    if case == "ties":  # small integers: exact sums, ties between the skip and relu's zeros
+        x = torch.randint(-1, 2, x.shape).float()
+        with torch.no_grad():
+            for param in conv.parameters():
+                param.copy_(torch.randint(-1, 2, param.shape))
+    if case == "nan":  # a NaN wins its window, as in ATen's pooling
+        x[0, 0, 0, 0] = float("nan")
+    a, b = _cl(x).requires_grad_(), _cl(x).requires_grad_()
+    params = [p for p in conv.parameters()]
+    ours = fused.conv_relu_add_pool(conv, a, True)
+    assert "ConvPool" in type(ours.grad_fn).__name__
+    theirs = F.max_pool2d(torch.relu(conv(b)) + b, 2)
+    g = torch.randn_like(ours)
+    got, want = _grads(ours, [a, *params], g), _grads(theirs, [b, *params], g)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=4e-6, equal_nan=True)
+    # with a NaN input, ATen's dense weight gradient multiplies it by the zero gradients of
+    # the windows' losers too (NaN), where the kernel scatters from the winners only
+    compared = 1 if case == "nan" else len(got)
+    for mine, aten in zip(got[:compared], want[:compared], strict=True):
+        torch.testing.assert_close(mine, aten, rtol=1e-5, atol=2e-5)
+    assert got[0].is_contiguous(memory_format=CL)
+    # the kernel's forward pass, then the plain layers' backward operators (no library by
+    # then, as where C cannot read a gradient): the same gradients
+    again = fused.conv_relu_add_pool(conv, a, True)
+    monkeypatch.setattr(fused, "library", lambda: None)
+    plain = _grads(again, [a, *params], g)
+    for mine, other in zip(got[:compared], plain[:compared], strict=True):
+        torch.testing.assert_close(mine, other, rtol=1e-5, atol=2e-5)
+
+
+def test_residual_layer_runs_the_plain_layers_where_channels_change() -> None:
+    conv = torch.nn.Conv2d(16, 8, 3, padding=1).to(memory_format=CL)
+    x = _cl(torch.randn(2, 16, 8, 8)).requires_grad_()
+    with pytest.raises(RuntimeError, match="size of tensor"):  # PyTorch's own error
+        fused.conv_relu_add_pool(conv, x, True)
+    same = torch.nn.Conv2d(16, 16, 3, padding=1).to(memory_format=CL)
+    out = fused.conv_relu_add_pool(same, x, False)  # evaluation: exactly the plain layers
+    assert torch.equal(out, F.max_pool2d(torch.relu(same(x)) + x, 2))
+    assert "ConvPool" not in type(out.grad_fn).__name__
+
+
 @pytest.mark.parametrize(("cin", "cout", "size", "weight_cl", "frozen"),
                          [(64, 64, (4, 6), True, False), (16, 8, (2, 2), False, False),
                           (32, 16, (6, 2), False, True), (3, 64, (4, 4), False, True)])

@@ -279,9 +279,13 @@ def test_kernels_refuse_shapes_they_do_not_take() -> None:
     # an image whose padded size overflows the backward pass's int32 offsets, an empty one
     for h, w, cin, cout in [(8, 8, 16, 12), (7, 8, 16, 8), (8, 8, 65, 8), (8, 8, 0, 8),
                             (16384, 16384, 8, 8), (0, 8, 16, 8)]:
-        assert lib.zoo_conv_pool_forward(null, null, null, null, null, null, 1, h, w, cin, cout,
-                                         fused.TANH, 1) == -1
+        assert lib.zoo_conv_pool_forward(null, null, null, null, null, null, null, 1, h, w, cin,
+                                         cout, fused.TANH, 1) == -1
         assert lib.zoo_conv_pool_backward(null, null, null, null, null, null, null, null, 1, h,
                                           w, cin, cout, fused.TANH, 1) == -1
     assert lib.zoo_stem_backward(null, null, null, null, null, null, 1, 8, 8, 16, 8,
                                  fused.TANH, 1) == -1  # the stem takes at most 8 channels
+    # the residual form (an output for the winners' relu) adds the input: as many channels
+    relus = torch.empty(8)
+    assert lib.zoo_conv_pool_forward(null, null, null, null, null, relus.data_ptr(), null, 1, 8,
+                                     8, 16, 8, fused.RELU, 1) == -1

@@ -57,6 +57,11 @@ def _numbers() -> list[torch.Tensor]:
             assert "ConvPool" in type(y.grad_fn).__name__
             inputs = [conv.weight, conv.bias] + ([x] if x.requires_grad else [])
             out += [y.detach(), *torch.autograd.grad(y, inputs, torch.randn_like(y))]
+        if cin == cout:  # NetRes's residual form
+            y = fused.conv_relu_add_pool(conv, x, True)
+            assert "ConvPool" in type(y.grad_fn).__name__
+            out += [y.detach(), *torch.autograd.grad(y, [conv.weight, conv.bias, x],
+                                                     torch.randn_like(y))]
         h = torch.randn(5, cout, size, size).contiguous(memory_format=torch.channels_last)
         h.requires_grad_()
         for pool in (fused.pool_tanh, fused.pool_relu):
@@ -91,7 +96,7 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     fused._declare(lib)
     monkeypatch.setattr(fused, "library", lambda: lib)
     theirs = _numbers()
-    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2)
+    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2) + 2 * 4
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
     if here != lowered:  # really another build than the one in use (fused.status() names it)

@@ -1,6 +1,7 @@
 /* The chapter-8 networks' fused CPU training kernels, forward and backward, for channels_last
- * float32: a 3x3 convolution with its 2x2 max-pooling and tanh or ReLU, and the pooling with
- * its activation alone.
+ * float32: a 3x3 convolution with its 2x2 max-pooling and tanh or ReLU (or, NetRes's third
+ * layer, ReLU and its input added back before the pooling), and the pooling with its
+ * activation alone.
  *
  * Built at first use by zoo_chapter8/fused.py with the system C compiler and loaded with
  * ctypes; it includes no PyTorch header (the compiler takes a few seconds: the channel counts
@@ -63,10 +64,14 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
 #define CONV_MAX_CINV (CONV_MAX_CIN / 8)
 
 /* `win` adjacent pooling windows from p0 (their top left pixel in xp): with one output
- * vector, two windows give eight independent sums, enough to keep both FMA units busy. */
+ * vector, two windows give eight independent sums, enough to keep both FMA units busy.
+ * With `a` (the residual form, cin == cout), each output is relu(conv) plus the input at
+ * its own pixel (`skip`: window 0's first, in xp), pooled with no activation after, and
+ * `a` keeps the winner's relu(conv), from which the backward pass takes relu's gradient. */
 static inline __attribute__((always_inline)) void conv_pool_windows(
     const float *p0, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t row,
-    int32_t act, const int cin, const int cv, const int win, const int cout) {
+    int32_t act, const int cin, const int cv, const int win, const int cout, const float *skip,
+    float *a) {
     vf acc[2][4][CONV_MAX_CV];
     for (int u = 0; u < win; u++)
         for (int v = 0; v < cv; v++) {
@@ -93,8 +98,20 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
     for (int u = 0; u < win; u++)
         for (int v = 0; v < cv; v++) {
             vi k;
-            const vf m = max4(acc[u][0][v], acc[u][1][v], acc[u][2][v], acc[u][3][v], &k);
-            store(y + u * cout + 8 * v, activate(m, act));
+            if (a != NULL) {
+                const float *s = skip + 2 * u * cin + 8 * v;
+                const vf r0 = activate(acc[u][0][v], ACT_RELU);
+                const vf r1 = activate(acc[u][1][v], ACT_RELU);
+                const vf r2 = activate(acc[u][2][v], ACT_RELU);
+                const vf r3 = activate(acc[u][3][v], ACT_RELU);
+                store(y + u * cout + 8 * v, max4(r0 + load(s), r1 + load(s + cin),
+                                                 r2 + load(s + row), r3 + load(s + row + cin), &k));
+                store(a + u * cout + 8 * v,
+                      pick(k == 0, r0, pick(k == 1, r1, pick(k == 2, r2, r3))));
+            } else {
+                const vf m = max4(acc[u][0][v], acc[u][1][v], acc[u][2][v], acc[u][3][v], &k);
+                store(y + u * cout + 8 * v, activate(m, act));
+            }
             store_idx(idx + u * cout + 8 * v, k);
         }
 }
@@ -111,8 +128,9 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
 #endif
 
 static inline __attribute__((always_inline)) void conv_pool_rows(
-    const float *xp, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t h,
-    int64_t w, int64_t first, int64_t last, int32_t act, const int cin, const int cv) {
+    const float *xp, const float *wt, const float *bias, float *y, float *a, uint8_t *idx,
+    int64_t h, int64_t w, int64_t first, int64_t last, int32_t act, const int cin,
+    const int cv) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
     const int win = cv == 1 ? 2 : 1, pv = CONV_PASS_CV(cv);
     for (int64_t i = first; i < last; i++) {
@@ -120,16 +138,20 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
         const float *top = xp + (b * (h + 2) + 2 * oh) * row;
         for (int v0 = 0; v0 < cv; v0 += pv) { /* a pass over the row for each group */
             int64_t ow = 0;
-            for (; ow + win <= w2; ow += win)
-                conv_pool_windows(top + 2 * ow * cin, wt + 8 * v0, bias + 8 * v0,
-                                  y + (i * w2 + ow) * cout + 8 * v0,
-                                  idx + (i * w2 + ow) * cout + 8 * v0, row, act, cin, pv, win,
-                                  (int)cout);
-            for (; ow < w2; ow++)
-                conv_pool_windows(top + 2 * ow * cin, wt + 8 * v0, bias + 8 * v0,
-                                  y + (i * w2 + ow) * cout + 8 * v0,
-                                  idx + (i * w2 + ow) * cout + 8 * v0, row, act, cin, pv, 1,
-                                  (int)cout);
+            for (; ow + win <= w2; ow += win) {
+                const int64_t out = (i * w2 + ow) * cout + 8 * v0;
+                const float *p0 = top + 2 * ow * cin;
+                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
+                                  cin, pv, win, (int)cout, p0 + row + cin + 8 * v0,
+                                  a ? a + out : NULL);
+            }
+            for (; ow < w2; ow++) {
+                const int64_t out = (i * w2 + ow) * cout + 8 * v0;
+                const float *p0 = top + 2 * ow * cin;
+                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
+                                  cin, pv, 1, (int)cout, p0 + row + cin + 8 * v0,
+                                  a ? a + out : NULL);
+            }
         }
     }
 }
@@ -299,13 +321,14 @@ static void pad1_image(const float *x, float *xp, int64_t b, int64_t h, int64_t 
 #endif
 
 /* Pads x (NHWC) into xp (kept for the backward pass), then computes y and idx. bias may be
- * NULL. 0 on success, -1 for shapes the kernel does not take (the caller checks them
- * first). */
+ * NULL. With `a` (not NULL), the residual form max_pool2d(relu(conv(x)) + x, 2) (act is
+ * then not read; cin == cout), `a` the winners' relu(conv). 0 on success, -1 for shapes the
+ * kernel does not take (the caller checks them first). */
 PRESSURE_SCHEDULING
 int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const float *bias,
-                              float *y, uint8_t *idx, int64_t n, int64_t h, int64_t w,
+                              float *y, float *a, uint8_t *idx, int64_t n, int64_t h, int64_t w,
                               int64_t cin_, int64_t cout, int32_t act, int32_t threads) {
-    if (!conv_shapes_ok(h, w, cin_, cout)) return -1;
+    if (!conv_shapes_ok(h, w, cin_, cout) || (a != NULL && cin_ != cout)) return -1;
     const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
     float zeros[8 * CONV_MAX_CV] = {0};
@@ -323,7 +346,7 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
 #pragma omp for
 #endif
         for (int64_t i = 0; i < rows; i++) {
-#define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, idx, h, w, i, i + 1, act, CIN, CV)
+#define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, a, idx, h, w, i, i + 1, act, CIN, CV)
             FORWARD_CASES(FWD);
 #undef FWD
         }

@@ -8,8 +8,9 @@ vectorized, and its convolutions are slow on these few channels: together that w
 Net's training step. ``fused.c`` computes each convolution together with its pooling and
 activation, never storing the convolution's output, and in the backward pass scatters each
 window's gradient from the one output that won it: a 32-image Net step on one thread takes
-about 3 ms instead of 6.4-7.1 ms. Pooling with its activation alone is a kernel of its own;
-after a BatchNorm, see :mod:`zoo_chapter8.fused_bn`.
+about 3 ms instead of 6.4-7.1 ms. NetRes's third layer, ``max_pool2d(relu(conv(x)) + x, 2)``,
+is the same kernel with the input added back (:func:`conv_relu_add_pool`). Pooling with its
+activation alone is a kernel of its own; after a BatchNorm, see :mod:`zoo_chapter8.fused_bn`.
 
 The kernels are compiled at first use with the system C compiler (``$CC``, else ``cc``) into
 ``$ZOO_CACHE_DIR/kernels`` (default ``~/.cache/zoo/kernels``), named by a hash of their
@@ -65,11 +66,11 @@ import torch.nn.functional as F
 from zoo.util.paths import cache_dir
 from zoo_chapter8 import fused_checks as checks
 from zoo_chapter8 import kernel_cache
-from zoo_chapter8.fused_checks import CL, F32
+from zoo_chapter8.fused_checks import CF, CL, F32
 from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
-TANH, RELU = checks.TANH, checks.RELU
+TANH, RELU, NONE = checks.TANH, checks.RELU, checks.NONE
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("fused.c", "fused_bn.c"))
 _HEADER = Path(__file__).with_name("fused_simd.h")
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
@@ -128,8 +129,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zoo_pool2_act_forward.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I32, _I32]
     lib.zoo_pool2_act_backward.argtypes = [*[_PTR] * 4, *[_I64] * 4, _I32, _I32]
     lib.zoo_pool2_act_forward.restype = lib.zoo_pool2_act_backward.restype = None
-    lib.zoo_conv_pool_forward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
-                                          _I64, _I64, _I32, _I32]
+    lib.zoo_conv_pool_forward.argtypes = [*[_PTR] * 7, *[_I64] * 5, _I32, _I32]
     lib.zoo_stem_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64,
                                       _I64, _I64, _I32, _I32]
     lib.zoo_conv_pool_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64,
@@ -162,7 +162,6 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
 
 
 _LOADING = threading.Lock()
-_CF = torch.contiguous_format
 
 
 def _loaded() -> tuple[ctypes.CDLL | None, str]:
@@ -217,7 +216,7 @@ class _PoolAct(torch.autograd.Function):
         idx = checks.saved(idx, "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
         lib = library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
-        ready = checks.kernel_layouts((y, CL), (idx, _CF)) if g is not None else None
+        ready = checks.kernel_layouts((y, CL), (idx, CF)) if g is not None else None
         if lib is None or g is None or ready is None:
             return checks.plain_pool_backward(grad, y, idx, ctx.act), None
         yc, idxc = ready
@@ -258,16 +257,10 @@ def pool_relu(x: torch.Tensor, training: bool) -> torch.Tensor:
     return torch.relu(F.max_pool2d(x, 2))
 
 
-def _chunk_sum(chunks: torch.Tensor) -> torch.Tensor:
-    """The sum over the first dimension, in order: the same whichever thread ran which chunk."""
-    total = chunks[0]
-    for t in range(1, chunks.shape[0]):
-        total = total + chunks[t]
-    return total
-
-
 class _ConvPool(torch.autograd.Function):
-    """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output.
+    """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output; with
+    ``residual``, max_pool2d(relu(conv3x3(x)) + x, 2) (``act`` RELU, as many channels out
+    as in), which saves the winners' relu(conv) in place of the output.
 
     The backward pass gives the input's gradient where it has a multiple of 8
     channels (a network's later layers); the stem's (a few channels of data)
@@ -276,7 +269,7 @@ class _ConvPool(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                act: int) -> torch.Tensor:
+                act: int, residual: bool = False) -> torch.Tensor:
         lib = library()
         assert lib is not None
         n, cin, h, w = x.shape
@@ -289,20 +282,23 @@ class _ConvPool(torch.autograd.Function):
         y = torch.empty((n, cout, h // 2, w // 2), dtype=F32, device=x.device,
                         memory_format=torch.channels_last)
         idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8, device=x.device)
+        a = torch.empty_like(y) if residual else None
         done = lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), wt.data_ptr(),
                                          b.data_ptr() if b is not None else None, y.data_ptr(),
+                                         a.data_ptr() if a is not None else None,
                                          idx.data_ptr(), n, h, w, cin, cout, act,
                                          torch.get_num_threads())
         assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
-        ctx.save_for_backward(xp, y, idx, weight)
+        ctx.save_for_backward(xp, y if a is None else a, idx, weight)
         ctx.act, ctx.has_bias, ctx.dims = act, bias is not None, (n, cin, h, w, cout)
+        ctx.residual = residual
         ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
                              else torch.channels_last)
         return y
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None,
-                                                        torch.Tensor | None, None]:
+                                                        torch.Tensor | None, None, None]:
         _first_derivative_only()
         n, cin, h, w, cout = ctx.dims
         saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
@@ -312,12 +308,15 @@ class _ConvPool(torch.autograd.Function):
         weight = checks.saved_weight(saved[3], (cout, cin, 3, 3), read=ctx.needs_input_grad[0])
         lib = library()
         g = checks.incoming(grad, (n, cout, h // 2, w // 2))
-        ready = checks.kernel_layouts((xp, _CF), (y, CL), (idx, _CF)) if g is not None else None
+        ready = checks.kernel_layouts((xp, CF), (y, CL), (idx, CF)) if g is not None else None
         if lib is None or g is None or ready is None or (
                 weight is not None and not checks.unwrapped(weight)):
             mask = (ctx.needs_input_grad[0], ctx.needs_input_grad[1],
                     ctx.has_bias and ctx.needs_input_grad[2])
-            return (*checks.plain_conv_backward(grad, xp, y, idx, weight, ctx.act, mask), None)
+            gx, gw, gb = checks.plain_conv_backward(grad, xp, y, idx, weight, ctx.act, mask)
+            if ctx.residual and gx is not None:  # the input added back: its own gradient
+                gx = gx + checks.plain_pool_backward(grad, y, idx, NONE)
+            return gx, gw, gb, None, None
         xp, y, idx = ready
         gx = None
         if cin % 8 == 0:
@@ -338,7 +337,7 @@ class _ConvPool(torch.autograd.Function):
                 n, h, w, cin, cout, ctx.act, chunks)
             if done == -2:
                 raise MemoryError("zoo_conv_pool_backward could not allocate its scratch image")
-            dweight = _chunk_sum(dw).permute(0, 3, 1, 2)
+            dweight = checks.chunk_sum(dw).permute(0, 3, 1, 2)
         else:
             chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
             dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
@@ -346,20 +345,17 @@ class _ConvPool(torch.autograd.Function):
             done = lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(),
                                          idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
                                          cin, cout, ctx.act, chunks)
-            dweight = _chunk_sum(dw).permute(3, 2, 0, 1)
+            dweight = checks.chunk_sum(dw).permute(3, 2, 0, 1)
         assert done == 0, "the backward kernel refused the shapes _conv_fusable accepted"
+        if ctx.residual and gx is not None:  # the input added back: its own gradient
+            skip = torch.empty_like(gx)
+            lib.zoo_pool2_act_backward(g.data_ptr(), y.data_ptr(), idx.data_ptr(),
+                                       skip.data_ptr(), n, h, w, cin, NONE,
+                                       torch.get_num_threads())
+            gx += skip
         dweight = dweight.contiguous(memory_format=ctx.weight_format)
-        return (gx, dweight if ctx.needs_input_grad[1] else None,
-                _chunk_sum(db) if ctx.has_bias and ctx.needs_input_grad[2] else None, None)
-
-
-def _hooked(conv: torch.nn.Module) -> bool:
-    """Whether calling ``conv`` would run a hook (Module._call_impl's own test)."""
-    hooks = torch.nn.modules.module
-    return bool(conv._backward_hooks or conv._backward_pre_hooks or conv._forward_hooks
-                or conv._forward_pre_hooks or hooks._global_backward_pre_hooks
-                or hooks._global_backward_hooks or hooks._global_forward_hooks
-                or hooks._global_forward_pre_hooks)
+        dbias = checks.chunk_sum(db) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return gx, dweight if ctx.needs_input_grad[1] else None, dbias, None, None
 
 
 def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
@@ -371,7 +367,7 @@ def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> boo
     ``cout`` float32 values. Anything else runs the plain layer, which computes what
     PyTorch computes or raises PyTorch's own error.
     """
-    if type(conv) is not torch.nn.Conv2d or "forward" in vars(conv) or _hooked(conv):
+    if type(conv) is not torch.nn.Conv2d or "forward" in vars(conv) or checks.hooked(conv):
         return False
     weight, bias = conv.weight, conv.bias
     cin = x.shape[1] if x.dim() == 4 else 0
@@ -398,3 +394,11 @@ def conv_pool_relu(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> to
     if _conv_fusable(conv, x, training):
         return _ConvPool.apply(x, conv.weight, conv.bias, RELU)  # type: ignore[no-any-return]
     return pool_relu(conv(x), training)
+
+
+def conv_relu_add_pool(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
+    """``max_pool2d(relu(conv(x)) + x, 2)`` (NetRes's skip), fused in a CPU training step
+    where ``conv`` is 3×3 and keeps the channel count."""
+    if _conv_fusable(conv, x, training) and conv.weight.shape[0] == x.shape[1]:
+        return _ConvPool.apply(x, conv.weight, conv.bias, RELU, True)  # type: ignore[no-any-return]
+    return F.max_pool2d(torch.relu(conv(x)) + x, 2)

@@ -30,9 +30,7 @@ from torch import nn
 
 from zoo_chapter8 import fused
 from zoo_chapter8 import fused_checks as checks
-from zoo_chapter8.fused_checks import CL, F32
-
-_CF = torch.contiguous_format
+from zoo_chapter8.fused_checks import CF, CL, F32
 
 
 def _statistics(lib: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +86,7 @@ class _BNPoolAct(torch.autograd.Function):
         mean, invstd = ctx.stats
         lib = fused.library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
-        ready = checks.kernel_layouts((z, CL), (y, CL), (idx, _CF)) if g is not None else None
+        ready = checks.kernel_layouts((z, CL), (y, CL), (idx, CF)) if g is not None else None
         if lib is None or g is None or ready is None or not checks.unwrapped(weight):
             dz, dweight, dbias = _plain_backward(grad, z, y, idx, weight, mean, invstd, ctx.act)
         else:
@@ -145,7 +143,7 @@ def _bn_fusable(bn: nn.Module, z: torch.Tensor, training: bool) -> bool:
     training step, with float32 affine parameters and running statistics of its channels,
     over a channels_last input of a multiple of 8 channels, at most 64, that needs a
     gradient."""
-    if type(bn) is not nn.BatchNorm2d or "forward" in vars(bn) or fused._hooked(bn):
+    if type(bn) is not nn.BatchNorm2d or "forward" in vars(bn) or checks.hooked(bn):
         return False
     c = z.shape[1] if z.dim() == 4 else 0
     return (bn.training and bn.affine and bn.track_running_stats and 0 < c <= 64

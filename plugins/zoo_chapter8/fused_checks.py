@@ -29,9 +29,9 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils._device import DeviceContext
 
-TANH, RELU = 0, 1
+TANH, RELU, NONE = 0, 1, 2  # the kernels' activations (NONE: the identity)
 F32 = torch.float32
-CL = torch.channels_last
+CL, CF = torch.channels_last, torch.contiguous_format
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 #: weight dtypes whose every value is a float32: the plain convolution reads them as float32
 _WIDENED = (torch.float16, torch.bfloat16)
@@ -166,6 +166,8 @@ def act_backward(grad: torch.Tensor, y: torch.Tensor, act: int) -> torch.Tensor:
     """The activation's gradient from its output, as the plain layers' backward computes it."""
     if act == TANH:
         out: torch.Tensor = torch.ops.aten.tanh_backward(grad, y)
+    elif act == NONE:
+        out = grad
     else:
         out = torch.ops.aten.threshold_backward(grad, y, 0)
     return out
@@ -211,3 +213,20 @@ def plain_conv_backward(grad: torch.Tensor, xp: torch.Tensor, y: torch.Tensor,
         gx, gw, gb = torch.ops.aten.convolution_backward(
             conv_grad, x, weight, [cout], [1, 1], [1, 1], [1, 1], False, [0, 0], 1, list(mask))
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
+
+
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether calling ``module`` would run a hook (Module._call_impl's own test)."""
+    hooks = torch.nn.modules.module
+    return bool(module._backward_hooks or module._backward_pre_hooks or module._forward_hooks
+                or module._forward_pre_hooks or hooks._global_backward_pre_hooks
+                or hooks._global_backward_hooks or hooks._global_forward_hooks
+                or hooks._global_forward_pre_hooks)
+
+
+def chunk_sum(chunks: torch.Tensor) -> torch.Tensor:
+    """The sum over the first dimension, in order: the same whichever thread ran which chunk."""
+    total = chunks[0]
+    for t in range(1, chunks.shape[0]):
+        total = total + chunks[t]
+    return total

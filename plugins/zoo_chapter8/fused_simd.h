@@ -12,7 +12,7 @@ typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 typedef uint8_t vb __attribute__((vector_size(8)));
 
-enum { ACT_TANH = 0, ACT_RELU = 1 };
+enum { ACT_TANH = 0, ACT_RELU = 1, ACT_NONE = 2 }; /* ACT_NONE: the identity */
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
@@ -54,6 +54,7 @@ static inline vf tanh8(vf a) {
 
 static inline vf activate(vf m, int act) {
     if (act == ACT_TANH) return tanh8(m);
+    if (act == ACT_NONE) return m;
     return pick((m > splat(0.0f)) | (m != m), m, splat(0.0f));
 }
 
@@ -61,6 +62,7 @@ static inline vf activate(vf m, int act) {
  * threshold_backward (which passes the gradient of a NaN output). */
 static inline vf activate_grad(vf g, vf y, int act) {
     if (act == ACT_TANH) return g * (splat(1.0f) - y * y);
+    if (act == ACT_NONE) return g;
     return pick(y <= splat(0.0f), splat(0.0f), g);
 }
 

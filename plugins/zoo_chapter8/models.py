@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import InputShape
-from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh
+from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
 from zoo_chapter8.fused_bn import bn_pool_tanh
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
@@ -146,8 +146,7 @@ class NetRes(NetDepth):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_relu(self.conv1, x, self.training)
         out = conv_pool_relu(self.conv2, out, self.training)
-        out1 = out
-        out = F.max_pool2d(torch.relu(self.conv3(out)) + out1, 2)
+        out = conv_relu_add_pool(self.conv3, out, self.training)  # pool(relu(conv3) + out)
         out = torch.flatten(out, 1)
         out = torch.relu(self.fc1(out))
         return self.fc2(out)  # type: ignore[no-any-return]
