@@ -52,6 +52,16 @@ def test_train_throughput_compares_the_trainer_with_the_book_and_an_expert_loop(
     assert re.search(r"^Net( +[\d,]+){4,5} +(\d+|-) +[\d.]+x +[\d.]+x$", out, re.M), out
 
 
+def test_kernels_bench_times_every_fused_layer_three_ways(tmp_path: Path) -> None:
+    out = _run(tmp_path, "bench/bench_kernels.py", "--turns", "1", "--steps", "1", "--batch",
+               "2")
+    assert "features:" in out
+    rows = re.findall(r"^(Net\w*) .*?(( +[\d.]+){3})( +[\d.]+x){2}$", out, re.M)
+    assert [r[0] for r in rows] == ["Net", "Net", "NetWidth", "NetWidth", "NetBatchNorm",
+                                    "NetBatchNorm", "NetDepth", "NetDepth", "NetDepth",
+                                    "NetRes"], out
+
+
 def test_every_benchmark_explains_itself(tmp_path: Path) -> None:
     scripts = sorted(p.name for p in (ROOT / "bench").glob("bench_*.py"))
     assert len(scripts) >= 9

@@ -65,13 +65,15 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
 
 /* `win` adjacent pooling windows from p0 (their top left pixel in xp): with one output
  * vector, two windows give eight independent sums, enough to keep both FMA units busy.
- * With `a` (the residual form, cin == cout), each output is relu(conv) plus the input at
- * its own pixel (`skip`: window 0's first, in xp), pooled with no activation after, and
- * `a` keeps the winner's relu(conv), from which the backward pass takes relu's gradient. */
+ * `residual` (a compile-time constant: the plain form's registers stay as they were; the
+ * 3-to-32 first layer lost a third of its speed to a run-time test), cin == cout: each
+ * output is relu(conv) plus the input at its own pixel (`skip`: window 0's first, in xp),
+ * pooled with no activation after, and `a` keeps the winner's relu(conv), from which the
+ * backward pass takes relu's gradient. */
 static inline __attribute__((always_inline)) void conv_pool_windows(
     const float *p0, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t row,
     int32_t act, const int cin, const int cv, const int win, const int cout, const float *skip,
-    float *a) {
+    float *a, const int residual) {
     vf acc[2][4][CONV_MAX_CV];
     for (int u = 0; u < win; u++)
         for (int v = 0; v < cv; v++) {
@@ -98,7 +100,7 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
     for (int u = 0; u < win; u++)
         for (int v = 0; v < cv; v++) {
             vi k;
-            if (a != NULL) {
+            if (residual) {
                 const float *s = skip + 2 * u * cin + 8 * v;
                 const vf r0 = activate(acc[u][0][v], ACT_RELU);
                 const vf r1 = activate(acc[u][1][v], ACT_RELU);
@@ -130,7 +132,7 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
 static inline __attribute__((always_inline)) void conv_pool_rows(
     const float *xp, const float *wt, const float *bias, float *y, float *a, uint8_t *idx,
     int64_t h, int64_t w, int64_t first, int64_t last, int32_t act, const int cin,
-    const int cv) {
+    const int cv, const int residual) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
     const int win = cv == 1 ? 2 : 1, pv = CONV_PASS_CV(cv);
     for (int64_t i = first; i < last; i++) {
@@ -143,14 +145,14 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
                 const float *p0 = top + 2 * ow * cin;
                 conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
                                   cin, pv, win, (int)cout, p0 + row + cin + 8 * v0,
-                                  a ? a + out : NULL);
+                                  residual ? a + out : NULL, residual);
             }
             for (; ow < w2; ow++) {
                 const int64_t out = (i * w2 + ow) * cout + 8 * v0;
                 const float *p0 = top + 2 * ow * cin;
                 conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
                                   cin, pv, 1, (int)cout, p0 + row + cin + 8 * v0,
-                                  a ? a + out : NULL);
+                                  residual ? a + out : NULL, residual);
             }
         }
     }
@@ -278,6 +280,11 @@ static inline __attribute__((always_inline)) void conv_backward_images(
     else if (cin == 16 && cv == 2) CALL(16, 2);                            \
     else STEM_CASES(CALL)
 
+/* NetRes's residual layer (as many channels out as in) */
+#define RESIDUAL_CASES(CALL)                                               \
+    if (cin == 16 && cv == 2) CALL(16, 2);                                 \
+    else CALL(cin, cv)
+
 #define LAYER_CASES(CALL)                                                  \
     if (cinv == 2 && cv == 1) CALL(2, 1);                                  \
     else if (cinv == 4 && cv == 2) CALL(4, 2);                             \
@@ -346,8 +353,14 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
 #pragma omp for
 #endif
         for (int64_t i = 0; i < rows; i++) {
-#define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, a, idx, h, w, i, i + 1, act, CIN, CV)
-            FORWARD_CASES(FWD);
+#define FWD(CIN, CV) conv_pool_rows(xp, wt, bias, y, NULL, idx, h, w, i, i + 1, act, CIN, CV, 0)
+#define RES(CIN, CV) conv_pool_rows(xp, wt, bias, y, a, idx, h, w, i, i + 1, act, CIN, CV, 1)
+            if (a != NULL) {
+                RESIDUAL_CASES(RES);
+            } else {
+                FORWARD_CASES(FWD);
+            }
+#undef RES
 #undef FWD
         }
     }

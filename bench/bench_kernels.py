@@ -1,0 +1,148 @@
+"""The chapter-8 CPU kernels layer by layer: the build in use against an untuned build and the
+plain PyTorch layers.
+
+Each layer the kernels take in the seven models (``--batch`` images, one thread, forward and
+backward through autograd, as in a training step's batch part) runs with three
+implementations in turn, ``--turns`` times, and each keeps its median: the plain PyTorch
+layers (what trains without the kernels, ``ZOO_FUSED=0``), the kernels built with
+``-DZOO_UNTUNED`` (without the AVX2 build's tuning for 16 vector registers: one pass over
+all output channels, no pressure-aware scheduling; the same numbers bit for bit,
+``tests/test_fused_isa.py``), and the build in use. Where the build in use is not an AVX2
+one the two builds are the same program, and their ratio is noise. Prints milliseconds,
+the ratios, and the CPU's features.
+
+    python bench/bench_kernels.py [--turns 15] [--batch 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from zoo_chapter8 import fused, fused_bn
+
+from zoo.util.cpu import describe
+
+CL = torch.channels_last
+Step = Callable[[], None]
+
+
+def _conv(cin: int, cout: int, size: int, act: str, batch: int) -> tuple[Step, Step]:
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=CL)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=CL)
+    x.requires_grad_(cin % 8 == 0)  # a first layer's input is data
+    op = fused.conv_pool_tanh if act == "tanh" else fused.conv_pool_relu
+    ref = torch.tanh if act == "tanh" else torch.relu
+
+    def kernel() -> None:
+        op(conv, x, True).sum().backward()
+
+    def plain() -> None:
+        ref(F.max_pool2d(conv(x), 2)).sum().backward()
+    return kernel, plain
+
+
+def _residual(channels: int, size: int, batch: int) -> tuple[Step, Step]:
+    conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(memory_format=CL)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=CL).requires_grad_()
+
+    def kernel() -> None:
+        fused.conv_relu_add_pool(conv, x, True).sum().backward()
+
+    def plain() -> None:
+        F.max_pool2d(torch.relu(conv(x)) + x, 2).sum().backward()
+    return kernel, plain
+
+
+def _batchnorm(channels: int, size: int, batch: int) -> tuple[Step, Step]:
+    bn = torch.nn.BatchNorm2d(channels)
+    z = torch.randn(batch, channels, size, size).contiguous(memory_format=CL).requires_grad_()
+
+    def kernel() -> None:
+        fused_bn.bn_pool_tanh(bn, z, True).sum().backward()
+
+    def plain() -> None:
+        torch.tanh(F.max_pool2d(bn(z), 2)).sum().backward()
+    return kernel, plain
+
+
+def _untuned_library(tmp: Path) -> ctypes.CDLL:
+    """The kernels as the build in use, less the AVX2 tuning (``-DZOO_UNTUNED``)."""
+    compiler = fused._compiler()
+    if compiler is None:
+        raise SystemExit("no C compiler: the kernels cannot be built here")
+    flags = fused._arch_flags
+    fused._arch_flags = lambda: [*flags(), "-DZOO_UNTUNED"]  # type: ignore[assignment]
+    try:
+        fused._build(compiler, tmp / "untuned.so")
+    finally:
+        fused._arch_flags = flags  # type: ignore[assignment]
+    lib = ctypes.CDLL(str(tmp / "untuned.so"))
+    fused._declare(lib)
+    return lib
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--turns", type=int, default=15, help="turns of the three, median kept")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per turn")
+    parser.add_argument("--batch", type=int, default=32, help="images per step")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    tuned = fused.library()
+    if tuned is None:
+        raise SystemExit(fused.status())
+    b = args.batch
+    layers = {
+        "Net 3->16 @32 tanh": _conv(3, 16, 32, "tanh", b),
+        "Net 16->8 @16 tanh": _conv(16, 8, 16, "tanh", b),
+        "NetWidth 3->32 @32 tanh": _conv(3, 32, 32, "tanh", b),
+        "NetWidth 32->16 @16 tanh": _conv(32, 16, 16, "tanh", b),
+        "NetBatchNorm BN 32 @32 tanh": _batchnorm(32, 32, b),
+        "NetBatchNorm BN 16 @16 tanh": _batchnorm(16, 16, b),
+        "NetDepth 3->32 @32 relu": _conv(3, 32, 32, "relu", b),
+        "NetDepth 32->16 @16 relu": _conv(32, 16, 16, "relu", b),
+        "NetDepth 16->16 @8 relu": _conv(16, 16, 8, "relu", b),
+        "NetRes 16->16 @8 relu + input": _residual(16, 8, b),
+    }
+    print(f"{describe()}; torch {torch.__version__}, one thread, batch {b}, forward and "
+          f"backward, median of {args.turns} turns of {args.steps} steps; {fused.status()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        untuned = _untuned_library(Path(tmp))
+        libraries: dict[str, ctypes.CDLL | None] = {"plain": None, "untuned": untuned,
+                                                   "tuned": tuned}
+        print(f"{'layer':32s} {'plain ms':>9s} {'untuned ms':>11s} {'this build ms':>14s} "
+              f"{'plain/this':>11s} {'untuned/this':>13s}")
+        original = fused.library
+        try:
+            for label, (kernel, plain) in layers.items():
+                times: dict[str, list[float]] = {name: [] for name in libraries}
+                for turn in range(args.turns):
+                    order = list(libraries) if turn % 2 else list(libraries)[::-1]
+                    for name in order:
+                        lib = libraries[name]
+                        fused.library = lambda lib=lib: lib  # type: ignore[misc]
+                        step = plain if lib is None else kernel
+                        for _ in range(3):
+                            step()
+                        start = time.perf_counter()
+                        for _ in range(args.steps):
+                            step()
+                        times[name].append((time.perf_counter() - start) / args.steps)
+                ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+                print(f"{label:32s} {ms['plain']:9.3f} {ms['untuned']:11.3f} {ms['tuned']:14.3f} "
+                      f"{ms['plain'] / ms['tuned']:10.2f}x {ms['untuned'] / ms['tuned']:12.2f}x")
+        finally:
+            fused.library = original  # type: ignore[assignment]
+
+
+if __name__ == "__main__":
+    main()
