@@ -21,18 +21,11 @@ or with ``ZOO_FUSED=0``, the layers run as plain PyTorch.
 It serves training steps only (a module in training mode, gradients on, a CPU float32
 channels_last input with even height and width; channel counts in ``_conv_fusable`` and
 ``_fusable``). Every tensor handed to C is checked for what it is (type, dtype, device, its
-own shape, layout), in both passes. The forward pass checks its input, weight and bias
-(``_conv_fusable``). The backward pass checks the incoming gradient and, as autograd gives
-them back, the tensors the forward pass saved (a saved-tensor hook such as ``save_on_cpu``
-may give back other tensors) and the weight as it is then (``conv.weight.data = ...``
-replaces it, as for the plain layers), against the forward pass's shapes: another layout is
-copied into the one the kernel reads; another dtype, device or shape raises RuntimeError, as
-the plain layers' backward operators raise (a float16 or bfloat16 weight is read as float32,
-as the plain convolution reads it; the weight is checked only where the input's gradient
-needs it); a gradient or saved tensor C cannot read (vmap's batched gradients from
-``is_grads_batched=True`` or ``jacobian(vectorize=True)``, a tensor subclass) and a backward
-pass under a torch.func transform or a mode get the plain layers' backward operators
-(:mod:`zoo_chapter8.fused_checks`). C reads a pooling index modulo 4, so no byte a hook
+own shape, layout), in both passes: the forward pass its input, weight and bias
+(``_conv_fusable``), the backward pass the incoming gradient, the saved tensors as autograd
+gives them back and the weight as it is then; what C cannot read gets the plain layers'
+backward operators, a wrong dtype, device or shape their RuntimeError (the rules:
+:mod:`zoo_chapter8.fused_checks`). C reads a pooling index modulo 4, so no byte a hook
 stores there moves a read out of its image. The kernels allocate float32 on the input's
 device. Evaluation, export and tracing run the plain PyTorch layers, so a trained model
 computes exactly what its ONNX graph does; so does anything the kernels would bypass (a
