@@ -78,39 +78,41 @@ def _numbers() -> list[torch.Tensor]:
     return out
 
 
+def _numbers_of_a_build(path: Path, flags: list[str],
+                        monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """:func:`_numbers` from the kernels built with ``flags`` into ``path``."""
+    compiler = fused._compiler()
+    assert compiler is not None
+    monkeypatch.setattr(fused, "_arch_flags", lambda: flags)
+    fused._build(compiler, path)
+    lib = ctypes.CDLL(str(path))
+    fused._declare(lib)
+    monkeypatch.setattr(fused, "library", lambda: lib)
+    return _numbers()
+
+
 @pytest.mark.slow
 def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """The build for a CPU without AVX-512 (forced here) gives every output and gradient
     bit for bit as the build for this CPU: the wider register file changes no operation;
     nor does the AVX2 build's tuning."""
-    compiler = fused._compiler()
-    assert compiler is not None
     mine = _numbers()
     here = fused._arch_flags()
+    in_use = Path(fused.status().split(": ", 1)[1])  # fused.status() names the library
     lowered = [f for f in here if not f.startswith("-mavx512")]
-    monkeypatch.setattr(fused, "_arch_flags", lambda: lowered)
     built = tmp_path / "lowered.so"
-    fused._build(compiler, built)
-    lib = ctypes.CDLL(str(built))
-    fused._declare(lib)
-    monkeypatch.setattr(fused, "library", lambda: lib)
-    theirs = _numbers()
+    theirs = _numbers_of_a_build(built, lowered, monkeypatch)
     assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2) + 2 * 4
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
-    if here != lowered:  # really another build than the one in use (fused.status() names it)
-        assert Path(fused.status().split(": ", 1)[1]).read_bytes() != built.read_bytes()
+    if here != lowered:  # really another build than the one in use
+        assert in_use.read_bytes() != built.read_bytes()
     # AVX2's own tuning (two output vectors per pass, GCC's pressure-aware scheduling) left
     # out: the same numbers again, from another library
-    monkeypatch.setattr(fused, "_arch_flags", lambda: [*lowered, "-DZOO_UNTUNED"])
     untuned = tmp_path / "untuned.so"
-    fused._build(compiler, untuned)
+    plain = _numbers_of_a_build(untuned, [*lowered, "-DZOO_UNTUNED"], monkeypatch)
     if "-mavx2" in lowered:  # the tuning is AVX2's: other builds are the same without it
         assert untuned.read_bytes() != built.read_bytes()
-    plain_lib = ctypes.CDLL(str(untuned))
-    fused._declare(plain_lib)
-    monkeypatch.setattr(fused, "library", lambda: plain_lib)
-    plain = _numbers()
     for a, b in zip(mine, plain, strict=True):
         assert torch.equal(a, b)

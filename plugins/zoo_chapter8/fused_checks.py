@@ -29,7 +29,7 @@ import torch
 from torch.autograd import forward_ad
 from torch.utils._device import DeviceContext
 
-TANH, RELU, NONE = 0, 1, 2  # the kernels' activations (NONE: the identity)
+TANH, RELU, NONE = 0, 1, 2  # the kernels' activations (NONE: backward only, a skip's gradient)
 F32 = torch.float32
 CL, CF = torch.channels_last, torch.contiguous_format
 _TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)

@@ -12,7 +12,7 @@ typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
 typedef uint8_t vb __attribute__((vector_size(8)));
 
-enum { ACT_TANH = 0, ACT_RELU = 1, ACT_NONE = 2 }; /* ACT_NONE: the identity */
+enum { ACT_TANH = 0, ACT_RELU = 1, ACT_NONE = 2 }; /* ACT_NONE: a gradient passed as is */
 
 static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
@@ -54,7 +54,6 @@ static inline vf tanh8(vf a) {
 
 static inline vf activate(vf m, int act) {
     if (act == ACT_TANH) return tanh8(m);
-    if (act == ACT_NONE) return m;
     return pick((m > splat(0.0f)) | (m != m), m, splat(0.0f));
 }
 
