@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--book", action="store_true", help="the book's recipe instead")
+    parser.add_argument("--batch-split", type=int,
+                        help="parts per batch on CPU (default: the trainer's auto)")
     parser.add_argument("--out", type=Path, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--amp", action="append", choices=["auto", "off", "bf16", "fp16"],
                         help="mixed precision settings to compare (default: the recipe's)")
@@ -51,6 +53,8 @@ def main() -> None:
                               "device": args.device, "progress": "none"}
     if args.epochs:
         fields["epochs"] = args.epochs
+    if args.batch_split:
+        fields["batch_split"] = args.batch_split
     base = TrainConfig.book(**fields) if args.book else TrainConfig(**fields)
     print(f"recipe: {'book' if args.book else 'default'} ({base.optimizer} lr {base.lr} "
           f"batch {base.batch_size}, {base.epochs} epochs, schedule {base.schedule}, "

@@ -9,7 +9,8 @@ same function, cheaper), so that the loop's share of the speed-up shows on its
 own. The trainer runs zoo's model with the same batch size and optimizer
 (``TrainConfig.book()``: no augmentation, no schedule) with its in-memory
 pipeline, channels_last, fused optimizer step and, on CPU, each batch in
-parallel parts on the cores' threads where the model allows it, and the
+parallel parts on the cores' threads where the model allows it and does not ask
+for whole batches (the chapter-8 models do while their kernels run), and the
 chapter-8 models' fused convolution/pooling/activation kernels
 (``zoo_chapter8.fused``; the book's NCHW loop does not use them).
 

@@ -142,6 +142,15 @@ def test_split_runs_are_reproducible_and_resume_exactly(tmp_path: Path) -> None:
     assert read_summary(tmp_path / "a").train_config["batch_split"] == 2
 
 
+def test_auto_splits_where_the_model_leaves_it_the_choice(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Net without its fused kernels has no preference: auto gives each thread a part."""
+    monkeypatch.setattr("zoo_chapter8.models.library", lambda: None)
+    zoo.train("Net", epochs=1, out=tmp_path / "net", **{**FAST, "batch_size": 64})
+    state = torch.load(tmp_path / "net" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["batch_split"] == 2  # two threads, 32 samples each
+
+
 def test_split_errors_name_the_value_and_the_reason(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(TrainingError, match=r"batch_split=2 cannot be used with NetBatchNorm: "
@@ -160,7 +169,7 @@ def test_split_errors_name_the_value_and_the_reason(tmp_path: Path,
     net = zoo.train("Net", epochs=1, out=tmp_path / "net", **{**FAST, "batch_size": 64})
     assert net.summary.epochs_completed == 1
     state = torch.load(tmp_path / "net" / "checkpoints" / "last.pt", weights_only=True)
-    assert state["batch_split"] == 2  # auto: two threads, 32 samples each
+    assert state["batch_split"] == 1  # auto: the fused kernels ask for whole batches
     code = main(["train", "NetDropout", "--batch-split", "2", "--epochs", "1", "--option",
                  "size=120", "--set", "in_height=16", "--set", "in_width=16", "--progress", "none",
                  "--out", str(tmp_path / "cli")])

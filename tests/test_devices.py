@@ -6,12 +6,14 @@ what is tested, not the kernels)."""
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
+import zoo
 from zoo.errors import TrainingError
 from zoo.spec.training import TrainConfig
 from zoo.trainer import devices
@@ -135,6 +137,68 @@ def test_the_batch_split_on_cpu(split: int | None, recorded: int | None, threads
     finally:
         if splitter is not None:
             splitter.close()
+
+
+class Preferring(nn.Module):
+    """A model naming its own parts per batch, as one with multi-threaded kernels does."""
+
+    def __init__(self, parts: object) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 2)
+        self.zoo_batch_split = parts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("split", "recorded", "preferred", "batch", "parts"), [
+    (None, None, 1, 128, None),  # the model's kernels use every thread: whole batches
+    (None, None, 3, 128, 3),  # auto would give 4 (one per thread)
+    (None, None, 16, 8, 8),  # at most one part per sample
+    (None, None, None, 128, 4),  # no preference: one part per thread
+    (None, 2, 1, 128, 2),  # a resumed run keeps the parts it started with
+    (4, None, 1, 128, 4),  # an explicit setting wins
+])
+def test_a_model_names_its_parts_for_auto(split: int | None, recorded: int | None,
+                                          preferred: int | None, batch: int,
+                                          parts: int | None) -> None:
+    splitter = _splitter(TrainConfig(batch_split=split, batch_size=batch), threads=4,
+                         recorded=recorded, core=Preferring(preferred))
+    try:
+        assert (None if splitter is None else splitter.parts) == parts
+    finally:
+        if splitter is not None:
+            splitter.close()
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, "2", True])
+def test_a_model_naming_no_whole_number_of_parts_is_refused(bad: object) -> None:
+    with pytest.raises(TrainingError, match=rf"^Arch: Preferring.zoo_batch_split is "
+                                            rf"{re.escape(repr(bad))}; a model may set it to "
+                                            r"None or a whole number of parts of at least 1$"):
+        _splitter(TrainConfig(), core=Preferring(bad))
+
+
+def test_the_chapter8_models_ask_for_whole_batches_while_their_kernels_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from zoo_chapter8 import models
+
+    net = zoo.create_model("Net")
+
+    def split() -> Any:
+        return make_splitter(TrainConfig(batch_size=64), CPU, Dist(), threads=2, recorded=None,
+                             core=net, sample=torch.randn(2, 3, 32, 32), architecture="Net")
+
+    monkeypatch.setattr(models, "library", lambda: object())
+    assert net.zoo_batch_split == 1
+    assert split() is None
+    monkeypatch.setattr(models, "library", lambda: None)  # kernels off: the trainer decides
+    assert net.zoo_batch_split is None
+    splitter = split()
+    try:
+        assert splitter is not None and splitter.parts == 2
+    finally:
+        splitter.close()
 
 
 def test_the_batch_split_is_refused_where_it_cannot_apply() -> None:

@@ -144,7 +144,10 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     threads (:mod:`zoo.trainer.batchsplit`). It first checks that the module's training
     forward pass uses no BatchNorm, draws no random numbers, updates no buffers
     and treats samples independently; state kept in plain Python attributes
-    escapes that check, and such a module is trained with ``batch_split=1``.
+    escapes that check. A module names its own parts for ``auto`` with a
+    ``zoo_batch_split`` attribute or property: ``1`` for whole batches (such
+    state, or kernels of its own that already divide a batch between the threads),
+    a larger number for that many parts, ``None`` to leave it to the trainer.
     """
 
 

@@ -3,8 +3,13 @@
 Small convolutional networks use several CPU cores poorly: each operator is too
 small to be worth dividing, and a batch's activations spill out of the cores'
 caches. Giving each core a whole part of the batch instead (a thread with its
-own single-threaded operators) keeps every core busy: Net trains about 1.5
-times faster on two cores (``bench/bench_train_throughput.py``).
+own single-threaded operators) keeps every core busy: with PyTorch's own layers
+Net trains about 1.15 times faster on two cores (``bench/bench_train_throughput.py``).
+A model whose layers already use every thread (kernels of its own that divide a
+batch between threads) loses by it instead: the parts' Python and autograd work
+runs twice and one at a time under the GIL. Such a model says so with a
+``zoo_batch_split`` attribute (:func:`preferred_parts`); the chapter-8 models
+train whole batches 1.1 to 1.3 times faster with their fused kernels.
 
 The result is the full batch's gradient: each part's loss is its sum divided
 by the whole batch's size, each part's gradients come back from
@@ -26,6 +31,9 @@ from torch import nn
 
 #: ``auto`` gives each part at least this many samples.
 MIN_PART = 32
+
+#: The attribute by which a model names its own parts per batch for ``auto``.
+PREFERENCE = "zoo_batch_split"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -62,6 +70,23 @@ def split_blocker(model: nn.Module, sample: torch.Tensor) -> str | None:
     if not torch.allclose(both, alone, rtol=1e-4, atol=1e-5):
         return "each sample's output depends on the rest of the batch"
     return None
+
+
+def preferred_parts(model: nn.Module) -> int | None:
+    """The parts per batch ``model`` asks ``auto`` for: its ``zoo_batch_split`` attribute
+    (or property), a whole number of at least 1, or None (absent or None: no preference).
+
+    ``1`` is for a model whose layers already use every intra-op thread, where parts
+    only add work; a larger number is still subject to :func:`split_blocker`.
+    Raises ``ValueError`` naming the value when it is anything else.
+    """
+    value = getattr(model, PREFERENCE, None)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{type(model).__name__}.{PREFERENCE} is {value!r}; a model may set "
+                         "it to None or a whole number of parts of at least 1")
+    return value
 
 
 def auto_parts(threads: int, batch_size: int) -> int:

@@ -12,7 +12,7 @@ from torch import nn
 from zoo.errors import TrainingError
 from zoo.spec.training import TrainConfig
 from zoo.trainer.allocator import retain_freed_memory
-from zoo.trainer.batchsplit import BatchSplitter, auto_parts, split_blocker
+from zoo.trainer.batchsplit import BatchSplitter, auto_parts, preferred_parts, split_blocker
 from zoo.trainer.distributed import Dist
 from zoo.util.cpu import native_bf16
 
@@ -81,7 +81,9 @@ def make_splitter(config: TrainConfig, device: torch.device, dist_info: Dist, *,
                   architecture: str) -> BatchSplitter | None:
     """On CPU in one process, a splitter training each batch as parallel parts, if the
     model allows. ``auto`` keeps the parts a resumed run started with (``recorded``), so
-    that it stays exact; ``sample`` is a probe batch for the model's check.
+    that it stays exact, else takes the model's own choice (its ``zoo_batch_split``,
+    at most one part per sample), else one part per thread; ``sample`` is a probe batch
+    for the model's check.
     """
     wanted = config.batch_split
     if device.type != "cpu" or dist_info.enabled:
@@ -90,7 +92,13 @@ def make_splitter(config: TrainConfig, device: torch.device, dist_info: Dist, *,
             raise TrainingError(f"batch_split={wanted} applies to CPU training in one "
                                 f"process, not {where}; leave it unset or set 1")
         return None
-    parts = wanted or recorded or auto_parts(threads, config.batch_size)
+    try:
+        preferred = preferred_parts(core)
+    except ValueError as exc:
+        raise TrainingError(f"{architecture}: {exc}") from None
+    if preferred is not None:
+        preferred = min(preferred, config.batch_size)
+    parts = wanted or recorded or preferred or auto_parts(threads, config.batch_size)
     if parts > config.batch_size:
         source = "" if wanted else " (recorded by the run being resumed)"
         raise TrainingError(f"batch_split={parts}{source} is more than "
