@@ -10,6 +10,7 @@ import signal
 import socket
 import sys
 import threading
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +18,7 @@ import orjson
 import pytest
 import uvicorn
 
-from zoo.errors import ZooError
+from zoo.errors import CpuFeatureWarning, ZooError
 from zoo.serve import server as server_module
 from zoo.serve.models import ServeSettings
 from zoo.serve.server import JsonLines, _Server, bind, configure_logging, make_server, url_of
@@ -32,7 +33,9 @@ def _logging_put_back() -> Any:
     saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:],
               logging.getLogger(n).level, logging.getLogger(n).propagate,
               logging.getLogger(n).disabled) for n in LOGGERS]
+    showwarning = warnings.showwarning
     yield
+    warnings.showwarning = showwarning
     for logger, handlers, level, propagate, disabled in saved:
         logger.handlers[:] = handlers
         logger.setLevel(level)
@@ -80,6 +83,43 @@ def test_logging_goes_to_its_stream_only(monkeypatch: pytest.MonkeyPatch) -> Non
     configure_logging("info")
     handler = logging.getLogger("zoo.serve").handlers[0]
     assert isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr
+
+
+def test_the_zoos_warnings_are_json_lines_too() -> None:
+    """A graph built for other CPUs warns while the models load: a JSON line, as every
+    other line of the server's log; other warnings go where they went before."""
+    others: list[str] = []
+    warnings.showwarning = lambda message, *args, **kwargs: others.append(str(message))
+    stream = io.StringIO()
+    configure_logging("info", stream=stream)
+    configure_logging("info", stream=stream)  # configured twice: still said once
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("g.onnx is built for CPUs with avx_vnni", CpuFeatureWarning, stacklevel=1)
+        warnings.warn("something else", UserWarning, stacklevel=1)
+    [line] = stream.getvalue().splitlines()
+    entry = orjson.loads(line)
+    assert (entry["level"], entry["logger"], entry["message"]) == (
+        "warning", "zoo.serve", "g.onnx is built for CPUs with avx_vnni")
+    assert others == ["something else"]
+
+
+def test_zoo_serve_logs_what_loading_its_models_warns_of(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from zoo.cli import main
+
+    def load_models(*args: Any, **kwargs: Any) -> list[Any]:
+        warnings.warn("g.onnx is built for CPUs with avx_vnni", CpuFeatureWarning, stacklevel=2)
+        return []
+
+    monkeypatch.setattr("zoo.serve.repository.load_models", load_models)
+    monkeypatch.setattr(server_module, "serve", lambda *args, **kwargs: 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["serve", "Net", "--port", "0"]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert [orjson.loads(x)["message"] for x in lines] == ["g.onnx is built for CPUs with "
+                                                           "avx_vnni"]
 
 
 def test_a_bound_socket_listens_and_can_be_inherited() -> None:

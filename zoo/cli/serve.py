@@ -155,10 +155,11 @@ def serve_command(args: argparse.Namespace, registry: Registry) -> int:
     require_serve_extra()
     settings = _settings(args)
     from zoo.serve.repository import load_models
-    from zoo.serve.server import serve
+    from zoo.serve.server import configure_logging, serve
 
     if not 1 <= args.workers <= MAX_WORKERS:
         raise ZooError(f"--workers must be from 1 to {MAX_WORKERS}, got {args.workers}")
+    configure_logging(args.log_level)  # what loading the models warns of is logged as JSON
     models = load_models(sources, settings, pins=pins, registry=registry)
     served = ", ".join(f"{m.name} ({m.version})" for m in models)
     workers = f" with {args.workers} workers" if args.workers > 1 else ""

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from multiprocessing.synchronize import Event
 from pathlib import Path
 from types import FrameType
 
-from zoo.errors import ZooError
+from zoo.errors import ZooError, ZooWarning
 from zoo.serve.metrics import MULTIPROCESS_DIR
 from zoo.serve.models import ServedModel, ServeSettings
 from zoo.serve.server import bind, configure_logging, serve, url_of
@@ -91,6 +92,8 @@ def worker_main(spec: WorkerSpec, ready: Event) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda sig, frame: sys.exit(0))
     configure_logging(spec.log_level)
+    # the parent loaded the same bundles and logged what they warn of, once
+    warnings.simplefilter("ignore", ZooWarning)
     try:
         models = [ServedModel(b.name, OnnxClassifier(b.path, threads=spec.settings.threads,
                                                      expect_sha256=b.sha256,
