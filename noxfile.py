@@ -196,9 +196,9 @@ def sanitize(session: nox.Session) -> None:
            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
     # the kernels in use are the sanitized build (a fallback to plain PyTorch would test nothing)
     _dev_run(session, "python", "-c", "import sys; from pathlib import Path; "
-                "from zoo_chapter8 import fused; print(fused.status()); "
-                "sys.exit(fused.library() is None or "
-                "b'__asan_report' not in Path(fused.status().split(': ', 1)[1]).read_bytes())",
+                "from zoo_chapter8 import kernels; print(kernels.status()); "
+                "sys.exit(kernels.library() is None or "
+                "b'__asan_report' not in Path(kernels.status().split(': ', 1)[1]).read_bytes())",
                 env=env)
     # --capture=sys: a sanitizer writes its report to fd 2 just before it aborts the process
     _dev_run(session, "python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from zoo_chapter8 import fused, fused_bn
+from zoo_chapter8 import fused, fused_bn, kernels
+from zoo_chapter8.kernel_cache import KernelBuildError
 
 from zoo.util.cpu import describe
 
@@ -75,18 +76,10 @@ def _batchnorm(channels: int, size: int, batch: int) -> tuple[Step, Step]:
 
 def _untuned_library(tmp: Path) -> ctypes.CDLL:
     """The kernels as the build in use, less the AVX2 tuning (``-DZOO_UNTUNED``)."""
-    compiler = fused._compiler()
-    if compiler is None:
-        raise SystemExit("no C compiler: the kernels cannot be built here")
-    flags = fused._arch_flags
-    fused._arch_flags = lambda: [*flags(), "-DZOO_UNTUNED"]  # type: ignore[assignment]
     try:
-        fused._build(compiler, tmp / "untuned.so")
-    finally:
-        fused._arch_flags = flags  # type: ignore[assignment]
-    lib = ctypes.CDLL(str(tmp / "untuned.so"))
-    fused._declare(lib)
-    return lib
+        return kernels.build_variant(tmp / "untuned.so", [*kernels.arch_flags(), "-DZOO_UNTUNED"])
+    except KernelBuildError as exc:
+        raise SystemExit(f"the kernels cannot be built here: {exc}") from None
 
 
 def main() -> None:
@@ -97,9 +90,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    tuned = fused.library()
+    tuned = kernels.library()
     if tuned is None:
-        raise SystemExit(fused.status())
+        raise SystemExit(kernels.status())
     b = args.batch
     layers = {
         "Net 3->16 @32 tanh": _conv(3, 16, 32, "tanh", b),
@@ -114,14 +107,14 @@ def main() -> None:
         "NetRes 16->16 @8 relu + input": _residual(16, 8, b),
     }
     print(f"{describe()}; torch {torch.__version__}, one thread, batch {b}, forward and "
-          f"backward, median of {args.turns} turns of {args.steps} steps; {fused.status()}")
+          f"backward, median of {args.turns} turns of {args.steps} steps; {kernels.status()}")
     with tempfile.TemporaryDirectory() as tmp:
         untuned = _untuned_library(Path(tmp))
         libraries: dict[str, ctypes.CDLL | None] = {"plain": None, "untuned": untuned,
                                                    "tuned": tuned}
         print(f"{'layer':32s} {'plain ms':>9s} {'untuned ms':>11s} {'this build ms':>14s} "
               f"{'plain/this':>11s} {'untuned/this':>13s}")
-        original = fused.library
+        original = kernels.library
         try:
             for label, (kernel, plain) in layers.items():
                 times: dict[str, list[float]] = {name: [] for name in libraries}
@@ -129,7 +122,7 @@ def main() -> None:
                     order = list(libraries) if turn % 2 else list(libraries)[::-1]
                     for name in order:
                         lib = libraries[name]
-                        fused.library = lambda lib=lib: lib  # type: ignore[misc]
+                        kernels.library = lambda lib=lib: lib  # type: ignore[misc]
                         step = plain if lib is None else kernel
                         for _ in range(3):
                             step()
@@ -141,7 +134,7 @@ def main() -> None:
                 print(f"{label:32s} {ms['plain']:9.3f} {ms['untuned']:11.3f} {ms['tuned']:14.3f} "
                       f"{ms['plain'] / ms['tuned']:10.2f}x {ms['untuned'] / ms['tuned']:12.2f}x")
         finally:
-            fused.library = original  # type: ignore[assignment]
+            kernels.library = original  # type: ignore[assignment]
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import zoo_testnets
-from zoo_chapter8 import fused
+from zoo_chapter8 import kernels
 
 from zoo import Registry
 from zoo.trainer.loop import train
@@ -63,7 +63,7 @@ def _spawn(arch: str, fields: dict[str, Any], cache: Path, world: int = 2,
     saved = os.environ.get("ZOO_CACHE_DIR")
     os.environ["ZOO_CACHE_DIR"] = str(cache)
     try:
-        fused._load()
+        kernels._load()
     finally:
         if saved is None:
             del os.environ["ZOO_CACHE_DIR"]

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from zoo_chapter8 import fused
+from zoo_chapter8 import fused, kernels
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
 CL = torch.channels_last
 ACTS = [(fused.TANH, torch.tanh, fused.pool_tanh, fused.conv_pool_tanh),
@@ -75,7 +74,7 @@ def _ulp(got: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def _tanh_bound() -> int:
     """Measured over every float32 (bench: see the README): 5 ulp with FMA, 7 without."""
-    return 5 if "-mfma" in fused._arch_flags() else 7
+    return 5 if "-mfma" in kernels.arch_flags() else 7
 
 
 def test_tanh_within_its_bound_of_the_correctly_rounded_value() -> None:
@@ -107,19 +106,13 @@ def test_tanh_is_exact_where_it_saturates_and_passes_atens_gradient() -> None:
 @pytest.mark.slow
 def test_tanh_bound_without_fma(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Built without FMA contraction (a CPU without FMA): 7 ulp, still exact past 7.81."""
-    compiler = fused._compiler()
-    assert compiler is not None
     v = _floats(4e-4, 7.9, step=101)
     v = torch.cat([v, -v])
     with_fma, _ = _fused_tanh(v)
-    had_fma = "-mfma" in fused._arch_flags()
-    flags = [f for f in fused._arch_flags() if f != "-mfma"]
-    monkeypatch.setattr(fused, "_arch_flags", lambda: flags)
-    library = tmp_path / "no-fma.so"
-    fused._build([*compiler, "-ffp-contract=off"], library)
-    lib = ctypes.CDLL(str(library))
-    fused._declare(lib)
-    monkeypatch.setattr(fused, "library", lambda: lib)
+    had_fma = "-mfma" in kernels.arch_flags()
+    flags = [f for f in kernels.arch_flags() if f != "-mfma"]
+    lib = kernels.build_variant(tmp_path / "no-fma.so", [*flags, "-ffp-contract=off"])
+    monkeypatch.setattr(kernels, "library", lambda: lib)
     got, _ = _fused_tanh(v)
     assert int(_ulp(got, v).max()) <= 7
     if had_fma:
@@ -212,7 +205,7 @@ def test_residual_layer_matches_aten(channels: int, size: tuple[int, int], bias:
     # the kernel's forward pass, then the plain layers' backward operators (no library by
     # then, as where C cannot read a gradient): the same gradients
     again = fused.conv_relu_add_pool(conv, a, True)
-    monkeypatch.setattr(fused, "library", lambda: None)
+    monkeypatch.setattr(kernels, "library", lambda: None)
     plain = _grads(again, [a, *params], g)
     for mine, other in zip(got[:compared], plain[:compared], strict=True):
         torch.testing.assert_close(mine, other, rtol=1e-5, atol=2e-5)
@@ -371,7 +364,7 @@ def test_model_trains_the_same_without_the_kernel(arch: str,
     x, y = _cl(torch.randn(8, 3, 32, 32)), torch.randint(0, 2, (8,))
     params = list(model.parameters())
     fast = torch.autograd.grad(F.cross_entropy(model(x), y), params)
-    monkeypatch.setattr(fused, "library", lambda: None)
+    monkeypatch.setattr(kernels, "library", lambda: None)
     plain = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     for a, b in zip(fast, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -18,9 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
-from zoo_chapter8 import fused, fused_checks
+from zoo_chapter8 import fused, fused_checks, kernels
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
 CL = torch.channels_last
 Hook = Callable[[torch.Tensor], torch.Tensor]
@@ -264,10 +264,10 @@ def test_a_training_step_under_save_on_cpu_is_the_plain_layers(
     params = list(model.parameters())
     with torch.autograd.graph.save_on_cpu(pin_memory=True):
         loss = F.cross_entropy(model(x), y)
-    kernels = {type(node).__name__ for node in _graph(loss.grad_fn)}
-    assert kernels & {"_ConvPoolBackward", "_PoolActBackward", "_BNPoolActBackward"}
+    nodes = {type(node).__name__ for node in _graph(loss.grad_fn)}
+    assert nodes & {"_ConvPoolBackward", "_PoolActBackward", "_BNPoolActBackward"}
     fast = torch.autograd.grad(loss, params)
-    monkeypatch.setattr(fused, "library", lambda: None)
+    monkeypatch.setattr(kernels, "library", lambda: None)
     plain = torch.autograd.grad(F.cross_entropy(model(x), y), params)
     torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-6)
 

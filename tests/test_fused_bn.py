@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from zoo_chapter8 import fused, fused_bn
+from zoo_chapter8 import fused_bn, kernels
 
 import zoo
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
 CL = torch.channels_last
 OPS = [(fused_bn.bn_pool_tanh, torch.tanh), (fused_bn.bn_pool_relu, torch.relu)]

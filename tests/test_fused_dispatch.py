@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
 from torch.utils._python_dispatch import TorchDispatchMode
-from zoo_chapter8 import fused
+from zoo_chapter8 import fused, kernels
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
 CL = torch.channels_last
 
@@ -272,7 +272,7 @@ def test_a_dispatch_mode_sees_the_plain_layers(conv: torch.nn.Conv2d, x: torch.T
 
 def test_kernels_refuse_shapes_they_do_not_take() -> None:
     """The C entry points check what they are given (the last line of defence)."""
-    lib = fused.library()
+    lib = kernels.library()
     assert lib is not None
     null = None
     # 12 output channels (not a multiple of 8), odd height, 65 input channels, no input channel,

@@ -3,7 +3,6 @@ lowered by ``ATEN_CPU_CAPABILITY``, and the same numbers from every build."""
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -11,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from zoo_chapter8 import fused, fused_bn
+from zoo_chapter8 import fused, fused_bn, kernels
 
-pytestmark = pytest.mark.skipif(fused.library() is None, reason=fused.status())
+pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
 AVX2 = ["-mavx2", "-mfma"]
 AVX512 = [*AVX2, "-mavx512f", "-mavx512vl"]
@@ -24,16 +23,16 @@ AVX512 = [*AVX2, "-mavx512f", "-mavx512vl"]
     ("x86_64", "DEFAULT", []), ("aarch64", "SVE256", []), ("arm64", "DEFAULT", [])])
 def test_flags_follow_atens_view_of_the_cpu(monkeypatch: pytest.MonkeyPatch, machine: str,
                                             capability: str, flags: list[str]) -> None:
-    monkeypatch.setattr(fused.platform, "machine", lambda: machine)
+    monkeypatch.setattr(kernels.platform, "machine", lambda: machine)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert fused._arch_flags() == flags
+    assert kernels.arch_flags() == flags
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
 def test_aten_cpu_capability_lowers_the_build() -> None:
     """The variable that makes ATen use only AVX2 (or no vector extension) does the same
     for the kernel: how a machine without AVX-512 is imitated on one with it."""
-    code = "from zoo_chapter8 import fused; print(' '.join(fused._arch_flags()))"
+    code = "from zoo_chapter8 import kernels; print(' '.join(kernels.arch_flags()))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}, check=True)
     assert done.stdout.split() == AVX2
@@ -81,13 +80,8 @@ def _numbers() -> list[torch.Tensor]:
 def _numbers_of_a_build(path: Path, flags: list[str],
                         monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """:func:`_numbers` from the kernels built with ``flags`` into ``path``."""
-    compiler = fused._compiler()
-    assert compiler is not None
-    monkeypatch.setattr(fused, "_arch_flags", lambda: flags)
-    fused._build(compiler, path)
-    lib = ctypes.CDLL(str(path))
-    fused._declare(lib)
-    monkeypatch.setattr(fused, "library", lambda: lib)
+    lib = kernels.build_variant(path, flags)
+    monkeypatch.setattr(kernels, "library", lambda: lib)
     return _numbers()
 
 
@@ -98,8 +92,8 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     bit for bit as the build for this CPU: the wider register file changes no operation;
     nor does the AVX2 build's tuning."""
     mine = _numbers()
-    here = fused._arch_flags()
-    in_use = Path(fused.status().split(": ", 1)[1])  # fused.status() names the library
+    here = kernels.arch_flags()
+    in_use = Path(kernels.status().split(": ", 1)[1])  # kernels.status() names the library
     lowered = [f for f in here if not f.startswith("-mavx512")]
     built = tmp_path / "lowered.so"
     theirs = _numbers_of_a_build(built, lowered, monkeypatch)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from zoo_chapter8 import fused, kernel_cache
+from zoo_chapter8 import kernel_cache, kernels
 from zoo_chapter8.kernel_cache import KernelBuildError
 
 CC = shutil.which(os.environ.get("CC", "cc").split()[0]) if os.environ.get("CC", "cc") else None
@@ -217,7 +217,7 @@ def test_real_kernels_are_built_once_and_a_planted_one_is_rebuilt(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capfd: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-    lib, where = fused._load()
+    lib, where = kernels._load()
     assert lib is not None, where
     assert capfd.readouterr().err == ("zoo: compiling the chapter-8 CPU kernels (first use, a "
                                       "few seconds)…\n")
@@ -225,11 +225,11 @@ def test_real_kernels_are_built_once_and_a_planted_one_is_rebuilt(
     assert library.parent == tmp_path / "cache" / "kernels" and library.suffix == ".so"
     assert kernel_cache.untrusted(library) is None
     inode = os.stat(library).st_ino
-    assert fused._load()[0] is not None
+    assert kernels._load()[0] is not None
     assert os.stat(library).st_ino == inode and capfd.readouterr().err == ""  # reused
     evil, marker = _planted(tmp_path)
     os.replace(evil, library)
-    lib, where = fused._load()
+    lib, where = kernels._load()
     assert lib is not None and where == str(library)
     assert not marker.exists()
     assert "rebuilding the chapter-8 CPU kernels" in capfd.readouterr().err
@@ -240,14 +240,14 @@ def test_no_compiler_or_a_failing_one_falls_back(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    lib, why = fused._load()
+    lib, why = kernels._load()
     assert lib is None and "no C compiler" in why
     monkeypatch.setenv("CC", "false")  # exits 1: nothing half-written is left
-    lib, why = fused._load()
+    lib, why = kernels._load()
     assert lib is None and "could not be built" in why
     assert not list((tmp_path / "kernels").iterdir())
     monkeypatch.setenv("ZOO_FUSED", "0")
-    assert fused._load() == (None, "switched off by ZOO_FUSED=0")
+    assert kernels._load() == (None, "switched off by ZOO_FUSED=0")
 
 
 def test_unusable_cache_directory_builds_for_the_process(tmp_path: Path,
@@ -255,7 +255,7 @@ def test_unusable_cache_directory_builds_for_the_process(tmp_path: Path,
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     monkeypatch.setenv("ZOO_CACHE_DIR", str(blocker))
-    lib, where = fused._load()
+    lib, where = kernels._load()
     assert lib is not None and where == "(a temporary build)"
     assert blocker.read_text() == "not a directory"
 
@@ -265,13 +265,13 @@ def test_a_kernel_that_cannot_be_built_is_reported_once_and_training_runs(
     """In a fresh process: one line on stderr, and a training step on the plain layers."""
     code = (
         "import torch, zoo\n"
-        "from zoo_chapter8 import fused\n"
+        "from zoo_chapter8 import kernels\n"
         "model = zoo.create_model('Net').to(memory_format=torch.channels_last).train()\n"
         "x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)\n"
         "for _ in range(2):\n"
         "    model(x).sum().backward()\n"
-        "assert fused.library() is None\n"
-        "print(fused.status())\n")
+        "assert kernels.library() is None\n"
+        "print(kernels.status())\n")
     env = {**os.environ, "CC": "false", "ZOO_CACHE_DIR": str(tmp_path)}
     env.pop("ZOO_FUSED", None)
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -290,12 +290,12 @@ def test_threads_reaching_the_kernels_together_build_them_once(tmp_path: Path) -
     """The batch-split threads call the kernels first at the same moment: one build, one line."""
     code = (
         "import threading\n"
-        "from zoo_chapter8 import fused\n"
+        "from zoo_chapter8 import kernels\n"
         "start = threading.Barrier(4)\n"
         "libs = []\n"
         "def first_use():\n"
         "    start.wait()\n"
-        "    libs.append(fused.library())\n"
+        "    libs.append(kernels.library())\n"
         "threads = [threading.Thread(target=first_use) for _ in range(4)]\n"
         "for t in threads: t.start()\n"
         "for t in threads: t.join()\n"

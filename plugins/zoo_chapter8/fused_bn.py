@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from zoo_chapter8 import fused
+from zoo_chapter8 import fused, kernels
 from zoo_chapter8 import fused_checks as checks
 from zoo_chapter8.fused_checks import CF, CL, F32
 
@@ -58,7 +58,7 @@ class _BNPoolAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
-        lib = fused.library()
+        lib = kernels.library()
         assert lib is not None
         n, c, h, w = z.shape
         alpha = weight.detach().double() * invstd
@@ -84,7 +84,7 @@ class _BNPoolAct(torch.autograd.Function):
         idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
         weight = checks.saved(saved[3], "BatchNorm weight", (c,))
         mean, invstd = ctx.stats
-        lib = fused.library()
+        lib = kernels.library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
         ready = checks.kernel_layouts((z, CL), (y, CL), (idx, CF)) if g is not None else None
         if lib is None or g is None or ready is None or not checks.unwrapped(weight):
@@ -173,7 +173,7 @@ def _bn_pool_act(bn: nn.Module, z: torch.Tensor, training: bool, act: int) -> to
         out = bn(z)
         return fused.pool_tanh(out, training) if act == fused.TANH else \
             fused.pool_relu(out, training)
-    lib = fused.library()
+    lib = kernels.library()
     assert isinstance(bn, nn.BatchNorm2d) and lib is not None
     mean, var = _statistics(lib, z.detach())
     _update_running_stats(bn, mean, var, z.shape[0] * z.shape[2] * z.shape[3])

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo import InputShape
-from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool, library
+from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
 from zoo_chapter8.fused_bn import bn_pool_tanh
+from zoo_chapter8.kernels import library
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
 
