@@ -3,6 +3,10 @@ the zoo's warnings."""
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable
+from typing import Any
+
 
 class ZooError(Exception):
     """Base of every error the zoo raises for bad input; the CLI prints it without traceback."""
@@ -71,6 +75,23 @@ class ZooWarning(UserWarning):
 class CpuFeatureWarning(ZooWarning, RuntimeWarning):
     """A graph built for CPU features this CPU lacks: it runs, but its outputs (and the
     accuracy its export measured) may not hold here."""
+
+
+def route_zoo_warnings(say: Callable[[str], None]) -> None:
+    """From now on, hand each of the zoo's own warnings to ``say`` as one line (in place of
+    any ``say`` routed before: the CLI prints them, ``zoo serve`` logs them as JSON);
+    other warnings go where they went before."""
+    previous = getattr(warnings.showwarning, "zoo_previous", warnings.showwarning)
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if issubclass(category, ZooWarning):
+            say(str(message))
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    show.zoo_previous = previous  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 #: Lines of library errors that say nothing about this failure: torch's weights-only

@@ -12,12 +12,11 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
-from typing import TextIO
+from collections.abc import Sequence
 
 from zoo.cli import catalog
 from zoo.cli.help import ZooArgumentParser
-from zoo.errors import ZooError, ZooWarning
+from zoo.errors import ZooError, route_zoo_warnings
 from zoo.host.registry import Registry
 from zoo.util.version import __version__
 
@@ -76,18 +75,6 @@ def _blocked(options: Sequence[str]) -> list[str]:
     return blocked
 
 
-def _one_line_zoo_warnings(previous: Callable[..., None]) -> Callable[..., None]:
-    """A ``warnings.showwarning`` printing the zoo's own warnings in one line, as the CLI's
-    errors, and handing others to ``previous``."""
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        if issubclass(category, ZooWarning):
-            print(f"zoo: warning: {message}", file=sys.stderr if file is None else file)
-        else:
-            previous(message, category, filename, lineno, file, line)
-    return show
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``zoo`` console script."""
     parser = build_parser()
@@ -104,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for message in registry.unknown_plugin_names():
                 print(f"zoo: warning: {message}", file=sys.stderr)
         with warnings.catch_warnings():  # restores showwarning afterwards
-            warnings.showwarning = _one_line_zoo_warnings(warnings.showwarning)
+            route_zoo_warnings(lambda text: print(f"zoo: warning: {text}", file=sys.stderr))
             code: int = args.handler(args, registry)
         return code
     except ZooError as exc:

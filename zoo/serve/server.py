@@ -16,15 +16,13 @@ import socket
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
-from typing import TextIO
 
 import orjson
 import uvicorn
 
-from zoo.errors import ZooError, ZooWarning
+from zoo.errors import ZooError, route_zoo_warnings
 from zoo.serve.app import ServeApp
 from zoo.serve.models import ServedModel, ServeSettings
 
@@ -44,19 +42,6 @@ class JsonLines(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def _logged_zoo_warnings(previous: Callable[..., None]) -> Callable[..., None]:
-    """A ``warnings.showwarning`` sending the zoo's own warnings (a graph built for other
-    CPUs...) to the ``zoo.serve`` logger, so that they are JSON lines like the rest."""
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: TextIO | None = None, line: str | None = None) -> None:
-        if issubclass(category, ZooWarning):
-            log.warning("%s", message)
-        else:
-            previous(message, category, filename, lineno, file, line)
-    show.zoo_serve = True  # type: ignore[attr-defined]
-    return show
-
-
 def configure_logging(level: str = "info", *, stream: object = None) -> None:
     """JSON lines on stderr for the ``zoo.serve`` and ``uvicorn`` loggers, and for the
     zoo's own warnings."""
@@ -68,8 +53,7 @@ def configure_logging(level: str = "info", *, stream: object = None) -> None:
         logger.setLevel(level.upper())
         logger.propagate = False
     logging.getLogger("uvicorn.access").disabled = True
-    if not getattr(warnings.showwarning, "zoo_serve", False):
-        warnings.showwarning = _logged_zoo_warnings(warnings.showwarning)
+    route_zoo_warnings(lambda text: log.warning("%s", text))
 
 
 def bind(host: str, port: int, *, reuse_port: bool = False, listen: bool = True
