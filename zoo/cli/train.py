@@ -113,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="CPU on Linux: keep freed memory in the process (default: on)")
     g.add_argument("--batch-split", type=int, metavar="N",
                    help="CPU: train each batch as N parts on parallel threads (1: off; "
-                        "default: one per thread where the model allows)")
+                        "default: the model's choice, else one per thread where it allows)")
     g.add_argument("--eval-batch-size", type=int, metavar="N",
                    help=f"validation batch size {d('eval_batch_size')}")
     g = p.add_argument_group("output")

@@ -89,8 +89,9 @@ class TrainConfig(NoBoolNumbers):
     batch_split: int | None = Field(
         None, ge=1, le=256,
         description="CPU: train each batch as this many parts on parallel threads, for "
-                    "models whose samples are independent (None: auto, one per thread with "
-                    "at least 32 samples each; 1: off).")
+                    "models whose samples are independent (None: auto, the model's own "
+                    "zoo_batch_split, else one per thread with at least 32 samples each; "
+                    "1: off).")
     sync_batchnorm: bool = Field(False, description="SyncBatchNorm under DDP on CUDA.")
     dist_timeout_s: float = Field(300.0, gt=0, description="DDP collective timeout.")
     progress: Literal["auto", "bar", "log", "none"] = Field(
