@@ -198,7 +198,8 @@ def test_the_chapter8_models_ask_for_whole_batches_while_their_kernels_run(
     try:
         assert splitter is not None and splitter.parts == 2
     finally:
-        splitter.close()
+        if splitter is not None:
+            splitter.close()
 
 
 def test_the_batch_split_is_refused_where_it_cannot_apply() -> None:

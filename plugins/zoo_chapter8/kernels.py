@@ -152,7 +152,9 @@ def build_variant(dest: Path, flags: Sequence[str]) -> ctypes.CDLL:
     compiler = _compiler()
     if compiler is None:
         raise KernelBuildError("no C compiler found (set $CC)")
-    _build(compiler, dest, flags)
+    partial = dest.with_name(f".{dest.name}.partial")  # no half-written library at dest
+    _build(compiler, partial, flags)
+    os.replace(partial, dest)
     lib = ctypes.CDLL(str(dest))
     _declare(lib)
     return lib
