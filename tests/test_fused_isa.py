@@ -67,6 +67,8 @@ def _numbers() -> list[torch.Tensor]:
             y = pool(h, True)
             assert "PoolAct" in type(y.grad_fn).__name__
             out += [y.detach(), *torch.autograd.grad(y, [h], torch.randn_like(y))]
+        y = fused.pool_tanh(h * 6, True)  # some lanes past tanh's saturation, most not
+        out += [y.detach(), *torch.autograd.grad(y, [h], torch.randn_like(y))]
         bn = torch.nn.BatchNorm2d(cout)
         for bn_pool in (fused_bn.bn_pool_tanh, fused_bn.bn_pool_relu):
             y = bn_pool(bn, h, True)
@@ -97,7 +99,7 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     lowered = [f for f in here if not f.startswith("-mavx512")]
     built = tmp_path / "lowered.so"
     theirs = _numbers_of_a_build(built, lowered, monkeypatch)
-    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2) + 2 * 4
+    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2 + 2) + 2 * 4
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
     if here != lowered:  # really another build than the one in use
@@ -109,4 +111,23 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     if "-mavx2" in lowered:  # the tuning is AVX2's: other builds are the same without it
         assert untuned.read_bytes() != built.read_bytes()
     for a, b in zip(mine, plain, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
+def test_the_build_without_vector_extensions_computes_the_same_numbers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable code paths (SSE2 pairs for the 8-float vectors, the generic byte
+    conversions of the pooling positions and the lane test before tanh's saturated tail,
+    which AVX2 builds do with their own instructions) give the AVX2 build's numbers bit for
+    bit, both without FMA contraction: what a CPU without AVX2 computes."""
+    avx2_build, generic_build = tmp_path / "avx2.so", tmp_path / "generic.so"
+    avx2 = _numbers_of_a_build(avx2_build, ["-mavx2", "-ffp-contract=off"], monkeypatch)
+    generic = _numbers_of_a_build(generic_build, ["-ffp-contract=off"], monkeypatch)
+    assert avx2_build.read_bytes() != generic_build.read_bytes()
+    saturated = [t for t in avx2 if t.dtype == torch.float32 and bool((t.abs() == 1).any())]
+    assert saturated  # the fixed inputs reach tanh's exact tail
+    assert len(avx2) == len(generic)
+    for a, b in zip(avx2, generic, strict=True):
         assert torch.equal(a, b)

@@ -7,6 +7,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 
 typedef float vf __attribute__((vector_size(32)));
 typedef int32_t vi __attribute__((vector_size(32)));
@@ -18,6 +21,17 @@ static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v;
 static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
 static inline vf pick(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+
+/* Whether any lane of a comparison's mask is set. */
+static inline int any_lane(vi m) {
+#ifdef __AVX2__
+    return !_mm256_testz_si256((__m256i)m, (__m256i)m);
+#else
+    uint64_t q[4];
+    memcpy(q, &m, sizeof q);
+    return (q[0] | q[1] | q[2] | q[3]) != 0;
+#endif
+}
 
 /* Eigen's float tanh (as TensorFlow uses on CPU): a 13/6 rational approximation, identity
  * below 4e-4; within 5 ulp of the correctly rounded value with FMA (-mfma), 7 without. Past
@@ -42,13 +56,17 @@ static inline vf tanh8(vf a) {
     q = x2 * q + splat(4.89352518554385e-03f);
     const vf abs_a = (vf)((vi)a & 0x7fffffff);
     vf r = pick(abs_a < splat(0.0004f), a, p / q);
-    vf tail = pick(abs_a >= splat(0x1.fa6324p+2f), splat(0x1.fffff8p-1f), splat(0x1.fffff6p-1f));
-    tail = pick(abs_a >= splat(0x1.0136f6p+3f), splat(0x1.fffffap-1f), tail);
-    tail = pick(abs_a >= splat(0x1.069926p+3f), splat(0x1.fffffcp-1f), tail);
-    tail = pick(abs_a >= splat(0x1.0ec57ep+3f), splat(0x1.fffffep-1f), tail);
-    tail = pick(abs_a >= splat(0x1.205968p+3f), splat(1.0f), tail);
-    tail = (vf)((vi)tail | ((vi)a & (vi)splat(-0.0f))); /* a's sign */
-    r = pick(abs_a >= splat(0x1.f3f74p+2f), tail, r);
+    const vi saturated = abs_a >= splat(0x1.f3f74p+2f);
+    if (any_lane(saturated)) { /* rare once training has begun: a branch, not five blends */
+        vf tail = pick(abs_a >= splat(0x1.fa6324p+2f), splat(0x1.fffff8p-1f),
+                       splat(0x1.fffff6p-1f));
+        tail = pick(abs_a >= splat(0x1.0136f6p+3f), splat(0x1.fffffap-1f), tail);
+        tail = pick(abs_a >= splat(0x1.069926p+3f), splat(0x1.fffffcp-1f), tail);
+        tail = pick(abs_a >= splat(0x1.0ec57ep+3f), splat(0x1.fffffep-1f), tail);
+        tail = pick(abs_a >= splat(0x1.205968p+3f), splat(1.0f), tail);
+        tail = (vf)((vi)tail | ((vi)a & (vi)splat(-0.0f))); /* a's sign */
+        r = pick(saturated, tail, r);
+    }
     return pick(a != a, a, r); /* NaN stays NaN */
 }
 
@@ -77,15 +95,29 @@ static inline vf max4(vf a, vf b, vf c, vf d, vi *k) {
     return m;
 }
 
+/* Pooling positions as bytes. GCC 12 turns the generic conversions into a scalar extraction
+ * and insertion per lane (some 35 instructions a vector, as many as the rest of a pooling
+ * window's work); AVX2 has single instructions for them. Either way the same bytes. */
 static inline void store_idx(uint8_t *p, vi k) {
+#ifdef __AVX2__
+    const __m256i v = (__m256i)k;
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64((__m128i *)p, _mm_packus_epi16(w, w));
+#else
     vb kb = __builtin_convertvector(k, vb);
     memcpy(p, &kb, sizeof kb);
+#endif
 }
 
 static inline vi load_idx(const uint8_t *p) {
+#ifdef __AVX2__
+    const vi k = (vi)_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+#else
     vb kb;
     memcpy(&kb, p, sizeof kb);
-    return __builtin_convertvector(kb, vi) & 3; /* a window position, whatever idx holds */
+    const vi k = __builtin_convertvector(kb, vi);
+#endif
+    return k & 3; /* a window position, whatever idx holds */
 }
 
 /* One row of 2x2 windows (row i of the pooled output, images stacked) of x (NHWC, n x h x w
