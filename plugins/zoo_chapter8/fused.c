@@ -52,7 +52,10 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
 
 /* A 3x3 convolution (stride 1, padding 1) with its 2x2 max-pool and activation in one pass:
  * act(max_pool2d(conv2d(x, w, b), 2)). The convolution's output is never stored: each 2x2
- * window's four outputs are computed in registers and pooled at once. xp is the input
+ * window's four outputs are computed in registers and pooled at once, and the activation
+ * runs over each finished row of windows (a loop of independent vectors: within each
+ * window's epilogue tanh's long chain of dependent operations stalled the sums; the stem's
+ * forward pass 1.15x as fast on an AVX2 EPYC, the same numbers). xp is the input
  * zero-padded by one pixel on each side, NHWC: n x (h + 2) x (w + 2) x cin; wt is the weight
  * as [kh][kw][cin][cout]. Two backward passes: the stem's (weight and bias gradients only, for
  * a network's first layer on a few input channels) and the layer's (also the input gradient,
@@ -72,7 +75,7 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
  * backward pass takes relu's gradient. */
 static inline __attribute__((always_inline)) void conv_pool_windows(
     const float *p0, const float *wt, const float *bias, float *y, uint8_t *idx, int64_t row,
-    int32_t act, const int cin, const int cv, const int win, const int cout, const float *skip,
+    const int cin, const int cv, const int win, const int cout, const float *skip,
     float *a, const int residual) {
     vf acc[2][4][CONV_MAX_CV];
     for (int u = 0; u < win; u++)
@@ -111,8 +114,9 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
                 store(a + u * cout + 8 * v,
                       pick(k == 0, r0, pick(k == 1, r1, pick(k == 2, r2, r3))));
             } else {
-                const vf m = max4(acc[u][0][v], acc[u][1][v], acc[u][2][v], acc[u][3][v], &k);
-                store(y + u * cout + 8 * v, activate(m, act));
+                /* the activation follows for the whole row (conv_pool_rows) */
+                store(y + u * cout + 8 * v,
+                      max4(acc[u][0][v], acc[u][1][v], acc[u][2][v], acc[u][3][v], &k));
             }
             store_idx(idx + u * cout + 8 * v, k);
         }
@@ -143,17 +147,23 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
             for (; ow + win <= w2; ow += win) {
                 const int64_t out = (i * w2 + ow) * cout + 8 * v0;
                 const float *p0 = top + 2 * ow * cin;
-                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
+                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row,
                                   cin, pv, win, (int)cout, p0 + row + cin + 8 * v0,
                                   residual ? a + out : NULL, residual);
             }
             for (; ow < w2; ow++) {
                 const int64_t out = (i * w2 + ow) * cout + 8 * v0;
                 const float *p0 = top + 2 * ow * cin;
-                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row, act,
+                conv_pool_windows(p0, wt + 8 * v0, bias + 8 * v0, y + out, idx + out, row,
                                   cin, pv, 1, (int)cout, p0 + row + cin + 8 * v0,
                                   residual ? a + out : NULL, residual);
             }
+            if (!residual) /* apart from the sums: independent vectors, the constants at hand */
+                for (ow = 0; ow < w2; ow++)
+                    for (int v = 0; v < pv; v++) {
+                        float *out = y + (i * w2 + ow) * cout + 8 * (v0 + v);
+                        store(out, activate(load(out), act));
+                    }
         }
     }
 }

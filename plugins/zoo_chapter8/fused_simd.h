@@ -141,11 +141,13 @@ static inline __attribute__((always_inline)) void pool2_act_row(
                 a = a * s + t; b = b * s + t; d = d * s + t; e = e * s + t;
             }
             vi k;
-            const vf m = max4(a, b, d, e, &k);
-            store(y + out + ch, activate(m, act));
+            store(y + out + ch, max4(a, b, d, e, &k));
             store_idx(idx + out + ch, k);
         }
     }
+    /* the activation apart: independent vectors, its constants at hand (the same numbers) */
+    for (int64_t o = i * w2 * c; o < (i + 1) * w2 * c; o += 8)
+        store(y + o, activate(load(y + o), act));
 }
 
 static inline __attribute__((always_inline)) void pool2_act_rows(
