@@ -74,6 +74,20 @@ def _batchnorm(channels: int, size: int, batch: int) -> tuple[Step, Step]:
     return kernel, plain
 
 
+def _stem(cin: int, cout: int, size: int, batch: int) -> tuple[Step, Step]:
+    """A first layer whose whole output a BatchNorm takes (NetBatchNorm's): PyTorch's
+    forward either way, the weight gradient from the kernel or from PyTorch."""
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=CL)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=CL)
+
+    def kernel() -> None:
+        fused_bn.stem_conv(conv, x, True).sum().backward()
+
+    def plain() -> None:
+        conv(x).sum().backward()
+    return kernel, plain
+
+
 def _untuned_library(tmp: Path) -> ctypes.CDLL:
     """The kernels as the build in use, less the AVX2 tuning (``-DZOO_UNTUNED``)."""
     try:
@@ -99,6 +113,7 @@ def main() -> None:
         "Net 16->8 @16 tanh": _conv(16, 8, 16, "tanh", b),
         "NetWidth 3->32 @32 tanh": _conv(3, 32, 32, "tanh", b),
         "NetWidth 32->16 @16 tanh": _conv(32, 16, 16, "tanh", b),
+        "NetBatchNorm 3->32 @32 (whole)": _stem(3, 32, 32, b),
         "NetBatchNorm BN 32 @32 tanh": _batchnorm(32, 32, b),
         "NetBatchNorm BN 16 @16 tanh": _batchnorm(16, 16, b),
         "NetDepth 3->32 @32 relu": _conv(3, 32, 32, "relu", b),

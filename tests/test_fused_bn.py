@@ -221,10 +221,12 @@ def test_netbatchnorm_trains_as_with_the_plain_layers(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(fused_bn, "_bn_fusable", spy)
     loss = F.cross_entropy(model(x), y)
+    assert _graph_has(loss, "_StemConvBackward")
     loss.backward()
     assert calls == [True, True]
-    monkeypatch.setattr(fused_bn, "_bn_fusable", lambda *_: False)
+    monkeypatch.setattr(kernels, "library", lambda: None)  # every layer plain
     ref = F.cross_entropy(plain(x), y)
+    assert not _graph_has(ref, "_StemConvBackward")
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
@@ -232,3 +234,89 @@ def test_netbatchnorm_trains_as_with_the_plain_layers(monkeypatch: pytest.Monkey
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-3, atol=1e-5, msg=name)
     for (name, b), c in zip(model.named_buffers(), plain.buffers(), strict=True):
         torch.testing.assert_close(b, c, rtol=1e-5, atol=1e-6, msg=name)
+
+
+
+def _graph_has(out: torch.Tensor, name: str) -> bool:
+    todo, seen = [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ == name:
+            return True
+        todo.extend(parent for parent, _ in node.next_functions)
+    return False
+
+
+def _stem(cin: int, cout: int, bias: bool = True, fmt: torch.memory_format = CL,
+          shape: tuple[int, int, int] = (3, 6, 10)) -> tuple[nn.Conv2d, torch.Tensor]:
+    torch.manual_seed(cin * 100 + cout)
+    conv = nn.Conv2d(cin, cout, 3, padding=1, bias=bias).to(memory_format=fmt)
+    n, h, w = shape
+    return conv, torch.randn(n, cin, h, w).contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize(("cin", "cout", "bias", "fmt"), [
+    (3, 32, True, CL), (3, 16, False, CL), (1, 8, True, torch.contiguous_format),
+    (5, 24, True, CL), (3, 40, True, torch.contiguous_format), (8, 8, True, CL)])
+def test_stem_conv_computes_the_convolution_and_its_gradients(
+        cin: int, cout: int, bias: bool, fmt: torch.memory_format) -> None:
+    """PyTorch's own forward; the weight and bias gradients of the kernel equal PyTorch's to
+    rounding, in the weight's own memory format."""
+    conv, x = _stem(cin, cout, bias, fmt)
+    z = fused_bn.stem_conv(conv, x, True)
+    assert type(z.grad_fn).__name__ == "_StemConvBackward"
+    assert torch.equal(z, conv(x))
+    g = torch.randn_like(z) * 10
+    params = [p for p in conv.parameters()]
+    got = torch.autograd.grad(z, params, g)
+    want = torch.autograd.grad(conv(x), params, g)
+    for a, b, p in zip(got, want, params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+        assert a.shape == p.shape and a.stride() == p.stride()  # as .grad will hold it
+
+
+def test_stem_conv_gives_the_same_numbers_run_after_run_and_to_rounding_on_other_threads(
+        ) -> None:
+    """Each thread sums a fixed share of the rows, added in order: the same numbers for the
+    same thread count; another count groups the sums otherwise."""
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (2, 2, 1):
+            torch.set_num_threads(n)
+            conv, x = _stem(3, 32, shape=(5, 8, 8))
+            z = fused_bn.stem_conv(conv, x, True)
+            results.append(torch.autograd.grad(z, [conv.weight, conv.bias], torch.cos(z)))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(results[0], results[1], strict=True))
+    torch.testing.assert_close(results[0], results[2], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("case", "make"), [
+    ("model flag off", lambda: (*_stem(3, 16), False)),
+    ("input needs a gradient", lambda: (_stem(3, 16)[0], _stem(3, 16)[1].requires_grad_(), True)),
+    ("16 input channels", lambda: (*_stem(16, 16), True)),
+    ("NCHW input", lambda: (_stem(3, 16)[0], _stem(3, 16)[1].contiguous(), True)),
+    ("12 output channels", lambda: (*_stem(3, 12), True)),
+    ("5x5", lambda: (nn.Conv2d(3, 16, 5, padding=2).to(memory_format=CL), _stem(3, 16)[1], True)),
+    ("stride 2", lambda: (nn.Conv2d(3, 16, 3, 2, 1).to(memory_format=CL), _stem(3, 16)[1], True)),
+    ("odd width", lambda: (*_stem(3, 16, shape=(2, 6, 7)), True)),
+])
+def test_stem_conv_runs_the_plain_convolution_for_anything_else(
+        case: str, make: Callable[[], tuple[nn.Conv2d, torch.Tensor, bool]]) -> None:
+    conv, x, training = make()
+    z = fused_bn.stem_conv(conv, x, training)
+    assert z.grad_fn is None or "StemConv" not in type(z.grad_fn).__name__, case
+    assert torch.equal(z, conv(x))
+
+
+def test_stem_conv_without_the_kernels_is_the_plain_convolution(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    conv, x = _stem(3, 16)
+    z = fused_bn.stem_conv(conv, x, True)
+    assert type(z.grad_fn).__name__ == "ConvolutionBackward0"

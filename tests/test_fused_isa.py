@@ -56,6 +56,10 @@ def _numbers() -> list[torch.Tensor]:
             assert "ConvPool" in type(y.grad_fn).__name__
             inputs = [conv.weight, conv.bias] + ([x] if x.requires_grad else [])
             out += [y.detach(), *torch.autograd.grad(y, inputs, torch.randn_like(y))]
+        if cin < 8:  # the stem whose whole output a BatchNorm takes: its weight gradient
+            z = fused_bn.stem_conv(conv, x, True)
+            assert "StemConv" in type(z.grad_fn).__name__
+            out += list(torch.autograd.grad(z, [conv.weight, conv.bias], torch.randn_like(z)))
         if cin == cout:  # NetRes's residual form
             y = fused.conv_relu_add_pool(conv, x, True)
             assert "ConvPool" in type(y.grad_fn).__name__
@@ -99,7 +103,7 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     lowered = [f for f in here if not f.startswith("-mavx512")]
     built = tmp_path / "lowered.so"
     theirs = _numbers_of_a_build(built, lowered, monkeypatch)
-    assert len(mine) == len(theirs) == 80 + 7 * (2 * 4 + 2 + 2) + 2 * 4
+    assert len(mine) == len(theirs) == 80 + 2 * 2 + 7 * (2 * 4 + 2 + 2) + 2 * 4
     for a, b in zip(mine, theirs, strict=True):
         assert torch.equal(a, b)
     if here != lowered:  # really another build than the one in use

@@ -168,37 +168,60 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
     }
 }
 
+/* The stem's weight and bias gradients over rows [first, last) of pooling windows, from the
+ * pooled gradient (g, y, idx: each window's winner) or, with `dz` (not NULL: a compile-time
+ * constant where inlined), from the convolution's own dense gradient dz (NHWC, n x h x w x
+ * cout: a stem whose output is not pooled at once, NetBatchNorm's). Either way each window's
+ * four outputs are four gradient vectors, zero where they lost. */
 static inline __attribute__((always_inline)) void stem_backward_rows(
-    const float *xp, const float *g, const float *y, const uint8_t *idx, float *dwt, float *db,
-    int64_t h, int64_t w, int64_t first, int64_t last, int32_t act, const int cin,
-    const int cv) {
+    const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
+    float *dwt, float *db, int64_t h, int64_t w, int64_t first, int64_t last, int32_t act,
+    const int cin, const int cv) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
+    const int pv = CONV_PASS_CV(cv);
     for (int64_t i = first; i < last; i++) {
         const int64_t b = i / h2, oh = i % h2;
         const float *top = xp + (b * (h + 2) + 2 * oh) * row;
         for (int64_t ow = 0; ow < w2; ow++) {
             const float *p0 = top + 2 * ow * cin;
             const int64_t out = (i * w2 + ow) * cout;
-            vf mz[4][CONV_MAX_CV];
-            for (int v = 0; v < cv; v++) {
-                const vf z = activate_grad(load(g + out + 8 * v), load(y + out + 8 * v), act);
-                store(db + 8 * v, load(db + 8 * v) + z);
-                const vi k = load_idx(idx + out + 8 * v);
-                const vf zero = splat(0.0f);
-                mz[0][v] = pick(k == 0, z, zero); mz[1][v] = pick(k == 1, z, zero);
-                mz[2][v] = pick(k == 2, z, zero); mz[3][v] = pick(k == 3, z, zero);
-            }
-            for (int kh = 0; kh < 3; kh++) {
-                const float *r0 = p0 + kh * row, *r1 = r0 + row;
-                for (int kw = 0; kw < 3; kw++)
-                    for (int ci = 0; ci < cin; ci++) {
-                        float *dk = dwt + ((kh * 3 + kw) * cin + ci) * cout;
-                        const vf s0 = splat(r0[kw * cin + ci]), s1 = splat(r0[(kw + 1) * cin + ci]);
-                        const vf s2 = splat(r1[kw * cin + ci]), s3 = splat(r1[(kw + 1) * cin + ci]);
-                        for (int v = 0; v < cv; v++)
-                            store(dk + 8 * v, load(dk + 8 * v) + s0 * mz[0][v] + s1 * mz[1][v]
-                                                  + s2 * mz[2][v] + s3 * mz[3][v]);
+            for (int v0 = 0; v0 < cv; v0 += pv) { /* pv output vectors a pass */
+                vf mz[4][CONV_MAX_CV];
+                if (dz != NULL) {
+                    const float *d0 = dz + ((b * h + 2 * oh) * w + 2 * ow) * cout + 8 * v0;
+                    const float *d1 = d0 + w * cout;
+                    for (int v = 0; v < pv; v++) {
+                        mz[0][v] = load(d0 + 8 * v); mz[1][v] = load(d0 + cout + 8 * v);
+                        mz[2][v] = load(d1 + 8 * v); mz[3][v] = load(d1 + cout + 8 * v);
+                        float *dbv = db + 8 * (v0 + v);
+                        store(dbv, load(dbv) + ((mz[0][v] + mz[1][v]) + mz[2][v]) + mz[3][v]);
                     }
+                } else {
+                    for (int v = 0; v < pv; v++) {
+                        const int64_t at = out + 8 * (v0 + v);
+                        const vf z = activate_grad(load(g + at), load(y + at), act);
+                        store(db + 8 * (v0 + v), load(db + 8 * (v0 + v)) + z);
+                        const vi k = load_idx(idx + at);
+                        const vf zero = splat(0.0f);
+                        mz[0][v] = pick(k == 0, z, zero); mz[1][v] = pick(k == 1, z, zero);
+                        mz[2][v] = pick(k == 2, z, zero); mz[3][v] = pick(k == 3, z, zero);
+                    }
+                }
+                for (int kh = 0; kh < 3; kh++) {
+                    const float *r0 = p0 + kh * row, *r1 = r0 + row;
+                    for (int kw = 0; kw < 3; kw++)
+                        for (int ci = 0; ci < cin; ci++) {
+                            float *dk = dwt + ((kh * 3 + kw) * cin + ci) * cout + 8 * v0;
+                            const vf s0 = splat(r0[kw * cin + ci]);
+                            const vf s1 = splat(r0[(kw + 1) * cin + ci]);
+                            const vf s2 = splat(r1[kw * cin + ci]);
+                            const vf s3 = splat(r1[(kw + 1) * cin + ci]);
+                            for (int v = 0; v < pv; v++)
+                                store(dk + 8 * v, load(dk + 8 * v) + s0 * mz[0][v]
+                                                      + s1 * mz[1][v] + s2 * mz[2][v]
+                                                      + s3 * mz[3][v]);
+                        }
+                }
             }
         }
     }
@@ -394,9 +417,43 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
         float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
         const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
 #define STEM_BWD(CIN, CV) \
-    stem_backward_rows(xp, g, y, idx, dw_t, db_t, h, w, first, last, act, CIN, CV)
+    stem_backward_rows(xp, g, y, idx, NULL, dw_t, db_t, h, w, first, last, act, CIN, CV)
         STEM_CASES(STEM_BWD);
 #undef STEM_BWD
+    }
+    return 0;
+}
+
+/* A stem convolution's weight and bias gradients from its dense output gradient dz (NHWC,
+ * n x h x w x cout), its input x (NHWC) padded into xp on the way (as zoo_conv_pool_forward
+ * does). dwt and db as for zoo_stem_backward: zero-filled, `chunks` times over, summed in order
+ * by the caller. */
+PRESSURE_SCHEDULING
+int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, float *dwt,
+                                float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                                int64_t cout, int32_t chunks) {
+    if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
+    const int64_t rows = n * (h / 2);
+    const int cin = (int)cin_, cv = (int)(cout / 8);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(chunks) if (chunks > 1)
+#endif
+    {
+#ifdef _OPENMP
+#pragma omp for
+#endif
+        for (int64_t b = 0; b < n; b++) pad1_image(x, xp, b, h, w, cin);
+#ifdef _OPENMP
+#pragma omp for
+#endif
+        for (int32_t t = 0; t < chunks; t++) {
+            float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+            const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
+#define STEM_DENSE(CIN, CV) \
+    stem_backward_rows(xp, NULL, NULL, NULL, dz, dw_t, db_t, h, w, first, last, ACT_NONE, CIN, CV)
+            STEM_CASES(STEM_DENSE);
+#undef STEM_DENSE
+        }
     }
     return 0;
 }

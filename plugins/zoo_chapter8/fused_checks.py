@@ -215,6 +215,20 @@ def plain_conv_backward(grad: torch.Tensor, xp: torch.Tensor, y: torch.Tensor,
     return (gx if mask[0] else None, gw if mask[1] else None, gb if mask[2] else None)
 
 
+def plain_stem_backward(grad: torch.Tensor, x: torch.Tensor, cout: int,
+                        mask: tuple[bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A 3×3 convolution's weight and bias gradients (those ``mask`` asks for) from its whole
+    output gradient and its input ``x`` (which has no gradient), by the plain convolution's
+    backward operator."""
+    with torch._C.DisableTorchFunctionSubclass():
+        shape_only = torch.empty((cout, x.shape[1], 3, 3), dtype=x.dtype, device=x.device,
+                                 memory_format=CL)
+        _, gw, gb = torch.ops.aten.convolution_backward(
+            grad, x, shape_only, [cout], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [False, *mask])
+    return (gw if mask[0] else None, gb if mask[1] else None)
+
+
 def hooked(module: torch.nn.Module) -> bool:
     """Whether calling ``module`` would run a hook (Module._call_impl's own test)."""
     hooks = torch.nn.modules.module

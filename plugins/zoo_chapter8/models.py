@@ -24,7 +24,7 @@ from torch import nn
 
 from zoo import InputShape
 from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
-from zoo_chapter8.fused_bn import bn_pool_tanh
+from zoo_chapter8.fused_bn import bn_pool_tanh, stem_conv
 from zoo_chapter8.kernels import library
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
@@ -126,7 +126,8 @@ class NetBatchNorm(NetWidth):
         self.conv2_batchnorm = nn.BatchNorm2d(num_features=n_chans1 // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_pool_tanh(self.conv1_batchnorm, self.conv1(x), self.training)
+        out = bn_pool_tanh(self.conv1_batchnorm, stem_conv(self.conv1, x, self.training),
+                           self.training)
         out = bn_pool_tanh(self.conv2_batchnorm, self.conv2(out), self.training)
         out = torch.flatten(out, 1)
         out = torch.tanh(self.fc1(out))
