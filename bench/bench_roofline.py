@@ -8,6 +8,13 @@ threads torch uses). ``img/s at peak`` is the upper bound a trainer could approa
 every operation ran at that peak; put a measured img/s beside it to read the fraction
 of the peak achieved (``--measured ARCH=IMG_PER_S``, as many as wanted).
 
+The second bound is the per-step floor: the time of a whole training step (zoo's model in
+training mode, channels-last, cross-entropy, fused SGD, the chapter-8 kernels where they
+apply) on one image, which is nearly all autograd's, the optimizer's and the Python's
+fixed cost, set beside the same step on 64 images. ``64 / floor`` is the most images a
+second any kernel speed could give at batch 64; ``floor share`` is the part of a 64-image
+step the fixed cost takes.
+
     python bench/bench_roofline.py [--measured NetResDeep=1246 ...]
 """
 
@@ -20,6 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import zoo
+from zoo.trainer.allocator import retain_freed_memory
 from zoo.util.cpu import describe, native_bf16
 
 
@@ -44,6 +52,30 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
             a @ b
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 * repeats / best
+
+
+def step_seconds(arch: str, batch: int, steps: int = 60) -> float:
+    """Best time of one whole training step on ``batch`` images (medians of five rounds)."""
+    torch.manual_seed(0)
+    model = zoo.create_model(arch).to(memory_format=torch.channels_last).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, fused=True)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    for _ in range(10):
+        step()
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        rounds.append((time.perf_counter() - start) / steps)
+    return sorted(rounds)[len(rounds) // 2]
 
 
 def main() -> None:
@@ -72,6 +104,13 @@ def main() -> None:
             row += (f"{measured[arch]:>10,.0f}{achieved / 1e9:>9.0f}{achieved / fp32:>8.0%}"
                     f"{f'{achieved / bf16:.0%}' if native else '-':>9}")
         print(row)
+    retain_freed_memory()  # as the trainer does
+    print(f"\n{'architecture':<14}{'floor ms':>10}{'64-image step ms':>18}{'64 / floor':>12}"
+          f"{'floor share':>13}")
+    for arch in zoo.list_models(tags=["chapter8"]):
+        floor, full = step_seconds(arch, 1), step_seconds(arch, 64, steps=20)
+        print(f"{arch:<14}{floor * 1e3:>10.2f}{full * 1e3:>18.2f}{64 / floor:>12,.0f}"
+              f"{floor / full:>12.0%}")
 
 
 if __name__ == "__main__":
