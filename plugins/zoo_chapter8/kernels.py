@@ -33,7 +33,7 @@ from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("fused.c", "fused_bn.c"))
-_HEADER = Path(__file__).with_name("fused_simd.h")
+_HEADERS = tuple(Path(__file__).with_name(name) for name in ("fused_simd.h", "fused_conv.h"))
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _WHAT = "the chapter-8 CPU kernels"
 
@@ -103,7 +103,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     compiler = _compiler()
     if compiler is None:
         return None, "no C compiler found (set $CC)"
-    key = hashlib.sha256(b"".join(p.read_bytes() for p in (*_SOURCES, _HEADER)) + " ".join(
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in (*_SOURCES, *_HEADERS)) + " ".join(
         [*compiler, *arch_flags(), platform.machine()]).encode()).hexdigest()[:16]
     try:
         lib, where = kernel_cache.load(_cache_dir() / f"fused-{key}.so",
