@@ -54,8 +54,9 @@ def gemm_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 * repeats / best
 
 
-def step_seconds(arch: str, batch: int, steps: int = 60) -> float:
-    """Best time of one whole training step on ``batch`` images (medians of five rounds)."""
+def step_seconds(arch: str, batch: int, steps: int) -> float:
+    """The time of one whole training step on ``batch`` images (the median of five rounds of
+    ``steps`` steps, after as many to warm up, at most ten)."""
     torch.manual_seed(0)
     model = zoo.create_model(arch).to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2, fused=True)
@@ -67,7 +68,7 @@ def step_seconds(arch: str, batch: int, steps: int = 60) -> float:
         torch.nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
 
-    for _ in range(10):
+    for _ in range(min(steps, 10)):
         step()
     rounds = []
     for _ in range(5):
@@ -83,6 +84,8 @@ def main() -> None:
     parser.add_argument("--measured", action="append", default=[], metavar="ARCH=IMG_PER_S",
                         help="a measured training throughput to set against the peak")
     parser.add_argument("--gemm-size", type=int, default=2048, help="matrix size of the peak")
+    parser.add_argument("--floor-steps", type=int, default=60,
+                        help="one-image steps a round (64-image rounds: a third of them)")
     args = parser.parse_args()
     measured = {k: float(v) for k, v in (m.split("=", 1) for m in args.measured)}
     fp32 = gemm_peak(torch.float32, args.gemm_size)
@@ -108,7 +111,8 @@ def main() -> None:
     print(f"\n{'architecture':<14}{'floor ms':>10}{'64-image step ms':>18}{'64 / floor':>12}"
           f"{'floor share':>13}")
     for arch in zoo.list_models(tags=["chapter8"]):
-        floor, full = step_seconds(arch, 1), step_seconds(arch, 64, steps=20)
+        floor = step_seconds(arch, 1, args.floor_steps)
+        full = step_seconds(arch, 64, max(1, args.floor_steps // 3))
         print(f"{arch:<14}{floor * 1e3:>10.2f}{full * 1e3:>18.2f}{64 / floor:>12,.0f}"
               f"{floor / full:>12.0%}")
 

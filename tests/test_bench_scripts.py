@@ -27,7 +27,7 @@ def _run(tmp_path: Path, *args: str, timeout: float = 240) -> str:
 def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak(
         tmp_path: Path) -> None:
     out = _run(tmp_path, "bench/bench_roofline.py", "--gemm-size", "128",
-               "--measured", "Net=1000")
+               "--measured", "Net=1000", "--floor-steps", "3")
     # Net per image: forward 1.507 MFLOP (convolutions 0.885 + 0.590, linear layers 0.033),
     # backward the weight gradient of conv1 (its input needs none) and both gradients of
     # the others: 3.638 MFLOP in all
@@ -38,6 +38,11 @@ def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak
     deep = re.search(r"^NetResDeep +([\d.]+) ", out, re.M)
     assert deep is not None and 140 < float(deep.group(1)) < 150, out
     assert re.search(r"float32 [\d,]+ GFLOP/s, bfloat16 [\d,]+ GFLOP/s", out)
+    # the per-step floor: a one-image step, a 64-image one, 64 over the first, its share
+    floors = re.findall(r"^(Net\w*) +([\d.]+) +([\d.]+) +[\d,]+ +(\d+)%$", out, re.M)
+    assert [f[0] for f in floors] == sorted(f[0] for f in floors) and len(floors) == 7, out
+    for _, one, full, share in floors:
+        assert 0 < float(one) < float(full) and 0 < int(share) < 100
     assert "features:" in out
 
 
@@ -58,8 +63,8 @@ def test_kernels_bench_times_every_fused_layer_three_ways(tmp_path: Path) -> Non
     assert "features:" in out
     rows = re.findall(r"^(Net\w*) .*?(( +[\d.]+){3})( +[\d.]+x){2}$", out, re.M)
     assert [r[0] for r in rows] == ["Net", "Net", "NetWidth", "NetWidth", "NetBatchNorm",
-                                    "NetBatchNorm", "NetDepth", "NetDepth", "NetDepth",
-                                    "NetRes"], out
+                                    "NetBatchNorm", "NetBatchNorm", "NetDepth", "NetDepth",
+                                    "NetDepth", "NetRes"], out
 
 
 def test_every_benchmark_explains_itself(tmp_path: Path) -> None:

@@ -4,9 +4,10 @@ glibc's malloc serves large blocks with fresh pages from ``mmap`` and hands
 freed memory back to the OS when the top of its heap grows past a threshold.
 A small network's training step allocates and frees a few megabytes of
 activations, so with those defaults a step can fault in thousands of fresh,
-zeroed pages: about 2,500 a step for NetBatchNorm at batch 64 on this project's
-machine (``tests/test_allocator.py`` measures it; Net's smaller step stays
-under glibc's adaptive thresholds there). Raising the two thresholds keeps the
+zeroed pages: 1,400 to 2,200 a step for NetBatchNorm at batch 64 with PyTorch's
+layers on this project's machine (``tests/test_allocator.py`` measures it), from
+none to 3,800 with its CPU kernels, as the top of the heap falls; Net's smaller
+step stays under glibc's adaptive thresholds there. Raising the two thresholds keeps the
 pages in the process, as jemalloc or tcmalloc would; the process's peak memory
 is unchanged, but it no longer shrinks after a step.
 
