@@ -27,7 +27,7 @@ def _run(tmp_path: Path, *args: str, timeout: float = 240) -> str:
 def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak(
         tmp_path: Path) -> None:
     out = _run(tmp_path, "bench/bench_roofline.py", "--gemm-size", "128",
-               "--measured", "Net=1000", "--floor-steps", "3")
+               "--measured", "Net=1000", "--floor-steps", "1")
     # Net per image: forward 1.507 MFLOP (convolutions 0.885 + 0.590, linear layers 0.033),
     # backward the weight gradient of conv1 (its input needs none) and both gradients of
     # the others: 3.638 MFLOP in all

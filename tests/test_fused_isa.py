@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_fused import _floats, _fused_tanh, _ulp
 from zoo_chapter8 import fused, fused_bn, kernels
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
@@ -120,14 +121,25 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="x86-64 instruction sets")
-def test_the_build_without_vector_extensions_computes_the_same_numbers(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The portable code paths (SSE2 pairs for the 8-float vectors, the generic byte
-    conversions of the pooling positions and the lane test before tanh's saturated tail,
-    which AVX2 builds do with their own instructions) give the AVX2 build's numbers bit for
-    bit, both without FMA contraction: what a CPU without AVX2 computes."""
+def test_builds_without_fma_or_vector_extensions(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Built without FMA contraction (a CPU without FMA), tanh stays within 7 ulp and exact
+    past 7.81; and the portable code paths (SSE2 pairs for the 8-float vectors, the generic
+    byte conversions of the pooling positions and the lane test before tanh's saturated tail,
+    which AVX2 builds do with their own instructions) give that build's numbers bit for bit:
+    what a CPU without AVX2 computes."""
+    v = _floats(4e-4, 7.9, step=101)
+    v = torch.cat([v, -v])
+    with_fma, _ = _fused_tanh(v)
     avx2_build, generic_build = tmp_path / "avx2.so", tmp_path / "generic.so"
     avx2 = _numbers_of_a_build(avx2_build, ["-mavx2", "-ffp-contract=off"], monkeypatch)
+    got, _ = _fused_tanh(v)  # the library just built, still patched in
+    assert int(_ulp(got, v).max()) <= 7
+    if "-mfma" in kernels.arch_flags():
+        assert not torch.equal(got, with_fma)  # really another build
+    big = _floats(7.8119659, 9.2, step=7)
+    got, _ = _fused_tanh(torch.cat([big, -big]))
+    assert int(_ulp(got, torch.cat([big, -big])).max()) == 0
     generic = _numbers_of_a_build(generic_build, ["-ffp-contract=off"], monkeypatch)
     assert avx2_build.read_bytes() != generic_build.read_bytes()
     saturated = [t for t in avx2 if t.dtype == torch.float32 and bool((t.abs() == 1).any())]
