@@ -29,12 +29,8 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from importlib import resources
-from typing import Any
 
-import orjson
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -53,6 +49,7 @@ from zoo.serve.protocol import (
     error_body,
     parse_request,
 )
+from zoo.serve.responses import EXCEPTION_HANDLERS, error_response, json_response
 from zoo.serve.transport import (
     AccessLog,
     Disconnected,
@@ -64,6 +61,7 @@ from zoo.serve.transport import (
     send_error,
     send_raw,
 )
+from zoo.serve.webpage import WebPage
 from zoo.util.version import __version__
 
 log = logging.getLogger("zoo.serve")
@@ -74,22 +72,6 @@ INFER_PATH = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?/infer")
 #: The headers of a 503 answered while the event loop is overloaded.
 OVERLOADED_HEADERS = [(b"content-type", b"application/json"), (b"retry-after", b"1")]
 EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "zoo_web_page"]
-STATIC = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
-          "style.css": "text/css; charset=utf-8"}
-SECURITY_HEADERS = {"x-content-type-options": "nosniff", "content-security-policy":
-                    "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
-                    "frame-ancestors 'none'"}
-JSON = {"content-type": "application/json"}
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None
-                  ) -> Response:
-    return Response(orjson.dumps(data), status, {**JSON, **(headers or {})})
-
-
-def error_response(exc: ProtocolError) -> Response:
-    return Response(error_body(exc.message), exc.status, {**JSON, **exc.headers})
-
 
 class ServeApp:
     """The server's state and handlers; an ASGI application (:attr:`asgi` adds the access log).
@@ -110,8 +92,7 @@ class ServeApp:
         self._overloaded_body = error_body(
             f"the server is over capacity (its event loop runs over "
             f"{settings.max_loop_lag_s * 1e3:g} ms late); retry after a second")
-        self.static = {name: resources.files("zoo.serve").joinpath("static", name).read_bytes()
-                       for name in STATIC}
+        self.webpage = WebPage()
         for model in models:
             model.batcher.on_batch = (
                 lambda rows, jobs, s, name=model.name: self.metrics.observe_batch(name, rows,
@@ -127,13 +108,12 @@ class ServeApp:
               for tail, handler in (("", self.model_metadata), ("/ready", self.model_ready))),
             Route("/zoo/models", self.model_cards),
             Route("/zoo/models/{name}/classify", self.classify, methods=["POST"]),
-            Route("/", self.page),
-            Route("/static/{file}", self.static_file),
+            Route("/", self.webpage.page),
+            Route("/static/{file}", self.webpage.static_file),
             Route("/metrics", self.prometheus),
         ]
-        self.starlette = Starlette(routes=routes, lifespan=self.lifespan, exception_handlers={
-            ProtocolError: self.protocol_error, HTTPException: self.http_error,
-            Exception: self.server_error})
+        self.starlette = Starlette(routes=routes, lifespan=self.lifespan,
+                                   exception_handlers=EXCEPTION_HANDLERS)
         self.asgi: ASGIApp = AccessLog(self) if log_access else self
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -306,46 +286,8 @@ class ServeApp:
         finally:
             self.metrics.observe_request(label, "classify", status, time.perf_counter() - start)
 
-    async def page(self, request: Request) -> Response:
-        return Response(self.static["index.html"], 200,
-                        {"content-type": STATIC["index.html"], **SECURITY_HEADERS})
-
-    async def static_file(self, request: Request) -> Response:
-        name = request.path_params["file"]
-        if name not in self.static:
-            raise ProtocolError(f"no static file {name!r}; accepted: "
-                                f"{', '.join(self.static)}", 404)
-        return Response(self.static[name], 200, {"content-type": STATIC[name],
-                                                 "cache-control": "no-cache",
-                                                 **SECURITY_HEADERS})
-
     async def prometheus(self, request: Request) -> Response:
         return Response(self.metrics.render(), 200, {"content-type": self.metrics.content_type})
-
-    # -- errors ------------------------------------------------------------------------
-
-    async def protocol_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ProtocolError)
-        return error_response(exc)
-
-    async def http_error(self, request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            message = (f"no endpoint {request.url.path!r}; accepted: /v2, /v2/health/live, "
-                       "/v2/health/ready, /v2/models/NAME[/versions/V][/ready|/infer], "
-                       "/zoo/models, /metrics, /")
-        elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow")  # Starlette's order varies by run
-            message = (f"{request.method} is not accepted on {request.url.path!r}; accepted: "
-                       f"{', '.join(sorted(allowed.split(', '))) if allowed else 'another method'}")
-        else:
-            message = str(exc.detail)
-        return Response(error_body(message), exc.status_code, {**JSON, **(exc.headers or {})})
-
-    async def server_error(self, request: Request, exc: Exception) -> Response:
-        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
-        return Response(error_body(f"internal server error ({type(exc).__name__}); the "
-                                   "server logged it"), 500, JSON)
 
 
 def create_app(models: Sequence[ServedModel], settings: ServeSettings | None = None, *,
