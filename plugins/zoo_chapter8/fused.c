@@ -90,6 +90,22 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
     return 0;
 }
 
+/* Chunk t of a stem's backward pass (stem_backward_rows: from the pooled gradient, or with
+ * dz from the dense one): rows [t*rows/chunks, (t+1)*rows/chunks) of pooling windows into its
+ * own sums, dwt + t*9*cin*cout and db + t*cout. */
+static inline __attribute__((always_inline)) void stem_backward_chunk(
+    const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
+    float *dwt, float *db, int64_t rows, int64_t h, int64_t w, int32_t act, int cin, int cv,
+    int32_t t, int32_t chunks) {
+    const int64_t cout = 8 * cv;
+    float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+    const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
+#define STEM_ROWS(CIN, CV) \
+    stem_backward_rows(xp, g, y, idx, dz, dw_t, db_t, h, w, first, last, act, CIN, CV)
+    STEM_CASES(STEM_ROWS);
+#undef STEM_ROWS
+}
+
 /* dwt and db must be zero-filled, `chunks` times over: chunk t accumulates rows
  * [t*rows/chunks, (t+1)*rows/chunks) into dwt + t*9*cin*cout and db + t*cout; the caller adds
  * the chunks in order, so the result does not depend on which thread ran which chunk. */
@@ -103,14 +119,8 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(chunks) if (chunks > 1)
 #endif
-    for (int32_t t = 0; t < chunks; t++) {
-        float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
-        const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
-#define STEM_BWD(CIN, CV) \
-    stem_backward_rows(xp, g, y, idx, NULL, dw_t, db_t, h, w, first, last, act, CIN, CV)
-        STEM_CASES(STEM_BWD);
-#undef STEM_BWD
-    }
+    for (int32_t t = 0; t < chunks; t++)
+        stem_backward_chunk(xp, g, y, idx, NULL, dwt, db, rows, h, w, act, cin, cv, t, chunks);
     return 0;
 }
 
@@ -136,14 +146,9 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
 #ifdef _OPENMP
 #pragma omp for
 #endif
-        for (int32_t t = 0; t < chunks; t++) {
-            float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
-            const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
-#define STEM_DENSE(CIN, CV) \
-    stem_backward_rows(xp, NULL, NULL, NULL, dz, dw_t, db_t, h, w, first, last, ACT_NONE, CIN, CV)
-            STEM_CASES(STEM_DENSE);
-#undef STEM_DENSE
-        }
+        for (int32_t t = 0; t < chunks; t++)
+            stem_backward_chunk(xp, NULL, NULL, NULL, dz, dwt, db, rows, h, w, ACT_NONE, cin, cv,
+                                t, chunks);
     }
     return 0;
 }
