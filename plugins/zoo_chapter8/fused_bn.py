@@ -19,6 +19,10 @@ Results equal ATen's to rounding (the sums run in another order). Everything els
 kernels (what is checked, what falls back to the plain layers, no second derivative) is as
 :mod:`zoo_chapter8.fused` describes; a module that is not exactly an ``nn.BatchNorm2d`` in
 training mode with its affine parameters and running statistics runs the plain layers.
+
+NetBatchNorm's first convolution keeps its whole output for the BatchNorm, so nothing fuses
+with it; :func:`stem_conv` keeps PyTorch's forward and takes the weight and bias gradients
+from the pooled kernels' first-layer loop, given all four gradients of each window.
 """
 
 from __future__ import annotations
