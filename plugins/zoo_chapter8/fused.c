@@ -50,6 +50,15 @@ void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, 
     }
 }
 
+/* Every image of x (NHWC) padded into xp (pad1_image), shared among the threads of the
+ * enclosing parallel region (an orphaned worksharing loop, with its barrier). */
+static void pad_images(const float *x, float *xp, int64_t n, int64_t h, int64_t w, int64_t c) {
+#ifdef _OPENMP
+#pragma omp for
+#endif
+    for (int64_t b = 0; b < n; b++) pad1_image(x, xp, b, h, w, c);
+}
+
 /* Pads x (NHWC) into xp (kept for the backward pass), then computes y and idx. bias may be
  * NULL. With `a` (not NULL), the residual form max_pool2d(relu(conv(x)) + x, 2) (act is
  * then not read; cin == cout), `a` the winners' relu(conv). 0 on success, -1 for shapes the
@@ -68,10 +77,7 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
 #pragma omp parallel num_threads(threads) if (threads > 1 && rows >= 2 * threads)
 #endif
     {
-#ifdef _OPENMP
-#pragma omp for
-#endif
-        for (int64_t b = 0; b < n; b++) pad1_image(x, xp, b, h, w, cin);
+        pad_images(x, xp, n, h, w, cin);
 #ifdef _OPENMP
 #pragma omp for
 #endif
@@ -139,10 +145,7 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
 #pragma omp parallel num_threads(chunks) if (chunks > 1)
 #endif
     {
-#ifdef _OPENMP
-#pragma omp for
-#endif
-        for (int64_t b = 0; b < n; b++) pad1_image(x, xp, b, h, w, cin);
+        pad_images(x, xp, n, h, w, cin);
 #ifdef _OPENMP
 #pragma omp for
 #endif
