@@ -121,6 +121,70 @@ def test_stem_matches_conv_pool_act(act: int, ref: object, _pool: object, stem: 
         assert a.shape == p.shape
 
 
+@pytest.mark.parametrize("cin", [1, 3, 5, 8])
+@pytest.mark.parametrize("size", [(2, 2), (4, 6), (6, 10)])
+def test_stem_gradients_where_the_bottom_row_wins(cin: int, size: tuple[int, int]) -> None:
+    """Every window won by its bottom row, the right-hand pixel: the stem's backward pass
+    reads each winner's 3x3 patch as whole vectors, and the last image's last patches end at
+    the padded input's last float (``nox -s sanitize`` runs this under AddressSanitizer)."""
+    torch.manual_seed(3)
+    h, w = size
+    conv = torch.nn.Conv2d(cin, 16, 3, padding=1).to(memory_format=CL)
+    with torch.no_grad():  # the output grows down and to the right: the last row wins
+        conv.weight.zero_()
+        conv.weight[:, :, 1, 1] = 1.0
+    ramp = 1e-3 * torch.arange(h * w, dtype=torch.float32).view(1, 1, h, w)  # tanh unsaturated
+    x = _cl(ramp + 1e-5 * torch.randn(3, cin, h, w))
+    params = [p for p in conv.parameters()]
+    ours = fused.conv_pool_tanh(conv, x, True)
+    assert "ConvPool" in type(ours.grad_fn).__name__
+    theirs = torch.tanh(F.max_pool2d(conv(x), 2))
+    _, idx = F.max_pool2d(conv(x), 2, return_indices=True)
+    assert torch.equal(idx % w % 2 + idx // w % 2 * 2, torch.full_like(idx, 3))
+    g = torch.randn_like(ours)
+    for a, b in zip(_grads(ours, params, g), _grads(theirs, params, g), strict=True):
+        assert a.abs().max() > 1e-3
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("cin", "cout"), [(1, 8), (3, 16), (3, 32), (5, 24), (8, 8)])
+@pytest.mark.parametrize("chunks", [1, 2, 3])
+def test_stem_gradient_from_the_winners_is_the_dense_sum(cin: int, cout: int,
+                                                          chunks: int) -> None:
+    """The stem's backward pass multiplies each window's gradient by its winner's patch only;
+    the dense kernel (NetBatchNorm's, every output's gradient times its patch) given the
+    same gradient unpooled, zeros at the losers, sums the same products in the same order:
+    the same numbers, bit for bit."""
+    lib = kernels.library()
+    assert lib is not None
+    torch.manual_seed(5)
+    n, h, w = 3, 6, 10
+    x = torch.randn(n, h, w, cin)
+    xp = torch.empty(n, h + 2, w + 2, cin)
+    weight, bias = torch.randn(3, 3, cin, cout), torch.randn(cout)
+    y = torch.empty(n, h // 2, w // 2, cout)
+    idx = torch.empty(n, h // 2, w // 2, cout, dtype=torch.uint8)
+    assert lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), weight.data_ptr(),
+                                     bias.data_ptr(), y.data_ptr(), None, idx.data_ptr(),
+                                     n, h, w, cin, cout, fused.RELU, 1) == 0
+    g = torch.randn(y.shape)
+    sparse_w, sparse_b = torch.zeros(chunks, 3, 3, cin, cout), torch.zeros(chunks, cout)
+    assert lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
+                                 sparse_w.data_ptr(), sparse_b.data_ptr(), n, h, w, cin, cout,
+                                 fused.NONE, chunks) == 0
+    k = idx.long() % 4  # each window's gradient at its winner, NHWC
+    dz = torch.zeros(n, h // 2, 2, w // 2, 2, cout)
+    for pos in range(4):
+        dz[:, :, pos // 2, :, pos % 2, :] = torch.where(k == pos, g, 0.0)
+    dz = dz.reshape(n, h, w, cout)
+    dense_w, dense_b = torch.zeros(chunks, 3, 3, cin, cout), torch.zeros(chunks, cout)
+    assert lib.zoo_stem_dense_backward(x.data_ptr(), torch.empty_like(xp).data_ptr(),
+                                       dz.data_ptr(), dense_w.data_ptr(), dense_b.data_ptr(),
+                                       n, h, w, cin, cout, chunks) == 0
+    assert sparse_w.abs().sum() > 0
+    assert torch.equal(sparse_w, dense_w) and torch.equal(sparse_b, dense_b)
+
+
 @pytest.mark.parametrize(("act", "ref", "_pool", "layer"), ACTS)
 @pytest.mark.parametrize(("cin", "cout", "bias"), [(16, 8, True), (32, 16, True), (16, 16, False),
                                                    (8, 24, True), (24, 8, True)])

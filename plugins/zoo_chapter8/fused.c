@@ -101,13 +101,18 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
  * own sums, dwt + t*9*cin*cout and db + t*cout. */
 static inline __attribute__((always_inline)) void stem_backward_chunk(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
-    float *dwt, float *db, int64_t rows, int64_t h, int64_t w, int32_t act, int cin, int cv,
+    float *dwt, float *db, int64_t n, int64_t h, int64_t w, int32_t act, int cin, int cv,
     int32_t t, int32_t chunks) {
-    const int64_t cout = 8 * cv;
+    const int64_t cout = 8 * cv, rows = n * (h / 2);
     float *dw_t = dwt + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
     const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
 #define STEM_ROWS(CIN, CV) \
-    stem_backward_rows(xp, g, y, idx, dz, dw_t, db_t, h, w, first, last, act, CIN, CV)
+    do {                                                                                        \
+        if (dz != NULL)                                                                         \
+            stem_dense_backward_rows(xp, dz, dw_t, db_t, h, w, first, last, CIN, CV);           \
+        else                                                                                    \
+            stem_backward_rows(xp, g, y, idx, dw_t, db_t, n, h, w, first, last, act, CIN, CV); \
+    } while (0)
     STEM_CASES(STEM_ROWS);
 #undef STEM_ROWS
 }
@@ -120,13 +125,12 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
                           float *dwt, float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
                           int64_t cout, int32_t act, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
-    const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(chunks) if (chunks > 1)
 #endif
     for (int32_t t = 0; t < chunks; t++)
-        stem_backward_chunk(xp, g, y, idx, NULL, dwt, db, rows, h, w, act, cin, cv, t, chunks);
+        stem_backward_chunk(xp, g, y, idx, NULL, dwt, db, n, h, w, act, cin, cv, t, chunks);
     return 0;
 }
 
@@ -139,7 +143,6 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
                                 float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
                                 int64_t cout, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
-    const int64_t rows = n * (h / 2);
     const int cin = (int)cin_, cv = (int)(cout / 8);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(chunks) if (chunks > 1)
@@ -150,7 +153,7 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
 #pragma omp for
 #endif
         for (int32_t t = 0; t < chunks; t++)
-            stem_backward_chunk(xp, NULL, NULL, NULL, dz, dwt, db, rows, h, w, ACT_NONE, cin, cv,
+            stem_backward_chunk(xp, NULL, NULL, NULL, dz, dwt, db, n, h, w, ACT_NONE, cin, cv,
                                 t, chunks);
     }
     return 0;

@@ -21,6 +21,19 @@
 #define STEM_MAX_CIN 8
 #define CONV_MAX_CINV (CONV_MAX_CIN / 8)
 
+/* GCC's register-pressure-aware scheduling where the vector registers are 16 (AVX2): with it
+ * the forward pass and the stem's backward keep their accumulators in registers instead of
+ * spilling them (on an AVX2 EPYC: the 3-to-32 first layer's forward 1.5x as fast, the stems'
+ * backward 1.45x); the layers' backward ran 10 % slower with it, and goes without. Scheduling
+ * reorders no arithmetic: the numbers are the same bit for bit as a build with -DZOO_UNTUNED,
+ * which leaves out both (tests/test_fused_isa.py). */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512VL__) && \
+    !defined(ZOO_UNTUNED)
+#define PRESSURE_SCHEDULING __attribute__((optimize("schedule-insns", "sched-pressure")))
+#else
+#define PRESSURE_SCHEDULING
+#endif
+
 /* `win` adjacent pooling windows from p0 (their top left pixel in xp): with one output
  * vector, two windows give eight independent sums, enough to keep both FMA units busy.
  * `residual` (a compile-time constant: the plain form's registers stay as they were; the
@@ -79,7 +92,7 @@ static inline __attribute__((always_inline)) void conv_pool_windows(
 
 /* Output vectors per pass over a row of windows: all of them, but two where the vector
  * registers are 16 (AVX2), whose 4 x 4 accumulators, with their weights and inputs, spill
- * to memory. With PRESSURE_SCHEDULING (below) the 3-to-32 first layer's forward pass runs
+ * to memory. With PRESSURE_SCHEDULING (above) the 3-to-32 first layer's forward pass runs
  * 1.5x as fast on an AVX2 EPYC (neither change alone gained much); each channel's sums run
  * in the same order either way. */
 #if !defined(__AVX2__) || defined(__AVX512VL__) || defined(ZOO_UNTUNED)
@@ -123,15 +136,13 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
     }
 }
 
-/* The stem's weight and bias gradients over rows [first, last) of pooling windows, from the
- * pooled gradient (g, y, idx: each window's winner) or, with `dz` (not NULL: a compile-time
- * constant where inlined), from the convolution's own dense gradient dz (NHWC, n x h x w x
- * cout: a stem whose output is not pooled at once, NetBatchNorm's). Either way each window's
- * four outputs are four gradient vectors, zero where they lost. */
-static inline __attribute__((always_inline)) void stem_backward_rows(
-    const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
-    float *dwt, float *db, int64_t h, int64_t w, int64_t first, int64_t last, int32_t act,
-    const int cin, const int cv) {
+/* The stem's weight and bias gradients over rows [first, last) of 2x2 windows from the
+ * convolution's own dense gradient dz (NHWC, n x h x w x cout: a stem whose output is not
+ * pooled at once, NetBatchNorm's): each window's four outputs are four gradient vectors, each
+ * input multiplied by all four. */
+static inline __attribute__((always_inline)) void stem_dense_backward_rows(
+    const float *xp, const float *dz, float *dwt, float *db, int64_t h, int64_t w,
+    int64_t first, int64_t last, const int cin, const int cv) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
     const int pv = CONV_PASS_CV(cv);
     for (int64_t i = first; i < last; i++) {
@@ -139,28 +150,15 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
         const float *top = xp + (b * (h + 2) + 2 * oh) * row;
         for (int64_t ow = 0; ow < w2; ow++) {
             const float *p0 = top + 2 * ow * cin;
-            const int64_t out = (i * w2 + ow) * cout;
             for (int v0 = 0; v0 < cv; v0 += pv) { /* pv output vectors a pass */
                 vf mz[4][CONV_MAX_CV];
-                if (dz != NULL) {
-                    const float *d0 = dz + ((b * h + 2 * oh) * w + 2 * ow) * cout + 8 * v0;
-                    const float *d1 = d0 + w * cout;
-                    for (int v = 0; v < pv; v++) {
-                        mz[0][v] = load(d0 + 8 * v); mz[1][v] = load(d0 + cout + 8 * v);
-                        mz[2][v] = load(d1 + 8 * v); mz[3][v] = load(d1 + cout + 8 * v);
-                        float *dbv = db + 8 * (v0 + v);
-                        store(dbv, load(dbv) + ((mz[0][v] + mz[1][v]) + mz[2][v]) + mz[3][v]);
-                    }
-                } else {
-                    for (int v = 0; v < pv; v++) {
-                        const int64_t at = out + 8 * (v0 + v);
-                        const vf z = activate_grad(load(g + at), load(y + at), act);
-                        store(db + 8 * (v0 + v), load(db + 8 * (v0 + v)) + z);
-                        const vi k = load_idx(idx + at);
-                        const vf zero = splat(0.0f);
-                        mz[0][v] = pick(k == 0, z, zero); mz[1][v] = pick(k == 1, z, zero);
-                        mz[2][v] = pick(k == 2, z, zero); mz[3][v] = pick(k == 3, z, zero);
-                    }
+                const float *d0 = dz + ((b * h + 2 * oh) * w + 2 * ow) * cout + 8 * v0;
+                const float *d1 = d0 + w * cout;
+                for (int v = 0; v < pv; v++) {
+                    mz[0][v] = load(d0 + 8 * v); mz[1][v] = load(d0 + cout + 8 * v);
+                    mz[2][v] = load(d1 + 8 * v); mz[3][v] = load(d1 + cout + 8 * v);
+                    float *dbv = db + 8 * (v0 + v);
+                    store(dbv, load(dbv) + ((mz[0][v] + mz[1][v]) + mz[2][v]) + mz[3][v]);
                 }
                 for (int kh = 0; kh < 3; kh++) {
                     const float *r0 = p0 + kh * row, *r1 = r0 + row;
@@ -180,6 +178,125 @@ static inline __attribute__((always_inline)) void stem_backward_rows(
             }
         }
     }
+}
+
+/* The staged windows' patches times their gradients, into each output channel's 3 x nv sums
+ * (stem_backward_rows, below), two channels at a time: twice the independent sums, so that
+ * the FMA units do not wait on one another's results. `checked` (a block with a patch past
+ * `safe`, whose whole vectors would read past xp's end: the last image's bottom row, and in
+ * a narrow image its other rows too): such patches are copied out first. A separate loop:
+ * with the copy in it the sums went through memory in every block. */
+static inline __attribute__((always_inline)) void stem_patch_sums_nv(
+    const float *xp, const float *zs, const int64_t *at, int64_t nb, int64_t cout, int64_t row,
+    int64_t safe, int cin, vf *sums, const int nv, const int checked) {
+    for (int64_t co = 0; co < cout; co += 2) {
+        vf acc[2][3][3];
+        for (int c = 0; c < 2; c++)
+            for (int kh = 0; kh < 3; kh++)
+                for (int u = 0; u < nv; u++) acc[c][kh][u] = sums[((co + c) * 3 + kh) * 3 + u];
+        for (int64_t jj = 0; jj < nb; jj++)
+            for (int c = 0; c < 2; c++) {
+                const vf z = splat(zs[jj * cout + co + c]);
+                const int64_t off = at[jj * cout + co + c];
+                const float *p = xp + off, *q = p + row, *r = q + row;
+                float tail[3][3 * 8];
+                if (checked && off > safe) {
+                    memset(tail, 0, sizeof tail);
+                    for (int kh = 0; kh < 3; kh++)
+                        memcpy(tail[kh], xp + off + kh * row, sizeof(float) * 3 * cin);
+                    p = tail[0], q = tail[1], r = tail[2];
+                }
+                for (int u = 0; u < nv; u++) {
+                    acc[c][0][u] += z * load(p + 8 * u);
+                    acc[c][1][u] += z * load(q + 8 * u);
+                    acc[c][2][u] += z * load(r + 8 * u);
+                }
+            }
+        for (int c = 0; c < 2; c++)
+            for (int kh = 0; kh < 3; kh++)
+                for (int u = 0; u < nv; u++) sums[((co + c) * 3 + kh) * 3 + u] = acc[c][kh][u];
+    }
+}
+
+/* Not inlined into stem_backward_rows: there the staging loop's constants took the registers,
+ * and two of the sums went through the stack in every iteration (on an AVX2 EPYC the 3-to-32
+ * stem's backward ran at two thirds of its speed). */
+static __attribute__((noinline)) PRESSURE_SCHEDULING void stem_patch_sums(
+    const float *xp, const float *zs, const int64_t *at, int64_t nb, int64_t cout, int64_t row,
+    int64_t safe, int cin, vf *sums, int checked) {
+#define PATCH_SUMS(NV, CHECKED) \
+    stem_patch_sums_nv(xp, zs, at, nb, cout, row, safe, cin, sums, NV, CHECKED)
+    const int nv = (3 * cin + 7) / 8;
+    if (checked) {
+        if (nv == 1) PATCH_SUMS(1, 1);
+        else if (nv == 2) PATCH_SUMS(2, 1);
+        else PATCH_SUMS(3, 1);
+    } else {
+        if (nv == 1) PATCH_SUMS(1, 0);
+        else if (nv == 2) PATCH_SUMS(2, 0);
+        else PATCH_SUMS(3, 0);
+    }
+#undef PATCH_SUMS
+}
+
+/* The stem's weight and bias gradients over rows [first, last) of pooling windows from the
+ * pooled gradient (g, y, idx). A window passes its gradient to one convolution output per
+ * channel, its winner, so each output channel's weight gradient is a sum over windows of that
+ * gradient times the winner's 3x3 input patch: three rows of 3 * cin contiguous floats (NHWC),
+ * read as nv whole vectors each (the lanes past 3 * cin read the pixels beyond, and are
+ * dropped at the end). That is a quarter of the multiplications of the dense form above (each
+ * input times all four outputs' gradients, three of them zero), and the same numbers, each
+ * sum running over the windows in the same order; only a NaN or infinity at a window's losing
+ * input no longer reaches the gradient (as in the layer's backward pass, where a loser's zero
+ * gradient is never multiplied either). The windows are staged a block at a time (each
+ * output's gradient and its winner's patch), then each output channel's 3 x nv sums stay in
+ * registers over the block. A patch whose whole vectors would read past xp's end (the last
+ * image's bottom row) is copied out first. */
+#define STEM_STAGE 1024 /* staged outputs: windows x cout */
+static inline __attribute__((always_inline)) void stem_backward_rows(
+    const float *xp, const float *g, const float *y, const uint8_t *idx, float *dwt, float *db,
+    int64_t n, int64_t h, int64_t w, int64_t first, int64_t last, int32_t act, const int cin,
+    const int cv) {
+    const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
+    const int nv = (3 * cin + 7) / 8, block = STEM_STAGE / (8 * cv);
+    const int64_t safe = n * (h + 2) * row - 2 * row - 8 * nv; /* see stem_patch_sums_nv */
+    float zs[STEM_STAGE];
+    int64_t at[STEM_STAGE];
+    vf sums[8 * CONV_MAX_CV][3][3];
+    for (int64_t co = 0; co < cout; co++)
+        for (int kh = 0; kh < 3; kh++)
+            for (int u = 0; u < nv; u++) sums[co][kh][u] = splat(0.0f);
+    for (int64_t j0 = first * w2; j0 < last * w2; j0 += block) {
+        const int64_t nb = last * w2 - j0 < block ? last * w2 - j0 : block;
+        int64_t i = j0 / w2, ow = j0 % w2, top = ((i / h2) * (h + 2) + 2 * (i % h2)) * row;
+        int64_t furthest = 0;
+        for (int64_t jj = 0; jj < nb; jj++) {
+            const int64_t window = top + 2 * ow * cin;
+            for (int v = 0; v < cv; v++) {
+                const int64_t o = (j0 + jj) * cout + 8 * v;
+                const vf z = activate_grad(load(g + o), load(y + o), act);
+                store(db + 8 * v, load(db + 8 * v) + z);
+                store(zs + jj * cout + 8 * v, z);
+                const vi k = load_idx(idx + o);
+                const vi off = ((k >> 1) & 1) * (int32_t)row + (k & 1) * cin;
+                for (int l = 0; l < 8; l++) at[jj * cout + 8 * v + l] = window + off[l];
+            }
+            furthest = window + row + cin; /* the window's last patch */
+            if (++ow == w2) { /* the next row of windows */
+                ow = 0;
+                i++;
+                top = ((i / h2) * (h + 2) + 2 * (i % h2)) * row;
+            }
+        }
+        stem_patch_sums(xp, zs, at, nb, cout, row, safe, cin, &sums[0][0][0], furthest > safe);
+    }
+    for (int64_t co = 0; co < cout; co++)
+        for (int kh = 0; kh < 3; kh++) {
+            float s[3 * 8];
+            memcpy(s, sums[co][kh], sizeof s);
+            for (int t = 0; t < 3 * cin; t++) /* t = kw * cin + ci */
+                dwt[(kh * 3 * cin + t) * cout + co] += s[t];
+        }
 }
 
 /* The layer's backward pass over images [first, last): the input gradient of each image into
@@ -302,17 +419,5 @@ static void pad1_image(const float *x, float *xp, int64_t b, int64_t h, int64_t 
     memset(dst + (h + 1) * prow, 0, sizeof(float) * prow);
 }
 
-/* GCC's register-pressure-aware scheduling where the vector registers are 16 (AVX2): with it
- * the forward pass and the stem's backward keep their accumulators in registers instead of
- * spilling them (on an AVX2 EPYC: the 3-to-32 first layer's forward 1.5x as fast, the stems'
- * backward 1.45x); the layers' backward ran 10 % slower with it, and goes without. Scheduling
- * reorders no arithmetic: the numbers are the same bit for bit as a build with -DZOO_UNTUNED,
- * which leaves out both (tests/test_fused_isa.py). */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__AVX2__) && !defined(__AVX512VL__) && \
-    !defined(ZOO_UNTUNED)
-#define PRESSURE_SCHEDULING __attribute__((optimize("schedule-insns", "sched-pressure")))
-#else
-#define PRESSURE_SCHEDULING
-#endif
 
 #endif
