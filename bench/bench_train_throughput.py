@@ -18,9 +18,12 @@ All three train on the same images (a CIFAR-2-sized synthetic set, or
 ``--data-dir`` for an ImageFolder such as CIFAR-2). images/s counts training
 steps only (no validation): the best timed epoch after a warm-up one. The CPU
 may be shared, so the three run in turn, ``--rounds`` times, each keeping its
-best round. The book's loops run in a child process of their own, with the C
-allocator as a reader's process has it (the trainer tunes it: zoo.trainer.allocator);
-``--tuned-book`` tunes it for them too, to show that share of the speed-up.
+best round; the last two columns are the median over the rounds of each round's own
+ratios (the trainer against the book's code and the best expert loop run minutes apart at
+most, where the best rounds may come from different, quieter minutes). The book's loops
+run in a child process of their own, with the C allocator as a reader's process has it
+(the trainer tunes it: zoo.trainer.allocator); ``--tuned-book`` tunes it for them too, to
+show that share of the speed-up.
 
 Beside them, the loops an experienced PyTorch user writes in a few lines (``EXPERT_LOOPS``):
 the book's model class and recipe on tensors held in memory, plain eager, channels-last,
@@ -226,11 +229,15 @@ def main() -> None:
             speeds: dict[str, float] = {}
             warm: dict[str, float] = {}
             parts = "-"
+            rounds: list[dict[str, float]] = []
 
-            def keep(name: str, value: float, speeds: dict[str, float] = speeds) -> None:
+            def keep(name: str, value: float, speeds: dict[str, float] = speeds,
+                     rounds: list[dict[str, float]] = rounds) -> None:
                 speeds[name] = max(speeds.get(name, 0.0), value)
+                rounds[-1][name] = value
 
             for _ in range(args.rounds):
+                rounds.append({})
                 keep("book code", child.submit(book_loop, arch, True, *book_args).result())
                 keep("book loop", child.submit(book_loop, arch, False, *book_args).result())
                 for variant in experts:
@@ -243,7 +250,7 @@ def main() -> None:
                 for amp in amps:
                     speed, parts = trainer(arch, {**fields, "amp": amp}, args.epochs)
                     keep(f"trainer amp={amp}", speed)
-            rows.append((arch, speeds, parts))
+            rows.append((arch, speeds, parts, rounds))
             shown = ", ".join(f"{k} {v:,.0f}" for k, v in speeds.items())
             print(f"  {arch} (img/s): {shown}"
                   + (f"; compile's warm-up epoch {warm['compile']:.1f} s"
@@ -253,19 +260,32 @@ def main() -> None:
     print()
     columns = ["book code", "book loop", *experts, *(f"trainer amp={a}" for a in amps)]
     print("img/s; 'best trainer' is the faster --amp setting; 'vs expert': best trainer over "
-          "the best expert loop")
+          "the best expert loop; 'paired': the median of each round's own ratios")
     print(f"{'architecture':<19}" + "".join(f"{c:>{max(11, len(c) + 2)}}" for c in columns)
-          + f"{'parts':>7}{'vs code':>9}{'vs expert':>11}")
-    for arch, speeds, parts in rows:
+          + f"{'parts':>7}{'vs code':>9}{'vs expert':>11}{'paired':>9}{'paired':>11}")
+    for arch, speeds, parts, rounds in rows:
         best_trainer = max(v for k, v in speeds.items() if k.startswith("trainer"))
         expert = max((speeds[e] for e in experts if e in speeds), default=float("nan"))
         if arch.endswith("-shared"):
             parent = next((r[1] for r in rows if r[0] == arch.removesuffix("-shared")), {})
             expert = max((parent[e] for e in experts if e in parent), default=float("nan"))
+        code, vs_expert = paired_ratios(rounds, experts)
         print(f"{arch:<19}" + "".join(f"{speeds.get(c, float('nan')):>{max(11, len(c) + 2)},.0f}"
                                       for c in columns)
               + f"{parts:>7}{best_trainer / speeds['book code']:>8.2f}x"
-              f"{best_trainer / expert:>10.2f}x")
+              f"{best_trainer / expert:>10.2f}x{code:>8.2f}x{vs_expert:>10.2f}x")
+
+
+def paired_ratios(rounds: list[dict[str, float]], experts: list[str]) -> tuple[float, float]:
+    """The median over rounds of the round's best trainer against the round's book code and
+    against its best expert loop (NaN where a round ran no expert loop: the -shared rows)."""
+    code, expert = [], []
+    for speeds in rounds:
+        trainer = max(v for k, v in speeds.items() if k.startswith("trainer"))
+        code.append(trainer / speeds["book code"])
+        loops = [speeds[e] for e in experts if e in speeds]
+        expert.append(trainer / max(loops) if loops else float("nan"))
+    return float(np.median(code)), float(np.median(expert))
 
 
 if __name__ == "__main__":
