@@ -16,7 +16,7 @@
  * -mavx512f -mavx512vl where the CPU has AVX-512: 32 registers for the same 8-float vectors),
  * SSE or NEON pairs without.
  */
-#include "fused_conv.h"
+#include "fused_stem.h"
 
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int32_t act, int32_t threads) {

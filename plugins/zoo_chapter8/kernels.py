@@ -33,7 +33,8 @@ from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
 _SOURCES = tuple(Path(__file__).with_name(name) for name in ("fused.c", "fused_bn.c"))
-_HEADERS = tuple(Path(__file__).with_name(name) for name in ("fused_simd.h", "fused_conv.h"))
+_HEADERS = tuple(Path(__file__).with_name(name)
+                 for name in ("fused_simd.h", "fused_conv.h", "fused_stem.h"))
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
 _WHAT = "the chapter-8 CPU kernels"
 
