@@ -262,7 +262,8 @@ def main() -> None:
     print("img/s; 'best trainer' is the faster --amp setting; 'vs expert': best trainer over "
           "the best expert loop; 'paired': the median of each round's own ratios")
     print(f"{'architecture':<19}" + "".join(f"{c:>{max(11, len(c) + 2)}}" for c in columns)
-          + f"{'parts':>7}{'vs code':>9}{'vs expert':>11}{'paired':>9}{'paired':>11}")
+          + f"{'parts':>7}{'vs code':>9}{'vs expert':>11}{'paired vs code':>16}"
+          f"{'paired vs expert':>18}")
     for arch, speeds, parts, rounds in rows:
         best_trainer = max(v for k, v in speeds.items() if k.startswith("trainer"))
         expert = max((speeds[e] for e in experts if e in speeds), default=float("nan"))
@@ -273,7 +274,7 @@ def main() -> None:
         print(f"{arch:<19}" + "".join(f"{speeds.get(c, float('nan')):>{max(11, len(c) + 2)},.0f}"
                                       for c in columns)
               + f"{parts:>7}{best_trainer / speeds['book code']:>8.2f}x"
-              f"{best_trainer / expert:>10.2f}x{code:>8.2f}x{vs_expert:>10.2f}x")
+              f"{best_trainer / expert:>10.2f}x{code:>15.2f}x{vs_expert:>17.2f}x")
 
 
 def paired_ratios(rounds: list[dict[str, float]], experts: list[str]) -> tuple[float, float]:

@@ -96,9 +96,10 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
     return 0;
 }
 
-/* Chunk t of a stem's backward pass (stem_backward_rows: from the pooled gradient, or with
- * dz from the dense one): rows [t*rows/chunks, (t+1)*rows/chunks) of pooling windows into its
- * own sums, dwt + t*9*cin*cout and db + t*cout. */
+/* Chunk t of a stem's backward pass (fused_stem.h: stem_backward_rows from the pooled
+ * gradient, or with dz stem_dense_backward_rows from the dense one): rows
+ * [t*rows/chunks, (t+1)*rows/chunks) of pooling windows into its own sums, dwt + t*9*cin*cout
+ * and db + t*cout. */
 static inline __attribute__((always_inline)) void stem_backward_chunk(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
     float *dwt, float *db, int64_t n, int64_t h, int64_t w, int32_t act, int cin, int cv,
