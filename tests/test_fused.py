@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from zoo_chapter8 import fused, kernels
+from zoo_chapter8 import fused, fused_checks, kernels
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
 
@@ -172,11 +172,8 @@ def test_stem_gradient_from_the_winners_is_the_dense_sum(cin: int, cout: int,
     assert lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
                                  sparse_w.data_ptr(), sparse_b.data_ptr(), n, h, w, cin, cout,
                                  fused.NONE, chunks) == 0
-    k = idx.long() % 4  # each window's gradient at its winner, NHWC
-    dz = torch.zeros(n, h // 2, 2, w // 2, 2, cout)
-    for pos in range(4):
-        dz[:, :, pos // 2, :, pos % 2, :] = torch.where(k == pos, g, 0.0)
-    dz = dz.reshape(n, h, w, cout)
+    # each window's gradient at its winner, zeros elsewhere (the plain backward's unpooling), NHWC
+    dz = fused_checks.unpool(g.permute(0, 3, 1, 2), idx).permute(0, 2, 3, 1).contiguous()
     dense_w, dense_b = torch.zeros(chunks, 3, 3, cin, cout), torch.zeros(chunks, cout)
     assert lib.zoo_stem_dense_backward(x.data_ptr(), torch.empty_like(xp).data_ptr(),
                                        dz.data_ptr(), dense_w.data_ptr(), dense_b.data_ptr(),
