@@ -115,6 +115,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
     required = {"pyproject.toml", "README.md", "LICENSE", "zoo/cli/__init__.py",
                 "zoo/cli/evaluate.py", "zoo/spec/manifest.schema.json",
                 "plugins/zoo_chapter8/fused.c", "plugins/zoo_chapter8/fused_bn.c",
+                "plugins/zoo_chapter8/fused_head.c",
                 "plugins/zoo_chapter8/fused_simd.h", "plugins/zoo_chapter8/fused_conv.h",
                 "plugins/zoo_chapter8/fused_stem.h", "plugins/zoo_chapter8/weights.json",
                 "exports/__init__.py", "tests/conftest.py", "noxfile.py",
@@ -126,6 +127,7 @@ def test_sdist_and_wheel_install_and_run_outside_the_checkout(tmp_path: Path) ->
         members = set(zf.namelist())
     required = {"zoo/cli/__init__.py", "zoo/cli/predict.py", "zoo/spec/manifest.schema.json",
                 "zoo/py.typed", "zoo_chapter8/fused.c", "zoo_chapter8/fused_bn.c",
+                "zoo_chapter8/fused_head.c",
                 "zoo_chapter8/fused_simd.h", "zoo_chapter8/fused_conv.h",
                 "zoo_chapter8/fused_stem.h", "zoo_chapter8/weights.json",
                 "zoo-0.1.0.dist-info/licenses/LICENSE",

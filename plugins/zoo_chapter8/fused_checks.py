@@ -89,17 +89,19 @@ def _modes_active() -> bool:
     return not all(isinstance(mode, DeviceContext) for mode in modes)
 
 
-def incoming(grad: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """The gradient of an output as the backward kernels read it, float32 channels_last NCHW;
-    None where C cannot read it (a vmap's batched gradient, a subclass) or the backward pass
-    runs where the kernels would bypass something (:func:`_eager_backward`)."""
+def incoming(grad: torch.Tensor, shape: tuple[int, ...],
+             layout: torch.memory_format = CL) -> torch.Tensor | None:
+    """The gradient of an output as the backward kernels read it, float32 in ``layout``
+    (channels_last NCHW, or a row-major matrix with ``contiguous_format``); None where C
+    cannot read it (a vmap's batched gradient, a subclass) or the backward pass runs where
+    the kernels would bypass something (:func:`_eager_backward`)."""
     if type(grad) not in _TENSOR_TYPES or _wrapped(grad) or not _eager_backward():
         return None
     if grad.is_neg():
         grad = grad.resolve_neg()
     readable = (grad.layout == torch.strided and grad.is_cpu
                 and grad.dtype == F32 and grad.shape == shape)
-    return grad.contiguous(memory_format=CL) if readable else None
+    return grad.contiguous(memory_format=layout) if readable else None
 
 
 def _describe(t: object) -> str:

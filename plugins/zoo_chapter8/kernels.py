@@ -1,4 +1,5 @@
-"""The chapter-8 kernel library: ``fused.c`` and ``fused_bn.c``, built at first use and loaded.
+"""The chapter-8 kernel library: ``fused.c``, ``fused_bn.c`` and ``fused_head.c``, built at first
+use and loaded.
 
 The kernels are compiled with the system C compiler (``$CC``, else ``cc``), with OpenMP
 where it has it, for the instruction sets ATen finds on the CPU, into
@@ -32,7 +33,8 @@ from zoo_chapter8 import kernel_cache
 from zoo_chapter8.kernel_cache import KernelBuildError
 
 ENV_SWITCH = "ZOO_FUSED"
-_SOURCES = tuple(Path(__file__).with_name(name) for name in ("fused.c", "fused_bn.c"))
+_SOURCES = tuple(Path(__file__).with_name(name)
+                 for name in ("fused.c", "fused_bn.c", "fused_head.c"))
 _HEADERS = tuple(Path(__file__).with_name(name)
                  for name in ("fused_simd.h", "fused_conv.h", "fused_stem.h"))
 _PTR, _I64, _I32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
@@ -92,8 +94,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zoo_bn_pool_act_forward.argtypes = [*[_PTR] * 5, *[_I64] * 4, _I32, _I32]
     lib.zoo_bn_pool_act_backward.argtypes = [*[_PTR] * 11, *[_I64] * 4, _I32, _I32, _I32]
     lib.zoo_bn_pool_act_forward.restype = None
+    lib.zoo_head_forward.argtypes = [*[_PTR] * 8, *[_I64] * 5, _I32, _I32]
+    lib.zoo_head_backward.argtypes = [*[_PTR] * 11, *[_I64] * 5, _I32, _I32]
     for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward,
-               lib.zoo_stem_dense_backward, lib.zoo_bn_sums, lib.zoo_bn_pool_act_backward):
+               lib.zoo_stem_dense_backward, lib.zoo_bn_sums, lib.zoo_bn_pool_act_backward,
+               lib.zoo_head_forward, lib.zoo_head_backward):
         fn.restype = ctypes.c_int32
 
 

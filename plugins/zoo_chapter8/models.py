@@ -9,7 +9,8 @@ function is the function of the maximum, so outputs and gradients are the same,
 and the activation runs on a quarter of the elements. In a CPU training step
 each convolution with its pooling and activation runs as one fused kernel, and
 a pooling with its activation after a BatchNorm as another
-(``zoo_chapter8.fused``); everywhere else, as the plain PyTorch layers. NetRes
+(``zoo_chapter8.fused``), and the two linear layers at the end with their activation as a
+third (``zoo_chapter8.fused_head``); everywhere else, as the plain PyTorch layers. NetRes
 keeps the book's order where the skip is added before pooling. Two flaws of the
 book's code are fixed: ``NetResDeep`` builds independent blocks (the book's
 ``n_blocks * [ResBlock(...)]`` repeats one instance; ``shared_block=True``
@@ -25,6 +26,7 @@ from torch import nn
 from zoo import InputShape
 from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
 from zoo_chapter8.fused_bn import bn_pool_tanh, stem_conv
+from zoo_chapter8.fused_head import RELU, TANH, linear_head
 from zoo_chapter8.kernels import library
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
@@ -70,9 +72,7 @@ class Net(WholeBatches, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_tanh(self.conv1, x, self.training)
         out = conv_pool_tanh(self.conv2, out, self.training)
-        out = torch.flatten(out, 1)
-        out = torch.tanh(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
 
 class NetWidth(WholeBatches, nn.Module):
@@ -91,9 +91,7 @@ class NetWidth(WholeBatches, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = conv_pool_tanh(self.conv1, x, self.training)
         out = conv_pool_tanh(self.conv2, out, self.training)
-        out = torch.flatten(out, 1)
-        out = torch.tanh(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
 
 class NetDropout(NetWidth):
@@ -111,9 +109,7 @@ class NetDropout(NetWidth):
         out = self.conv1_dropout(out)
         out = conv_pool_tanh(self.conv2, out, self.training)
         out = self.conv2_dropout(out)
-        out = torch.flatten(out, 1)
-        out = torch.tanh(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
 
 class NetBatchNorm(NetWidth):
@@ -129,9 +125,7 @@ class NetBatchNorm(NetWidth):
         out = bn_pool_tanh(self.conv1_batchnorm, stem_conv(self.conv1, x, self.training),
                            self.training)
         out = bn_pool_tanh(self.conv2_batchnorm, self.conv2(out), self.training)
-        out = torch.flatten(out, 1)
-        out = torch.tanh(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
 
 class NetDepth(WholeBatches, nn.Module):
@@ -152,9 +146,7 @@ class NetDepth(WholeBatches, nn.Module):
         out = conv_pool_relu(self.conv1, x, self.training)
         out = conv_pool_relu(self.conv2, out, self.training)
         out = conv_pool_relu(self.conv3, out, self.training)
-        out = torch.flatten(out, 1)
-        out = torch.relu(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, RELU, self.training)
 
 
 class NetRes(NetDepth):
@@ -164,9 +156,7 @@ class NetRes(NetDepth):
         out = conv_pool_relu(self.conv1, x, self.training)
         out = conv_pool_relu(self.conv2, out, self.training)
         out = conv_relu_add_pool(self.conv3, out, self.training)  # pool(relu(conv3) + out)
-        out = torch.flatten(out, 1)
-        out = torch.relu(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, RELU, self.training)
 
 
 class ResBlock(nn.Module):
@@ -213,9 +203,7 @@ class NetResDeep(nn.Module):
         out = conv_pool_relu(self.conv1, x, self.training)
         out = self.resblocks(out)
         out = F.max_pool2d(out, 2)
-        out = torch.flatten(out, 1)
-        out = torch.relu(self.fc1(out))
-        return self.fc2(out)  # type: ignore[no-any-return]
+        return linear_head(self.fc1, self.fc2, out, RELU, self.training)
 
 
 def _shape_kwargs(input_shape: InputShape, num_classes: int) -> dict[str, int]:
