@@ -16,17 +16,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(tmp_path: Path, *args: str, timeout: float = 240) -> str:
-    env = {**os.environ, "ZOO_CACHE_DIR": str(tmp_path / "cache"), "PYTHONWARNINGS": "ignore"}
+def _run(*args: str, timeout: float = 240) -> str:
+    # ZOO_CACHE_DIR stays the session's (conftest): the kernels are built once, not per script
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
-def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak(
-        tmp_path: Path) -> None:
-    out = _run(tmp_path, "bench/bench_roofline.py", "--gemm-size", "128",
+def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak() -> None:
+    out = _run("bench/bench_roofline.py", "--gemm-size", "128",
                "--measured", "Net=1000", "--floor-steps", "1")
     # Net per image: forward 1.507 MFLOP (convolutions 0.885 + 0.590, linear layers 0.033),
     # backward the weight gradient of conv1 (its input needs none) and both gradients of
@@ -47,9 +47,8 @@ def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak
     assert "features:" in out
 
 
-def test_train_throughput_compares_the_trainer_with_the_book_and_an_expert_loop(
-        tmp_path: Path) -> None:
-    out = _run(tmp_path, "bench/bench_train_throughput.py", "--arch", "Net", "--size", "400",
+def test_train_throughput_compares_the_trainer_with_the_book_and_an_expert_loop() -> None:
+    out = _run("bench/bench_train_throughput.py", "--arch", "Net", "--size", "400",
                "--rounds", "1", "--expert", "channels-last")
     assert "features:" in out
     assert re.search(r"^ +Net \(img/s\): book code [\d,]+, book loop [\d,]+, channels-last "
@@ -62,8 +61,8 @@ def test_train_throughput_compares_the_trainer_with_the_book_and_an_expert_loop(
     assert row.group(3, 4) == row.group(5, 6)
 
 
-def test_kernels_bench_times_every_fused_layer_three_ways(tmp_path: Path) -> None:
-    out = _run(tmp_path, "bench/bench_kernels.py", "--turns", "1", "--steps", "1", "--batch",
+def test_kernels_bench_times_every_fused_layer_three_ways() -> None:
+    out = _run("bench/bench_kernels.py", "--turns", "1", "--steps", "1", "--batch",
                "2")
     assert "features:" in out
     rows = re.findall(r"^(Net\w*) .*?(( +[\d.]+){3})( +[\d.]+x){2}$", out, re.M)
@@ -72,7 +71,7 @@ def test_kernels_bench_times_every_fused_layer_three_ways(tmp_path: Path) -> Non
                                     "NetDepth", "NetRes"], out
 
 
-def test_every_benchmark_explains_itself(tmp_path: Path) -> None:
+def test_every_benchmark_explains_itself() -> None:
     scripts = sorted(p.name for p in (ROOT / "bench").glob("bench_*.py"))
     assert len(scripts) >= 9
     # one interpreter for all of them (torch imported once): each --help runs as __main__
@@ -89,5 +88,5 @@ def test_every_benchmark_explains_itself(tmp_path: Path) -> None:
         "            assert done.code in (0, None), (script, done.code)\n"
         "    assert out.getvalue().startswith('usage:'), script\n"
         "    print(script, 'ok')\n")
-    out = _run(tmp_path, "-c", probe, timeout=120)
+    out = _run("-c", probe, timeout=120)
     assert out.split() == [word for script in scripts for word in (script, "ok")]
