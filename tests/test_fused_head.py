@@ -91,10 +91,6 @@ def test_head_is_the_same_on_one_thread_and_on_several() -> None:
         assert torch.equal(one, several)
 
 
-def _hooked(fc1: torch.nn.Linear, fc2: torch.nn.Linear) -> None:
-    fc1.register_forward_hook(lambda *_: None)
-
-
 class _Linear(torch.nn.Linear):
     pass
 
@@ -146,7 +142,7 @@ def test_shapes_the_kernel_does_not_take_run_the_plain_layers(shape: tuple[int, 
 def test_hooks_and_no_grad_run_the_plain_layers() -> None:
     fc1, fc2 = _layers(8, 2, 2, 8, 2)
     x = torch.randn(2, 8, 2, 2).contiguous(memory_format=CL).requires_grad_()
-    _hooked(fc1, fc2)
+    fc1.register_forward_hook(lambda *_: None)
     assert "Head" not in type(linear_head(fc1, fc2, x, TANH, True).grad_fn).__name__
     fc1, fc2 = _layers(8, 2, 2, 8, 2)
     with torch.no_grad():

@@ -60,7 +60,8 @@ int32_t zoo_head_forward(const float *x, const float *w1_nchw, float *w1, const 
                          const float *w2, const float *b2, float *a, float *out, int64_t n,
                          int64_t c, int64_t f, int64_t hid, int64_t k, int32_t act,
                          int32_t threads) {
-    if (n < 1 || c < 8 || c % 8 != 0 || f % c != 0 || hid < 8 || hid % 8 != 0 || k < 1)
+    if (n < 1 || c < 8 || c % 8 != 0 || f < c || f % c != 0 || hid < 8 || hid % 8 != 0 ||
+        k < 1)
         return -1;
     nhwc_columns(w1_nchw, w1, hid, c, f / c);
     const int64_t blocks = (n + HEAD_ROWS - 1) / HEAD_ROWS;
@@ -78,11 +79,12 @@ int32_t zoo_head_forward(const float *x, const float *w1_nchw, float *w1, const 
                 hidden_block(x, w1, a, r0, 1, j0, f, hid);
         for (int r = 0; r < rows; r++) {
             float *ar = a + (r0 + r) * hid;
-            for (int64_t j = 0; j < hid; j += 8) store(ar + j, activate(load(ar + j) + load(b1 + j), act));
-            for (int64_t c = 0; c < k; c++) {
+            for (int64_t j = 0; j < hid; j += 8)
+                store(ar + j, activate(load(ar + j) + load(b1 + j), act));
+            for (int64_t o = 0; o < k; o++) {
                 vf s = splat(0.0f);
-                for (int64_t j = 0; j < hid; j += 8) s += load(ar + j) * load(w2 + c * hid + j);
-                out[(r0 + r) * k + c] = lanes_sum(s) + b2[c];
+                for (int64_t j = 0; j < hid; j += 8) s += load(ar + j) * load(w2 + o * hid + j);
+                out[(r0 + r) * k + o] = lanes_sum(s) + b2[o];
             }
         }
     }
@@ -111,37 +113,39 @@ static inline __attribute__((always_inline)) void input_grad_block(
 }
 
 /* The gradients from g (n x k, the output's): dw2 (k x hid), db2 (k), db1 (hid), dw1 (hid x f,
- * w1's column order), and gx (n x f, NHWC; not written where NULL). dz is scratch of n x hid
- * floats (the hidden pre-activation's gradient). 0, or -1 for shapes it does not take. */
+ * nn.Linear's column order), and gx (n x f, NHWC; not written where NULL). scratch holds
+ * 2 x hid x f + n x hid floats: w1 and dw1 in x's column order, and the hidden
+ * pre-activation's gradient. 0, or -1 for shapes it does not take. */
 int32_t zoo_head_backward(const float *x, const float *w1_nchw, const float *w2,
                           const float *a, const float *g, float *scratch, float *gx,
                           float *dw1_nchw, float *db1, float *dw2, float *db2, int64_t n,
                           int64_t c, int64_t f, int64_t hid, int64_t k, int32_t act,
                           int32_t threads) {
-    if (n < 1 || c < 8 || c % 8 != 0 || f % c != 0 || hid < 8 || hid % 8 != 0 || k < 1)
+    if (n < 1 || c < 8 || c % 8 != 0 || f < c || f % c != 0 || hid < 8 || hid % 8 != 0 ||
+        k < 1)
         return -1;
     float *w1 = scratch, *dw1 = scratch + hid * f, *dz = scratch + 2 * hid * f;
     const int64_t pixels = f / c;
     nhwc_columns(w1_nchw, w1, hid, c, pixels);
     for (int64_t j = 0; j < hid; j += 8) store(db1 + j, splat(0.0f));
-    for (int64_t c = 0; c < k; c++) {
-        db2[c] = 0.0f;
-        for (int64_t j = 0; j < hid; j += 8) store(dw2 + c * hid + j, splat(0.0f));
+    for (int64_t o = 0; o < k; o++) {
+        db2[o] = 0.0f;
+        for (int64_t j = 0; j < hid; j += 8) store(dw2 + o * hid + j, splat(0.0f));
     }
     for (int64_t r = 0; r < n; r++) { /* the small part: n x k x hid */
         const float *ar = a + r * hid, *gr = g + r * k;
         for (int64_t j = 0; j < hid; j += 8) {
             vf da = splat(0.0f);
-            for (int64_t c = 0; c < k; c++) {
-                const vf gc = splat(gr[c]);
-                da += gc * load(w2 + c * hid + j);
-                store(dw2 + c * hid + j, load(dw2 + c * hid + j) + gc * load(ar + j));
+            for (int64_t o = 0; o < k; o++) {
+                const vf go = splat(gr[o]);
+                da += go * load(w2 + o * hid + j);
+                store(dw2 + o * hid + j, load(dw2 + o * hid + j) + go * load(ar + j));
             }
             const vf dzj = activate_grad(da, load(ar + j), act);
             store(dz + r * hid + j, dzj);
             store(db1 + j, load(db1 + j) + dzj);
         }
-        for (int64_t c = 0; c < k; c++) db2[c] += gr[c];
+        for (int64_t o = 0; o < k; o++) db2[o] += gr[o];
     }
     const int64_t fv = f / 8, units = hid / HEAD_UNITS;
     (void)threads;

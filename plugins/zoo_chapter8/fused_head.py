@@ -43,6 +43,9 @@ def _plain_head_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
 
 
 class _Head(torch.autograd.Function):
+    """fc2(act(fc1(flatten(x, 1)))) on a channels_last map x; saves the map, both weights and
+    the hidden activations (act's gradient comes from its output)."""
+
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                 w2: torch.Tensor, b2: torch.Tensor, act: int) -> torch.Tensor:
