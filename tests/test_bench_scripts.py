@@ -43,7 +43,11 @@ def test_roofline_counts_a_training_step_and_sets_a_measurement_against_the_peak
     assert [f[0] for f in floors] == sorted(f[0] for f in floors) and len(floors) == 7, out
     for _, one, full, share in floors:  # times under the suite's load: no order between them
         assert float(one) > 0 and float(full) > 0
-        assert abs(int(share) - 100 * float(one) / float(full)) <= 1
+        # the share comes from the times before they are rounded to 0.01 ms, which moves it
+        # by more than a point where a load spike makes the one-image step the longer
+        low = 100 * (float(one) - 0.005) / (float(full) + 0.005)
+        high = 100 * (float(one) + 0.005) / (float(full) - 0.005)
+        assert low - 1 <= int(share) <= high + 1, (one, full, share)
     assert "features:" in out
 
 
