@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from zoo_chapter8 import fused, fused_bn, kernels
+from zoo_chapter8 import fused, fused_bn, fused_head, kernels
 from zoo_chapter8.kernel_cache import KernelBuildError
 
 from zoo.util.cpu import describe
@@ -88,6 +88,23 @@ def _stem(cin: int, cout: int, size: int, batch: int) -> tuple[Step, Step]:
     return kernel, plain
 
 
+def _head(channels: int, size: int, act: str, batch: int) -> tuple[Step, Step]:
+    """A model's linear head on its last map: flatten, 32 hidden units, the activation, and
+    two classes (``fused_head``)."""
+    fc1 = torch.nn.Linear(channels * size * size, 32)
+    fc2 = torch.nn.Linear(32, 2)
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=CL).requires_grad_()
+    code = fused_head.TANH if act == "tanh" else fused_head.RELU
+    ref = torch.tanh if act == "tanh" else torch.relu
+
+    def kernel() -> None:
+        fused_head.linear_head(fc1, fc2, x, code, True).sum().backward()
+
+    def plain() -> None:
+        fc2(ref(fc1(torch.flatten(x, 1)))).sum().backward()
+    return kernel, plain
+
+
 def _untuned_library(tmp: Path) -> ctypes.CDLL:
     """The kernels as the build in use, less the AVX2 tuning (``-DZOO_UNTUNED``)."""
     try:
@@ -120,6 +137,10 @@ def main() -> None:
         "NetDepth 32->16 @16 relu": _conv(32, 16, 16, "relu", b),
         "NetDepth 16->16 @8 relu": _conv(16, 16, 8, "relu", b),
         "NetRes 16->16 @8 relu + input": _residual(16, 8, b),
+        "Net head 8x8x8 tanh": _head(8, 8, "tanh", b),
+        "NetWidth head 16x8x8 tanh": _head(16, 8, "tanh", b),
+        "NetDepth head 16x4x4 relu": _head(16, 4, "relu", b),
+        "NetResDeep head 32x8x8 relu": _head(32, 8, "relu", b),
     }
     print(f"{describe()}; torch {torch.__version__}, one thread, batch {b}, forward and "
           f"backward, median of {args.turns} turns of {args.steps} steps; {kernels.status()}")

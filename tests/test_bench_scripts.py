@@ -72,7 +72,8 @@ def test_kernels_bench_times_every_fused_layer_three_ways() -> None:
     rows = re.findall(r"^(Net\w*) .*?(( +[\d.]+){3})( +[\d.]+x){2}$", out, re.M)
     assert [r[0] for r in rows] == ["Net", "Net", "NetWidth", "NetWidth", "NetBatchNorm",
                                     "NetBatchNorm", "NetBatchNorm", "NetDepth", "NetDepth",
-                                    "NetDepth", "NetRes"], out
+                                    "NetDepth", "NetRes", "Net", "NetWidth", "NetDepth",
+                                    "NetResDeep"], out
 
 
 def test_every_benchmark_explains_itself() -> None:
