@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from zoo_chapter8 import fused_head, kernels
+from zoo_chapter8 import fused_checks, kernels
 from zoo_chapter8.fused_head import RELU, TANH, linear_head
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
@@ -134,8 +134,7 @@ def test_shapes_the_kernel_does_not_take_run_the_plain_layers(shape: tuple[int, 
     assert "Head" not in type(out.grad_fn).__name__
     lib = kernels.library()
     assert lib is not None
-    null = None
-    assert lib.zoo_head_forward(null, null, null, null, null, null, null, null,
+    assert lib.zoo_head_forward(None, None, None, None, None, None, None, None,
                                 n, c, c * h * w, hid, k, 0, 1) == -1
 
 
@@ -220,7 +219,7 @@ def test_the_kernel_path_runs_without_the_plain_backward(monkeypatch: pytest.Mon
     def refuse(*_: object) -> None:
         raise AssertionError("the plain backward ran")
 
-    monkeypatch.setattr(fused_head, "_plain_head_backward", refuse)
+    monkeypatch.setattr(fused_checks, "plain_head_backward", refuse)
     for hook in ("none", "save_on_cpu", "column_major"):
         assert not isinstance(_grads(True, HOOKS[hook]), Exception)
 

@@ -9,7 +9,7 @@ and checks each again before C reads it:
   ``jacobian(vectorize=True)``, a tensor subclass), or where the backward pass
   runs under the JIT tracer, torch.compile, a torch.func transform or a mode,
   the gradients are computed by the plain layers' backward operators
-  (:func:`plain_pool_backward`, :func:`plain_conv_backward`);
+  (:func:`plain_pool_backward`, :func:`plain_conv_backward`, :func:`plain_head_backward`);
 * the tensors saved in the forward pass, which a saved-tensor hook
   (``torch.autograd.graph.save_on_cpu``, ``saved_tensors_hooks``) may give back
   as other tensors, and the convolution's weight, which is the parameter itself
@@ -229,6 +229,19 @@ def plain_stem_backward(grad: torch.Tensor, x: torch.Tensor, cout: int,
             grad, x, shape_only, [cout], [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
             [False, *mask])
     return (gw if mask[0] else None, gb if mask[1] else None)
+
+
+def plain_head_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
+                        a: torch.Tensor, w2: torch.Tensor, act: int,
+                        mask: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
+    """fc2(act(fc1(flatten(x, 1))))'s gradients (x, fc1's weight and bias, fc2's weight and
+    bias: those ``mask`` asks for) from the hidden activations ``a``, by ATen's operators."""
+    with torch._C.DisableTorchFunctionSubclass():
+        flat = x.reshape(x.shape[0], -1)
+        dz = act_backward(grad.mm(w2), a, act)
+        gx = dz.mm(w1).view(x.shape) if mask[0] else None
+        return (gx, dz.t().mm(flat) if mask[1] else None, dz.sum(0) if mask[2] else None,
+                grad.t().mm(a) if mask[3] else None, grad.sum(0) if mask[4] else None)
 
 
 def hooked(module: torch.nn.Module) -> bool:

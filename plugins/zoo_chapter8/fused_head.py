@@ -30,18 +30,6 @@ from zoo_chapter8.fused_checks import CF, CL, F32
 TANH, RELU = checks.TANH, checks.RELU
 
 
-def _plain_head_backward(grad: torch.Tensor, x: torch.Tensor, w1: torch.Tensor,
-                         a: torch.Tensor, w2: torch.Tensor, act: int,
-                         mask: tuple[bool, ...]) -> tuple[torch.Tensor | None, ...]:
-    """The head's gradients (x, w1, b1, w2, b2: those ``mask`` asks for) by ATen's operators."""
-    with torch._C.DisableTorchFunctionSubclass():
-        flat = x.reshape(x.shape[0], -1)
-        dz = checks.act_backward(grad.mm(w2), a, act)
-        gx = dz.mm(w1).view(x.shape) if mask[0] else None
-        return (gx, dz.t().mm(flat) if mask[1] else None, dz.sum(0) if mask[2] else None,
-                grad.t().mm(a) if mask[3] else None, grad.sum(0) if mask[4] else None)
-
-
 class _Head(torch.autograd.Function):
     """fc2(act(fc1(flatten(x, 1)))) on a channels_last map x; saves the map, both weights and
     the hidden activations (act's gradient comes from its output)."""
@@ -82,7 +70,7 @@ class _Head(torch.autograd.Function):
         ready = checks.kernel_layouts((x, CL), (w1, CF), (a, CF), (w2, CF)) \
             if g is not None else None
         if lib is None or g is None or ready is None:
-            return (*_plain_head_backward(grad, x, w1, a, w2, ctx.act, mask), None)
+            return (*checks.plain_head_backward(grad, x, w1, a, w2, ctx.act, mask), None)
         x, w1, a, w2 = ready
         f = c * h * w
         scratch = torch.empty(2 * hid * f + n * hid, dtype=F32, device=x.device)
