@@ -204,7 +204,8 @@ def sanitize(session: nox.Session) -> None:
     _dev_run(session, "python", "-m", "pytest", "-q", "--capture=sys", "-p", "no:cacheprovider",
                 "tests/test_fused.py", "tests/test_fused_dispatch.py", "tests/test_kernel_cache.py",
                 "tests/test_fused_backward.py", "tests/test_fused_bn.py",
-                "tests/test_fused_head.py", *_posargs(session), env=env)
+                "tests/test_fused_head.py", "tests/test_fused_step.py", *_posargs(session),
+                env=env)
 
 
 @nox.session(venv_backend="none")

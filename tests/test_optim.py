@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from zoo.spec.training import TrainConfig
-from zoo.trainer.optim import make_optimizer, make_scheduler
+from zoo.trainer.optim import LeanSGD, make_optimizer, make_scheduler
 
 
 def _model() -> nn.Module:
@@ -49,12 +49,84 @@ def test_nesterov_only_with_momentum(momentum: float, nesterov: bool) -> None:
     assert (opt.defaults["momentum"], opt.defaults["nesterov"]) == (momentum, nesterov)
 
 
-@pytest.mark.parametrize(("device", "fused", "foreach"), [
-    ("cpu", True, None), ("cuda", True, None), ("mps", None, True), ("meta", None, True)])
-def test_the_fused_implementation_where_pytorch_has_one(device: str, fused: bool | None,
+@pytest.mark.parametrize(("device", "optimizer", "kind", "fused", "foreach"), [
+    ("cpu", "sgd", LeanSGD, None, False), ("cpu", "adam", torch.optim.Adam, True, None),
+    ("cuda", "sgd", torch.optim.SGD, True, None), ("mps", "sgd", torch.optim.SGD, None, True),
+    ("meta", "adamw", torch.optim.AdamW, None, True)])
+def test_the_fused_implementation_where_pytorch_has_one(device: str, optimizer: str, kind: type,
+                                                        fused: bool | None,
                                                         foreach: bool | None) -> None:
-    opt = make_optimizer(TrainConfig(), list(_model().parameters()), torch.device(device))
+    opt = make_optimizer(TrainConfig(optimizer=optimizer), list(_model().parameters()),
+                         torch.device(device))
+    assert type(opt) is kind
     assert (opt.defaults["fused"], opt.defaults["foreach"]) == (fused, foreach)
+
+
+def _sgd_run(kind: type, steps: int = 4, **options: object) -> tuple[list[torch.Tensor], dict]:
+    """Parameters after ``steps`` updates from fixed gradients (one parameter without any)."""
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(4)),
+              nn.Parameter(torch.randn(2, 2))]
+    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}]
+    opt = kind(groups, lr=0.1, foreach=False, **options)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        for i, p in enumerate(params[:2]):
+            p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32) * (step + 1 + i))\
+                .view_as(p)
+        opt.step()
+    return [p.detach().clone() for p in params], opt.state_dict()
+
+
+@pytest.mark.parametrize("options", [
+    {}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True}, {"momentum": 0.5, "dampening": 0.3},
+    {"weight_decay": 0.01}, {"momentum": 0.9, "weight_decay": 0.01, "maximize": True}])
+def test_lean_sgd_updates_as_sgd_does(options: dict) -> None:
+    ours, our_state = _sgd_run(LeanSGD, **options)
+    theirs, their_state = _sgd_run(torch.optim.SGD, **options)
+    assert all(torch.equal(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert not torch.equal(ours[0], _sgd_run(LeanSGD, steps=0, **options)[0][0])  # it moved
+    assert our_state["param_groups"] == their_state["param_groups"]
+    assert our_state["state"].keys() == their_state["state"].keys()
+    for key, value in their_state["state"].items():
+        assert torch.equal(our_state["state"][key]["momentum_buffer"], value["momentum_buffer"])
+
+
+def test_lean_sgd_resumes_from_sgd_state_and_keeps_its_hooks() -> None:
+    torch.manual_seed(1)
+    w = nn.Parameter(torch.randn(3))
+    sgd = torch.optim.SGD([w], lr=0.1, momentum=0.9, fused=True)
+    w.grad = torch.ones(3)
+    sgd.step()
+    lean = LeanSGD([w], lr=0.1, momentum=0.9, foreach=False)
+    lean.load_state_dict(sgd.state_dict())
+    calls = []
+    lean.register_step_pre_hook(lambda *_: calls.append("pre"))
+    lean.register_step_post_hook(lambda *_: calls.append("post"))
+    before = w.detach().clone()
+    buf = sgd.state[w]["momentum_buffer"].clone()
+    lean.step()
+    assert calls == ["pre", "post"]
+    torch.testing.assert_close(w.detach(), before - 0.1 * (buf * 0.9 + 1), rtol=0, atol=1e-6)
+    lean.zero_grad()
+    assert w.grad is None
+    w.grad = torch.ones(3)
+    lean.zero_grad(set_to_none=False)
+    assert w.grad is not None and torch.equal(w.grad, torch.zeros(3))
+
+
+def test_lean_sgd_leaves_what_it_does_not_cover_to_sgd() -> None:
+    """A tensor learning rate takes SGD's own step (the same numbers)."""
+    results = []
+    for kind in (LeanSGD, torch.optim.SGD):
+        w = nn.Parameter(torch.arange(3, dtype=torch.float32))
+        opt = kind([w], lr=torch.tensor(0.25), momentum=0.5, foreach=False)
+        for _ in range(3):
+            w.grad = w.detach() * 2 + 1
+            opt.step()
+        results.append(w.detach())
+    assert torch.equal(results[0], results[1])
+    assert not torch.equal(results[0], torch.arange(3, dtype=torch.float32))
 
 
 @pytest.mark.parametrize(("steps", "scheduled"), [(1, False), (2, True), (3, True)])

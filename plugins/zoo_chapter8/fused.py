@@ -123,6 +123,83 @@ def pool_relu(x: torch.Tensor, training: bool) -> torch.Tensor:
     return torch.relu(F.max_pool2d(x, 2))
 
 
+def conv_pool_run(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, act: int,
+                  residual: bool) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor,
+                                                               torch.Tensor]]:
+    """The forward kernel on tensors ``_conv_fusable`` accepted: the output, and what the
+    backward kernel reads (the padded input, the output or with ``residual`` the winners'
+    relu(conv), the pooling indices)."""
+    lib = kernels.library()
+    assert lib is not None
+    n, cin, h, w = x.shape
+    cout = weight.shape[0]
+    wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh][kw][cin][cout]
+    b = bias.detach().contiguous() if bias is not None else None
+    # the input in NHWC, one zero pixel around (the kernel pads it): its loops need no
+    # bounds checks, and the backward pass reads it again
+    xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
+    y = torch.empty((n, cout, h // 2, w // 2), dtype=F32, device=x.device,
+                    memory_format=torch.channels_last)
+    idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8, device=x.device)
+    a = torch.empty_like(y) if residual else None
+    done = lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), wt.data_ptr(),
+                                     b.data_ptr() if b is not None else None, y.data_ptr(),
+                                     a.data_ptr() if a is not None else None,
+                                     idx.data_ptr(), n, h, w, cin, cout, act,
+                                     torch.get_num_threads())
+    assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
+    return y, (xp, y if a is None else a, idx)
+
+
+def conv_pool_grads(xp: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: torch.Tensor,
+                    weight: torch.Tensor | None, dims: tuple[int, int, int, int, int], act: int,
+                    residual: bool, want_bias: bool, weight_format: torch.memory_format
+                    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """The backward kernels on what :func:`conv_pool_run` kept (in the kernels' layouts) and
+    the output's gradient ``g``: the input's gradient (None without ``weight``, or where the
+    input has fewer than 8 channels), the weight's in ``weight_format``, the bias's."""
+    lib = kernels.library()
+    assert lib is not None
+    n, cin, h, w, cout = dims
+    gx = None
+    if cin % 8 == 0:
+        chunks = max(1, min(torch.get_num_threads(), n))
+        # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy; zeros
+        # where the input's gradient is not asked for (the kernel reads them, unused)
+        if weight is not None:
+            wr = weight.detach().permute(0, 2, 3, 1).contiguous()
+            gx = torch.empty((n, cin, h, w), dtype=F32, device=y.device,
+                             memory_format=torch.channels_last)
+        else:
+            wr = torch.zeros((cout, 3, 3, cin), dtype=F32, device=y.device)
+        dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
+        db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
+        done = lib.zoo_conv_pool_backward(
+            xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
+            gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
+            n, h, w, cin, cout, act, chunks)
+        if done == -2:
+            raise MemoryError("zoo_conv_pool_backward could not allocate its scratch image")
+        dweight = checks.chunk_sum(dw).permute(0, 3, 1, 2)
+    else:
+        chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
+        dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
+        db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
+        done = lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(),
+                                     idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
+                                     cin, cout, act, chunks)
+        dweight = checks.chunk_sum(dw).permute(3, 2, 0, 1)
+    assert done == 0, "the backward kernel refused the shapes _conv_fusable accepted"
+    if residual and gx is not None:  # the input added back: its own gradient
+        skip = torch.empty_like(gx)
+        lib.zoo_pool2_act_backward(g.data_ptr(), y.data_ptr(), idx.data_ptr(),
+                                   skip.data_ptr(), n, h, w, cin, NONE,
+                                   torch.get_num_threads())
+        gx += skip
+    dbias = checks.chunk_sum(db) if want_bias else None
+    return gx, dweight.contiguous(memory_format=weight_format), dbias
+
+
 class _ConvPool(torch.autograd.Function):
     """act(max_pool2d(conv3x3(x), 2)) without storing the convolution's output; with
     ``residual``, max_pool2d(relu(conv3x3(x)) + x, 2) (``act`` RELU, as many channels out
@@ -136,27 +213,9 @@ class _ConvPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 act: int, residual: bool = False) -> torch.Tensor:
-        lib = kernels.library()
-        assert lib is not None
-        n, cin, h, w = x.shape
-        cout = weight.shape[0]
-        wt = weight.detach().permute(2, 3, 1, 0).contiguous()  # [kh][kw][cin][cout]
-        b = bias.detach().contiguous() if bias is not None else None
-        # the input in NHWC, one zero pixel around (the kernel pads it): its loops need no
-        # bounds checks, and the backward pass reads it again
-        xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
-        y = torch.empty((n, cout, h // 2, w // 2), dtype=F32, device=x.device,
-                        memory_format=torch.channels_last)
-        idx = torch.empty((n, h // 2, w // 2, cout), dtype=torch.uint8, device=x.device)
-        a = torch.empty_like(y) if residual else None
-        done = lib.zoo_conv_pool_forward(x.data_ptr(), xp.data_ptr(), wt.data_ptr(),
-                                         b.data_ptr() if b is not None else None, y.data_ptr(),
-                                         a.data_ptr() if a is not None else None,
-                                         idx.data_ptr(), n, h, w, cin, cout, act,
-                                         torch.get_num_threads())
-        assert done == 0, "zoo_conv_pool_forward refused the shapes _conv_fusable accepted"
-        ctx.save_for_backward(xp, y if a is None else a, idx, weight)
-        ctx.act, ctx.has_bias, ctx.dims = act, bias is not None, (n, cin, h, w, cout)
+        y, kept = conv_pool_run(x, weight, bias, act, residual)
+        ctx.save_for_backward(*kept, weight)
+        ctx.act, ctx.has_bias, ctx.dims = act, bias is not None, (*x.shape, weight.shape[0])
         ctx.residual = residual
         ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
                              else torch.channels_last)
@@ -184,44 +243,27 @@ class _ConvPool(torch.autograd.Function):
                 gx = gx + checks.plain_pool_backward(grad, y, idx, NONE)
             return gx, gw, gb, None, None
         xp, y, idx = ready
-        gx = None
-        if cin % 8 == 0:
-            chunks = max(1, min(torch.get_num_threads(), n))
-            # [cout][kh][kw][cin] is a channels_last weight's own memory: usually no copy; zeros
-            # where the input's gradient is not asked for (the kernel reads them, unused)
-            if weight is not None:
-                wr = weight.detach().permute(0, 2, 3, 1).contiguous()
-                gx = torch.empty((n, cin, h, w), dtype=F32, device=y.device,
-                                 memory_format=torch.channels_last)
-            else:
-                wr = torch.zeros((cout, 3, 3, cin), dtype=F32, device=y.device)
-            dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
-            db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
-            done = lib.zoo_conv_pool_backward(
-                xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
-                gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
-                n, h, w, cin, cout, ctx.act, chunks)
-            if done == -2:
-                raise MemoryError("zoo_conv_pool_backward could not allocate its scratch image")
-            dweight = checks.chunk_sum(dw).permute(0, 3, 1, 2)
-        else:
-            chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
-            dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
-            db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
-            done = lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(),
-                                         idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
-                                         cin, cout, ctx.act, chunks)
-            dweight = checks.chunk_sum(dw).permute(3, 2, 0, 1)
-        assert done == 0, "the backward kernel refused the shapes _conv_fusable accepted"
-        if ctx.residual and gx is not None:  # the input added back: its own gradient
-            skip = torch.empty_like(gx)
-            lib.zoo_pool2_act_backward(g.data_ptr(), y.data_ptr(), idx.data_ptr(),
-                                       skip.data_ptr(), n, h, w, cin, NONE,
-                                       torch.get_num_threads())
-            gx += skip
-        dweight = dweight.contiguous(memory_format=ctx.weight_format)
-        dbias = checks.chunk_sum(db) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        gx, dweight, dbias = conv_pool_grads(xp, y, idx, g, weight, ctx.dims, ctx.act, ctx.residual,
+                                             ctx.has_bias and ctx.needs_input_grad[2],
+                                             ctx.weight_format)
         return gx, dweight if ctx.needs_input_grad[1] else None, dbias, None, None
+
+
+def conv_layer_fusable(conv: torch.nn.Conv2d, cin: int, h: int, w: int, data: bool) -> bool:
+    """:func:`_conv_fusable`'s rules for the layer, on an input of ``cin`` channels of
+    ``h`` × ``w`` (``data``: one that needs no gradient, which may have fewer than 8)."""
+    if type(conv) is not torch.nn.Conv2d or "forward" in vars(conv) or checks.hooked(conv):
+        return False
+    weight, bias = conv.weight, conv.bias
+    cout = weight.shape[0] if weight.dim() == 4 else 0
+    return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and data))
+            and 0 < cout <= 64 and cout % 8 == 0
+            and checks.c_readable(weight, (cout, cin, 3, 3))
+            and (bias is None or checks.c_readable(bias, (cout,)))
+            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding_mode == "zeros"
+            and h > 0 and w > 0 and h % 2 == 0 and w % 2 == 0
+            and (h + 2) * (w + 2) * cin <= _MAX_IMAGE)
 
 
 def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
@@ -233,18 +275,9 @@ def _conv_fusable(conv: torch.nn.Conv2d, x: torch.Tensor, training: bool) -> boo
     ``cout`` float32 values. Anything else runs the plain layer, which computes what
     PyTorch computes or raises PyTorch's own error.
     """
-    if type(conv) is not torch.nn.Conv2d or "forward" in vars(conv) or checks.hooked(conv):
-        return False
-    weight, bias = conv.weight, conv.bias
-    cin = x.shape[1] if x.dim() == 4 else 0
-    cout = weight.shape[0] if weight.dim() == 4 else 0
-    return (0 < cin <= 64 and (cin % 8 == 0 or (cin <= 8 and not x.requires_grad))
-            and 0 < cout <= 64 and cout % 8 == 0
-            and checks.c_readable(weight, (cout, cin, 3, 3))
-            and (bias is None or checks.c_readable(bias, (cout,)))
-            and conv.stride == (1, 1) and conv.padding == (1, 1) and conv.dilation == (1, 1)
-            and conv.groups == 1 and conv.padding_mode == "zeros"
-            and (x.shape[2] + 2) * (x.shape[3] + 2) * cin <= _MAX_IMAGE
+    return (x.dim() == 4
+            and conv_layer_fusable(conv, x.shape[1], x.shape[2], x.shape[3],
+                                   not x.requires_grad)
             and _training_input(x, training))
 
 

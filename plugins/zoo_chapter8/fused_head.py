@@ -30,6 +30,53 @@ from zoo_chapter8.fused_checks import CF, CL, F32
 TANH, RELU = checks.TANH, checks.RELU
 
 
+def head_run(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor,
+             b2: torch.Tensor, act: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The forward kernel on tensors ``_head_fusable`` accepted: the logits and the hidden
+    activations (which the backward kernel reads)."""
+    lib = kernels.library()
+    assert lib is not None
+    n, c, h, w = x.shape
+    hid, k = w1.shape[0], w2.shape[0]
+    a = torch.empty((n, hid), dtype=F32, device=x.device)
+    out = torch.empty((n, k), dtype=F32, device=x.device)
+    scratch = torch.empty(hid * c * h * w, dtype=F32, device=x.device)
+    done = lib.zoo_head_forward(x.data_ptr(), w1.data_ptr(), scratch.data_ptr(),
+                                b1.data_ptr(), w2.data_ptr(), b2.data_ptr(), a.data_ptr(),
+                                out.data_ptr(), n, c, c * h * w, hid, k, act,
+                                torch.get_num_threads())
+    assert done == 0, "zoo_head_forward refused the shapes _head_fusable accepted"
+    return out, a
+
+
+def head_grads(x: torch.Tensor, w1: torch.Tensor, a: torch.Tensor, w2: torch.Tensor,
+               g: torch.Tensor, act: int, want_input: bool
+               ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor,
+                          torch.Tensor]:
+    """The backward kernel on the map, the weights and hidden activations (in the kernel's
+    layouts) and the logits' gradient ``g``: the map's gradient (if ``want_input``), then
+    fc1's weight and bias gradients, fc2's."""
+    lib = kernels.library()
+    assert lib is not None
+    n, c, h, w = x.shape
+    hid, k = w1.shape[0], w2.shape[0]
+    f = c * h * w
+    scratch = torch.empty(2 * hid * f + n * hid, dtype=F32, device=x.device)
+    gx = torch.empty((n, c, h, w), dtype=F32, device=x.device, memory_format=CL) \
+        if want_input else None
+    dw1 = torch.empty((hid, f), dtype=F32, device=x.device)
+    db1 = torch.empty(hid, dtype=F32, device=x.device)
+    dw2 = torch.empty((k, hid), dtype=F32, device=x.device)
+    db2 = torch.empty(k, dtype=F32, device=x.device)
+    done = lib.zoo_head_backward(x.data_ptr(), w1.data_ptr(), w2.data_ptr(), a.data_ptr(),
+                                 g.data_ptr(), scratch.data_ptr(),
+                                 gx.data_ptr() if gx is not None else None, dw1.data_ptr(),
+                                 db1.data_ptr(), dw2.data_ptr(), db2.data_ptr(), n, c, f,
+                                 hid, k, act, torch.get_num_threads())
+    assert done == 0, "zoo_head_backward refused the shapes _head_fusable accepted"
+    return gx, dw1, db1, dw2, db2
+
+
 class _Head(torch.autograd.Function):
     """fc2(act(fc1(flatten(x, 1)))) on a channels_last map x; saves the map, both weights and
     the hidden activations (act's gradient comes from its output)."""
@@ -37,22 +84,11 @@ class _Head(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
                 w2: torch.Tensor, b2: torch.Tensor, act: int) -> torch.Tensor:
-        lib = kernels.library()
-        assert lib is not None
-        n, c, h, w = x.shape
-        hid, k = w1.shape[0], w2.shape[0]
-        a = torch.empty((n, hid), dtype=F32, device=x.device)
-        out = torch.empty((n, k), dtype=F32, device=x.device)
-        scratch = torch.empty(hid * c * h * w, dtype=F32, device=x.device)
-        done = lib.zoo_head_forward(x.data_ptr(), w1.data_ptr(), scratch.data_ptr(),
-                                    b1.data_ptr(), w2.data_ptr(), b2.data_ptr(), a.data_ptr(),
-                                    out.data_ptr(), n, c, c * h * w, hid, k, act,
-                                    torch.get_num_threads())
-        assert done == 0, "zoo_head_forward refused the shapes _head_fusable accepted"
+        out, a = head_run(x, w1, b1, w2, b2, act)
         # the weights as the plain layers' backward finds them: their values now, not whatever
         # a later `.data =` puts in the parameter (an in-place change still raises)
         ctx.save_for_backward(x, w1.detach(), a, w2.detach())
-        ctx.act, ctx.dims = act, (n, c, h, w, hid, k)
+        ctx.act, ctx.dims = act, (*x.shape, w1.shape[0], w2.shape[0])
         return out
 
     @staticmethod
@@ -72,20 +108,7 @@ class _Head(torch.autograd.Function):
         if lib is None or g is None or ready is None:
             return (*checks.plain_head_backward(grad, x, w1, a, w2, ctx.act, mask), None)
         x, w1, a, w2 = ready
-        f = c * h * w
-        scratch = torch.empty(2 * hid * f + n * hid, dtype=F32, device=x.device)
-        gx = torch.empty((n, c, h, w), dtype=F32, device=x.device, memory_format=CL) \
-            if mask[0] else None
-        dw1 = torch.empty((hid, f), dtype=F32, device=x.device)
-        db1 = torch.empty(hid, dtype=F32, device=x.device)
-        dw2 = torch.empty((k, hid), dtype=F32, device=x.device)
-        db2 = torch.empty(k, dtype=F32, device=x.device)
-        done = lib.zoo_head_backward(x.data_ptr(), w1.data_ptr(), w2.data_ptr(), a.data_ptr(),
-                                     g.data_ptr(), scratch.data_ptr(),
-                                     gx.data_ptr() if gx is not None else None, dw1.data_ptr(),
-                                     db1.data_ptr(), dw2.data_ptr(), db2.data_ptr(), n, c, f,
-                                     hid, k, ctx.act, torch.get_num_threads())
-        assert done == 0, "zoo_head_backward refused the shapes _head_fusable accepted"
+        gx, dw1, db1, dw2, db2 = head_grads(x, w1, a, w2, g, ctx.act, mask[0])
         return (gx, dw1 if mask[1] else None, db1 if mask[2] else None,
                 dw2 if mask[3] else None, db2 if mask[4] else None, None)
 
@@ -100,22 +123,31 @@ def _contiguous(t: torch.Tensor | None, shape: tuple[int, ...]) -> bool:
     return t is not None and checks.c_readable(t, shape) and t.is_contiguous()
 
 
+def head_layers_fusable(fc1: torch.nn.Linear, fc2: torch.nn.Linear, c: int, h: int,
+                        w: int) -> bool:
+    """:func:`_head_fusable`'s rules for the layers, on a map of ``c`` channels of ``h`` × ``w``."""
+    if not (_plain_linear(fc1) and _plain_linear(fc2)):
+        return False
+    w1, b1, w2, b2 = fc1.weight, fc1.bias, fc2.weight, fc2.bias  # each a Module.__getattr__
+    f = c * h * w
+    hid = w1.shape[0] if w1.dim() == 2 else 0
+    k = w2.shape[0] if w2.dim() == 2 else 0
+    return (f > 0 and c % 8 == 0 and hid > 0 and hid % 8 == 0 and k > 0
+            and _contiguous(w1, (hid, f)) and _contiguous(b1, (hid,))
+            and _contiguous(w2, (k, hid)) and _contiguous(b2, (k,)))
+
+
 def _head_fusable(fc1: torch.nn.Linear, fc2: torch.nn.Linear, x: torch.Tensor,
                   training: bool) -> bool:
     """Two exact ``nn.Linear`` layers with biases (no subclass, instance ``forward`` or hooks)
     on a CPU training step's float32 channels_last map, as many features as fc1 takes, a
     multiple of 8 of them and of fc1's outputs."""
-    if not (_plain_linear(fc1) and _plain_linear(fc2)) or x.dim() != 4:
+    if x.dim() != 4:
         return False
     n, c, h, w = x.shape
-    f = c * h * w
-    hid = fc1.weight.shape[0] if fc1.weight.dim() == 2 else 0
-    k = fc2.weight.shape[0] if fc2.weight.dim() == 2 else 0
-    return (training and torch.is_grad_enabled() and checks.eager() and n > 0 and f > 0
-            and c % 8 == 0 and hid > 0 and hid % 8 == 0 and k > 0
+    return (training and torch.is_grad_enabled() and checks.eager() and n > 0
+            and head_layers_fusable(fc1, fc2, c, h, w)
             and checks.c_readable(x, (n, c, h, w)) and x.is_contiguous(memory_format=CL)
-            and _contiguous(fc1.weight, (hid, f)) and _contiguous(fc1.bias, (hid,))
-            and _contiguous(fc2.weight, (k, hid)) and _contiguous(fc2.bias, (k,))
             and kernels.library() is not None)
 
 

@@ -19,6 +19,8 @@ reproduces it), and evaluation mode is the trainer's business.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +29,7 @@ from zoo import InputShape
 from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
 from zoo_chapter8.fused_bn import bn_pool_tanh, stem_conv
 from zoo_chapter8.fused_head import RELU, TANH, linear_head
+from zoo_chapter8.fused_step import ConvLayer, Head, train_step
 from zoo_chapter8.kernels import library
 from zoo_chapter8.specs import DropoutHParams, NetHParams, ResDeepHParams, WidthHParams
 
@@ -56,7 +59,35 @@ class WholeBatches:
         return 1 if library() is not None else None
 
 
-class Net(WholeBatches, nn.Module):
+def _defined_by(cls: type, name: str) -> type | None:
+    return next((c for c in cls.__mro__ if name in vars(c)), None)
+
+
+class FusedStep:
+    """A whole training step on the fused kernels (``zoo_train_step``:
+    :mod:`zoo_chapter8.fused_step`) for a network whose forward pass is only fused layers:
+    ``_chain`` names them, in the class that defines ``forward``. A subclass that defines
+    its own ``forward`` without its own ``_chain`` (NetDropout, NetBatchNorm, a user's)
+    trains through autograd."""
+
+    def _chain(self) -> tuple[list[ConvLayer], Head] | None:
+        return None
+
+    def zoo_train_step(self, x: torch.Tensor, loss: Callable[[torch.Tensor], torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``loss(self(x))`` with every parameter's gradient added to its ``.grad`` as
+        ``backward()`` adds it, and the logits; None (nothing done) where autograd must run."""
+        cls = type(self)
+        if (not isinstance(self, nn.Module) or "forward" in vars(self)
+                or _defined_by(cls, "forward") is not _defined_by(cls, "_chain")):
+            return None
+        chain = self._chain()
+        if chain is None:
+            return None
+        return train_step(self, chain[0], chain[1], x, loss)
+
+
+class Net(WholeBatches, FusedStep, nn.Module):
     """conv(16) → tanh → pool → conv(8) → tanh → pool → linear(32) → tanh → linear."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, height: int = 32,
@@ -74,8 +105,12 @@ class Net(WholeBatches, nn.Module):
         out = conv_pool_tanh(self.conv2, out, self.training)
         return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
+    def _chain(self) -> tuple[list[ConvLayer], Head] | None:
+        return ([ConvLayer(self.conv1, TANH), ConvLayer(self.conv2, TANH)],
+                Head(self.fc1, self.fc2, TANH))
 
-class NetWidth(WholeBatches, nn.Module):
+
+class NetWidth(WholeBatches, FusedStep, nn.Module):
     """Net with ``n_chans1`` channels in the first convolution and half in the second."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, height: int = 32,
@@ -92,6 +127,10 @@ class NetWidth(WholeBatches, nn.Module):
         out = conv_pool_tanh(self.conv1, x, self.training)
         out = conv_pool_tanh(self.conv2, out, self.training)
         return linear_head(self.fc1, self.fc2, out, TANH, self.training)
+
+    def _chain(self) -> tuple[list[ConvLayer], Head] | None:
+        return ([ConvLayer(self.conv1, TANH), ConvLayer(self.conv2, TANH)],
+                Head(self.fc1, self.fc2, TANH))
 
 
 class NetDropout(NetWidth):
@@ -128,7 +167,7 @@ class NetBatchNorm(NetWidth):
         return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
 
-class NetDepth(WholeBatches, nn.Module):
+class NetDepth(WholeBatches, FusedStep, nn.Module):
     """Three ReLU convolutions, each followed by max-pooling, then two linear layers."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 2, height: int = 32,
@@ -148,6 +187,10 @@ class NetDepth(WholeBatches, nn.Module):
         out = conv_pool_relu(self.conv3, out, self.training)
         return linear_head(self.fc1, self.fc2, out, RELU, self.training)
 
+    def _chain(self) -> tuple[list[ConvLayer], Head] | None:
+        return ([ConvLayer(self.conv1, RELU), ConvLayer(self.conv2, RELU),
+                 ConvLayer(self.conv3, RELU)], Head(self.fc1, self.fc2, RELU))
+
 
 class NetRes(NetDepth):
     """NetDepth with the third convolution's input added back to its output (a skip)."""
@@ -157,6 +200,10 @@ class NetRes(NetDepth):
         out = conv_pool_relu(self.conv2, out, self.training)
         out = conv_relu_add_pool(self.conv3, out, self.training)  # pool(relu(conv3) + out)
         return linear_head(self.fc1, self.fc2, out, RELU, self.training)
+
+    def _chain(self) -> tuple[list[ConvLayer], Head] | None:
+        return ([ConvLayer(self.conv1, RELU), ConvLayer(self.conv2, RELU),
+                 ConvLayer(self.conv3, RELU, residual=True)], Head(self.fc1, self.fc2, RELU))
 
 
 class ResBlock(nn.Module):

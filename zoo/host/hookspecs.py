@@ -148,6 +148,14 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     ``zoo_batch_split`` attribute or property: ``1`` for whole batches (such
     state, or kernels of its own that already divide a batch between the threads),
     a larger number for that many parts, ``None`` to leave it to the trainer.
+
+    A module may also offer its own training step, ``zoo_train_step(x, loss)``
+    (:mod:`zoo.trainer.modelstep`): it computes ``loss(self(x))``, adds that loss's
+    gradient to every parameter's ``.grad`` exactly as ``backward()`` would, and
+    returns the loss and the logits, detached; or returns ``None``, having changed
+    nothing, wherever autograd must run. The trainer offers it only a plain step (not
+    distributed, no mixed precision, the batch in one part) and runs autograd when it
+    answers ``None``.
     """
 
 

@@ -18,6 +18,7 @@ stopping are plugins of the training hooks (:mod:`zoo.host.hookspecs`, :mod:`zoo
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
@@ -313,11 +314,18 @@ class _Trainer(RunState):
                                                   summed, autocast=self.amp_dtype)
         else:
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                enabled=self.amp_dtype is not None):
-                logits = self.model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            own = None
+            if self.own_step is not None:  # the model's own forward and backward (modelstep)
+                own = self.own_step(xb, functools.partial(
+                    F.cross_entropy, target=yb, label_smoothing=cfg.label_smoothing))
+            if own is not None:
+                loss, logits = own
+            else:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    logits = self.model(xb)
+                    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
             loss_sum, logits = loss.detach().double() * int(yb.shape[0]), logits.detach()
         # a disabled scaler (anything but float16 on CUDA) passes straight through
         if cfg.grad_clip:

@@ -52,6 +52,7 @@ from zoo.trainer.checkpoint import (
 from zoo.trainer.data import data_info, load_run_data
 from zoo.trainer.devices import amp_dtype, make_splitter
 from zoo.trainer.distributed import all_gather_object, broadcast_object, dist_from_env
+from zoo.trainer.modelstep import ModelStep, model_step
 from zoo.trainer.optim import make_optimizer, make_scheduler
 from zoo.trainer.pipeline import DeviceData, compute_normalization, rank_batches
 from zoo.trainer.resume import Position
@@ -106,6 +107,7 @@ class RunState:
         self.dist = dist_from_env()
         self.resuming = config.resume is not None
         self.splitter = None
+        self.own_step: ModelStep | None = None
         self.lock: RunLock | None = None
         self.progress_note = ""
         self._made_dir = False
@@ -291,6 +293,14 @@ class RunState:
                                       recorded=self.pos.batch_split, core=self.core,
                                       sample=sample, architecture=self.architecture)
         self.trained_params = [p for p in self.core.parameters() if p.requires_grad]
+        try:
+            own = model_step(self.core)
+        except ValueError as exc:
+            raise TrainingError(f"{self.architecture}: {exc}") from None
+        # only a plain step: not wrapped, no parts, no mixed precision or gradient scaling
+        plain = (self.model is self.core and self.splitter is None and self.amp_dtype is None
+                 and not self.scaler.is_enabled())
+        self.own_step = own if plain else None
 
     def _setup_precision(self) -> None:
         """Mixed precision on CUDA (``--amp``), with a gradient scaler for float16."""
