@@ -8,11 +8,14 @@ implementation of the same model (which pools before its activation; the
 same function, cheaper), so that the loop's share of the speed-up shows on its
 own. The trainer runs zoo's model with the same batch size and optimizer
 (``TrainConfig.book()``: no augmentation, no schedule) with its in-memory
-pipeline, channels_last, fused optimizer step and, on CPU, each batch in
+pipeline, channels_last, SGD's update without its Python overhead on the CPU
+(``zoo.trainer.optim.LeanSGD``; PyTorch's fused step on CUDA) and, on CPU, each batch in
 parallel parts on the cores' threads where the model allows it and does not ask
 for whole batches (the chapter-8 models do while their kernels run), and the
 chapter-8 models' fused convolution/pooling/activation kernels
-(``zoo_chapter8.fused``; the book's NCHW loop does not use them).
+(``zoo_chapter8.fused``; the book's NCHW loop does not use them), run back to back
+without autograd's graph where the model is only those layers (``zoo_train_step``:
+Net, NetWidth, NetDepth, NetRes).
 
 All three train on the same images (a CIFAR-2-sized synthetic set, or
 ``--data-dir`` for an ImageFolder such as CIFAR-2). images/s counts training
