@@ -144,6 +144,20 @@ def test_nothing_done_where_autograd_must_run(case: str, monkeypatch: pytest.Mon
     assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before, strict=True))
 
 
+def test_a_global_module_hook_leaves_the_step_to_autograd() -> None:
+    model = _model("Net")
+    x, y = _batch(4)
+    seen: list[str] = []
+    handle = nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: seen.append(type(module).__name__))
+    try:
+        assert model.zoo_train_step(x, _loss(y)) is None
+    finally:
+        handle.remove()
+    assert seen == [] and all(p.grad is None for p in model.parameters())
+    assert model.zoo_train_step(x, _loss(y)) is not None  # the hook gone, the step again
+
+
 @pytest.mark.parametrize("arch", ["NetDropout", "NetBatchNorm", "NetResDeep"])
 def test_models_that_are_not_a_chain_of_kernels_train_through_autograd(arch: str) -> None:
     model = _model(arch)

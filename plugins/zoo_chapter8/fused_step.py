@@ -7,15 +7,16 @@ accumulation. For a network that is only a chain of fused layers (Net, NetWidth,
 NetRes: convolution-pooling-activation layers, then the linear head) this module runs the
 same kernels back to back instead, checks the whole model once per step, and writes each
 parameter's gradient itself: the same numbers as ``loss.backward()`` through the layers'
-autograd Functions, bit for bit (``tests/test_fused_step.py``), and Net's training step
-about 1.1x as fast on two cores (``bench/bench_train_throughput.py``).
+autograd Functions, bit for bit (``tests/test_fused_step.py``); with the trainer's
+``LeanSGD``, Net's training step is 1.12-1.15x as fast on two cores (interleaved in one
+process; docs/training.md, "A whole training step on the kernels").
 
 It is the model's ``zoo_train_step`` (the trainer's contract: :mod:`zoo.trainer.modelstep`),
 and it answers None, changing nothing, wherever autograd must run: a model in evaluation
 mode or under anything the kernels would bypass (``fused_checks.eager``), anomaly detection,
-a hook on any module or parameter, an input that needs a gradient, or a layer the kernels
-do not take (the layers' own rules: ``fused.conv_layer_fusable``,
-``fused_head.head_layers_fusable``).
+a hook on the model, its layers or their parameters (global module hooks included), an
+input that needs a gradient, or a layer the kernels do not take (the layers' own rules:
+``fused.conv_layer_fusable``, ``fused_head.head_layers_fusable``).
 """
 
 from __future__ import annotations
