@@ -2,18 +2,15 @@
 
 :func:`train` drives one run. The data lives on the training device
 (:mod:`zoo.trainer.pipeline`), losses and accuracies accumulate there (no per-step
-synchronisation), and under ``torchrun`` the same loop runs as
-DistributedDataParallel (:mod:`zoo.trainer.distributed`), every rank taking its shard
-of the epoch's permutation.
+synchronisation), and under ``torchrun`` the same loop runs as DistributedDataParallel
+(:mod:`zoo.trainer.distributed`), every rank taking its shard of the epoch's permutation.
+Checkpoints (:mod:`zoo.trainer.checkpoint`) hold everything an exact resume needs: on CPU
+an interrupted and resumed run ends with bitwise the same weights as an uninterrupted one.
 
-Checkpoints (:mod:`zoo.trainer.checkpoint`) hold everything an exact resume needs. On
-CPU an interrupted and resumed run ends with bitwise the same weights as an
-uninterrupted one.
-
-This module is the loop: steps, validation, checkpoints, DDP. The run's setup and
-saved state are :mod:`zoo.trainer.state`; everything written besides checkpoints and
-``run.json`` (metrics files, curves, the progress display, TensorBoard) and early
-stopping are plugins of the training hooks (:mod:`zoo.host.hookspecs`, :mod:`zoo.builtin`).
+This module is the loop: steps, validation, checkpoints, DDP. The run's setup and saved
+state are :mod:`zoo.trainer.state`; everything written besides checkpoints and ``run.json``
+(metrics files, curves, the progress display, TensorBoard) and early stopping are plugins
+of the training hooks (:mod:`zoo.host.hookspecs`, :mod:`zoo.builtin`).
 """
 
 from __future__ import annotations
@@ -126,8 +123,8 @@ class _Trainer(RunState):
     def _run(self, device: torch.device) -> TrainResult:
         self.device = device
         self.threads = configure_cpu(device, self.config, self.dist)
-        self.channels_last = self.config.channels_last if self.config.channels_last is not None \
-            else device.type in ("cpu", "cuda")
+        wanted = self.config.channels_last
+        self.channels_last = wanted if wanted is not None else device.type in ("cpu", "cuda")
         # validates the model overrides before any file or data work
         self.model_config = self._resolve_model(None)
         self._prepare_out_dir()
@@ -306,26 +303,23 @@ class _Trainer(RunState):
         """Forward, backward and update on one batch; its summed loss (float64) and logits."""
         cfg, optimizer, scaler = self.config, self.optimizer, self.scaler
         if self.splitter is not None:  # it sets every .grad itself
-            def summed(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-                return F.cross_entropy(logits, labels, reduction="sum",
+            summed = functools.partial(F.cross_entropy, reduction="sum",
                                        label_smoothing=cfg.label_smoothing)
-
-            loss_sum, logits = self.splitter.step(self.model, self.trained_params, xb, yb,
-                                                  summed, autocast=self.amp_dtype)
+            loss_sum, logits = self.splitter.step(self.model, self.trained_params, xb, yb, summed,
+                                                  autocast=self.amp_dtype)
         else:
             optimizer.zero_grad(set_to_none=True)
-            own = None
-            if self.own_step is not None:  # the model's own forward and backward (modelstep)
-                own = self.own_step(xb, functools.partial(
-                    F.cross_entropy, target=yb, label_smoothing=cfg.label_smoothing))
-            if own is not None:
-                loss, logits = own
-            else:
+            loss_fn = functools.partial(F.cross_entropy, target=yb,
+                                        label_smoothing=cfg.label_smoothing)
+            own = self.own_step(xb, loss_fn) if self.own_step is not None else None  # modelstep
+            if own is None:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
                     logits = self.model(xb)
-                    loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    loss = loss_fn(logits)
                 scaler.scale(loss).backward()  # type: ignore[no-untyped-call]
+            else:
+                loss, logits = own
             loss_sum, logits = loss.detach().double() * int(yb.shape[0]), logits.detach()
         # a disabled scaler (anything but float16 on CUDA) passes straight through
         if cfg.grad_clip:
@@ -352,9 +346,8 @@ class _Trainer(RunState):
     def _epoch_metrics(self, epoch: int, totals: _EpochTotals) -> EpochMetrics:
         """Evaluate, sum both over the ranks, and make the epoch's metrics."""
         device = self.device
-        train_totals = torch.stack([totals.loss_sum, totals.correct.double(),
-                                    torch.tensor(float(totals.seen), dtype=torch.float64,
-                                                 device=device)])
+        seen = torch.tensor(float(totals.seen), dtype=torch.float64, device=device)
+        train_totals = torch.stack([totals.loss_sum, totals.correct.double(), seen])
         val_totals = validate_epoch(self.core, self.val_data,
                                     batch_size=self.config.eval_batch_size, dist_info=self.dist,
                                     amp_dtype=self.amp_dtype,
