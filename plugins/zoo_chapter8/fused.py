@@ -217,8 +217,7 @@ class _ConvPool(torch.autograd.Function):
         ctx.save_for_backward(*kept, weight)
         ctx.act, ctx.has_bias, ctx.dims = act, bias is not None, (*x.shape, weight.shape[0])
         ctx.residual = residual
-        ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
-                             else torch.channels_last)
+        ctx.weight_format = checks.grad_format(weight)
         return y
 
     @staticmethod

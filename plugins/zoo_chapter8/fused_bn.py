@@ -199,8 +199,7 @@ class _StemConv(torch.autograd.Function):
         z = F.conv2d(x, weight, bias, padding=1)
         ctx.save_for_backward(x, weight)  # the weight: checked as the plain layer's would be
         ctx.has_bias, ctx.dims = bias is not None, (*x.shape, weight.shape[0])
-        ctx.weight_format = (torch.contiguous_format if weight.is_contiguous()
-                             else torch.channels_last)
+        ctx.weight_format = checks.grad_format(weight)
         return z
 
     @staticmethod

@@ -253,6 +253,12 @@ def hooked(module: torch.nn.Module) -> bool:
                 or hooks._global_forward_pre_hooks)
 
 
+def grad_format(weight: torch.Tensor) -> torch.memory_format:
+    """The layout a convolution weight's gradient is returned in: the weight's own (row-major
+    or channels_last), so that autograd's accumulation keeps it without a copy."""
+    return torch.contiguous_format if weight.is_contiguous() else torch.channels_last
+
+
 def chunk_sum(chunks: torch.Tensor) -> torch.Tensor:
     """The sum over the first dimension, in order: the same whichever thread ran which chunk."""
     total = chunks[0]

@@ -136,10 +136,9 @@ def train_step(model: nn.Module, layers: Sequence[ConvLayer], head: Head, x: tor
         (xp, y, idx), (n, cin, h, w) = kept.pop()
         weight, bias = conv.weight, conv.bias
         assert g is not None
-        fmt = torch.contiguous_format if weight.is_contiguous() else torch.channels_last
         g, dweight, dbias = fused.conv_pool_grads(
             xp, y, idx, g, weight if i > 0 else None, (n, cin, h, w, weight.shape[0]), act,
-            residual, bias is not None, fmt)
+            residual, bias is not None, checks.grad_format(weight))
         del xp, y, idx
         _give(weight, dweight)
         if dbias is not None and bias is not None:
