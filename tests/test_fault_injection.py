@@ -55,7 +55,7 @@ CFG: dict[str, Any] = {
     "num_threads": 1,
     "schedule": "onecycle",
 }
-MIN_KILLS = 22
+MIN_KILLS = 14
 CHILD_TIMEOUT_S = 60.0
 
 

@@ -168,13 +168,14 @@ def test_stem_gradient_from_the_winners_is_the_dense_sum(cin: int, cout: int,
                                      bias.data_ptr(), y.data_ptr(), None, idx.data_ptr(),
                                      n, h, w, cin, cout, fused.RELU, 1) == 0
     g = torch.randn(y.shape)
-    sparse_w, sparse_b = torch.zeros(chunks, 3, 3, cin, cout), torch.zeros(chunks, cout)
+    # written, not added to: garbage there must not matter
+    sparse_w, sparse_b = torch.full((3, 3, cin, cout), 7.0), torch.full((cout,), 7.0)
     assert lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
                                  sparse_w.data_ptr(), sparse_b.data_ptr(), n, h, w, cin, cout,
                                  fused.NONE, chunks) == 0
     # each window's gradient at its winner, zeros elsewhere (the plain backward's unpooling), NHWC
     dz = fused_checks.unpool(g.permute(0, 3, 1, 2), idx).permute(0, 2, 3, 1).contiguous()
-    dense_w, dense_b = torch.zeros(chunks, 3, 3, cin, cout), torch.zeros(chunks, cout)
+    dense_w, dense_b = torch.full((3, 3, cin, cout), -3.0), torch.full((cout,), -3.0)
     assert lib.zoo_stem_dense_backward(x.data_ptr(), torch.empty_like(xp).data_ptr(),
                                        dz.data_ptr(), dense_w.data_ptr(), dense_b.data_ptr(),
                                        n, h, w, cin, cout, chunks) == 0

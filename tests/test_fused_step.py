@@ -17,6 +17,7 @@ from zoo_chapter8 import fused_step, kernels, models
 
 import zoo
 from zoo.errors import TrainingError
+from zoo.trainer.loss import CrossEntropy
 from zoo.trainer.modelstep import model_step
 
 pytestmark = pytest.mark.skipif(kernels.library() is None, reason=kernels.status())
@@ -52,10 +53,14 @@ def _same(a: list[torch.Tensor | None], b: list[torch.Tensor | None]) -> bool:
 
 @pytest.mark.parametrize("arch", CHAINS)
 @pytest.mark.parametrize(("n", "smoothing", "accumulate"), [(64, 0.0, False), (37, 0.1, True)])
+@pytest.mark.parametrize("loss_kind", ["callable", "trainer's"])
 def test_step_is_autograd_bit_for_bit(arch: str, n: int, smoothing: float,
-                                      accumulate: bool) -> None:
+                                      accumulate: bool, loss_kind: str) -> None:
     """Loss, logits and every gradient (values and layout) as ``loss.backward()`` through the
-    layers' autograd Functions gives them; added to gradients already there."""
+    layers' autograd Functions gives them; added to gradients already there. A plain
+    callable loss is differentiated through autograd; the trainer's offers its own gradient
+    (``value_and_grad``)."""
+    make = _loss if loss_kind == "callable" else CrossEntropy
     model = _model(arch)
     x, y = _batch(n)
     start = [torch.randn_like(p) if accumulate else None for p in model.parameters()]
@@ -67,7 +72,9 @@ def test_step_is_autograd_bit_for_bit(arch: str, n: int, smoothing: float,
     expected = _grads(model)
     for p, g in zip(model.parameters(), start, strict=True):
         p.grad = None if g is None else g.clone()
-    got = model.zoo_train_step(x, _loss(y, smoothing))
+    loss_fn = make(y, smoothing)
+    assert hasattr(loss_fn, "value_and_grad") == (loss_kind != "callable")
+    got = model.zoo_train_step(x, loss_fn)
     assert got is not None
     assert torch.equal(got[0], loss.detach()) and not got[0].requires_grad
     assert torch.equal(got[1], logits.detach()) and not got[1].requires_grad

@@ -96,6 +96,20 @@ int32_t zoo_conv_pool_forward(const float *x, float *xp, const float *wt, const 
     return 0;
 }
 
+/* `chunks` zero-filled accumulators of k floats and of cout floats, one pair per chunk of a
+ * backward pass (NULL out of memory; free() it). */
+static float *chunk_accumulators(int64_t k, int64_t cout, int32_t chunks) {
+    return calloc((size_t)chunks * (size_t)(k + cout), sizeof(float));
+}
+
+/* out = ((acc_0 + acc_1) + acc_2) + ...: the chunks' sums added in chunk order, whichever
+ * thread ran which chunk (as many float additions as torch's, in the same order). */
+static void sum_chunks(const float *acc, float *out, int64_t k, int32_t chunks) {
+    for (int64_t i = 0; i < k; i++) out[i] = acc[i];
+    for (int32_t t = 1; t < chunks; t++)
+        for (int64_t i = 0; i < k; i++) out[i] = out[i] + acc[(int64_t)t * k + i];
+}
+
 /* Chunk t of a stem's backward pass (fused_stem.h: stem_backward_rows from the pooled
  * gradient, or with dz stem_dense_backward_rows from the dense one): rows
  * [t*rows/chunks, (t+1)*rows/chunks) of pooling windows into its own sums, dwt + t*9*cin*cout
@@ -118,33 +132,43 @@ static inline __attribute__((always_inline)) void stem_backward_chunk(
 #undef STEM_ROWS
 }
 
-/* dwt and db must be zero-filled, `chunks` times over: chunk t accumulates rows
- * [t*rows/chunks, (t+1)*rows/chunks) into dwt + t*9*cin*cout and db + t*cout; the caller adds
- * the chunks in order, so the result does not depend on which thread ran which chunk. */
+/* The weight's gradient into dwt (3 x 3 x cin x cout) and the bias's into db (cout), written
+ * (not added to): chunk t sums rows [t*rows/chunks, (t+1)*rows/chunks) into its own zeroed
+ * accumulators, which are then added in chunk order, so the result does not depend on which
+ * thread ran which chunk. -1 for shapes it does not take, -2 out of memory. */
 PRESSURE_SCHEDULING
 int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const uint8_t *idx,
                           float *dwt, float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
                           int64_t cout, int32_t act, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
     const int cin = (int)cin_, cv = (int)(cout / 8);
+    const int64_t k = 9 * cin_ * cout;
+    float *acc = chunk_accumulators(k, cout, chunks);
+    if (acc == NULL) return -2;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(chunks) if (chunks > 1)
 #endif
     for (int32_t t = 0; t < chunks; t++)
-        stem_backward_chunk(xp, g, y, idx, NULL, dwt, db, n, h, w, act, cin, cv, t, chunks);
+        stem_backward_chunk(xp, g, y, idx, NULL, acc, acc + chunks * k, n, h, w, act, cin, cv,
+                            t, chunks);
+    sum_chunks(acc, dwt, k, chunks);
+    sum_chunks(acc + chunks * k, db, cout, chunks);
+    free(acc);
     return 0;
 }
 
 /* A stem convolution's weight and bias gradients from its dense output gradient dz (NHWC,
  * n x h x w x cout), its input x (NHWC) padded into xp on the way (as zoo_conv_pool_forward
- * does). dwt and db as for zoo_stem_backward: zero-filled, `chunks` times over, summed in order
- * by the caller. */
+ * does). dwt and db as for zoo_stem_backward: written, the chunks' sums added in order. */
 PRESSURE_SCHEDULING
 int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, float *dwt,
                                 float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
                                 int64_t cout, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
     const int cin = (int)cin_, cv = (int)(cout / 8);
+    const int64_t k = 9 * cin_ * cout;
+    float *acc = chunk_accumulators(k, cout, chunks);
+    if (acc == NULL) return -2;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(chunks) if (chunks > 1)
 #endif
@@ -154,22 +178,28 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
 #pragma omp for
 #endif
         for (int32_t t = 0; t < chunks; t++)
-            stem_backward_chunk(xp, NULL, NULL, NULL, dz, dwt, db, n, h, w, ACT_NONE, cin, cv,
-                                t, chunks);
+            stem_backward_chunk(xp, NULL, NULL, NULL, dz, acc, acc + chunks * k, n, h, w,
+                                ACT_NONE, cin, cv, t, chunks);
     }
+    sum_chunks(acc, dwt, k, chunks);
+    sum_chunks(acc + chunks * k, db, cout, chunks);
+    free(acc);
     return 0;
 }
 
 /* The layer's backward pass (cin a multiple of 8). gx may be NULL (no input gradient; wr is
- * read all the same). dwr and db must be zero-filled, `chunks` times over, as for
- * zoo_stem_backward; chunk t takes images [t*n/chunks, (t+1)*n/chunks). -1 for shapes it does
- * not take, -2 out of memory. */
+ * read all the same). dwr (cout x 3 x 3 x cin) and db as for zoo_stem_backward: written, the
+ * chunks' sums added in order; chunk t takes images [t*n/chunks, (t+1)*n/chunks). -1 for
+ * shapes it does not take, -2 out of memory. */
 int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
                                const uint8_t *idx, const float *wr, float *gx, float *dwr,
                                float *db, int64_t n, int64_t h, int64_t w, int64_t cin,
                                int64_t cout, int32_t act, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin, cout) || cin % 8 != 0 || chunks < 1) return -1;
     const int cinv = (int)(cin / 8), cv = (int)(cout / 8);
+    const int64_t k = 9 * cin * cout;
+    float *acc = chunk_accumulators(k, cout, chunks);
+    if (acc == NULL) return -2;
     int32_t failed = 0;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(chunks) if (chunks > 1) reduction(| : failed)
@@ -182,7 +212,7 @@ int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
         if ((gx != NULL && dxp == NULL) || zs == NULL || at == NULL) {
             failed = 1;
         } else {
-            float *dw_t = dwr + (int64_t)t * 9 * cin * cout, *db_t = db + (int64_t)t * cout;
+            float *dw_t = acc + (int64_t)t * k, *db_t = acc + chunks * k + (int64_t)t * cout;
             const int64_t first = n * t / chunks, last = n * (t + 1) / chunks;
 #define LAYER_BWD(CINV, CV) conv_backward_images(xp, g, y, idx, wr, gx, dxp, zs, at, dw_t, db_t, \
                                                  h, w, first, last, act, CINV, CV)
@@ -193,6 +223,11 @@ int32_t zoo_conv_pool_backward(const float *xp, const float *g, const float *y,
         free(zs);
         free(at);
     }
+    if (!failed) {
+        sum_chunks(acc, dwr, k, chunks);
+        sum_chunks(acc + chunks * k, db, cout, chunks);
+    }
+    free(acc);
     return failed ? -2 : 0;
 }
 

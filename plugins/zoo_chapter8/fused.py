@@ -172,23 +172,23 @@ def conv_pool_grads(xp: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: tor
                              memory_format=torch.channels_last)
         else:
             wr = torch.zeros((cout, 3, 3, cin), dtype=F32, device=y.device)
-        dw = torch.zeros((chunks, cout, 3, 3, cin), dtype=F32, device=y.device)
-        db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
+        dw = torch.empty((cout, 3, 3, cin), dtype=F32, device=y.device)
+        db = torch.empty(cout, dtype=F32, device=y.device)
         done = lib.zoo_conv_pool_backward(
             xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(), wr.data_ptr(),
             gx.data_ptr() if gx is not None else None, dw.data_ptr(), db.data_ptr(),
             n, h, w, cin, cout, act, chunks)
-        if done == -2:
-            raise MemoryError("zoo_conv_pool_backward could not allocate its scratch image")
-        dweight = checks.chunk_sum(dw).permute(0, 3, 1, 2)
+        dweight = dw.permute(0, 3, 1, 2)
     else:
         chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
-        dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=y.device)
-        db = torch.zeros((chunks, cout), dtype=F32, device=y.device)
+        dw = torch.empty((3, 3, cin, cout), dtype=F32, device=y.device)
+        db = torch.empty(cout, dtype=F32, device=y.device)
         done = lib.zoo_stem_backward(xp.data_ptr(), g.data_ptr(), y.data_ptr(),
                                      idx.data_ptr(), dw.data_ptr(), db.data_ptr(), n, h, w,
                                      cin, cout, act, chunks)
-        dweight = checks.chunk_sum(dw).permute(3, 2, 0, 1)
+        dweight = dw.permute(3, 2, 0, 1)
+    if done == -2:
+        raise MemoryError("the backward kernel could not allocate its scratch memory")
     assert done == 0, "the backward kernel refused the shapes _conv_fusable accepted"
     if residual and gx is not None:  # the input added back: its own gradient
         skip = torch.empty_like(gx)
@@ -196,7 +196,7 @@ def conv_pool_grads(xp: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, g: tor
                                    skip.data_ptr(), n, h, w, cin, NONE,
                                    torch.get_num_threads())
         gx += skip
-    dbias = checks.chunk_sum(db) if want_bias else None
+    dbias = db if want_bias else None
     return gx, dweight.contiguous(memory_format=weight_format), dbias
 
 

@@ -219,15 +219,16 @@ class _StemConv(torch.autograd.Function):
         (x,) = ready
         chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
         xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
-        dw = torch.zeros((chunks, 3, 3, cin, cout), dtype=F32, device=x.device)
-        db = torch.zeros((chunks, cout), dtype=F32, device=x.device)
+        dw = torch.empty((3, 3, cin, cout), dtype=F32, device=x.device)
+        db = torch.empty(cout, dtype=F32, device=x.device)
         done = lib.zoo_stem_dense_backward(x.data_ptr(), xp.data_ptr(), g.data_ptr(),
                                            dw.data_ptr(), db.data_ptr(), n, h, w, cin, cout,
                                            chunks)
+        if done == -2:
+            raise MemoryError("zoo_stem_dense_backward could not allocate its accumulators")
         assert done == 0, "zoo_stem_dense_backward refused the shapes stem_conv accepted"
-        dweight = checks.chunk_sum(dw).permute(3, 2, 0, 1).contiguous(
-            memory_format=ctx.weight_format)
-        return (None, dweight if mask[0] else None, checks.chunk_sum(db) if mask[1] else None)
+        dweight = dw.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
+        return (None, dweight if mask[0] else None, db if mask[1] else None)
 
 
 def stem_conv(conv: nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:

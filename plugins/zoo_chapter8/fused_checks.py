@@ -258,10 +258,3 @@ def grad_format(weight: torch.Tensor) -> torch.memory_format:
     or channels_last), so that autograd's accumulation keeps it without a copy."""
     return torch.contiguous_format if weight.is_contiguous() else torch.channels_last
 
-
-def chunk_sum(chunks: torch.Tensor) -> torch.Tensor:
-    """The sum over the first dimension, in order: the same whichever thread ran which chunk."""
-    total = chunks[0]
-    for t in range(1, chunks.shape[0]):
-        total = total + chunks[t]
-    return total

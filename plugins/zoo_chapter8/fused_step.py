@@ -121,9 +121,13 @@ def train_step(model: nn.Module, layers: Sequence[ConvLayer], head: Head, x: tor
     fc1, fc2 = head.fc1, head.fc2
     w1, w2 = fc1.weight, fc2.weight
     logits, hidden = fused_head.head_run(out, w1, fc1.bias, w2, fc2.bias, head.act)
-    leaf = logits.detach().requires_grad_()
-    value = loss(leaf)  # the loss's own backward, whatever the trainer's loss is
-    (dlogits,) = torch.autograd.grad(value, leaf)
+    value_and_grad = getattr(loss, "value_and_grad", None)  # the contract's (modelstep)
+    if value_and_grad is not None:
+        value, dlogits = value_and_grad(logits)
+    else:  # the loss's own backward, whatever the loss is
+        leaf = logits.detach().requires_grad_()
+        value = loss(leaf)
+        (dlogits,) = torch.autograd.grad(value, leaf)
     g, dw1, db1, dw2, db2 = fused_head.head_grads(out, w1, hidden, w2, dlogits.contiguous(),
                                                   head.act, True)
     del out, hidden  # each layer's tensors go as soon as its gradients are done, as in

@@ -153,9 +153,11 @@ def zoo_architectures() -> Sequence[ArchitectureSpec]:
     (:mod:`zoo.trainer.modelstep`): it computes ``loss(self(x))``, adds that loss's
     gradient to every parameter's ``.grad`` exactly as ``backward()`` would, and
     returns the loss and the logits, detached; or returns ``None``, having changed
-    nothing, wherever autograd must run. The trainer offers it only a plain step (not
-    distributed, no mixed precision, the batch in one part) and runs autograd when it
-    answers ``None``.
+    nothing, wherever autograd must run. ``loss`` is a callable of the logits; where it
+    has ``value_and_grad(logits)``, that returns the loss and its gradient by the logits
+    as autograd would, without a graph. The trainer offers the step only a plain step
+    (not distributed, no mixed precision, the batch in one part) and runs autograd when
+    it answers ``None``.
     """
 
 

@@ -6,8 +6,9 @@
   directory and its lock, checkpoints, and what a resume keeps;
 * :mod:`zoo.trainer.data`, :mod:`zoo.trainer.pipeline`: the dataset on the device, batches
   and augmentation;
-* :mod:`zoo.trainer.validation`, :mod:`zoo.trainer.optim`: the validation pass, the optimizer
-  and its schedule;
+* :mod:`zoo.trainer.validation`, :mod:`zoo.trainer.optim`, :mod:`zoo.trainer.loss`: the
+  validation pass, the optimizer and its schedule, the loss (with its gradient);
+* :mod:`zoo.trainer.modelstep`: a model's own training step;
 * :mod:`zoo.trainer.devices`, :mod:`zoo.trainer.distributed`, :mod:`zoo.trainer.batchsplit`,
   :mod:`zoo.trainer.allocator`: the device, DDP, parallel batch parts and memory on CPU;
 * :mod:`zoo.trainer.progress`, :mod:`zoo.trainer.curves`, :mod:`zoo.trainer.interrupt`: what

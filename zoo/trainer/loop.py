@@ -43,6 +43,7 @@ from zoo.trainer.distributed import (
     init_process_group,
 )
 from zoo.trainer.interrupt import StopFlag
+from zoo.trainer.loss import CrossEntropy
 from zoo.trainer.pipeline import epoch_permutation, shard_indices
 from zoo.trainer.resume import Position, merge_config
 from zoo.trainer.rundir import record_failure
@@ -309,8 +310,7 @@ class _Trainer(RunState):
                                                   autocast=self.amp_dtype)
         else:
             optimizer.zero_grad(set_to_none=True)
-            loss_fn = functools.partial(F.cross_entropy, target=yb,
-                                        label_smoothing=cfg.label_smoothing)
+            loss_fn = CrossEntropy(yb, cfg.label_smoothing)
             own = self.own_step(xb, loss_fn) if self.own_step is not None else None  # modelstep
             if own is None:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

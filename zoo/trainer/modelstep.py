@@ -10,8 +10,11 @@ It computes ``value = loss(self(x))``, adds the gradient of ``value`` to every p
 parameter's layout; none for a parameter that does not require one), and returns ``value``
 and the logits, both detached. Where it cannot (anything it does not handle itself), it
 returns None having changed nothing, and the trainer runs autograd as usual. ``loss`` maps
-logits to the scalar loss; the method must differentiate it through autograd (it is the
-trainer's: cross-entropy with the run's label smoothing).
+logits to the scalar loss (the trainer's: cross-entropy with the run's label smoothing,
+:class:`zoo.trainer.loss.CrossEntropy`); the method must not assume its form. Where ``loss``
+offers ``value_and_grad(logits) -> (value, gradient by the logits)``, that gives the numbers
+autograd would, outside any graph; elsewhere the method differentiates ``loss`` through
+autograd.
 
 It exists for models whose layers are kernels of their own: run back to back, without
 autograd's per-layer bookkeeping, such a step costs less than the same kernels as autograd
@@ -33,6 +36,9 @@ from torch import nn
 METHOD = "zoo_train_step"
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: The method by which a loss may offer its value and gradient without autograd's graph.
+VALUE_AND_GRAD = "value_and_grad"
 
 
 class ModelStep(Protocol):
