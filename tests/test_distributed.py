@@ -88,10 +88,8 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
     return weights
 
 
-def test_two_ranks_match_one_process_and_resume(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+def test_two_ranks_match_one_process_and_resume(tmp_path: Path) -> None:
+    cache = Path(os.environ["ZOO_CACHE_DIR"])  # the session's (conftest): kernels built once
     single = train("Net", epochs=2, batch_size=64, out=tmp_path / "single", **COMMON)
     # one process, batch 64, for one epoch; then resumed as 2 ranks x batch 32 (the same
     # global batch) for the second epoch: resume under DDP, then DDP training proper
@@ -122,7 +120,7 @@ def test_a_failing_rank_ends_the_job(tmp_path: Path) -> None:
               "model": {**COMMON["model"], "fail_rank": 1, "after": 2}}
     start = time.monotonic()
     with pytest.raises((mp.ProcessRaisedException, mp.ProcessExitedException)) as info:
-        _spawn("Faulty", fields, tmp_path / "cache", timeout=60)
+        _spawn("Faulty", fields, Path(os.environ["ZOO_CACHE_DIR"]), timeout=60)
     # the failing rank's error, or rank 0's when its collective broke first: never a hang
     message = str(info.value)
     assert ("injected failure in rank 1" in message or "gloo" in message.lower()

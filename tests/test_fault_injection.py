@@ -168,12 +168,6 @@ def _kill_point(rng: random.Random, modes: tuple[str, ...], *, writes: int = 4,
     return rng.choice(modes), rng.randint(1, writes), rng.uniform(0.0, seconds)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache for the module: the kernels are compiled and the data decoded once."""
-    return tmp_path_factory.mktemp("cache")
-
-
 def _state(run: Path, name: str) -> dict[str, torch.Tensor]:
     weights: dict[str, torch.Tensor] = torch.load(run / "checkpoints" / name,
                                                   weights_only=True)["model"]
@@ -192,8 +186,8 @@ def _records(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 
 def test_training_killed_at_random_points_resumes_bitwise_equal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+        tmp_path: Path) -> None:
+    # ZOO_CACHE_DIR stays the session's (conftest): the kernels are compiled once
     deadline = time.monotonic() + TEST_DEADLINE_S
     reference = tmp_path / "reference"
     train("Net", out=reference, **CFG)
@@ -222,8 +216,7 @@ def test_training_killed_at_random_points_resumes_bitwise_equal(
 
 
 def test_export_killed_at_random_points_leaves_no_bundle_or_a_complete_one(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
-    monkeypatch.setenv("ZOO_CACHE_DIR", str(cache))
+        tmp_path: Path) -> None:
     deadline = time.monotonic() + TEST_DEADLINE_S
     run = tmp_path / "run"
     train("Net", out=run, **{**CFG, "epochs": 1})

@@ -40,7 +40,8 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _env(site: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     path = os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, "ZOO_CACHE_DIR": str(tmp_path / "cache"),
+    # ZOO_CACHE_DIR stays the session's (conftest): the kernels built once, not per test
+    return {**os.environ, "PYTHONPATH": path,
             "OMP_NUM_THREADS": "1", "EPOCHLOG_PATH": str(tmp_path / "epochs.jsonl"), **extra}
 
 
