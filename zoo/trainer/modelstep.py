@@ -37,9 +37,6 @@ METHOD = "zoo_train_step"
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
-#: The method by which a loss may offer its value and gradient without autograd's graph.
-VALUE_AND_GRAD = "value_and_grad"
-
 
 class ModelStep(Protocol):
     """A bound ``zoo_train_step``."""
