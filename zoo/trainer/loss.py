@@ -80,12 +80,10 @@ class CrossEntropy:
             g_nll = one * (1 - ls)
             g_smooth = (one * (ls / n_classes)) / kept
             g_rows = g_smooth.expand(x.shape[0]).masked_fill(ignored, 0).neg()
-            g_lsm = _nll_backward(g_nll, lsm, target, None, _MEAN, _IGNORE,
-                                            total_weight)
+            g_lsm = _nll_backward(g_nll, lsm, target, None, _MEAN, _IGNORE, total_weight)
             g_lsm = g_lsm + g_rows.unsqueeze(1).expand(x.shape)
         else:
             value = nll
-            g_lsm = _nll_backward(one, lsm, target, None, _MEAN, _IGNORE,
-                                            total_weight)
+            g_lsm = _nll_backward(one, lsm, target, None, _MEAN, _IGNORE, total_weight)
         grad = torch._log_softmax_backward_data(g_lsm, lsm, 1, x.dtype)
         return value, grad
