@@ -65,13 +65,14 @@ def test_the_fused_implementation_where_pytorch_has_one(device: str, optimizer: 
 def _sgd_run(kind: type, steps: int = 4, **options: object) -> tuple[list[torch.Tensor], dict]:
     """Parameters after ``steps`` updates from fixed gradients (one parameter without any)."""
     torch.manual_seed(0)
+    # one large enough for the vectorized kernels and their tails
     params = [nn.Parameter(torch.randn(5, 3)), nn.Parameter(torch.randn(4)),
-              nn.Parameter(torch.randn(2, 2))]
-    groups = [{"params": params[:2]}, {"params": params[2:], "lr": 0.05}]
+              nn.Parameter(torch.randn(64, 37)), nn.Parameter(torch.randn(2, 2))]
+    groups = [{"params": params[:3]}, {"params": params[3:], "lr": 0.05}]
     opt = kind(groups, lr=0.1, foreach=False, **options)
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        for i, p in enumerate(params[:2]):
+        for i, p in enumerate(params[:3]):
             p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32) * (step + 1 + i))\
                 .view_as(p)
         opt.step()

@@ -56,39 +56,47 @@ def _param_hooked(p: torch.Tensor) -> bool:
                 or getattr(p, "_post_accumulate_grad_hooks", None))
 
 
-def _ready(model: nn.Module, layers: Sequence[ConvLayer], head: Head, x: torch.Tensor) -> bool:
-    """Whether ``model``'s training forward pass is exactly ``layers`` then ``head`` on the
-    kernels, and nothing in it needs autograd's graph."""
+class Params(NamedTuple):
+    """The chain's parameters, read once a step (each read a ``Module.__getattr__``): every
+    convolution's (weight, bias), then the head's."""
+
+    convs: list[tuple[torch.Tensor, torch.Tensor | None]]
+    head: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
+
+
+def _ready(model: nn.Module, layers: Sequence[ConvLayer], head: Head,
+           x: torch.Tensor) -> Params | None:
+    """The chain's parameters where ``model``'s training forward pass is exactly ``layers``
+    then ``head`` on the kernels and nothing in it needs autograd's graph; else None."""
     if not (model.training and torch.is_grad_enabled() and not torch.is_anomaly_enabled()
             and checks.eager() and kernels.library() is not None and x.dim() == 4
             and not x.requires_grad and checks.c_readable(x, tuple(x.shape))
             and x.shape[0] > 0 and x.is_contiguous(memory_format=CL)):
-        return False
+        return None
     if checks.hooked(model):  # the layers' own hooks: their rules below
-        return False
+        return None
     # a parameter's hooks run in autograd's accumulation of its gradient; a parameter the
     # layers share gets both gradients, added as autograd adds them (:func:`_give`)
-    for layer in layers:
-        conv = layer.conv
-        if _param_hooked(conv.weight) or (conv.bias is not None and _param_hooked(conv.bias)):
-            return False
+    convs = [(layer.conv.weight, layer.conv.bias) for layer in layers]
     fc1, fc2 = head.fc1, head.fc2
-    if (_param_hooked(fc1.weight) or _param_hooked(fc2.weight)
-            or (fc1.bias is not None and _param_hooked(fc1.bias))
-            or (fc2.bias is not None and _param_hooked(fc2.bias))):
-        return False
+    tail = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+    for p in (*(t for pair in convs for t in pair), *tail):
+        if p is not None and _param_hooked(p):
+            return None
     _, c, h, w = x.shape
     data = True
     for layer in layers:
         if layer.act not in (checks.TANH, checks.RELU) or (
                 layer.residual and (layer.act != checks.RELU
                                     or layer.conv.weight.shape[0] != c)):
-            return False
+            return None
         if not fused.conv_layer_fusable(layer.conv, c, h, w, data):
-            return False
+            return None
         c, h, w, data = layer.conv.weight.shape[0], h // 2, w // 2, False
-    return head.act in (checks.TANH, checks.RELU) and fused_head.head_layers_fusable(
-        head.fc1, head.fc2, c, h, w)
+    if not (head.act in (checks.TANH, checks.RELU)
+            and fused_head.head_layers_fusable(fc1, fc2, c, h, w)):
+        return None
+    return Params(convs, tail)
 
 
 def _give(p: torch.Tensor, grad: torch.Tensor) -> None:
@@ -108,19 +116,20 @@ def train_step(model: nn.Module, layers: Sequence[ConvLayer], head: Head, x: tor
                ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """``loss(model(x))`` and its gradients for a model whose training forward pass is
     ``layers`` then ``head``; None (nothing done) where autograd must run instead."""
-    if not _ready(model, layers, head, x):
+    params = _ready(model, layers, head, x)
+    if params is None:
         return None
     # grad mode stays on (for the loss): the kernels' tensors are new, the weights read
     # through detach() or their memory, so nothing here joins a graph
     kept = []
     out = x
-    for conv, act, residual in layers:
-        y, saved = fused.conv_pool_run(out, conv.weight, conv.bias, act, residual)
+    for (_, act, residual), (weight, bias) in zip(layers, params.convs, strict=True):
+        y, saved = fused.conv_pool_run(out, weight, bias, act, residual)
         kept.append((saved, tuple(out.shape)))
         out = y
-    fc1, fc2 = head.fc1, head.fc2
-    w1, w2 = fc1.weight, fc2.weight
-    logits, hidden = fused_head.head_run(out, w1, fc1.bias, w2, fc2.bias, head.act)
+    w1, b1, w2, b2 = params.head
+    assert b1 is not None and b2 is not None  # head_layers_fusable: both biases there
+    logits, hidden = fused_head.head_run(out, w1, b1, w2, b2, head.act)
     value_and_grad = getattr(loss, "value_and_grad", None)  # the contract's (modelstep)
     if value_and_grad is not None:
         value, dlogits = value_and_grad(logits)
@@ -132,13 +141,13 @@ def train_step(model: nn.Module, layers: Sequence[ConvLayer], head: Head, x: tor
                                                   head.act, True)
     del out, hidden  # each layer's tensors go as soon as its gradients are done, as in
     _give(w1, dw1)  # autograd: the next layer's allocations reuse warm memory
-    _give(fc1.bias, db1)
+    _give(b1, db1)
     _give(w2, dw2)
-    _give(fc2.bias, db2)
+    _give(b2, db2)
     for i in range(len(layers) - 1, -1, -1):
-        conv, act, residual = layers[i]
+        _, act, residual = layers[i]
         (xp, y, idx), (n, cin, h, w) = kept.pop()
-        weight, bias = conv.weight, conv.bias
+        weight, bias = params.convs[i]
         assert g is not None
         g, dweight, dbias = fused.conv_pool_grads(
             xp, y, idx, g, weight if i > 0 else None, (n, cin, h, w, weight.shape[0]), act,

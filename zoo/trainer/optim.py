@@ -18,9 +18,9 @@ class LeanSGD(torch.optim.SGD):
     tensors by device and dtype, the dispatch between its three implementations, decorators
     (about 60-90 us per step for Net's eight tensors on a 2-core AVX2 host, where the
     arithmetic takes 10). This step does the update of SGD's own single-tensor
-    implementation (``foreach=False``), tensor by tensor in the same order, so the numbers
-    are SGD's; its state (``momentum_buffer``), ``state_dict``, schedulers and step hooks
-    are SGD's. A group it does not cover (a tensor learning rate or weight decay,
+    implementation (``foreach=False``), each part of it one call over the parameters, so
+    the numbers are SGD's; its state (``momentum_buffer``), ``state_dict``, schedulers and
+    step hooks are SGD's. A group it does not cover (a tensor learning rate or weight decay,
     ``differentiable``, a sparse gradient, a parameter off the CPU) takes ``SGD.step``.
     """
 
@@ -45,27 +45,39 @@ class LeanSGD(torch.optim.SGD):
                 loss = closure()
         with torch.no_grad():
             for group in self.param_groups:
-                lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
-                dampening, nesterov, maximize = (group["dampening"], group["nesterov"],
-                                                 group["maximize"])
-                for p in group["params"]:
-                    grad = p.grad
-                    if grad is None:
-                        continue
-                    if maximize:
-                        grad = -grad
-                    if decay != 0:
-                        grad = grad.add(p, alpha=decay)
-                    if momentum != 0:
-                        state = self.state[p]
-                        buf = state.get("momentum_buffer")
-                        if buf is None:
-                            buf = state["momentum_buffer"] = grad.detach().clone()
-                        else:
-                            buf.mul_(momentum).add_(grad, alpha=1 - dampening)
-                        grad = grad.add(buf, alpha=momentum) if nesterov else buf
-                    p.add_(grad, alpha=-lr)
+                self._update(group)
         return loss
+
+    def _update(self, group: dict[str, Any]) -> None:
+        """SGD's single-tensor update of the group's parameters, each list operation one
+        call: on the CPU ``torch._foreach_*`` runs the same per-tensor kernels in a C++ loop
+        (PyTorch's documented foreach operations), so the numbers are the loop's."""
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads: list[torch.Tensor] | tuple[torch.Tensor, ...] = [p.grad for p in params]
+        lr, decay, momentum = group["lr"], group["weight_decay"], group["momentum"]
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if decay != 0:
+            grads = torch._foreach_add(grads, params, alpha=decay)
+        if momentum != 0:
+            bufs, old, old_grads = [], [], []
+            for p, grad in zip(params, grads, strict=True):
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None:  # the first step: the gradient itself
+                    buf = state["momentum_buffer"] = grad.detach().clone()
+                else:
+                    old.append(buf)
+                    old_grads.append(grad)
+                bufs.append(buf)
+            if old:
+                torch._foreach_mul_(old, momentum)
+                torch._foreach_add_(old, old_grads, alpha=1 - group["dampening"])
+            grads = torch._foreach_add(grads, bufs, alpha=momentum) if group["nesterov"] \
+                else bufs
+        torch._foreach_add_(params, grads, alpha=-lr)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """As ``Optimizer.zero_grad``; setting the gradients to None in one plain loop."""
