@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
@@ -50,16 +51,17 @@ def _worker(rank: int, world: int, port: int, arch: str, fields: dict[str, Any],
     registry = Registry()
     registry.register(zoo_testnets, name="testnets")
     threads = len(os.listdir("/proc/self/task"))
-    train(arch, registry=registry, **fields)
     # the gloo group's threads end with the run, not during interpreter shutdown (see
-    # test_leaving_the_group_frees_it_while_the_interpreter_runs); one that is still
-    # returning from its last call when train() returns gets a moment on a loaded machine
-    deadline = time.monotonic() + 5.0
-    while len(os.listdir("/proc/self/task")) > threads and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # test_leaving_the_group_frees_it_while_the_interpreter_runs) nor at the next garbage
+    # collection: the cyclic collector off, the group must still be freed when train returns
+    gc.disable()
+    try:
+        train(arch, registry=registry, **fields)
+    finally:
+        gc.enable()
     names = [(Path("/proc/self/task") / t / "comm").read_text().strip()
              for t in os.listdir("/proc/self/task")]
-    assert len(names) <= threads, names
+    assert len(names) == threads, names
 
 
 def _spawn(arch: str, fields: dict[str, Any], cache: Path, world: int = 2,

@@ -39,7 +39,6 @@ from zoo.trainer.distributed import (
     all_reduce,
     barrier,
     broadcast_object,
-    destroy_process_group,
     init_process_group,
 )
 from zoo.trainer.interrupt import StopFlag
@@ -116,7 +115,7 @@ class _Trainer(RunState):
             raise
         finally:
             if created_group:
-                destroy_process_group()
+                self._leave_group()
             if self.lock is not None and self.lock.held:
                 self._drop_unstarted()
                 self.lock.release()

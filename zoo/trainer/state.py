@@ -7,6 +7,7 @@ restored from a checkpoint on resume, and saved as checkpoints and ``run.json``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import random
 import sys
@@ -51,7 +52,12 @@ from zoo.trainer.checkpoint import (
 )
 from zoo.trainer.data import data_info, load_run_data
 from zoo.trainer.devices import amp_dtype, make_splitter
-from zoo.trainer.distributed import all_gather_object, broadcast_object, dist_from_env
+from zoo.trainer.distributed import (
+    all_gather_object,
+    broadcast_object,
+    destroy_process_group,
+    dist_from_env,
+)
 from zoo.trainer.modelstep import ModelStep, model_step
 from zoo.trainer.optim import make_optimizer, make_scheduler
 from zoo.trainer.pipeline import DeviceData, compute_normalization, rank_batches
@@ -167,6 +173,15 @@ class RunState:
                     with contextlib.suppress(OSError):
                         out.rmdir()
                 raise
+
+    def _leave_group(self) -> None:
+        """Leave the process group, its threads joined now: the DDP wrapper (whose reducer
+        holds the group, in reference cycles) goes first, or the group outlives
+        ``destroy_process_group`` until a garbage collection."""
+        if hasattr(self, "core"):
+            self.model = self.core
+        gc.collect()
+        destroy_process_group()
 
     def _drop_unstarted(self) -> None:
         """After a failure before the run began (no run.json), leave no trace of it."""
