@@ -6,10 +6,12 @@ backward through autograd, as in a training step's batch part) runs with three
 implementations in turn, ``--turns`` times, and each keeps its median: the plain PyTorch
 layers (what trains without the kernels, ``ZOO_FUSED=0``), the kernels built with
 ``-DZOO_UNTUNED`` (without the AVX2 build's tuning for 16 vector registers: one pass over
-all output channels, no pressure-aware scheduling; the same numbers bit for bit,
+all output channels, no pressure-aware scheduling; and with a layer's weight-gradient sums
+in its input-gradient scatter's loop; the same numbers bit for bit,
 ``tests/test_fused_isa.py``), and the build in use. Where the build in use is not an AVX2
-one the two builds are the same program, and their ratio is noise. Prints milliseconds,
-the ratios, and the CPU's features.
+one the two builds differ only in the layers' backward pass. Prints milliseconds, the
+ratios, and the CPU's features. One thread: the layers' separate sums gain on two threads
+(``bench/bench_train_throughput.py``), about nothing on one.
 
     python bench/bench_kernels.py [--turns 15] [--batch 32]
 """
@@ -106,7 +108,7 @@ def _head(channels: int, size: int, act: str, batch: int) -> tuple[Step, Step]:
 
 
 def _untuned_library(tmp: Path) -> ctypes.CDLL:
-    """The kernels as the build in use, less the AVX2 tuning (``-DZOO_UNTUNED``)."""
+    """The kernels as the build in use, less its tuning (``-DZOO_UNTUNED``)."""
     try:
         return kernels.build_variant(tmp / "untuned.so", [*kernels.arch_flags(), "-DZOO_UNTUNED"])
     except KernelBuildError as exc:

@@ -111,8 +111,9 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
         assert len(theirs) == len(mine)
         for a, b in zip(mine, theirs, strict=True):
             assert torch.equal(a, b)
-    # AVX2's own tuning (two output vectors per pass, GCC's pressure-aware scheduling) left
-    # out: the same numbers again, from another library
+    # AVX2's own tuning (two output vectors per pass, GCC's pressure-aware scheduling) and
+    # the layers' weight-gradient sums in a loop of their own left out: the same numbers
+    # again, from another library
     untuned = tmp_path / "untuned.so"
     plain = _numbers_of_a_build(untuned, [*lowered, "-DZOO_UNTUNED"], monkeypatch)
     if "-mavx2" in lowered:  # the tuning is AVX2's: other builds are the same without it

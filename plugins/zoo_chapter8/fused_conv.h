@@ -136,6 +136,102 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
     }
 }
 
+/* The layers' weight-gradient sums in a loop of their own where their taps go in groups of 3
+ * (conv_backward_images); -DZOO_UNTUNED keeps them in the scatter's loop, which gives the same
+ * numbers bit for bit (tests/test_fused_isa.py compares the two builds). */
+#ifdef ZOO_UNTUNED
+#define CONV_SUMS_APART 0
+#else
+#define CONV_SUMS_APART 1
+#endif
+
+/* Tap j of a group of taps from t0: its offset in the padded image (rows of `row` floats). */
+static inline int64_t tap_offset(int t0, int j, int64_t row, int64_t cin) {
+    return ((t0 + j) / 3) * row + ((t0 + j) % 3) * cin;
+}
+
+/* One image's weight gradient alone (conv_backward_images, taps in groups of 3): for each
+ * output channel and group of taps, the sums over each row of windows in registers, added to
+ * dwr row by row: the order of the joint loop below, so the same numbers. Apart from the
+ * input gradient's scatter, the sums' loop is only loads and FMAs (the 16-to-8 layer's
+ * backward pass 1.06-1.25x as fast on two threads of an AVX2 EPYC, the 8-to-8 1.37x). */
+static inline __attribute__((always_inline)) void conv_weight_grad_image(
+    const float *xb, const float *zs, const int32_t *at, float *dwr, int64_t h2, int64_t w2,
+    int64_t row, const int cinv, const int cv) {
+    const int64_t cin = 8 * cinv, cout = 8 * cv;
+    for (int64_t co = 0; co < cout; co++)
+        for (int t0 = 0; t0 < 9; t0 += 3) {
+            vf tot[3][CONV_MAX_CINV];
+            int64_t tap[3];
+            for (int j = 0; j < 3; j++) {
+                tap[j] = tap_offset(t0, j, row, cin);
+                for (int u = 0; u < cinv; u++)
+                    tot[j][u] = load(dwr + (co * 9 + t0 + j) * cin + 8 * u);
+            }
+            for (int64_t oh = 0; oh < h2; oh++) {
+                vf dw[3][CONV_MAX_CINV];
+                for (int j = 0; j < 3; j++)
+                    for (int u = 0; u < cinv; u++) dw[j][u] = splat(0.0f);
+                for (int64_t i = oh * w2; i < (oh + 1) * w2; i++) {
+                    const float zc = zs[i * cout + co];
+                    if (zc == 0.0f) continue;
+                    const vf z = splat(zc);
+                    const int64_t src = at[i * cout + co];
+                    for (int j = 0; j < 3; j++)
+                        for (int u = 0; u < cinv; u++)
+                            dw[j][u] += z * load(xb + src + tap[j] + 8 * u);
+                }
+                for (int j = 0; j < 3; j++)
+                    for (int u = 0; u < cinv; u++) tot[j][u] = tot[j][u] + dw[j][u];
+            }
+            for (int j = 0; j < 3; j++)
+                for (int u = 0; u < cinv; u++)
+                    store(dwr + (co * 9 + t0 + j) * cin + 8 * u, tot[j][u]);
+        }
+}
+
+/* One image's scatter of the windows' gradients through the weights into dxp (zeroed by the
+ * caller), and with `sums` also the weight gradient's sums into dwr: a row of windows at a
+ * time (it stays in L1), each output channel, `group` taps whose weights (and sums) fit in
+ * registers. The order of the additions into each dxp element is the loops' order. */
+static inline __attribute__((always_inline)) void conv_scatter_image(
+    const float *xb, const float *zs, const int32_t *at, const float *wr, float *dxp,
+    float *dwr, int64_t h2, int64_t w2, int64_t row, const int cinv, const int cv,
+    const int group, const int sums) {
+    const int64_t cin = 8 * cinv, cout = 8 * cv;
+    for (int64_t oh = 0; oh < h2; oh++)
+        for (int64_t co = 0; co < cout; co++)
+            for (int t0 = 0; t0 < 9; t0 += group) {
+                vf wk[3][CONV_MAX_CINV], dw[3][CONV_MAX_CINV];
+                int64_t tap[3];
+                for (int j = 0; j < group; j++) {
+                    tap[j] = tap_offset(t0, j, row, cin);
+                    for (int u = 0; u < cinv; u++) {
+                        wk[j][u] = load(wr + (co * 9 + t0 + j) * cin + 8 * u);
+                        dw[j][u] = splat(0.0f);
+                    }
+                }
+                for (int64_t i = oh * w2; i < (oh + 1) * w2; i++) {
+                    const float zc = zs[i * cout + co];
+                    if (zc == 0.0f) continue;
+                    const vf z = splat(zc);
+                    const int64_t src = at[i * cout + co];
+                    for (int j = 0; j < group; j++)
+                        for (int u = 0; u < cinv; u++) {
+                            const int64_t s = src + tap[j] + 8 * u;
+                            if (sums) dw[j][u] += z * load(xb + s);
+                            if (dxp != NULL) store(dxp + s, load(dxp + s) + z * wk[j][u]);
+                        }
+                }
+                if (sums)
+                    for (int j = 0; j < group; j++)
+                        for (int u = 0; u < cinv; u++) {
+                            float *d = dwr + (co * 9 + t0 + j) * cin + 8 * u;
+                            store(d, load(d) + dw[j][u]);
+                        }
+            }
+}
+
 /* The layer's backward pass over images [first, last): the input gradient of each image into
  * gx (NHWC, unpadded) through the scratch image dxp ((h + 2) x (w + 2) x cin floats), and the
  * weight and bias gradients accumulated into dwr and db. Each pooling window passes its
@@ -143,10 +239,14 @@ static inline __attribute__((always_inline)) void conv_pool_rows(
  * a quarter of the dense convolutions' work, vectorized over the input channels. wr and dwr
  * are laid out [cout][kh][kw][cin], a channels_last weight's memory. The loops run over
  * output channels and groups of taps outside, windows inside, so that a group's weights and
- * weight-gradient sums stay in registers. zs and at (h/2 x w/2 x cout each) are scratch for
- * each output's gradient and the offset of its winning input pixel. An output whose gradient
- * is zero is skipped (ReLU's often are). Pooling indices are read modulo 4 here and in every
- * kernel: a window position whatever the byte holds, so a read never leaves the image. */
+ * weight-gradient sums stay in registers; where a group is 3 taps (up to 16 input channels)
+ * the weight gradient's sums run in a loop of their own (conv_weight_grad_image,
+ * CONV_SUMS_APART), else beside the scatter (with 24 or more input channels the separate
+ * loop ran slower). zs and
+ * at (h/2 x w/2 x cout each) are scratch for each output's gradient and the offset of its
+ * winning input pixel. An output whose gradient is zero is skipped (ReLU's often are).
+ * Pooling indices are read modulo 4 here and in every kernel: a window position whatever the
+ * byte holds, so a read never leaves the image. */
 static inline __attribute__((always_inline)) void conv_backward_images(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *wr,
     float *gx, float *dxp, float *zs, int32_t *at, float *dwr, float *db, int64_t h,
@@ -154,6 +254,7 @@ static inline __attribute__((always_inline)) void conv_backward_images(
     const int64_t h2 = h / 2, w2 = w / 2, windows = h2 * w2;
     const int64_t cin = 8 * cinv, cout = 8 * cv, row = (w + 2) * cin, padded = (h + 2) * row;
     const int group = cinv <= 2 ? 3 : 1; /* taps whose weights and sums fit in registers */
+    const int apart = group == 3 && CONV_SUMS_APART;
     for (int64_t b = first; b < last; b++) {
         const float *xb = xp + b * padded;
         for (int64_t i = 0; i < windows; i++) {
@@ -169,37 +270,16 @@ static inline __attribute__((always_inline)) void conv_backward_images(
                 at[i * cout + co] = (int32_t)(window + ((k >> 1) & 1) * row + (k & 1) * cin);
             }
         }
+        if (apart)
+            conv_weight_grad_image(xb, zs, at, dwr, h2, w2, row, cinv, cv);
         if (gx != NULL) memset(dxp, 0, sizeof(float) * padded);
-        for (int64_t oh = 0; oh < h2; oh++) /* a row of windows at a time: it stays in L1 */
-            for (int64_t co = 0; co < cout; co++)
-                for (int t0 = 0; t0 < 9; t0 += group) {
-                    vf wk[3][CONV_MAX_CINV], dw[3][CONV_MAX_CINV];
-                    int64_t tap[3];
-                    for (int j = 0; j < group; j++) {
-                        tap[j] = ((t0 + j) / 3) * row + ((t0 + j) % 3) * cin;
-                        for (int u = 0; u < cinv; u++) {
-                            wk[j][u] = load(wr + (co * 9 + t0 + j) * cin + 8 * u);
-                            dw[j][u] = splat(0.0f);
-                        }
-                    }
-                    for (int64_t i = oh * w2; i < (oh + 1) * w2; i++) {
-                        const float zc = zs[i * cout + co];
-                        if (zc == 0.0f) continue;
-                        const vf z = splat(zc);
-                        const int64_t src = at[i * cout + co];
-                        for (int j = 0; j < group; j++)
-                            for (int u = 0; u < cinv; u++) {
-                                const int64_t s = src + tap[j] + 8 * u;
-                                dw[j][u] += z * load(xb + s);
-                                if (gx != NULL) store(dxp + s, load(dxp + s) + z * wk[j][u]);
-                            }
-                    }
-                    for (int j = 0; j < group; j++)
-                        for (int u = 0; u < cinv; u++) {
-                            float *d = dwr + (co * 9 + t0 + j) * cin + 8 * u;
-                            store(d, load(d) + dw[j][u]);
-                        }
-                }
+        if (apart) {
+            if (gx != NULL)
+                conv_scatter_image(xb, zs, at, wr, dxp, NULL, h2, w2, row, cinv, cv, 3, 0);
+        } else {
+            conv_scatter_image(xb, zs, at, wr, gx != NULL ? dxp : NULL, dwr, h2, w2, row, cinv,
+                               cv, group, 1);
+        }
         if (gx != NULL)
             for (int64_t i = 0; i < h; i++)
                 memcpy(gx + (b * h + i) * w * cin, dxp + (i + 1) * row + cin,
