@@ -1,6 +1,5 @@
 """A run's state: device, data, model, optimizer and position, set up step by step,
 restored from a checkpoint on resume, and saved as checkpoints and ``run.json``.
-
 :class:`RunState` holds the setup steps; :class:`zoo.trainer.loop._Trainer` adds the loop.
 """
 
@@ -175,9 +174,8 @@ class RunState:
                 raise
 
     def _leave_group(self) -> None:
-        """Leave the process group, its threads joined now: the DDP wrapper (whose reducer
-        holds the group, in reference cycles) goes first, or the group outlives
-        ``destroy_process_group`` until a garbage collection."""
+        """Leave the process group, its threads joined now: the DDP wrapper (its reducer holds
+        the group, in cycles) goes first, or the group outlives ``destroy_process_group``."""
         if hasattr(self, "core"):
             self.model = self.core
         gc.collect()
@@ -189,10 +187,8 @@ class RunState:
             drop_unstarted(self.run_dir, made_dir=self._made_dir)
 
     def _load_data(self) -> None:
-        """Load the dataset, fit the model to it and fix the normalization.
-
-        A resumed run keeps the model configuration and normalization it started with.
-        """
+        """Load the dataset, fit the model to it and fix the normalization (a resumed run
+        keeps the model configuration and normalization it started with)."""
         cfg = self.config
         data = load_run_data(self.registry, cfg, self.model_config, quiet=not self.dist.main)
         self.model_config = self._resolve_model(data)
