@@ -270,16 +270,12 @@ static inline __attribute__((always_inline)) void conv_backward_images(
                 at[i * cout + co] = (int32_t)(window + ((k >> 1) & 1) * row + (k & 1) * cin);
             }
         }
-        if (apart)
+        if (apart) /* the weight's sums first; the scatter then only for the input's */
             conv_weight_grad_image(xb, zs, at, dwr, h2, w2, row, cinv, cv);
         if (gx != NULL) memset(dxp, 0, sizeof(float) * padded);
-        if (apart) {
-            if (gx != NULL)
-                conv_scatter_image(xb, zs, at, wr, dxp, NULL, h2, w2, row, cinv, cv, 3, 0);
-        } else {
+        if (gx != NULL || !apart)
             conv_scatter_image(xb, zs, at, wr, gx != NULL ? dxp : NULL, dwr, h2, w2, row, cinv,
-                               cv, group, 1);
-        }
+                               cv, group, !apart);
         if (gx != NULL)
             for (int64_t i = 0; i < h; i++)
                 memcpy(gx + (b * h + i) * w * cin, dxp + (i + 1) * row + cin,

@@ -6,6 +6,7 @@ distributed; ``torch.distributed`` is imported only when one is needed.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -73,10 +74,12 @@ def init_process_group(dist_info: Dist, device: torch.device, timeout_s: float) 
 
 
 def destroy_process_group() -> None:
-    """Leave the process group, if there is one."""
+    """Leave the process group, if there is one; what holds it only through reference cycles
+    (a dropped DDP wrapper's reducer) is collected first, so its threads end now."""
     import torch.distributed as tdist
 
     if tdist.is_initialized():
+        gc.collect()
         tdist.destroy_process_group()
 
 

@@ -1,12 +1,12 @@
 """A run's state: device, data, model, optimizer and position, set up step by step,
 restored from a checkpoint on resume, and saved as checkpoints and ``run.json``.
+
 :class:`RunState` holds the setup steps; :class:`zoo.trainer.loop._Trainer` adds the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import io
 import random
 import sys
@@ -178,7 +178,6 @@ class RunState:
         the group, in cycles) goes first, or the group outlives ``destroy_process_group``."""
         if hasattr(self, "core"):
             self.model = self.core
-        gc.collect()
         destroy_process_group()
 
     def _drop_unstarted(self) -> None:
