@@ -7,6 +7,7 @@ that do not depend on the machine.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -95,3 +96,88 @@ def test_every_benchmark_explains_itself() -> None:
         "    print(script, 'ok')\n")
     out = _run("-c", probe, timeout=120)
     assert out.split() == [word for script in scripts for word in (script, "ok")]
+
+
+def test_serve_bench_prints_each_target_beside_what_the_stack_allows() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_serve
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    def loop(rate: float, p50: float = 1.0, p99: float = 2.0) -> dict[str, float]:
+        return {"throughput": rate, "p50_ms": p50, "p99_ms": p99}
+
+    overload = {"other": 0, "hung": 0, "over_100ms": 3, "rss_start_mib": 100.0,
+                "rss_max_mib": 120.0}
+    rows = {"in_process": {"8": loop(30_000), "64": loop(40_000)},
+            "floor": {"1/8": loop(15_000), "1/64": loop(20_000), "2/8": loop(30_000),
+                      "2/64": loop(40_000)},
+            "server": {"1/batching/8": loop(5_000, 1.0, 2.5),
+                       "1/batching/64": loop(9_000),
+                       "1/no batching/8": loop(2_000), "1/no batching/64": loop(2_500),
+                       "2/batching/8": loop(8_000, 1.0, 3.5),
+                       "2/batching/64": loop(21_000),
+                       "2/no batching/8": loop(7_000), "2/no batching/64": loop(10_000)},
+            "starlette": {"1/64": loop(8_000), "2/64": loop(12_000)},
+            "overload": {"1": overload, "2": {**overload, "over_100ms": 0}}}
+    args = argparse.Namespace(concurrency=[1, 8, 64], workers=[1, 2], cpus=2)
+    # one worker: the floor is the ceiling; two on two cores: the floor's cost and the
+    # model's (1 / 40,000 s an image, two cores) add up: 1 / (1/40,000 + 1/80,000)
+    # the framework's floor is the raw floor's app behind a Starlette route
+    assert "Starlette(routes=" in bench_serve.FLOOR_APPS["starlette"]
+    assert "Starlette" not in bench_serve.FLOOR_APPS["uvicorn"]
+    assert bench_serve.ceiling(rows, 1, 64, 2) == 20_000
+    assert abs(bench_serve.ceiling(rows, 2, 64, 2) - 80_000 / 3) < 1e-6
+    assert bench_serve.targets("tensor", rows, args) == [
+        "  MISS tensor: 1 worker(s), batching at c=64 >= 50% of in-process batch 64 "
+        "(here 22%; ceiling 50%; a do-nothing Starlette route 20%)",
+        "  PASS tensor: 1 worker(s), batching at c=64 >= 3x no batching (here 3.6x; "
+        "ceiling 8.0x)",
+        "  PASS tensor: 1 worker(s), p99 <= 3x p50 at c=8",
+        "  PASS tensor: 2 worker(s), batching at c=64 >= 50% of in-process batch 64 "
+        "(here 52%; ceiling 67%; a do-nothing Starlette route 30%)",
+        "  MISS tensor: 2 worker(s), batching at c=64 >= 3x no batching (here 2.1x; "
+        "ceiling 2.7x)",
+        "  MISS tensor: 2 worker(s), p99 <= 3x p50 at c=8",
+        "  MISS tensor: 1 worker(s), overload: every request 200 or 503 within 100 ms, "
+        "none hung",
+        "  PASS tensor: 1 worker(s), overload: server RSS grows < 50 MiB",
+        "  PASS tensor: 2 worker(s), overload: every request 200 or 503 within 100 ms, "
+        "none hung",
+        "  PASS tensor: 2 worker(s), overload: server RSS grows < 50 MiB"]
+
+
+WRK_REPORT = """Running 3s test @ http://127.0.0.1:8000/v2/models/Net/infer
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    35.50ms    4.91ms  60.39ms   93.91%
+    Req/Sec     1.23k   131.59     1.41k    80.00%
+  Latency Distribution
+     50%   35.50ms
+     75%   37.63ms
+     90%   40.43ms
+     99%   48.39ms
+  4000 requests in 3.00s, 619.53KB read
+  Socket errors: connect 0, read 0, write 0, timeout 2
+  Non-2xx or 3xx responses: 1000
+Requests/sec:   1333.33
+Transfer/sec:    206.51KB
+"""
+
+
+def test_serve_bench_counts_only_answers_as_throughput() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import serve_load
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    # a 503 from a full queue is answered at once: it is a failure, not throughput
+    result = serve_load.wrk_result(WRK_REPORT)
+    assert abs(result["throughput"] - 1000.0) < 0.01  # 1,333.33 a second, a quarter refused
+    assert result["failures"] == 1002 and result["requests"] == 4000
+    assert result["p50_ms"] == 35.5 and result["p99_ms"] == 48.39
+    clean = serve_load.wrk_result(WRK_REPORT.replace(
+        "  Socket errors: connect 0, read 0, write 0, timeout 2\n", "").replace(
+        "  Non-2xx or 3xx responses: 1000\n", ""))
+    assert clean["throughput"] == 1333.33 and clean["failures"] == 0
