@@ -8,11 +8,13 @@ that do not depend on the machine.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,12 +100,17 @@ def test_every_benchmark_explains_itself() -> None:
     assert out.split() == [word for script in scripts for word in (script, "ok")]
 
 
-def test_serve_bench_prints_each_target_beside_what_the_stack_allows() -> None:
+def _bench_module(name: str) -> ModuleType:
+    """A module of bench/, imported as the scripts import one another."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        import bench_serve
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(ROOT / "bench"))
+
+
+def test_serve_bench_prints_each_target_beside_what_the_stack_allows() -> None:
+    bench_serve = _bench_module("bench_serve")
 
     def loop(rate: float, p50: float = 1.0, p99: float = 2.0) -> dict[str, float]:
         return {"throughput": rate, "p50_ms": p50, "p99_ms": p99}
@@ -122,11 +129,11 @@ def test_serve_bench_prints_each_target_beside_what_the_stack_allows() -> None:
             "starlette": {"1/64": loop(8_000), "2/64": loop(12_000)},
             "overload": {"1": overload, "2": {**overload, "over_100ms": 0}}}
     args = argparse.Namespace(concurrency=[1, 8, 64], workers=[1, 2], cpus=2)
-    # one worker: the floor is the ceiling; two on two cores: the floor's cost and the
-    # model's (1 / 40,000 s an image, two cores) add up: 1 / (1/40,000 + 1/80,000)
     # the framework's floor is the raw floor's app behind a Starlette route
     assert "Starlette(routes=" in bench_serve.FLOOR_APPS["starlette"]
     assert "Starlette" not in bench_serve.FLOOR_APPS["uvicorn"]
+    # one worker: the floor is the ceiling; two on two cores: the floor's cost and the
+    # model's (1 / 40,000 s an image, two cores) add up: 1 / (1/40,000 + 1/80,000)
     assert bench_serve.ceiling(rows, 1, 64, 2) == 20_000
     assert abs(bench_serve.ceiling(rows, 2, 64, 2) - 80_000 / 3) < 1e-6
     assert bench_serve.targets("tensor", rows, args) == [
@@ -167,11 +174,7 @@ Transfer/sec:    206.51KB
 
 
 def test_serve_bench_counts_only_answers_as_throughput() -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import serve_load
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
+    serve_load = _bench_module("serve_load")
     # a 503 from a full queue is answered at once: it is a failure, not throughput
     result = serve_load.wrk_result(WRK_REPORT)
     assert abs(result["throughput"] - 1000.0) < 0.01  # 1,333.33 a second, a quarter refused
