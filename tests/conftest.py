@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +28,27 @@ def _fresh_default_registry() -> Iterator[None]:
     reset_default_registry()
     yield
     reset_default_registry()
+
+
+#: The loggers ``zoo serve`` configures (zoo.serve.server.configure_logging).
+SERVE_LOGGERS = ("zoo.serve", "uvicorn", "uvicorn.error", "uvicorn.access",
+                 "python_multipart", "multipart")
+
+
+@pytest.fixture(autouse=True)
+def _logging_put_back() -> Iterator[None]:
+    """``zoo serve`` run in-process (``main(["serve", ...])``) points process-wide loggers at
+    the test's captured stderr, which is closed once the test ends: put them back, and
+    ``warnings.showwarning``, so that no later test's server logs into a closed stream."""
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate, logger.disabled)
+             for logger in map(logging.getLogger, SERVE_LOGGERS)]
+    showwarning = warnings.showwarning
+    yield
+    warnings.showwarning = showwarning
+    for logger, handlers, level, propagate, disabled in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -23,24 +23,6 @@ from zoo.serve import server as server_module
 from zoo.serve.models import ServeSettings
 from zoo.serve.server import JsonLines, _Server, bind, configure_logging, make_server, url_of
 
-LOGGERS = ("zoo.serve", "uvicorn", "uvicorn.error", "uvicorn.access", "python_multipart",
-           "multipart")
-
-
-@pytest.fixture(autouse=True)
-def _logging_put_back() -> Any:
-    """configure_logging changes process-wide loggers: put them back for the other tests."""
-    saved = [(logging.getLogger(n), logging.getLogger(n).handlers[:],
-              logging.getLogger(n).level, logging.getLogger(n).propagate,
-              logging.getLogger(n).disabled) for n in LOGGERS]
-    showwarning = warnings.showwarning
-    yield
-    warnings.showwarning = showwarning
-    for logger, handlers, level, propagate, disabled in saved:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
-        logger.propagate, logger.disabled = propagate, disabled
-
 
 def record(name: str, message: str, exc: BaseException | None = None) -> logging.LogRecord:
     exc_info = (type(exc), exc, exc.__traceback__) if exc is not None else None
