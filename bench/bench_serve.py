@@ -106,24 +106,9 @@ def start_server(bundle: str, *extra: str, workers: int = 1, floor: str | None =
     return proc, line.split(" at ")[1].split()[0]
 
 
-#: The floor: a do-nothing ASGI app on the same uvicorn (httptools, uvloop) in N processes
-#: sharing the port (SO_REUSEPORT, as zoo serve's workers), answering every request with
-#: 2 bytes after reading its body. No server on this stack can do better.
-FLOOR_APP = """
-import os, socket, sys, uvicorn
-async def app(scope, receive, send):
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            await send({"type": message["type"] + ".complete"})
-            if message["type"] == "lifespan.shutdown":
-                return
-    more = True
-    while more:
-        more = (await receive()).get("more_body", False)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
-    await send({"type": "http.response.body", "body": b"{}"})
+#: The floors' processes: ``app`` (defined before this) on the same uvicorn (httptools,
+#: uvloop) in N processes sharing the port (SO_REUSEPORT, as zoo serve's workers).
+_FLOOR_PROCESSES = """
 def listen(port):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -142,8 +127,28 @@ else:
 uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
 """
 
-#: The framework's floor: the same processes with a do-nothing Starlette route.
-STARLETTE_FLOOR_APP = FLOOR_APP.replace("async def app(scope, receive, send):", """\
+#: The floor: a do-nothing ASGI app answering every request with 2 bytes after reading its
+#: body. No server on this stack can do better.
+FLOOR_APP = """
+import os, socket, sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+""" + _FLOOR_PROCESSES
+
+#: The framework's floor: a do-nothing Starlette route in the same processes.
+STARLETTE_FLOOR_APP = """
+import os, socket, sys, uvicorn
 from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
@@ -151,7 +156,7 @@ async def infer(request):
     await request.body()
     return Response(b"{}", media_type="application/json")
 app = Starlette(routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"])])
-async def raw_app(scope, receive, send):""")
+""" + _FLOOR_PROCESSES
 
 FLOOR_APPS = {"uvicorn": FLOOR_APP, "starlette": STARLETTE_FLOOR_APP}
 
