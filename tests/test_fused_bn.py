@@ -221,12 +221,12 @@ def test_netbatchnorm_trains_as_with_the_plain_layers(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(fused_bn, "_bn_fusable", spy)
     loss = F.cross_entropy(model(x), y)
-    assert _graph_has(loss, "_StemConvBackward")
+    assert _graph_has(loss, "_StemBNPoolActBackward")  # the first layer's three in one
     loss.backward()
-    assert calls == [True, True]
+    assert calls == [True]  # the second layer's BatchNorm
     monkeypatch.setattr(kernels, "library", lambda: None)  # every layer plain
     ref = F.cross_entropy(plain(x), y)
-    assert not _graph_has(ref, "_StemConvBackward")
+    assert not _graph_has(ref, "_StemBNPoolActBackward")
     ref.backward()
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(model.named_parameters(), plain.parameters(), strict=True):
@@ -320,3 +320,116 @@ def test_stem_conv_without_the_kernels_is_the_plain_convolution(
     conv, x = _stem(3, 16)
     z = fused_bn.stem_conv(conv, x, True)
     assert type(z.grad_fn).__name__ == "ConvolutionBackward0"
+
+
+def _stem_and_bn(cout: int, seed: int) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    torch.manual_seed(seed)
+    conv = nn.Conv2d(3, cout, 3, padding=1).to(memory_format=CL)
+    bn, _ = _pair(cout, seed)
+    return conv, bn
+
+
+def _copies(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    twin_conv = nn.Conv2d(3, conv.out_channels, 3, padding=1).to(memory_format=CL)
+    twin_conv.load_state_dict(conv.state_dict())
+    twin_bn = nn.BatchNorm2d(bn.num_features, momentum=bn.momentum)
+    twin_bn.load_state_dict(bn.state_dict())
+    return twin_conv, twin_bn
+
+
+STEM_BN = [(fused_bn.stem_bn_pool_tanh, fused_bn.bn_pool_tanh, torch.tanh),
+           (fused_bn.stem_bn_pool_relu, fused_bn.bn_pool_relu, torch.relu)]
+
+
+@pytest.mark.parametrize(("together", "apart", "act"), STEM_BN)
+@pytest.mark.parametrize(("n", "cout", "size"), [(6, 32, 12), (5, 16, 8), (3, 8, 6), (7, 24, 10),
+                                                 (1, 16, 4)])
+def test_the_stem_with_its_batchnorm_gives_the_numbers_of_the_two_apart(
+        together: Callable[..., torch.Tensor], apart: Op,
+        act: Callable[[torch.Tensor], torch.Tensor], n: int, cout: int, size: int) -> None:
+    """The first layer's convolution, BatchNorm, pooling and activation in one Function, whose
+    backward pass never stores the convolution's output gradient: bit for bit what
+    stem_conv then bn_pool_* give (outputs, all four gradients, running statistics, over
+    three steps), and PyTorch's layers to rounding."""
+    conv, bn = _stem_and_bn(cout, n)
+    conv2, bn2 = _copies(conv, bn)
+    conv3, bn3 = _copies(conv, bn)
+    for step in range(3):
+        torch.manual_seed(100 + step)
+        x = (torch.randn(n, 3, size, size) * 2 + 0.5).contiguous(memory_format=CL)
+        ours = together(conv, bn, x, True)
+        theirs = apart(bn2, fused_bn.stem_conv(conv2, x, True), True)
+        plain = act(F.max_pool2d(bn3(conv3(x)), 2))
+        assert type(ours.grad_fn).__name__ == "_StemBNPoolActBackward"
+        assert _graph_has(theirs, "_StemConvBackward") and _kernel_ran(theirs)
+        g = torch.randn_like(ours)
+        params = [[*c.parameters(), *b.parameters()]
+                  for c, b in ((conv, bn), (conv2, bn2), (conv3, bn3))]
+        grads = [torch.autograd.grad(out, ps, g)
+                 for out, ps in zip((ours, theirs, plain), params, strict=True)]
+        assert torch.equal(ours, theirs)
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+        assert grads[0][0].is_contiguous(memory_format=CL)  # the weight's own layout
+        torch.testing.assert_close(ours, plain, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads[0], grads[2], strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+        assert torch.equal(bn.running_mean, bn2.running_mean)
+        assert torch.equal(bn.running_var, bn2.running_var)
+        torch.testing.assert_close(bn.running_var, bn3.running_var, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["evaluation", "frozen stem", "hooked batchnorm",
+                                  "input needs a gradient", "no grad", "no kernels"])
+def test_the_stem_with_its_batchnorm_runs_the_layers_apart_for_anything_else(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    conv, bn = _stem_and_bn(16, 0)
+    conv2, bn2 = _copies(conv, bn)
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=CL)
+    training = case != "evaluation"
+    for c, b in ((conv, bn), (conv2, bn2)):
+        c.train(training)
+        b.train(training)
+        if case == "frozen stem":
+            c.requires_grad_(False)
+        if case == "hooked batchnorm":
+            b.register_forward_hook(lambda *_: None)
+    if case == "input needs a gradient":
+        x.requires_grad_()
+    if case == "no kernels":
+        monkeypatch.setattr(kernels, "library", lambda: None)
+    with torch.set_grad_enabled(case != "no grad"):
+        ours = fused_bn.stem_bn_pool_tanh(conv, bn, x, training)
+        theirs = fused_bn.bn_pool_tanh(bn2, fused_bn.stem_conv(conv2, x, training), training)
+    assert ours.grad_fn is None or "StemBNPoolAct" not in type(ours.grad_fn).__name__
+    assert torch.equal(ours, theirs)
+    assert torch.equal(bn.running_mean, bn2.running_mean)
+    if ours.requires_grad:
+        g = torch.randn_like(ours)
+        mine = torch.autograd.grad(ours, [p for p in bn.parameters()], g)
+        ref = torch.autograd.grad(theirs, [p for p in bn2.parameters()], g)
+        assert all(torch.equal(a, b) for a, b in zip(mine, ref, strict=True))
+
+
+def test_the_stem_with_its_batchnorm_takes_the_plain_backward_where_c_cannot_read() -> None:
+    """vmap's batched gradients and saved tensors given back in another layout: the same
+    gradients as the kernels', to rounding and bit for bit."""
+    conv, bn = _stem_and_bn(16, 1)
+    x = torch.randn(3, 3, 6, 6).contiguous(memory_format=CL)
+    out = fused_bn.stem_bn_pool_tanh(conv, bn, x, True)
+    torch.manual_seed(5)
+    gs = torch.randn(2, *out.shape)
+    params = [conv.weight, conv.bias, bn.weight, bn.bias]
+    batched = torch.autograd.grad(out, params, gs, is_grads_batched=True, retain_graph=True)
+    for k in range(2):
+        one = torch.autograd.grad(out, params, gs[k].contiguous(memory_format=CL),
+                                  retain_graph=True)
+        for a, b in zip(batched, one, strict=True):
+            torch.testing.assert_close(a[k], b, rtol=1e-4, atol=1e-5)
+    conv2, bn2 = _stem_and_bn(16, 1)
+    with torch.autograd.graph.save_on_cpu():  # NCHW copies: read in the kernel's layout
+        out2 = fused_bn.stem_bn_pool_tanh(conv2, bn2, x, True)
+    again = torch.autograd.grad(out2, [conv2.weight, conv2.bias, bn2.weight, bn2.bias],
+                                gs[0].contiguous(memory_format=CL))
+    first = torch.autograd.grad(out, params, gs[0].contiguous(memory_format=CL))
+    assert all(torch.equal(a, b) for a, b in zip(again, first, strict=True))
+

@@ -61,6 +61,12 @@ def _numbers() -> list[torch.Tensor]:
             z = fused_bn.stem_conv(conv, x, True)
             assert "StemConv" in type(z.grad_fn).__name__
             out += list(torch.autograd.grad(z, [conv.weight, conv.bias], torch.randn_like(z)))
+            bn = torch.nn.BatchNorm2d(cout)  # and with its BatchNorm, pooling and activation
+            for stem_bn in (fused_bn.stem_bn_pool_tanh, fused_bn.stem_bn_pool_relu):
+                y = stem_bn(conv, bn, x, True)
+                assert "StemBNPoolAct" in type(y.grad_fn).__name__
+                out += [y.detach(), *torch.autograd.grad(
+                    y, [conv.weight, conv.bias, bn.weight, bn.bias], torch.randn_like(y))]
         if cin == cout:  # NetRes's residual form
             y = fused.conv_relu_add_pool(conv, x, True)
             assert "ConvPool" in type(y.grad_fn).__name__
@@ -102,7 +108,7 @@ def test_the_avx2_build_computes_the_same_numbers(tmp_path: Path,
     here = kernels.arch_flags()
     in_use = Path(kernels.status().split(": ", 1)[1])  # kernels.status() names the library
     lowered = [f for f in here if not f.startswith("-mavx512")]
-    assert len(mine) == 80 + 2 * 2 + 7 * (2 * 4 + 2 + 2) + 2 * 4
+    assert len(mine) == 80 + 2 * 2 + 2 * 2 * 5 + 7 * (2 * 4 + 2 + 2) + 2 * 4
     built = in_use  # on a CPU without AVX-512 the build in use is the lowered one
     if here != lowered:
         built = tmp_path / "lowered.so"

@@ -150,14 +150,16 @@ static void chunk_sums_finish(chunk_sums *s, float *dw, float *db) {
  * (chunk_dw, chunk_db). */
 static inline __attribute__((always_inline)) void stem_backward_chunk(
     const float *xp, const float *g, const float *y, const uint8_t *idx, const float *dz,
-    float *dw_t, float *db_t, int64_t n, int64_t h, int64_t w, int32_t act, int cin,
-    int cv, int32_t t, int32_t chunks) {
+    const bn_grad_src *src, float *dw_t, float *db_t, int64_t n, int64_t h, int64_t w,
+    int32_t act, int cin, int cv, int32_t t, int32_t chunks) {
     const int64_t rows = n * (h / 2);
     const int64_t first = rows * t / chunks, last = rows * (t + 1) / chunks;
 #define STEM_ROWS(CIN, CV) \
     do {                                                                                        \
         if (dz != NULL)                                                                         \
-            stem_dense_backward_rows(xp, dz, dw_t, db_t, h, w, first, last, CIN, CV);           \
+            stem_dense_backward_rows(xp, dz, NULL, dw_t, db_t, h, w, first, last, CIN, CV);     \
+        else if (src != NULL)                                                                   \
+            stem_dense_backward_rows(xp, NULL, src, dw_t, db_t, h, w, first, last, CIN, CV);    \
         else                                                                                    \
             stem_backward_rows(xp, g, y, idx, dw_t, db_t, n, h, w, first, last, act, CIN, CV); \
     } while (0)
@@ -181,19 +183,17 @@ int32_t zoo_stem_backward(const float *xp, const float *g, const float *y, const
 #pragma omp parallel for num_threads(chunks) if (chunks > 1)
 #endif
     for (int32_t t = 0; t < chunks; t++)
-        stem_backward_chunk(xp, g, y, idx, NULL, chunk_dw(&sums, t), chunk_db(&sums, t), n, h,
-                            w, act, cin, cv, t, chunks);
+        stem_backward_chunk(xp, g, y, idx, NULL, NULL, chunk_dw(&sums, t), chunk_db(&sums, t),
+                            n, h, w, act, cin, cv, t, chunks);
     chunk_sums_finish(&sums, dwt, db);
     return 0;
 }
 
-/* A stem convolution's weight and bias gradients from its dense output gradient dz (NHWC,
- * n x h x w x cout), its input x (NHWC) padded into xp on the way (as zoo_conv_pool_forward
- * does). dwt and db as for zoo_stem_backward: written, the chunks' sums added in order. */
+/* The dense stem's backward pass from dz or from src (stem_dense_backward_rows). */
 PRESSURE_SCHEDULING
-int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, float *dwt,
-                                float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
-                                int64_t cout, int32_t chunks) {
+static int32_t stem_dense(const float *x, float *xp, const float *dz, const bn_grad_src *src,
+                          float *dwt, float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                          int64_t cout, int32_t chunks) {
     if (!conv_shapes_ok(h, w, cin_, cout) || cin_ > STEM_MAX_CIN || chunks < 1) return -1;
     const int cin = (int)cin_, cv = (int)(cout / 8);
     chunk_sums sums;
@@ -207,11 +207,33 @@ int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, floa
 #pragma omp for
 #endif
         for (int32_t t = 0; t < chunks; t++)
-            stem_backward_chunk(xp, NULL, NULL, NULL, dz, chunk_dw(&sums, t),
+            stem_backward_chunk(xp, NULL, NULL, NULL, dz, src, chunk_dw(&sums, t),
                                 chunk_db(&sums, t), n, h, w, ACT_NONE, cin, cv, t, chunks);
     }
     chunk_sums_finish(&sums, dwt, db);
     return 0;
+}
+
+/* A stem convolution's weight and bias gradients from its dense output gradient dz (NHWC,
+ * n x h x w x cout), its input x (NHWC) padded into xp on the way (as zoo_conv_pool_forward
+ * does). dwt and db as for zoo_stem_backward: written, the chunks' sums added in order. */
+int32_t zoo_stem_dense_backward(const float *x, float *xp, const float *dz, float *dwt,
+                                float *db, int64_t n, int64_t h, int64_t w, int64_t cin_,
+                                int64_t cout, int32_t chunks) {
+    return stem_dense(x, xp, dz, NULL, dwt, db, n, h, w, cin_, cout, chunks);
+}
+
+/* zoo_stem_dense_backward where a BatchNorm, pooling and activation follow the stem: its
+ * output's gradient computed window by window from what their backward pass reads (g, y, idx,
+ * z, mean and the formula's coef, k1, k2: fused_bn.c, phase 1), never stored; the same
+ * numbers as that pass's gradient given to zoo_stem_dense_backward. */
+int32_t zoo_stem_bn_backward(const float *x, float *xp, const float *g, const float *y,
+                             const uint8_t *idx, const float *z, const float *mean,
+                             const float *coef, const float *k1, const float *k2, float *dwt,
+                             float *db, int64_t n, int64_t h, int64_t w, int64_t cin,
+                             int64_t cout, int32_t act, int32_t chunks) {
+    const bn_grad_src src = {g, y, z, mean, coef, k1, k2, idx, act};
+    return stem_dense(x, xp, NULL, &src, dwt, db, n, h, w, cin, cout, chunks);
 }
 
 /* The layer's backward pass (cin a multiple of 8). gx may be NULL (no input gradient; wr is

@@ -93,11 +93,11 @@ int32_t zoo_bn_pool_act_backward(const float *g, const float *y, const uint8_t *
                         s2[v] += dy * ((zw - load(mean + ch)) * load(invstd + ch));
                     } else {
                         const vf cd = dy * load(coef + ch), a = load(k1 + ch), s = load(k2 + ch);
-                        const vf m = load(mean + ch), zero = splat(0.0f);
-                        store(grow0 + at + ch, pick(k == 0, cd, zero) + (a + s * (z0 - m)));
-                        store(grow0 + at + c + ch, pick(k == 1, cd, zero) + (a + s * (z1 - m)));
-                        store(grow1 + at + ch, pick(k == 2, cd, zero) + (a + s * (z2 - m)));
-                        store(grow1 + at + c + ch, pick(k == 3, cd, zero) + (a + s * (z3 - m)));
+                        const vf m = load(mean + ch);
+                        store(grow0 + at + ch, bn_grad(k, 0, cd, a, s, z0, m));
+                        store(grow0 + at + c + ch, bn_grad(k, 1, cd, a, s, z1, m));
+                        store(grow1 + at + ch, bn_grad(k, 2, cd, a, s, z2, m));
+                        store(grow1 + at + c + ch, bn_grad(k, 3, cd, a, s, z3, m));
                     }
                 }
             }

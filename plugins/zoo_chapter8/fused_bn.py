@@ -57,26 +57,34 @@ def _statistics(lib: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, part.sum(0) / count - (mean - centre.double()) ** 2
 
 
+def _kernel_forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                    mean: torch.Tensor, invstd: torch.Tensor, act: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pooled output and its winners; what the backward pass needs besides, on ``ctx``."""
+    lib = kernels.library()
+    assert lib is not None
+    n, c, h, w = z.shape
+    alpha = weight.detach().double() * invstd
+    beta = (bias.detach().double() - mean * alpha).float()
+    alpha32 = alpha.float()
+    y = torch.empty((n, c, h // 2, w // 2), dtype=F32, device=z.device, memory_format=CL)
+    idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8, device=z.device)
+    lib.zoo_bn_pool_act_forward(z.data_ptr(), alpha32.data_ptr(), beta.data_ptr(),
+                                y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
+                                torch.get_num_threads())
+    ctx.stats = (mean.float(), invstd.float())
+    ctx.act, ctx.dims = act, (n, c, h, w)
+    return y, idx
+
+
 class _BNPoolAct(torch.autograd.Function):
     """act(max_pool2d(weight * (z - mean) * invstd + bias, 2)), the statistics given."""
 
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
-        lib = kernels.library()
-        assert lib is not None
-        n, c, h, w = z.shape
-        alpha = weight.detach().double() * invstd
-        beta = (bias.detach().double() - mean * alpha).float()
-        alpha32 = alpha.float()
-        y = torch.empty((n, c, h // 2, w // 2), dtype=F32, device=z.device, memory_format=CL)
-        idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8, device=z.device)
-        lib.zoo_bn_pool_act_forward(z.data_ptr(), alpha32.data_ptr(), beta.data_ptr(),
-                                    y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
-                                    torch.get_num_threads())
+        y, idx = _kernel_forward(ctx, z, weight, bias, mean, invstd, act)
         ctx.save_for_backward(z, y, idx, weight)
-        ctx.stats = (mean.float(), invstd.float())
-        ctx.act, ctx.dims = act, (n, c, h, w)
         return y
 
     @staticmethod
@@ -103,28 +111,36 @@ class _BNPoolAct(torch.autograd.Function):
                 dbias if need[2] else None, None, None, None)
 
 
-def _kernel_backward(lib: Any, g: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-                     idx: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                     invstd: torch.Tensor, act: int) -> tuple[torch.Tensor, ...]:
+def _kernel_sums(lib: Any, args: tuple[int, ...], z: torch.Tensor, weight: torch.Tensor,
+                 invstd: torch.Tensor, act: int) -> tuple[torch.Tensor, ...]:
+    """The backward pass's first phase: BatchNorm's weight and bias gradients, and the
+    coefficients of z's gradient (``coef``, ``k1``, ``k2``: the formula above) in float32."""
     n, c, h, w = z.shape
-    threads, count = torch.get_num_threads(), n * h * w
+    count = n * h * w
     part = torch.empty((n, 2, c), dtype=torch.float64)
-    args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
-            invstd.data_ptr())
     done = lib.zoo_bn_pool_act_backward(*args, None, None, None, part.data_ptr(), None,
-                                        n, h, w, c, act, 0, threads)
+                                        n, h, w, c, act, 0, torch.get_num_threads())
     assert done == 0, "zoo_bn_pool_act_backward refused the shapes _bn_fusable accepted"
     dbias, dweight = part.sum(0)
     coef = weight.detach().double() * invstd.double()
     k1 = (-coef * dbias / count).float()
     k2 = (-coef * dweight / count * invstd.double()).float()
-    coef32 = coef.float()
+    return dweight.float(), dbias.float(), coef.float(), k1, k2
+
+
+def _kernel_backward(lib: Any, g: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
+                     idx: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                     invstd: torch.Tensor, act: int) -> tuple[torch.Tensor, ...]:
+    n, c, h, w = z.shape
+    args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
+            invstd.data_ptr())
+    dweight, dbias, coef, k1, k2 = _kernel_sums(lib, args, z, weight, invstd, act)
     dz = torch.empty((n, c, h, w), dtype=F32, device=z.device, memory_format=CL)
-    done = lib.zoo_bn_pool_act_backward(*args, coef32.data_ptr(), k1.data_ptr(),
-                                        k2.data_ptr(), None, dz.data_ptr(), n, h, w, c, act, 1,
-                                        threads)
+    done = lib.zoo_bn_pool_act_backward(*args, coef.data_ptr(), k1.data_ptr(), k2.data_ptr(),
+                                        None, dz.data_ptr(), n, h, w, c, act, 1,
+                                        torch.get_num_threads())
     assert done == 0
-    return dz, dweight.float(), dbias.float()
+    return dz, dweight, dbias
 
 
 def _plain_backward(grad: torch.Tensor, z: torch.Tensor, y: torch.Tensor, idx: torch.Tensor,
@@ -143,19 +159,22 @@ def _plain_backward(grad: torch.Tensor, z: torch.Tensor, y: torch.Tensor, idx: t
     return dz, dweight, dbias
 
 
-def _bn_fusable(bn: nn.Module, z: torch.Tensor, training: bool) -> bool:
-    """Exactly an ``nn.BatchNorm2d`` (no subclass, instance ``forward`` or hooks) in a CPU
-    training step, with float32 affine parameters and running statistics of its channels,
-    over a channels_last input of a multiple of 8 channels, at most 64, that needs a
-    gradient."""
+def _bn_module_fusable(bn: nn.Module, c: int) -> bool:
+    """Exactly an ``nn.BatchNorm2d`` (no subclass, instance ``forward`` or hooks) in training
+    mode, with float32 affine parameters and running statistics of ``c`` channels, a multiple
+    of 8, at most 64."""
     if type(bn) is not nn.BatchNorm2d or "forward" in vars(bn) or checks.hooked(bn):
         return False
-    c = z.shape[1] if z.dim() == 4 else 0
     return (bn.training and bn.affine and bn.track_running_stats and 0 < c <= 64
-            and c % 8 == 0 and bn.num_features == c and z.requires_grad
-            and bn.num_batches_tracked is not None
+            and c % 8 == 0 and bn.num_features == c and bn.num_batches_tracked is not None
             and all(t is not None and checks.c_readable(t, (c,)) for t in (
-                bn.weight, bn.bias, bn.running_mean, bn.running_var))
+                bn.weight, bn.bias, bn.running_mean, bn.running_var)))
+
+
+def _bn_fusable(bn: nn.Module, z: torch.Tensor, training: bool) -> bool:
+    """:func:`_bn_module_fusable` over a CPU training step's channels_last input that needs a
+    gradient."""
+    return (_bn_module_fusable(bn, z.shape[1] if z.dim() == 4 else 0) and z.requires_grad
             and fused._training_input(z, training))
 
 
@@ -178,13 +197,18 @@ def _bn_pool_act(bn: nn.Module, z: torch.Tensor, training: bool, act: int) -> to
         out = bn(z)
         return fused.pool_tanh(out, training) if act == fused.TANH else \
             fused.pool_relu(out, training)
-    lib = kernels.library()
-    assert isinstance(bn, nn.BatchNorm2d) and lib is not None
-    mean, var = _statistics(lib, z.detach())
-    _update_running_stats(bn, mean, var, z.shape[0] * z.shape[2] * z.shape[3])
-    invstd = 1.0 / torch.sqrt(var + bn.eps)
+    mean, invstd = _batch_statistics(bn, z.detach())
     return _BNPoolAct.apply(z, bn.weight, bn.bias, mean, invstd,  # type: ignore[no-any-return]
                             act)
+
+
+def _batch_statistics(bn: nn.Module, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean and 1 / std (float64) of ``z``, the running statistics updated."""
+    lib = kernels.library()
+    assert isinstance(bn, nn.BatchNorm2d) and lib is not None
+    mean, var = _statistics(lib, z)
+    _update_running_stats(bn, mean, var, z.shape[0] * z.shape[2] * z.shape[3])
+    return mean, 1.0 / torch.sqrt(var + bn.eps)
 
 
 class _StemConv(torch.autograd.Function):
@@ -240,6 +264,97 @@ def stem_conv(conv: nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
     return conv(x)  # type: ignore[no-any-return]
 
 
+class _StemBNPoolAct(torch.autograd.Function):
+    """act(max_pool2d(bn(z), 2)) of a stem's output z = conv3x3(x), the statistics given:
+    :class:`_BNPoolAct` forward; backward, BatchNorm's sums, then the stem's weight and bias
+    gradients with z's gradient computed window by window and never stored
+    (``zoo_stem_bn_backward``): the same numbers as :class:`_BNPoolAct`'s gradient given to
+    :class:`_StemConv`, without writing and reading back a tensor the size of z (8 MB in
+    NetBatchNorm's step at batch 64)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                bn_weight: torch.Tensor, bn_bias: torch.Tensor, z: torch.Tensor,
+                mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
+        y, idx = _kernel_forward(ctx, z, bn_weight, bn_bias, mean, invstd, act)
+        ctx.save_for_backward(z, y, idx, bn_weight, x, weight)
+        ctx.has_bias, ctx.cin = bias is not None, x.shape[1]
+        ctx.weight_format = checks.grad_format(weight)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        fused._first_derivative_only()
+        n, c, h, w = ctx.dims
+        saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
+        z = checks.saved(saved[0], "BatchNorm input", (n, c, h, w))
+        y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
+        idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
+        bn_weight = checks.saved(saved[3], "BatchNorm weight", (c,))
+        x = checks.saved(saved[4], "input", (n, ctx.cin, h, w))
+        checks.saved_weight(saved[5], (c, ctx.cin, 3, 3), read=False)
+        mean, invstd = ctx.stats
+        need = ctx.needs_input_grad
+        mask = (need[1], ctx.has_bias and need[2])
+        lib = kernels.library()
+        g = checks.incoming(grad, (n, c, h // 2, w // 2))
+        ready = (checks.kernel_layouts((z, CL), (y, CL), (idx, CF), (x, CL))
+                 if g is not None else None)
+        if lib is None or g is None or ready is None or not checks.unwrapped(bn_weight):
+            dz, dgamma, dbeta = _plain_backward(grad, z, y, idx, bn_weight, mean, invstd,
+                                                ctx.act)
+            dweight, dbias = checks.plain_stem_backward(dz, x, c, mask)
+        else:
+            z, y, idx, x = ready
+            args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
+                    invstd.data_ptr())
+            dgamma, dbeta, coef, k1, k2 = _kernel_sums(lib, args, z, bn_weight, invstd,
+                                                       ctx.act)
+            xp = torch.empty((n, h + 2, w + 2, ctx.cin), dtype=F32, device=x.device)
+            dw = torch.empty((3, 3, ctx.cin, c), dtype=F32, device=x.device)
+            db = torch.empty(c, dtype=F32, device=x.device)
+            done = lib.zoo_stem_bn_backward(
+                x.data_ptr(), xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
+                z.data_ptr(), mean.data_ptr(), coef.data_ptr(), k1.data_ptr(), k2.data_ptr(),
+                dw.data_ptr(), db.data_ptr(), n, h, w, ctx.cin, c, ctx.act,
+                max(1, min(torch.get_num_threads(), n * (h // 2))))
+            if done == -2:
+                raise MemoryError("zoo_stem_bn_backward could not allocate its accumulators")
+            assert done == 0, "zoo_stem_bn_backward refused the shapes stem_bn_pool_* accepted"
+            dweight = dw.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
+            dbias = db
+        return (None, dweight if mask[0] else None, dbias if mask[1] else None,
+                dgamma if need[3] else None, dbeta if need[4] else None, None, None, None, None)
+
+
+def _stem_bn_pool_act(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, training: bool,
+                      act: int) -> torch.Tensor:
+    wants_grad = conv.weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad)
+    if not (wants_grad and torch.is_grad_enabled() and fused._conv_fusable(conv, x, training)
+            and x.shape[1] <= 8 and not x.requires_grad
+            and _bn_module_fusable(bn, conv.weight.shape[0])):
+        return _bn_pool_act(bn, stem_conv(conv, x, training), training, act)
+    with torch.no_grad():
+        z = F.conv2d(x, conv.weight, conv.bias, padding=1).contiguous(memory_format=CL)
+    mean, invstd = _batch_statistics(bn, z)
+    return _StemBNPoolAct.apply(  # type: ignore[no-any-return]
+        x, conv.weight, conv.bias, bn.weight, bn.bias, z, mean, invstd, act)
+
+
+def stem_bn_pool_tanh(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor,
+                      training: bool) -> torch.Tensor:
+    """``tanh(max_pool2d(bn(conv(x)), 2))`` for a network's first layer (:func:`stem_conv`
+    then :func:`bn_pool_tanh`), fused in a CPU training step, where the convolution's output
+    gradient is never stored."""
+    return _stem_bn_pool_act(conv, bn, x, training, fused.TANH)
+
+
+def stem_bn_pool_relu(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor,
+                      training: bool) -> torch.Tensor:
+    """``relu(max_pool2d(bn(conv(x)), 2))``, as :func:`stem_bn_pool_tanh`."""
+    return _stem_bn_pool_act(conv, bn, x, training, fused.RELU)
+
+
 def bn_pool_tanh(bn: nn.Module, z: torch.Tensor, training: bool) -> torch.Tensor:
     """``tanh(max_pool2d(bn(z), 2))``, fused in a CPU training step."""
     return _bn_pool_act(bn, z, training, fused.TANH)
@@ -250,4 +365,4 @@ def bn_pool_relu(bn: nn.Module, z: torch.Tensor, training: bool) -> torch.Tensor
     return _bn_pool_act(bn, z, training, fused.RELU)
 
 
-__all__ = ["bn_pool_relu", "bn_pool_tanh", "stem_conv"]
+__all__ = ["bn_pool_relu", "bn_pool_tanh", "stem_bn_pool_relu", "stem_bn_pool_tanh", "stem_conv"]

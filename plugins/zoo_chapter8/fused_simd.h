@@ -83,6 +83,14 @@ static inline vf activate_grad(vf g, vf y, int act) {
     return pick(y <= splat(0.0f), splat(0.0f), g);
 }
 
+/* z's gradient through a training BatchNorm at pixel `pos` of a 2x2 pooling window whose
+ * winners are k: coef * dy at the winner, k1 + k2 * (z - mean) everywhere (fused_bn.py holds
+ * the formula). One expression for fused_bn.c's backward pass, which writes it, and the stem's
+ * backward pass fused with it (fused_stem.h), which uses it at once: the same numbers. */
+static inline vf bn_grad(vi k, int32_t pos, vf cd, vf k1, vf k2, vf z, vf mean) {
+    return pick(k == pos, cd, splat(0.0f)) + (k1 + k2 * (z - mean));
+}
+
 /* The maximum of a 2x2 window's four vectors (row-major), and in *k the position of each
  * lane's maximum: the first in scan order, a NaN winning, as ATen's max_pool2d. */
 static inline vf max4(vf a, vf b, vf c, vf d, vi *k) {

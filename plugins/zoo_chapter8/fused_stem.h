@@ -8,13 +8,23 @@
 
 #include "fused_conv.h"
 
+/* What the backward pass of a BatchNorm, pooling and activation after the stem (fused_bn.c)
+ * reads to give the stem's output gradient: the pooled gradient g, output y and winners idx,
+ * the stem's output z, the batch's mean, and the formula's coefficients (fused_bn.py). */
+typedef struct {
+    const float *g, *y, *z, *mean, *coef, *k1, *k2;
+    const uint8_t *idx;
+    int32_t act;
+} bn_grad_src;
+
 /* The stem's weight and bias gradients over rows [first, last) of 2x2 windows from the
- * convolution's own dense gradient dz (NHWC, n x h x w x cout: a stem whose output is not
- * pooled at once, NetBatchNorm's): each window's four outputs are four gradient vectors, each
- * input multiplied by all four. */
+ * convolution's own dense gradient (a stem whose output is not pooled at once, NetBatchNorm's):
+ * each window's four outputs are four gradient vectors, each input multiplied by all four. The
+ * gradient is read from dz (NHWC, n x h x w x cout), or with `src` computed window by window
+ * as fused_bn.c's backward pass would write it (bn_grad: the same numbers), never stored. */
 static inline __attribute__((always_inline)) void stem_dense_backward_rows(
-    const float *xp, const float *dz, float *dwt, float *db, int64_t h, int64_t w,
-    int64_t first, int64_t last, const int cin, const int cv) {
+    const float *xp, const float *dz, const bn_grad_src *src, float *dwt, float *db, int64_t h,
+    int64_t w, int64_t first, int64_t last, const int cin, const int cv) {
     const int64_t h2 = h / 2, w2 = w / 2, cout = 8 * cv, row = (w + 2) * cin;
     const int pv = CONV_PASS_CV(cv);
     for (int64_t i = first; i < last; i++) {
@@ -24,11 +34,24 @@ static inline __attribute__((always_inline)) void stem_dense_backward_rows(
             const float *p0 = top + 2 * ow * cin;
             for (int v0 = 0; v0 < cv; v0 += pv) { /* pv output vectors a pass */
                 vf mz[4][CONV_MAX_CV];
-                const float *d0 = dz + ((b * h + 2 * oh) * w + 2 * ow) * cout + 8 * v0;
-                const float *d1 = d0 + w * cout;
+                const int64_t at = ((b * h + 2 * oh) * w + 2 * ow) * cout + 8 * v0;
                 for (int v = 0; v < pv; v++) {
-                    mz[0][v] = load(d0 + 8 * v); mz[1][v] = load(d0 + cout + 8 * v);
-                    mz[2][v] = load(d1 + 8 * v); mz[3][v] = load(d1 + cout + 8 * v);
+                    if (src != NULL) {
+                        const int64_t ch = 8 * (v0 + v), o = (i * w2 + ow) * cout + ch;
+                        const vf dy = activate_grad(load(src->g + o), load(src->y + o), src->act);
+                        const vi k = load_idx(src->idx + o);
+                        const vf cd = dy * load(src->coef + ch), a = load(src->k1 + ch);
+                        const vf s = load(src->k2 + ch), m = load(src->mean + ch);
+                        const float *z0 = src->z + at + 8 * v, *z1 = z0 + w * cout;
+                        mz[0][v] = bn_grad(k, 0, cd, a, s, load(z0), m);
+                        mz[1][v] = bn_grad(k, 1, cd, a, s, load(z0 + cout), m);
+                        mz[2][v] = bn_grad(k, 2, cd, a, s, load(z1), m);
+                        mz[3][v] = bn_grad(k, 3, cd, a, s, load(z1 + cout), m);
+                    } else {
+                        const float *d0 = dz + at + 8 * v, *d1 = d0 + w * cout;
+                        mz[0][v] = load(d0); mz[1][v] = load(d0 + cout);
+                        mz[2][v] = load(d1); mz[3][v] = load(d1 + cout);
+                    }
                     float *dbv = db + 8 * (v0 + v);
                     store(dbv, load(dbv) + ((mz[0][v] + mz[1][v]) + mz[2][v]) + mz[3][v]);
                 }

@@ -90,6 +90,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zoo_conv_pool_backward.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64,
                                            _I64, _I64, _I64, _I64, _I32, _I32]
     lib.zoo_stem_dense_backward.argtypes = [*[_PTR] * 5, *[_I64] * 5, _I32]
+    lib.zoo_stem_bn_backward.argtypes = [*[_PTR] * 12, *[_I64] * 5, _I32, _I32]
     lib.zoo_bn_sums.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I32, _I32]
     lib.zoo_bn_pool_act_forward.argtypes = [*[_PTR] * 5, *[_I64] * 4, _I32, _I32]
     lib.zoo_bn_pool_act_backward.argtypes = [*[_PTR] * 11, *[_I64] * 4, _I32, _I32, _I32]
@@ -97,8 +98,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zoo_head_forward.argtypes = [*[_PTR] * 8, *[_I64] * 5, _I32, _I32]
     lib.zoo_head_backward.argtypes = [*[_PTR] * 11, *[_I64] * 5, _I32, _I32]
     for fn in (lib.zoo_conv_pool_forward, lib.zoo_stem_backward, lib.zoo_conv_pool_backward,
-               lib.zoo_stem_dense_backward, lib.zoo_bn_sums, lib.zoo_bn_pool_act_backward,
-               lib.zoo_head_forward, lib.zoo_head_backward):
+               lib.zoo_stem_dense_backward, lib.zoo_stem_bn_backward, lib.zoo_bn_sums,
+               lib.zoo_bn_pool_act_backward, lib.zoo_head_forward, lib.zoo_head_backward):
         fn.restype = ctypes.c_int32
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from zoo import InputShape
 from zoo_chapter8.fused import conv_pool_relu, conv_pool_tanh, conv_relu_add_pool
-from zoo_chapter8.fused_bn import bn_pool_tanh, stem_conv
+from zoo_chapter8.fused_bn import bn_pool_tanh, stem_bn_pool_tanh
 from zoo_chapter8.fused_head import RELU, TANH, linear_head
 from zoo_chapter8.fused_step import ConvLayer, Head, train_step
 from zoo_chapter8.kernels import library
@@ -161,8 +161,7 @@ class NetBatchNorm(NetWidth):
         self.conv2_batchnorm = nn.BatchNorm2d(num_features=n_chans1 // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = bn_pool_tanh(self.conv1_batchnorm, stem_conv(self.conv1, x, self.training),
-                           self.training)
+        out = stem_bn_pool_tanh(self.conv1, self.conv1_batchnorm, x, self.training)
         out = bn_pool_tanh(self.conv2_batchnorm, self.conv2(out), self.training)
         return linear_head(self.fc1, self.fc2, out, TANH, self.training)
 
