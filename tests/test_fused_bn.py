@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -433,3 +434,31 @@ def test_the_stem_with_its_batchnorm_takes_the_plain_backward_where_c_cannot_rea
     first = torch.autograd.grad(out, params, gs[0].contiguous(memory_format=CL))
     assert all(torch.equal(a, b) for a, b in zip(again, first, strict=True))
 
+
+
+@pytest.mark.parametrize("act", [fused_bn.fused.TANH, fused_bn.fused.RELU])
+def test_the_backward_sums_read_the_winners_the_forward_pass_kept(act: int) -> None:
+    """The forward pass keeps each window's winning z (a quarter of z), all that the backward
+    pass's sums read of it: exactly those values, and the same sums as read from z itself."""
+    bn, _ = _pair(16)
+    z = _input((5, 16, 8, 6), ties=True).detach()
+    n, c, h, w = z.shape
+    mean, invstd = fused_bn._batch_statistics(bn, z)
+    ctx = SimpleNamespace()
+    y, idx, zw = fused_bn._kernel_forward(ctx, z, bn.weight, bn.bias, mean, invstd, act)
+    windows = (z.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2, c)
+               .permute(0, 1, 3, 2, 4, 5).reshape(n, h // 2, w // 2, 4, c))
+    assert torch.equal(zw, windows.gather(3, idx.long().unsqueeze(3)).squeeze(3))
+    lib = kernels.library()
+    g = torch.randn(n, c, h // 2, w // 2).contiguous(memory_format=CL)
+    mean32, invstd32 = ctx.stats
+    parts = []
+    for kept in (zw, None):
+        part = torch.empty((n, 2, c), dtype=torch.float64)
+        assert lib.zoo_bn_pool_act_backward(
+            g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(),
+            kept.data_ptr() if kept is not None else None, mean32.data_ptr(),
+            invstd32.data_ptr(), None, None, None, part.data_ptr(), None, n, h, w, c, act, 0,
+            2) == 0
+        parts.append(part)
+    assert torch.equal(parts[0], parts[1]) and parts[0].abs().sum() > 0

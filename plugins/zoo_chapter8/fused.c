@@ -20,7 +20,7 @@
 
 void zoo_pool2_act_forward(const float *x, float *y, uint8_t *idx, int64_t n, int64_t h,
                            int64_t w, int64_t c, int32_t act, int32_t threads) {
-    pool2_act_rows(x, NULL, NULL, y, idx, n, h, w, c, act, threads);
+    pool2_act_rows(x, NULL, NULL, y, idx, NULL, n, h, w, c, act, threads);
 }
 
 void zoo_pool2_act_backward(const float *g, const float *y, const uint8_t *idx, float *gx,

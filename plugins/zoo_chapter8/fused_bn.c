@@ -11,7 +11,7 @@
 
 /* y = act(max_pool2d(z * alpha + beta, 2)) per channel, alpha = gamma * invstd and
  * beta = bias - mean * alpha. z is NHWC, n x h x w x c (h and w even, c a multiple of 8 up to
- * 64); y and idx as the pooling kernels of fused.c. Sums are per image, in double (float within
+ * 64); y and idx as the pooling kernels of fused.c, zw (as y) each window's winning z. Sums are per image, in double (float within
  * 64 pixels or one row of windows), added in image order by the caller: the same numbers
  * whichever thread ran which image. */
 #define BN_MAX_CV 8
@@ -50,20 +50,23 @@ int32_t zoo_bn_sums(const float *z, const float *shift, double *part, int64_t n,
 }
 
 void zoo_bn_pool_act_forward(const float *z, const float *alpha, const float *beta, float *y,
-                             uint8_t *idx, int64_t n, int64_t h, int64_t w, int64_t c,
-                             int32_t act, int32_t threads) {
-    pool2_act_rows(z, alpha, beta, y, idx, n, h, w, c, act, threads);
+                             uint8_t *idx, float *zw, int64_t n, int64_t h, int64_t w,
+                             int64_t c, int32_t act, int32_t threads) {
+    pool2_act_rows(z, alpha, beta, y, idx, zw, n, h, w, c, act, threads);
 }
 
 /* The backward pass, in two phases. Phase 0: part[b][0][ch] = the sum over image b of the
  * gradient dy reaching bn(z) (nonzero only at each window's maximum), part[b][1][ch] = the sum
- * of dy * (z - mean) * invstd. Phase 1: every element of gz, gz = coef * dy + k1 + k2 *
- * (z - mean) (coef = gamma * invstd; k1, k2 from the summed phase 0: fused_bn.py). */
+ * of dy * (z - mean) * invstd, z the winner's, read from zw (the forward pass's, a quarter of
+ * z: it is all phase 0 reads of z) or where zw is NULL from z. Phase 1: every element of gz,
+ * gz = coef * dy + k1 + k2 * (z - mean) (coef = gamma * invstd; k1, k2 from the summed phase
+ * 0: fused_bn.py). */
 int32_t zoo_bn_pool_act_backward(const float *g, const float *y, const uint8_t *idx,
-                                 const float *z, const float *mean, const float *invstd,
-                                 const float *coef, const float *k1, const float *k2,
-                                 double *part, float *gz, int64_t n, int64_t h, int64_t w,
-                                 int64_t c, int32_t act, int32_t phase, int32_t threads) {
+                                 const float *z, const float *zw, const float *mean,
+                                 const float *invstd, const float *coef, const float *k1,
+                                 const float *k2, double *part, float *gz, int64_t n,
+                                 int64_t h, int64_t w, int64_t c, int32_t act, int32_t phase,
+                                 int32_t threads) {
     if (c % 8 != 0 || c > 8 * BN_MAX_CV) return -1;
     const int64_t h2 = h / 2, w2 = w / 2;
     const int cv = (int)(c / 8);
@@ -85,13 +88,20 @@ int32_t zoo_bn_pool_act_backward(const float *g, const float *y, const uint8_t *
                     const int64_t ch = 8 * v;
                     const vf dy = activate_grad(load(g + out + ch), load(y + out + ch), act);
                     const vi k = load_idx(idx + out + ch);
-                    const vf z0 = load(row0 + at + ch), z1 = load(row0 + at + c + ch);
-                    const vf z2 = load(row1 + at + ch), z3 = load(row1 + at + c + ch);
                     if (phase == 0) {
-                        const vf zw = pick(k == 0, z0, pick(k == 1, z1, pick(k == 2, z2, z3)));
+                        vf win;
+                        if (zw != NULL) {
+                            win = load(zw + out + ch);
+                        } else {
+                            const vf z0 = load(row0 + at + ch), z1 = load(row0 + at + c + ch);
+                            const vf z2 = load(row1 + at + ch), z3 = load(row1 + at + c + ch);
+                            win = pick(k == 0, z0, pick(k == 1, z1, pick(k == 2, z2, z3)));
+                        }
                         s1[v] += dy;
-                        s2[v] += dy * ((zw - load(mean + ch)) * load(invstd + ch));
+                        s2[v] += dy * ((win - load(mean + ch)) * load(invstd + ch));
                     } else {
+                        const vf z0 = load(row0 + at + ch), z1 = load(row0 + at + c + ch);
+                        const vf z2 = load(row1 + at + ch), z3 = load(row1 + at + c + ch);
                         const vf cd = dy * load(coef + ch), a = load(k1 + ch), s = load(k2 + ch);
                         const vf m = load(mean + ch);
                         store(grow0 + at + ch, bn_grad(k, 0, cd, a, s, z0, m));

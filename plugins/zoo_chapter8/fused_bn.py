@@ -59,8 +59,9 @@ def _statistics(lib: Any, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _kernel_forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                     mean: torch.Tensor, invstd: torch.Tensor, act: int
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pooled output and its winners; what the backward pass needs besides, on ``ctx``."""
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pooled output, its winners' positions and values (a quarter of ``z``: all that the
+    backward pass's sums read of it); what the backward pass needs besides, on ``ctx``."""
     lib = kernels.library()
     assert lib is not None
     n, c, h, w = z.shape
@@ -69,12 +70,13 @@ def _kernel_forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch
     alpha32 = alpha.float()
     y = torch.empty((n, c, h // 2, w // 2), dtype=F32, device=z.device, memory_format=CL)
     idx = torch.empty((n, h // 2, w // 2, c), dtype=torch.uint8, device=z.device)
+    zw = torch.empty((n, h // 2, w // 2, c), dtype=F32, device=z.device)
     lib.zoo_bn_pool_act_forward(z.data_ptr(), alpha32.data_ptr(), beta.data_ptr(),
-                                y.data_ptr(), idx.data_ptr(), n, h, w, c, act,
+                                y.data_ptr(), idx.data_ptr(), zw.data_ptr(), n, h, w, c, act,
                                 torch.get_num_threads())
     ctx.stats = (mean.float(), invstd.float())
     ctx.act, ctx.dims = act, (n, c, h, w)
-    return y, idx
+    return y, idx, zw
 
 
 class _BNPoolAct(torch.autograd.Function):
@@ -83,8 +85,8 @@ class _BNPoolAct(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                 mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
-        y, idx = _kernel_forward(ctx, z, weight, bias, mean, invstd, act)
-        ctx.save_for_backward(z, y, idx, weight)
+        y, idx, zw = _kernel_forward(ctx, z, weight, bias, mean, invstd, act)
+        ctx.save_for_backward(z, y, idx, weight, zw)
         return y
 
     @staticmethod
@@ -96,15 +98,17 @@ class _BNPoolAct(torch.autograd.Function):
         y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
         idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
         weight = checks.saved(saved[3], "BatchNorm weight", (c,))
+        zw = checks.saved(saved[4], "winners", (n, h // 2, w // 2, c))
         mean, invstd = ctx.stats
         lib = kernels.library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
-        ready = checks.kernel_layouts((z, CL), (y, CL), (idx, CF)) if g is not None else None
+        ready = (checks.kernel_layouts((z, CL), (y, CL), (idx, CF), (zw, CF))
+                 if g is not None else None)
         if lib is None or g is None or ready is None or not checks.unwrapped(weight):
             dz, dweight, dbias = _plain_backward(grad, z, y, idx, weight, mean, invstd, ctx.act)
         else:
-            z, y, idx = ready
-            dz, dweight, dbias = _kernel_backward(lib, g, z, y, idx, weight, mean, invstd,
+            z, y, idx, zw = ready
+            dz, dweight, dbias = _kernel_backward(lib, g, z, y, idx, zw, weight, mean, invstd,
                                                   ctx.act)
         need = ctx.needs_input_grad
         return (dz, dweight if need[1] else None,
@@ -129,11 +133,12 @@ def _kernel_sums(lib: Any, args: tuple[int, ...], z: torch.Tensor, weight: torch
 
 
 def _kernel_backward(lib: Any, g: torch.Tensor, z: torch.Tensor, y: torch.Tensor,
-                     idx: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
-                     invstd: torch.Tensor, act: int) -> tuple[torch.Tensor, ...]:
+                     idx: torch.Tensor, zw: torch.Tensor, weight: torch.Tensor,
+                     mean: torch.Tensor, invstd: torch.Tensor, act: int
+                     ) -> tuple[torch.Tensor, ...]:
     n, c, h, w = z.shape
-    args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
-            invstd.data_ptr())
+    args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), zw.data_ptr(),
+            mean.data_ptr(), invstd.data_ptr())
     dweight, dbias, coef, k1, k2 = _kernel_sums(lib, args, z, weight, invstd, act)
     dz = torch.empty((n, c, h, w), dtype=F32, device=z.device, memory_format=CL)
     done = lib.zoo_bn_pool_act_backward(*args, coef.data_ptr(), k1.data_ptr(), k2.data_ptr(),
@@ -276,8 +281,8 @@ class _StemBNPoolAct(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 bn_weight: torch.Tensor, bn_bias: torch.Tensor, z: torch.Tensor,
                 mean: torch.Tensor, invstd: torch.Tensor, act: int) -> torch.Tensor:
-        y, idx = _kernel_forward(ctx, z, bn_weight, bn_bias, mean, invstd, act)
-        ctx.save_for_backward(z, y, idx, bn_weight, x, weight)
+        y, idx, zw = _kernel_forward(ctx, z, bn_weight, bn_bias, mean, invstd, act)
+        ctx.save_for_backward(z, y, idx, bn_weight, zw, x, weight)
         ctx.has_bias, ctx.cin = bias is not None, x.shape[1]
         ctx.weight_format = checks.grad_format(weight)
         return y
@@ -291,23 +296,24 @@ class _StemBNPoolAct(torch.autograd.Function):
         y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
         idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
         bn_weight = checks.saved(saved[3], "BatchNorm weight", (c,))
-        x = checks.saved(saved[4], "input", (n, ctx.cin, h, w))
-        checks.saved_weight(saved[5], (c, ctx.cin, 3, 3), read=False)
+        zw = checks.saved(saved[4], "winners", (n, h // 2, w // 2, c))
+        x = checks.saved(saved[5], "input", (n, ctx.cin, h, w))
+        checks.saved_weight(saved[6], (c, ctx.cin, 3, 3), read=False)
         mean, invstd = ctx.stats
         need = ctx.needs_input_grad
         mask = (need[1], ctx.has_bias and need[2])
         lib = kernels.library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
-        ready = (checks.kernel_layouts((z, CL), (y, CL), (idx, CF), (x, CL))
+        ready = (checks.kernel_layouts((z, CL), (y, CL), (idx, CF), (zw, CF), (x, CL))
                  if g is not None else None)
         if lib is None or g is None or ready is None or not checks.unwrapped(bn_weight):
             dz, dgamma, dbeta = _plain_backward(grad, z, y, idx, bn_weight, mean, invstd,
                                                 ctx.act)
             dweight, dbias = checks.plain_stem_backward(dz, x, c, mask)
         else:
-            z, y, idx, x = ready
-            args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), mean.data_ptr(),
-                    invstd.data_ptr())
+            z, y, idx, zw, x = ready
+            args = (g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(), zw.data_ptr(),
+                    mean.data_ptr(), invstd.data_ptr())
             dgamma, dbeta, coef, k1, k2 = _kernel_sums(lib, args, z, bn_weight, invstd,
                                                        ctx.act)
             xp = torch.empty((n, h + 2, w + 2, ctx.cin), dtype=F32, device=x.device)

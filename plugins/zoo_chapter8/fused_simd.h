@@ -130,11 +130,12 @@ static inline vi load_idx(const uint8_t *p) {
 
 /* One row of 2x2 windows (row i of the pooled output, images stacked) of x (NHWC, n x h x w
  * x c, c a multiple of 8): y = act(max of the window), idx = its position. With alpha
- * (and beta) each value is first x * alpha + beta per channel (a BatchNorm, fused_bn.c);
- * without, x itself. pool2_act_rows: every row, on up to `threads` threads. */
+ * (and beta) each value is first x * alpha + beta per channel (a BatchNorm, fused_bn.c),
+ * and with xw the winner's own x is kept there (as y); without, x itself.
+ * pool2_act_rows: every row, on up to `threads` threads. */
 static inline __attribute__((always_inline)) void pool2_act_row(
-    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, int64_t i,
-    int64_t h, int64_t w, int64_t c, int32_t act) {
+    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, float *xw,
+    int64_t i, int64_t h, int64_t w, int64_t c, int32_t act) {
     const int64_t h2 = h / 2, w2 = w / 2;
     const float *row0 = x + ((i / h2) * h + 2 * (i % h2)) * w * c;
     const float *row1 = row0 + w * c;
@@ -142,8 +143,9 @@ static inline __attribute__((always_inline)) void pool2_act_row(
         const float *top = row0 + 2 * ow * c, *bottom = row1 + 2 * ow * c;
         const int64_t out = (i * w2 + ow) * c;
         for (int64_t ch = 0; ch < c; ch += 8) {
-            vf a = load(top + ch), b = load(top + c + ch);
-            vf d = load(bottom + ch), e = load(bottom + c + ch);
+            const vf a0 = load(top + ch), b0 = load(top + c + ch);
+            const vf d0 = load(bottom + ch), e0 = load(bottom + c + ch);
+            vf a = a0, b = b0, d = d0, e = e0;
             if (alpha) {
                 const vf s = load(alpha + ch), t = load(beta + ch);
                 a = a * s + t; b = b * s + t; d = d * s + t; e = e * s + t;
@@ -151,6 +153,7 @@ static inline __attribute__((always_inline)) void pool2_act_row(
             vi k;
             store(y + out + ch, max4(a, b, d, e, &k));
             store_idx(idx + out + ch, k);
+            if (xw) store(xw + out + ch, pick(k == 0, a0, pick(k == 1, b0, pick(k == 2, d0, e0))));
         }
     }
     /* the activation apart: independent vectors, its constants at hand (the same numbers) */
@@ -159,15 +162,15 @@ static inline __attribute__((always_inline)) void pool2_act_row(
 }
 
 static inline __attribute__((always_inline)) void pool2_act_rows(
-    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, int64_t n,
-    int64_t h, int64_t w, int64_t c, int32_t act, int32_t threads) {
+    const float *x, const float *alpha, const float *beta, float *y, uint8_t *idx, float *xw,
+    int64_t n, int64_t h, int64_t w, int64_t c, int32_t act, int32_t threads) {
     const int64_t rows = n * (h / 2);
     (void)threads;
 #ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows >= 2 * threads)
 #endif
     for (int64_t i = 0; i < rows; i++)
-        pool2_act_row(x, alpha, beta, y, idx, i, h, w, c, act);
+        pool2_act_row(x, alpha, beta, y, idx, xw, i, h, w, c, act);
 }
 
 #endif

@@ -92,8 +92,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.zoo_stem_dense_backward.argtypes = [*[_PTR] * 5, *[_I64] * 5, _I32]
     lib.zoo_stem_bn_backward.argtypes = [*[_PTR] * 12, *[_I64] * 5, _I32, _I32]
     lib.zoo_bn_sums.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I32, _I32]
-    lib.zoo_bn_pool_act_forward.argtypes = [*[_PTR] * 5, *[_I64] * 4, _I32, _I32]
-    lib.zoo_bn_pool_act_backward.argtypes = [*[_PTR] * 11, *[_I64] * 4, _I32, _I32, _I32]
+    lib.zoo_bn_pool_act_forward.argtypes = [*[_PTR] * 6, *[_I64] * 4, _I32, _I32]
+    lib.zoo_bn_pool_act_backward.argtypes = [*[_PTR] * 12, *[_I64] * 4, _I32, _I32, _I32]
     lib.zoo_bn_pool_act_forward.restype = None
     lib.zoo_head_forward.argtypes = [*[_PTR] * 8, *[_I64] * 5, _I32, _I32]
     lib.zoo_head_backward.argtypes = [*[_PTR] * 11, *[_I64] * 5, _I32, _I32]
