@@ -23,6 +23,10 @@ training mode with its affine parameters and running statistics runs the plain l
 NetBatchNorm's first convolution keeps its whole output for the BatchNorm, so nothing fuses
 with it; :func:`stem_conv` keeps PyTorch's forward and takes the weight and bias gradients
 from the pooled kernels' first-layer loop, given all four gradients of each window.
+:func:`stem_bn_pool_tanh` joins it to its BatchNorm, pooling and activation: that loop
+then takes each window's four gradients as the BatchNorm's backward pass computes them,
+and the convolution's output gradient is never stored. The forward pass keeps each
+window's winning ``z`` (a quarter of it), all that the backward pass's sums read of ``z``.
 """
 
 from __future__ import annotations
@@ -93,12 +97,7 @@ class _BNPoolAct(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         fused._first_derivative_only()
         n, c, h, w = ctx.dims
-        saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
-        z = checks.saved(saved[0], "BatchNorm input", (n, c, h, w))
-        y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
-        idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
-        weight = checks.saved(saved[3], "BatchNorm weight", (c,))
-        zw = checks.saved(saved[4], "winners", (n, h // 2, w // 2, c))
+        z, y, idx, weight, zw = _saved(ctx.saved_tensors, ctx.dims)
         mean, invstd = ctx.stats
         lib = kernels.library()
         g = checks.incoming(grad, (n, c, h // 2, w // 2))
@@ -113,6 +112,18 @@ class _BNPoolAct(torch.autograd.Function):
         need = ctx.needs_input_grad
         return (dz, dweight if need[1] else None,
                 dbias if need[2] else None, None, None, None)
+
+
+def _saved(saved: tuple[torch.Tensor, ...], dims: tuple[int, int, int, int]
+           ) -> tuple[torch.Tensor, ...]:
+    """What :func:`_kernel_forward`'s caller saved first (z, y, idx, BatchNorm's weight, the
+    winners), each checked as autograd gives it back (fused_checks)."""
+    n, c, h, w = dims
+    return (checks.saved(saved[0], "BatchNorm input", (n, c, h, w)),
+            checks.saved(saved[1], "output", (n, c, h // 2, w // 2)),
+            checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8),
+            checks.saved(saved[3], "BatchNorm weight", (c,)),
+            checks.saved(saved[4], "winners", (n, h // 2, w // 2, c)))
 
 
 def _kernel_sums(lib: Any, args: tuple[int, ...], z: torch.Tensor, weight: torch.Tensor,
@@ -291,12 +302,8 @@ class _StemBNPoolAct(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         fused._first_derivative_only()
         n, c, h, w = ctx.dims
-        saved = ctx.saved_tensors  # each checked as autograd gives it back (fused_checks)
-        z = checks.saved(saved[0], "BatchNorm input", (n, c, h, w))
-        y = checks.saved(saved[1], "output", (n, c, h // 2, w // 2))
-        idx = checks.saved(saved[2], "pooling indices", (n, h // 2, w // 2, c), torch.uint8)
-        bn_weight = checks.saved(saved[3], "BatchNorm weight", (c,))
-        zw = checks.saved(saved[4], "winners", (n, h // 2, w // 2, c))
+        saved = ctx.saved_tensors
+        z, y, idx, bn_weight, zw = _saved(saved, ctx.dims)
         x = checks.saved(saved[5], "input", (n, ctx.cin, h, w))
         checks.saved_weight(saved[6], (c, ctx.cin, 3, 3), read=False)
         mean, invstd = ctx.stats
