@@ -90,6 +90,21 @@ def _stem(cin: int, cout: int, size: int, batch: int) -> tuple[Step, Step]:
     return kernel, plain
 
 
+def _stem_bn(cin: int, cout: int, size: int, batch: int) -> tuple[Step, Step]:
+    """NetBatchNorm's first layer whole: the convolution, its BatchNorm, pooling and tanh in
+    one Function (``fused_bn.stem_bn_pool_tanh``), against the plain layers."""
+    conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(memory_format=CL)
+    bn = torch.nn.BatchNorm2d(cout)
+    x = torch.randn(batch, cin, size, size).contiguous(memory_format=CL)
+
+    def kernel() -> None:
+        fused_bn.stem_bn_pool_tanh(conv, bn, x, True).sum().backward()
+
+    def plain() -> None:
+        torch.tanh(F.max_pool2d(bn(conv(x)), 2)).sum().backward()
+    return kernel, plain
+
+
 def _head(channels: int, size: int, act: str, batch: int) -> tuple[Step, Step]:
     """A model's linear head on its last map: flatten, 32 hidden units, the activation, and
     two classes (``fused_head``)."""
@@ -135,6 +150,7 @@ def main() -> None:
         "NetBatchNorm 3->32 @32 (whole)": _stem(3, 32, 32, b),
         "NetBatchNorm BN 32 @32 tanh": _batchnorm(32, 32, b),
         "NetBatchNorm BN 16 @16 tanh": _batchnorm(16, 16, b),
+        "NetBatchNorm 3->32 @32 + BN tanh": _stem_bn(3, 32, 32, b),
         "NetDepth 3->32 @32 relu": _conv(3, 32, 32, "relu", b),
         "NetDepth 32->16 @16 relu": _conv(32, 16, 16, "relu", b),
         "NetDepth 16->16 @8 relu": _conv(16, 16, 8, "relu", b),

@@ -74,9 +74,9 @@ def test_kernels_bench_times_every_fused_layer_three_ways() -> None:
     assert "features:" in out
     rows = re.findall(r"^(Net\w*) .*?(( +[\d.]+){3})( +[\d.]+x){2}$", out, re.M)
     assert [r[0] for r in rows] == ["Net", "Net", "NetWidth", "NetWidth", "NetBatchNorm",
-                                    "NetBatchNorm", "NetBatchNorm", "NetDepth", "NetDepth",
-                                    "NetDepth", "NetRes", "Net", "NetWidth", "NetDepth",
-                                    "NetResDeep"], out
+                                    "NetBatchNorm", "NetBatchNorm", "NetBatchNorm", "NetDepth",
+                                    "NetDepth", "NetDepth", "NetRes", "Net", "NetWidth",
+                                    "NetDepth", "NetResDeep"], out
 
 
 def test_every_benchmark_explains_itself() -> None:
