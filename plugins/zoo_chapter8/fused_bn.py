@@ -31,6 +31,7 @@ window's winning ``z`` (a quarter of it), all that the backward pass's sums read
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -257,25 +258,42 @@ class _StemConv(torch.autograd.Function):
         if lib is None or g is None or ready is None:
             return (None, *checks.plain_stem_backward(grad, x, cout, mask))
         (x,) = ready
-        chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
-        xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
-        dw = torch.empty((3, 3, cin, cout), dtype=F32, device=x.device)
-        db = torch.empty(cout, dtype=F32, device=x.device)
-        done = lib.zoo_stem_dense_backward(x.data_ptr(), xp.data_ptr(), g.data_ptr(),
-                                           dw.data_ptr(), db.data_ptr(), n, h, w, cin, cout,
-                                           chunks)
-        if done == -2:
-            raise MemoryError("zoo_stem_dense_backward could not allocate its accumulators")
-        assert done == 0, "zoo_stem_dense_backward refused the shapes stem_conv accepted"
-        dweight = dw.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
-        return (None, dweight if mask[0] else None, db if mask[1] else None)
+        dweight, dbias = _stem_kernel_grads(
+            lib.zoo_stem_dense_backward, x, cout, ctx.weight_format,
+            lambda xp, dw, db, chunks: (x.data_ptr(), xp, g.data_ptr(), dw, db, n, h, w, cin,
+                                        cout, chunks))
+        return (None, dweight if mask[0] else None, dbias if mask[1] else None)
+
+
+def _stem_kernel_grads(kernel: Any, x: torch.Tensor, cout: int,
+                       weight_format: torch.memory_format,
+                       arguments: Callable[[int, int, int, int], tuple[Any, ...]]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stem's weight gradient (in ``weight_format``) and bias gradient from one of the
+    dense stem kernels, ``kernel(*arguments(xp, dw, db, chunks))`` on buffers made here."""
+    n, cin, h, w = x.shape
+    xp = torch.empty((n, h + 2, w + 2, cin), dtype=F32, device=x.device)
+    dw = torch.empty((3, 3, cin, cout), dtype=F32, device=x.device)
+    db = torch.empty(cout, dtype=F32, device=x.device)
+    chunks = max(1, min(torch.get_num_threads(), n * (h // 2)))
+    done = kernel(*arguments(xp.data_ptr(), dw.data_ptr(), db.data_ptr(), chunks))
+    if done == -2:
+        raise MemoryError(f"{kernel.__name__} could not allocate its accumulators")
+    assert done == 0, f"{kernel.__name__} refused the shapes its caller accepted"
+    return dw.permute(3, 2, 0, 1).contiguous(memory_format=weight_format), db
+
+
+def _stem_fusable(conv: nn.Conv2d, x: torch.Tensor, training: bool) -> bool:
+    """A network's first layer the kernels take: a 3×3 convolution of data (at most 8
+    channels, no gradient) in a CPU training step."""
+    return fused._conv_fusable(conv, x, training) and x.shape[1] <= 8 and not x.requires_grad
 
 
 def stem_conv(conv: nn.Conv2d, x: torch.Tensor, training: bool) -> torch.Tensor:
     """``conv(x)`` for a network's first layer, a 3×3 convolution of data (at most 8
     channels, no gradient) whose output is not pooled at once, with the weight gradient from
     the kernels in a CPU training step."""
-    if fused._conv_fusable(conv, x, training) and x.shape[1] <= 8 and not x.requires_grad:
+    if _stem_fusable(conv, x, training):
         return _StemConv.apply(x, conv.weight, conv.bias)  # type: ignore[no-any-return]
     return conv(x)  # type: ignore[no-any-return]
 
@@ -323,19 +341,12 @@ class _StemBNPoolAct(torch.autograd.Function):
                     mean.data_ptr(), invstd.data_ptr())
             dgamma, dbeta, coef, k1, k2 = _kernel_sums(lib, args, z, bn_weight, invstd,
                                                        ctx.act)
-            xp = torch.empty((n, h + 2, w + 2, ctx.cin), dtype=F32, device=x.device)
-            dw = torch.empty((3, 3, ctx.cin, c), dtype=F32, device=x.device)
-            db = torch.empty(c, dtype=F32, device=x.device)
-            done = lib.zoo_stem_bn_backward(
-                x.data_ptr(), xp.data_ptr(), g.data_ptr(), y.data_ptr(), idx.data_ptr(),
-                z.data_ptr(), mean.data_ptr(), coef.data_ptr(), k1.data_ptr(), k2.data_ptr(),
-                dw.data_ptr(), db.data_ptr(), n, h, w, ctx.cin, c, ctx.act,
-                max(1, min(torch.get_num_threads(), n * (h // 2))))
-            if done == -2:
-                raise MemoryError("zoo_stem_bn_backward could not allocate its accumulators")
-            assert done == 0, "zoo_stem_bn_backward refused the shapes stem_bn_pool_* accepted"
-            dweight = dw.permute(3, 2, 0, 1).contiguous(memory_format=ctx.weight_format)
-            dbias = db
+            dweight, dbias = _stem_kernel_grads(
+                lib.zoo_stem_bn_backward, x, c, ctx.weight_format,
+                lambda xp, dw, db, chunks: (
+                    x.data_ptr(), xp, g.data_ptr(), y.data_ptr(), idx.data_ptr(), z.data_ptr(),
+                    mean.data_ptr(), coef.data_ptr(), k1.data_ptr(), k2.data_ptr(), dw, db, n,
+                    h, w, ctx.cin, c, ctx.act, chunks))
         return (None, dweight if mask[0] else None, dbias if mask[1] else None,
                 dgamma if need[3] else None, dbeta if need[4] else None, None, None, None, None)
 
@@ -343,8 +354,7 @@ class _StemBNPoolAct(torch.autograd.Function):
 def _stem_bn_pool_act(conv: nn.Conv2d, bn: nn.Module, x: torch.Tensor, training: bool,
                       act: int) -> torch.Tensor:
     wants_grad = conv.weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad)
-    if not (wants_grad and torch.is_grad_enabled() and fused._conv_fusable(conv, x, training)
-            and x.shape[1] <= 8 and not x.requires_grad
+    if not (wants_grad and _stem_fusable(conv, x, training)
             and _bn_module_fusable(bn, conv.weight.shape[0])):
         return _bn_pool_act(bn, stem_conv(conv, x, training), training, act)
     with torch.no_grad():
